@@ -1,0 +1,34 @@
+# One-command entry points. Needs only Python 3.11 and make; everything else is installed into .venv.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+RUNS   ?= runs
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup run test test-fast bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed ## create .venv and install opdlm with its test tools
+
+run: setup ## the default end-to-end job on the built-in tiny model
+	$(BIN)/python -m opdlm.demo --out $(RUNS)/demo
+
+test: setup ## the whole test suite (what CI runs)
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup ## every benchmark script; each prints its headline last
+	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(RUNS) .pytest_cache

@@ -1,0 +1,1 @@
+"""The ``opdlm`` command line. Each subcommand lives in its own module and imports heavy packages lazily."""

@@ -1,0 +1,60 @@
+"""Entry point of the ``opdlm`` console script.
+
+Subcommands register themselves from small modules; torch and transformers are imported inside the
+command bodies, so ``opdlm --help`` stays fast. Any :class:`~opdlm.errors.OpdlmError` becomes one
+line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="opdlm",
+    help="Turn an autoregressive LM into a block-diffusion LM by on-policy distillation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    # One import per command module; each defines register(app).
+    from opdlm.cli import convert_cmd, generate_cmd
+
+    for module in (convert_cmd, generate_cmd):
+        module.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code instead of raising it (handy in tests)."""
+    from opdlm.errors import OpdlmError
+
+    _register()
+    try:
+        app(args=argv, standalone_mode=False)
+    except OpdlmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # click usage errors carry their own exit code and message
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

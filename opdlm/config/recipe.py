@@ -1,0 +1,50 @@
+"""The recipe: one YAML file that drives the CLI, Prefect, DVC and MLflow (one source of truth).
+
+Each section is its own class in its own module; this file only composes them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from opdlm.config.base import StrictModel, load_config
+from opdlm.config.sampler import SamplerConfig
+
+
+class DataConfig(StrictModel):
+    """Training prompts."""
+
+    source: str = Field("builtin:synthetic", description="Dataset source: builtin:synthetic, a local JSONL path, ...")
+    path: str | None = Field(None, description="Local normalised JSONL (set by the download stage or by hand).")
+
+
+class TeacherConfig(StrictModel):
+    """The frozen autoregressive teacher."""
+
+    source: str = Field("builtin:tiny", description="Teacher source: builtin:tiny, a local HF directory, hf://ORG/MODEL.")
+    path: str | None = Field(None, description="Local directory of the resolved teacher.")
+
+
+class ConvertConfig(StrictModel):
+    """How the teacher becomes a student (METHOD §2)."""
+
+    block_size: int = Field(4, ge=1, description="Block size B.")
+    logit_shift: bool = Field(False, description="Position j-1 predicts token j (Fast-dLLM v2 style).")
+
+
+class Recipe(StrictModel):
+    """A whole run: data -> teacher -> convert -> train -> eval -> register."""
+
+    name: str = Field("tiny", description="Run / registered-model name.")
+    seed: int = Field(0, description="Global seed.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    convert: ConvertConfig = Field(default_factory=ConvertConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="Evaluation and serving sampler.")
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Load and validate a recipe YAML with dotted overrides."""
+    return load_config(Recipe, path, overrides)

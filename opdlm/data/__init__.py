@@ -1,0 +1,1 @@
+"""Datasets in one canonical row schema: built-in synthetic suite, loaders, prompting."""

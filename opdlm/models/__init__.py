@@ -1,0 +1,1 @@
+"""The student: conversion of a causal LM, block-causal attention geometry, loading."""

@@ -1,0 +1,152 @@
+"""Loading models and the student's block-causal forward.
+
+A converted student is an ordinary Hugging Face causal LM directory whose ``config.json`` carries
+``block_size``, ``mask_token_id``, ``logit_shift`` and ``sampler_defaults``. Its architecture is
+the teacher's, unchanged: the block-causal behaviour comes entirely from the 4-D masks and position
+ids built by :mod:`opdlm.models.geometry`, so no ``trust_remote_code`` is ever needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from opdlm.config.sampler import SamplerConfig
+from opdlm.errors import SourceError
+from opdlm.models.attention import attention_mask, check_backend, default_backend
+from opdlm.models.geometry import Geometry
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> cuda when present, else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str = "cpu") -> torch.dtype:
+    """``auto`` -> bf16 on cuda, fp32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "float16": torch.float16}  # fmt: skip
+    if dtype not in table:
+        raise SourceError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(table)}")
+    return table[dtype]
+
+
+@dataclass
+class StudentMeta:
+    """What the sampler and trainer need to know about a converted student."""
+
+    block_size: int
+    mask_token_id: int
+    logit_shift: bool
+    eos_token_ids: list[int]
+    pad_token_id: int
+    sampler_defaults: SamplerConfig = field(default_factory=SamplerConfig)
+
+    @classmethod
+    def from_config(cls, config, tokenizer, where: str = "model") -> StudentMeta:
+        missing = [k for k in ("block_size", "mask_token_id") if getattr(config, k, None) is None]
+        if missing:
+            raise SourceError(
+                f"{where} is not a converted student (config.json lacks {', '.join(missing)}); run `opdlm convert` first"
+            )
+        eos = config.eos_token_id if config.eos_token_id is not None else tokenizer.eos_token_id
+        eos_ids = [int(e) for e in (eos if isinstance(eos, list | tuple) else [eos]) if e is not None]
+        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
+            eos_ids.append(int(tokenizer.eos_token_id))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+        defaults = getattr(config, "sampler_defaults", None) or {}
+        return cls(
+            block_size=int(config.block_size),
+            mask_token_id=int(config.mask_token_id),
+            logit_shift=bool(getattr(config, "logit_shift", False)),
+            eos_token_ids=eos_ids,
+            pad_token_id=int(pad),
+            sampler_defaults=SamplerConfig.model_validate({**defaults, "block_size": int(config.block_size)}),
+        )
+
+
+def load_causal_lm(path: str | Path, device: str = "auto", dtype: str = "auto", backend: str | None = None):
+    """Load any causal LM directory with the chosen attention backend. Returns ``(model, tokenizer)``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    dev = resolve_device(device)
+    backend = check_backend(backend or default_backend(dev))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, dev), attn_implementation=backend)
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"could not load model from {path}: {str(exc).splitlines()[0]}") from None
+    model.to(dev).eval()
+    return model, tokenizer
+
+
+@dataclass
+class Student:
+    """A loaded student: model, tokenizer, its metadata and the attention backend in use."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    meta: StudentMeta
+    backend: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
+def load_student(path: str | Path, device: str = "auto", dtype: str = "auto", backend: str | None = None) -> Student:
+    """Load a converted student directory (see :func:`opdlm.models.convert.convert_teacher`)."""
+    from opdlm.models.sources import check_model_dir
+
+    path = check_model_dir(Path(path), "student")
+    model, tokenizer = load_causal_lm(path, device, dtype, backend)
+    meta = StudentMeta.from_config(model.config, tokenizer, where=str(path))
+    return Student(model, tokenizer, meta, model.config._attn_implementation)
+
+
+def block_forward(
+    model: torch.nn.Module,
+    input_ids_BT: torch.Tensor,
+    geom: Geometry,
+    backend: str,
+    q_start: int,
+    q_end: int,
+    cache=None,
+    logits_to_keep: int = 0,
+) -> torch.Tensor:
+    """Forward tokens ``[q_start, q_end)`` against keys ``[0, q_end)`` under the block-causal mask.
+
+    Keys before ``q_start`` must already be in ``cache`` (or ``q_start`` is 0). The new keys are
+    appended to ``cache``; callers crop it back to the committed prefix.
+
+    Args:
+        input_ids_BT: the whole layout's token ids; only ``[:, q_start:q_end]`` is read.
+        logits_to_keep: compute logits for only the last n query positions (0 = all).
+
+    Returns:
+        logits ``(B, Q', V)`` for the kept query positions.
+    """
+    dtype = next(model.parameters()).dtype
+    mask = attention_mask(geom, backend, dtype, q_start=q_start, q_end=q_end, k_end=q_end)
+    out = model(
+        input_ids=input_ids_BT[:, q_start:q_end],
+        attention_mask=mask,
+        position_ids=geom.position_ids_BT[:, q_start:q_end],
+        past_key_values=cache,
+        use_cache=cache is not None,
+        logits_to_keep=logits_to_keep,
+    )
+    return out.logits
