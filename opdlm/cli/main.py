@@ -20,12 +20,15 @@ app = typer.Typer(
 )
 
 
-def _register() -> None:
-    # One import per command module; each defines register(app).
-    from opdlm.cli import convert_cmd, generate_cmd
+# Command modules under opdlm.cli; each defines register(app). Add one name per new module.
+COMMAND_MODULES = ("convert_cmd", "generate_cmd")
 
-    for module in (convert_cmd, generate_cmd):
-        module.register(app)
+
+def _register() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"opdlm.cli.{name}").register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
