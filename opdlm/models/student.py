@@ -126,6 +126,7 @@ def block_forward(
     q_end: int,
     cache=None,
     logits_to_keep: int = 0,
+    mask=None,
 ) -> torch.Tensor:
     """Forward tokens ``[q_start, q_end)`` against keys ``[0, q_end)`` under the block-causal mask.
 
@@ -135,12 +136,14 @@ def block_forward(
     Args:
         input_ids_BT: the whole layout's token ids; only ``[:, q_start:q_end]`` is read.
         logits_to_keep: compute logits for only the last n query positions (0 = all).
+        mask: a precomputed mask for exactly this query/key range (built here when None).
 
     Returns:
         logits ``(B, Q', V)`` for the kept query positions.
     """
-    dtype = next(model.parameters()).dtype
-    mask = attention_mask(geom, backend, dtype, q_start=q_start, q_end=q_end, k_end=q_end)
+    if mask is None:
+        dtype = next(model.parameters()).dtype
+        mask = attention_mask(geom, backend, dtype, q_start=q_start, q_end=q_end, k_end=q_end)
     out = model(
         input_ids=input_ids_BT[:, q_start:q_end],
         attention_mask=mask,

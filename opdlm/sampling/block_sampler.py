@@ -16,6 +16,7 @@ import math
 import torch
 
 from opdlm.config.sampler import SamplerConfig
+from opdlm.models.attention import attention_mask
 from opdlm.models.geometry import inference_geometry
 from opdlm.models.student import Student, block_forward
 from opdlm.sampling.logits import sample_tokens
@@ -79,45 +80,54 @@ class BlockDiffusionSampler:
 
         response_all = torch.full((n, L), meta.mask_token_id, dtype=torch.long, device=device)
         step_all = torch.full((n, L), -1, dtype=torch.long, device=device)
-        steps_taken = torch.zeros(n, dtype=torch.long, device=device)
         nfe = torch.zeros(n, dtype=torch.long, device=device)
         ended = torch.zeros(n, dtype=torch.bool, device=device)
         rows = torch.arange(n, device=device)  # original index of each active row
+        steps_taken = torch.zeros(n, dtype=torch.long, device=device)  # per active row
+        nfe_active = torch.zeros(n, dtype=torch.long, device=device)  # per active row
         cache = DynamicCache()
         kv_len = 0  # layout positions whose keys are in the cache
         carried = None  # logit_shift: logits predicting the current block's first position
+        dtype = self.student.dtype
 
         for b in range(n_blocks):
             s0, e = P + b * B, P + (b + 1) * B
             r0 = b * B
+            target_K = target_L[r0 : r0 + B]
+            block_steps = torch.full((len(rows), B), -1, dtype=torch.long, device=device)
             step_in_block = torch.zeros(len(rows), dtype=torch.long, device=device)
-            while True:
-                todo, _ = block_progress(ids[:, s0:e], meta.mask_token_id, eos_ids, target_L[r0 : r0 + B])
-                working = todo.any(-1)
-                if not working.any():
-                    break
+            mask, mask_start = None, -1
+            todo, ended_here = block_progress(ids[:, s0:e], meta.mask_token_id, eos_ids, target_K)
+            working = todo.any(-1)
+            while working.any():
                 q_start = kv_len
+                if mask_start != q_start:  # one mask per query range: reused by every later step of the block
+                    mask, mask_start = attention_mask(geom, backend, dtype, q_start, e, e), q_start
                 keep = B + 1 if (meta.logit_shift and q_start < s0) else B
-                logits = block_forward(model, ids, geom, backend, q_start, e, cache, logits_to_keep=keep)
+                logits = block_forward(model, ids, geom, backend, q_start, e, cache, logits_to_keep=keep, mask=mask)
                 cache.crop(-(e - s0))  # keep the committed prefix only
                 kv_len = s0
                 if meta.logit_shift and keep == B + 1:
                     carried = logits[:, 0]
-                logits_BKV = block_logits_from(logits, B, meta.logit_shift, carried)
+                logits_NKV = block_logits_from(logits, B, meta.logit_shift, carried)
                 tokens, conf = sample_tokens(
-                    logits_BKV.reshape(-1, logits_BKV.shape[-1]), cfg.temperature, cfg.top_k, cfg.top_p,
+                    logits_NKV.reshape(-1, logits_NKV.shape[-1]), cfg.temperature, cfg.top_k, cfg.top_p,
                     (meta.mask_token_id,), generator,
                 )  # fmt: skip
                 tokens, conf = tokens.view(len(rows), B), conf.view(len(rows), B)
                 quota = schedule[step_in_block.clamp(max=len(schedule) - 1)]
                 commit = select_commits(conf, todo, quota, cfg.remasking, cfg.threshold) & working[:, None]
                 ids[:, s0:e] = torch.where(commit, tokens, ids[:, s0:e])
-                step_all[rows, r0 : r0 + B] = torch.where(commit, steps_taken[:, None], step_all[rows, r0 : r0 + B])
-                nfe[rows[working]] += 1
-                steps_taken += working.long()
-                step_in_block += working.long()
-            _, ended_here = block_progress(ids[:, s0:e], meta.mask_token_id, eos_ids, target_L[r0 : r0 + B])
+                block_steps = torch.where(commit, steps_taken[:, None], block_steps)
+                w = working.long()
+                nfe_active += w
+                steps_taken += w
+                step_in_block += w
+                todo, ended_here = block_progress(ids[:, s0:e], meta.mask_token_id, eos_ids, target_K)
+                working = todo.any(-1)
             response_all[rows, r0 : r0 + B] = ids[:, s0:e]
+            step_all[rows, r0 : r0 + B] = block_steps
+            nfe[rows] = nfe_active
             ended[rows] |= ended_here
             still = ~ended_here
             if not still.any():
@@ -126,7 +136,7 @@ class BlockDiffusionSampler:
                 keep_idx = still.nonzero().squeeze(-1)
                 cache.batch_select_indices(keep_idx)
                 ids, geom, rows = ids[keep_idx], geom.select(keep_idx), rows[keep_idx]
-                steps_taken = steps_taken[keep_idx]
+                steps_taken, nfe_active = steps_taken[keep_idx], nfe_active[keep_idx]
                 carried = carried[keep_idx] if carried is not None else None
 
         return self._collect(response_all, step_all, nfe, ended, cfg.max_new_tokens, decode_text)

@@ -33,10 +33,10 @@ def select_commits(
     """
     conf = confidence_NK.masked_fill(~todo_NK, float("-inf"))
     quota = torch.minimum(quota_N, todo_NK.sum(-1))
-    # rank positions by confidence; ties go to the earlier position (stable sort) for determinism
+    # the quota's most confident positions; ties go to the earlier position (stable sort) for determinism
     order = torch.sort(conf, dim=-1, descending=True, stable=True).indices
-    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(conf.shape[-1]).expand_as(order).contiguous())
-    commit = (ranks < quota[:, None]) & todo_NK
+    rank_of_slot = torch.arange(conf.shape[-1], device=conf.device)[None, :] < quota[:, None]
+    commit = torch.zeros_like(todo_NK).scatter_(-1, order, rank_of_slot) & todo_NK
     if remasking == "dynamic":
         commit |= todo_NK & (confidence_NK > threshold)
     elif remasking != "static":
