@@ -11,6 +11,7 @@ from pydantic import Field
 
 from opdlm.config.base import StrictModel, load_config
 from opdlm.config.sampler import SamplerConfig
+from opdlm.config.train import TrainConfig
 
 
 class DataConfig(StrictModel):
@@ -43,6 +44,7 @@ class Recipe(StrictModel):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     convert: ConvertConfig = Field(default_factory=ConvertConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="Evaluation and serving sampler.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="On-policy distillation training.")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

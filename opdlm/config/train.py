@@ -1,0 +1,147 @@
+"""The ``train`` section of a recipe: objective, rollouts, optimiser, KL, curriculum (METHOD §4-5).
+
+Every paper value is a default here or a field in a shipped recipe, never a constant in code.
+Validation messages name the field and the numbers involved, so a bad recipe fails with one line a
+person understands.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from opdlm.config.base import StrictModel
+from opdlm.config.sampler import SamplerConfig
+
+
+def paper_rollout_sampler() -> SamplerConfig:
+    """The paper's rollout sampler: B=4, 4 steps per block, temperature 1.0, dynamic threshold 0.9."""
+    return SamplerConfig(
+        block_size=4, denoise_steps_per_block=4, remasking="dynamic", threshold=0.9, temperature=1.0, max_new_tokens=4000
+    )
+
+
+class LengthSchedule(StrictModel):
+    """The rollout-length cap of a stage: rises from ``start`` to ``end`` over ``ramp_steps`` (METHOD §5)."""
+
+    start: int = Field(100, ge=1, description="Cap (tokens) at the stage's first rollout step.")
+    end: int = Field(4000, ge=1, description="Cap reached after `ramp_steps` rollout steps.")
+    ramp_steps: int = Field(100, ge=0, description="Rollout steps of the ramp; 0 jumps straight to `end`.")
+    shape: Literal["cos", "linear"] = Field(
+        "cos", description="cos: frac = 1 - cos(pi/2 * t); linear: frac = t, with t = min(step / ramp_steps, 1)."
+    )
+
+
+class CurriculumStage(StrictModel):
+    """One stage of the curriculum: how many rollout steps, at which lengths, with which overrides."""
+
+    name: str = Field(..., min_length=1, description="Stage name (shown in logs and metrics).")
+    rollout_steps: int = Field(..., ge=1, description="Rollout steps (rollout batches) in this stage.")
+    length: LengthSchedule = Field(default_factory=LengthSchedule, description="Rollout length cap schedule.")
+    domain_caps: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per-domain cap on top of the schedule, e.g. {math: 4096, code: 2048} (paper values).",
+    )
+    block_size: int | None = Field(None, ge=1, description="Block size for this stage (default: train.rollout.block_size).")
+    threshold: float | None = Field(None, gt=0.0, le=1.0, description="Dynamic-remasking threshold for this stage's rollouts.")
+    lr: float | None = Field(None, gt=0.0, description="Peak learning rate for this stage (default: train.lr).")
+
+    @model_validator(mode="after")
+    def _caps_positive(self) -> CurriculumStage:
+        bad = {k: v for k, v in self.domain_caps.items() if v < 1}
+        if bad:
+            domain, cap = next(iter(bad.items()))
+            raise ValueError(f"stage {self.name!r}: domain_caps[{domain!r}] ({cap}) must be >= 1")
+        return self
+
+
+class TrainConfig(StrictModel):
+    """On-policy distillation (or the masked-diffusion SFT baseline) of a converted student."""
+
+    objective: Literal["opd", "mdm_sft"] = Field(
+        "opd", description="opd: forward KL to the teacher on the student's own rollouts; "
+        "mdm_sft: masked-diffusion cross-entropy on the dataset's ground-truth responses.",
+    )  # fmt: skip
+    rollout: SamplerConfig = Field(
+        default_factory=paper_rollout_sampler,
+        description="Rollout sampler (max_new_tokens is replaced by the curriculum's length cap).",
+    )
+    prompts_per_rollout: int = Field(128, ge=1, description="Prompts per rollout batch (one rollout each).")
+    optimizer_steps_per_rollout: int = Field(16, ge=1, description="Optimizer steps that consume one rollout batch.")
+    micro_batch_size: int = Field(8, ge=1, description="Rows per forward/backward (gradient accumulation unit).")
+    max_prompt_tokens: int = Field(1024, ge=1, description="Longer prompts are skipped (and counted), never truncated.")
+    math_suffix: bool = Field(True, description="Append the paper's math instruction to math prompts (METHOD §6).")
+
+    lr: float = Field(1e-5, gt=0.0, description="Peak AdamW learning rate.")
+    min_lr: float = Field(1e-6, ge=0.0, description="Learning rate at the end of the cosine decay.")
+    warmup_rollout_steps: int = Field(5, ge=0, description="Linear warmup, in rollout steps.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    grad_clip: float = Field(1.0, ge=0.0, description="Max global gradient norm; 0 disables clipping.")
+
+    state_selection: Literal["one_per_block", "all_rounds"] = Field(
+        "one_per_block", description="one_per_block: one random denoising round per block, one row per rollout; "
+        "all_rounds: one row per round index, every round of every block becomes a state.",
+    )  # fmt: skip
+    kl: Literal["full", "top_k"] = Field("full", description="Full-vocabulary forward KL, or the teacher's top-k slice.")
+    kl_top_k: int = Field(16, ge=1, description="k of the top-k KL (paper: 16 at 4B/8B).")
+    kl_chunk_size: int = Field(1024, ge=1, description="Loss positions per chunk of the vocabulary-sized KL.")
+    exclude_eos_from_loss: bool = Field(True, description="Leave the EOS position out of the loss (paper).")
+    mdm_min_mask_ratio: float = Field(
+        0.0, ge=0.0, lt=1.0, description="mdm_sft: per-block mask ratio t ~ U(min, 1); at least one token is masked."
+    )
+
+    device: str = Field("auto", description="auto (cuda when present, else cpu), cpu, cuda, cuda:1, ...")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on cuda, fp32 on cpu. Master weights stay fp32."
+    )
+    attn_backend: Literal["sdpa", "eager", "flex_attention"] | None = Field(
+        None, description="Attention backend for student and teacher (default: flex on cuda, sdpa on cpu)."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (paper: on).")
+    deepspeed: str | None = Field(None, description="DeepSpeed JSON config (configs/deepspeed/zero2.json, ...); None = plain PyTorch.")
+    teacher_offload: bool = Field(False, description="DeepSpeed: run the frozen teacher through ZeRO-3 inference with CPU offload.")
+
+    checkpoint_every: int = Field(50, ge=1, description="Write a checkpoint every N rollout steps (and at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept on disk.")
+    deterministic: bool = Field(False, description="torch deterministic algorithms (bitwise resume on CPU).")
+    seed: int | None = Field(None, description="Training seed (default: the recipe's seed).")
+    num_prompts: int | None = Field(None, ge=1, description="Prompts drawn from a builtin dataset (None: its default).")
+
+    stages: list[CurriculumStage] = Field(
+        default_factory=lambda: [CurriculumStage(name="main", rollout_steps=483)],
+        description="Curriculum stages, run in order.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must be <= lr ({self.lr})")
+        if self.optimizer_steps_per_rollout > self.prompts_per_rollout:
+            raise ValueError(
+                f"optimizer_steps_per_rollout ({self.optimizer_steps_per_rollout}) must be <= "
+                f"prompts_per_rollout ({self.prompts_per_rollout}): each optimizer step needs at least one row"
+            )
+        if not self.stages:
+            raise ValueError("stages must list at least one curriculum stage")
+        names = [s.name for s in self.stages]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"stage names must be unique; {dupes[0]!r} appears more than once")
+        for stage in self.stages:
+            block_size = self.stage_block_size(stage)
+            if self.rollout.denoise_steps_per_block > block_size:
+                raise ValueError(
+                    f"stage {stage.name!r}: rollout.denoise_steps_per_block ({self.rollout.denoise_steps_per_block}) "
+                    f"must be <= block_size ({block_size})"
+                )
+        return self
+
+    def stage_block_size(self, stage: CurriculumStage) -> int:
+        """Block size in effect during ``stage``."""
+        return stage.block_size if stage.block_size is not None else self.rollout.block_size
+
+    @property
+    def total_rollout_steps(self) -> int:
+        return sum(s.rollout_steps for s in self.stages)
