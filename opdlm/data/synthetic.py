@@ -1,0 +1,228 @@
+"""The built-in synthetic reasoning suite: verifiable task families with worked solutions.
+
+Every family writes a question, a short worked solution (a scratchpad whose every step is a local,
+checkable computation) and a final answer inside ``\\boxed{...}``. The suite is what the tiny teacher
+is bootstrapped on and what the default pipeline distils and evaluates, so it has to be learnable by a
+model of a few hundred thousand parameters in minutes on a CPU.
+
+Splits never overlap by construction: a question belongs to the evaluation split exactly when a hash
+of its text falls in the evaluation bucket (:func:`split_of`), whatever seed or family produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import string
+from collections.abc import Callable, Iterator
+from typing import Literal, NamedTuple
+
+from opdlm.data.schema import Row
+
+SOURCE_PREFIX = "builtin:synthetic"
+# One question in EVAL_BUCKETS of HASH_BUCKETS goes to the evaluation split (10%).
+HASH_BUCKETS = 100
+EVAL_BUCKETS = 10
+DEFAULT_SIZES = {"train": 20_000, "eval": 300}
+LETTERS = string.ascii_lowercase
+
+Split = Literal["train", "eval"]
+
+
+class Problem(NamedTuple):
+    """One generated problem before it becomes a :class:`Row`."""
+
+    question: str
+    response: str
+    answer: str
+
+
+def _boxed(answer: str) -> str:
+    return f"\\boxed{{{answer}}}"
+
+
+def _random_number(rng: random.Random, digits: int) -> int:
+    return rng.randrange(10 ** (digits - 1), 10**digits)
+
+
+def make_addition(rng: random.Random) -> Problem:
+    """Column addition of two 2-4 digit numbers, right to left, one ``a+b+carry=two-digit`` per column.
+
+    Writing every column sum with two digits makes the carry into the next column the sum's first
+    digit, so no step needs anything but the two operand digits and the previous step.
+    """
+    a, b = (_random_number(rng, rng.randint(2, 4)) for _ in range(2))
+    a_digits, b_digits = str(a)[::-1], str(b)[::-1]
+    carry, columns = 0, []
+    for i in range(max(len(a_digits), len(b_digits))):
+        da = int(a_digits[i]) if i < len(a_digits) else 0
+        db = int(b_digits[i]) if i < len(b_digits) else 0
+        column_sum = da + db + carry
+        columns.append(f"{da}+{db}+{carry}={column_sum:02d}")
+        carry = column_sum // 10
+    answer = str(a + b)
+    return Problem(f"Compute {a} + {b}.", f"{', '.join(columns)}. {_boxed(answer)}", answer)
+
+
+def make_sorting(rng: random.Random) -> Problem:
+    """Sort 4-7 distinct letters, naming the next smallest one at each step."""
+    letters = rng.sample(LETTERS, rng.randint(4, 7))
+    ordered = sorted(letters)
+    steps = ", ".join([f"first {ordered[0]}", *(f"then {c}" for c in ordered[1:])])
+    answer = "".join(ordered)
+    return Problem(f"Sort the letters {' '.join(letters)}.", f"{steps}. {_boxed(answer)}", answer)
+
+
+def make_reversal(rng: random.Random) -> Problem:
+    """Reverse a 5-8 letter string: spell it, then spell it backwards."""
+    word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(5, 8)))
+    answer = word[::-1]
+    response = f"spell {' '.join(word)}; backwards {' '.join(answer)}. {_boxed(answer)}"
+    return Problem(f"Reverse the string {word}.", response, answer)
+
+
+def make_chain(rng: random.Random) -> Problem:
+    """A chain of 3-5 variable assignments, each the previous variable plus or minus a digit.
+
+    Values stay in 0..99 so every step is a two-digit plus/minus one-digit computation.
+    """
+    names = rng.sample(LETTERS, rng.randint(3, 5))
+    value = rng.randint(1, 9)
+    definitions, steps = [f"{names[0]}={value}"], [f"{names[0]}={value}"]
+    for prev, name in zip(names, names[1:]):
+        delta = rng.randint(1, 9)
+        op = rng.choice("+-")
+        if (op == "-" and value - delta < 0) or (op == "+" and value + delta > 99):
+            op = "+" if op == "-" else "-"
+        new_value = value + delta if op == "+" else value - delta
+        definitions.append(f"{name}={prev}{op}{delta}")
+        steps.append(f"{name}={value}{op}{delta}={new_value}")
+        value = new_value
+    answer = str(value)
+    question = f"Let {', '.join(definitions)}. Find {names[-1]}."
+    return Problem(question, f"{', '.join(steps)}. {_boxed(answer)}", answer)
+
+
+# name -> (generator, domain); the order fixes how rows interleave in a split.
+_FAMILY_TABLE: dict[str, tuple[Callable[[random.Random], Problem], str]] = {
+    "addition": (make_addition, "math"),
+    "sorting": (make_sorting, "logic"),
+    "reversal": (make_reversal, "logic"),
+    "chain": (make_chain, "math"),
+}
+FAMILIES: tuple[str, ...] = tuple(_FAMILY_TABLE)
+
+
+def question_digest(question: str) -> str:
+    """Hex SHA-256 of the canonical (whitespace-normalised) question text."""
+    canonical = " ".join(question.split())
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def split_of(question: str) -> Split:
+    """The split a question belongs to, a pure function of its text (so splits cannot overlap)."""
+    bucket = int(question_digest(question)[:8], 16) % HASH_BUCKETS
+    return "eval" if bucket < EVAL_BUCKETS else "train"
+
+
+def _family_stream(family: str, seed: int) -> Iterator[Problem]:
+    """An endless deterministic stream of one family's problems for ``seed``."""
+    make, _ = _FAMILY_TABLE[family]
+    family_seed = int(hashlib.sha256(f"{seed}:{family}".encode()).hexdigest()[:16], 16)
+    rng = random.Random(family_seed)
+    while True:
+        yield make(rng)
+
+
+def _family_rows(family: str, split: Split, count: int, seed: int) -> list[Row]:
+    _, domain = _FAMILY_TABLE[family]
+    rows: list[Row] = []
+    seen: set[str] = set()
+    for problem in _family_stream(family, seed):
+        if len(rows) == count:
+            break
+        digest = question_digest(problem.question)
+        if digest in seen or split_of(problem.question) != split:
+            continue
+        seen.add(digest)
+        rows.append(
+            Row(
+                question=problem.question,
+                answer=problem.answer,
+                domain=domain,
+                source=f"{SOURCE_PREFIX}/{family}",
+                response=problem.response,
+                id=f"{family}-{digest[:12]}",
+            )
+        )
+    return rows
+
+
+def load_split(split: Split, n: int | None = None, seed: int = 0, families: tuple[str, ...] = FAMILIES) -> list[Row]:
+    """Rows of the synthetic suite, interleaved family by family (deterministic for ``seed``).
+
+    Args:
+        split: ``"train"`` or ``"eval"``; a question's split is fixed by its hash, not by the seed.
+        n: number of rows (default ``DEFAULT_SIZES[split]``); families get equal shares, the first
+            families one more when ``n`` does not divide evenly.
+        seed: different seeds give different (possibly overlapping) samples of the same split.
+        families: which families to draw from, a subset of :data:`FAMILIES`.
+
+    Returns:
+        ``n`` rows with distinct questions, cycling through ``families`` in order.
+    """
+    if split not in DEFAULT_SIZES:
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    unknown = [f for f in families if f not in _FAMILY_TABLE]
+    if unknown or not families:
+        raise ValueError(f"unknown families {unknown}; choose from {', '.join(FAMILIES)}")
+    n = DEFAULT_SIZES[split] if n is None else n
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    per_family = [n // len(families) + (i < n % len(families)) for i in range(len(families))]
+    columns = [_family_rows(f, split, k, seed) for f, k in zip(families, per_family)]
+    return [col[i] for i in range(max(per_family, default=0)) for col in columns if i < len(col)]
+
+
+def family_of(row: Row) -> str:
+    """The family name of a synthetic row (from its ``source``)."""
+    return row.source.rsplit("/", 1)[-1]
+
+
+_BOXED = "\\boxed{"
+
+
+def extract_answer(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` in ``text`` (nested braces allowed), or None.
+
+    An unclosed final box (a completion cut off by the length cap) gives None.
+    """
+    start = text.rfind(_BOXED)
+    if start < 0:
+        return None
+    depth, begin = 1, start + len(_BOXED)
+    for pos in range(begin, len(text)):
+        if text[pos] == "{":
+            depth += 1
+        elif text[pos] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[begin:pos].strip()
+    return None
+
+
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+def _normalise(answer: str) -> str:
+    compact = "".join(answer.split())
+    if _INTEGER.fullmatch(compact):
+        return str(int(compact))
+    return compact
+
+
+def is_correct(completion: str, answer: str) -> bool:
+    """True when the last boxed answer of ``completion`` equals ``answer`` (spaces ignored, integers by value)."""
+    predicted = extract_answer(completion)
+    return predicted is not None and _normalise(predicted) == _normalise(answer)

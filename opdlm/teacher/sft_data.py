@@ -1,0 +1,68 @@
+"""Supervised examples for the teacher bootstrap: ``format_prompt(question) + response + EOS``.
+
+The prompt is exactly what rollouts and evaluation will feed the model later
+(:func:`opdlm.data.prompting.format_prompt`); only response tokens (and the closing EOS) carry loss.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from opdlm.data.prompting import format_prompt
+from opdlm.data.schema import Row
+
+IGNORE_INDEX = -100
+
+
+class Example(NamedTuple):
+    """One tokenised training sequence."""
+
+    input_ids: list[int]
+    prompt_len: int
+
+
+def encode_example(tokenizer, row: Row) -> Example:
+    """Tokenise ``row`` as prompt + response + EOS; the row must carry a reference ``response``."""
+    if not row.response:
+        raise ValueError(f"row {row.id or row.question[:40]!r} has no reference response to train on")
+    prompt = tokenizer(format_prompt(tokenizer, row.question, row.domain), add_special_tokens=False).input_ids
+    response = tokenizer(row.response, add_special_tokens=False).input_ids
+    return Example(prompt + response + [tokenizer.eos_token_id], len(prompt))
+
+
+def collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad a batch.
+
+    Returns:
+        ``(input_ids_BT, labels_BT)``: labels equal the inputs on response positions and
+        ``IGNORE_INDEX`` on prompt and padding positions (the model shifts them itself).
+    """
+    length = max(len(e.input_ids) for e in examples)
+    input_ids_BT = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    labels_BT = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+    for i, ex in enumerate(examples):
+        ids = torch.tensor(ex.input_ids, dtype=torch.long)
+        input_ids_BT[i, : len(ids)] = ids
+        labels_BT[i, ex.prompt_len : len(ids)] = ids[ex.prompt_len :]
+    return input_ids_BT, labels_BT
+
+
+def batch_indices(lengths: list[int], batch_size: int, steps: int, seed: int, pool: int = 16) -> list[list[int]]:
+    """Index lists for ``steps`` batches of similar-length examples (deterministic for ``seed``).
+
+    Epochs of seeded permutations are cut into pools of ``pool`` batches; each pool is sorted by
+    length before it is cut into batches, so little compute goes to padding, and the batches of a pool
+    are then shuffled so lengths do not come in a sweep.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    pool_size = batch_size * pool
+    batches: list[list[int]] = []
+    while len(batches) < steps:
+        order = torch.randperm(len(lengths), generator=generator).tolist()
+        for lo in range(0, len(order), pool_size):
+            chunk = sorted(order[lo : lo + pool_size], key=lambda i: lengths[i])
+            cut = [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
+            batches += [cut[k] for k in torch.randperm(len(cut), generator=generator).tolist()]
+    return batches[:steps]
