@@ -70,16 +70,10 @@ def _fetch(source: str, workdir: Path) -> Path:
         except Exception as exc:
             raise SourceError(f"could not download {source}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     if source.startswith("s3://"):
-        import boto3  # lazy: only S3 sources need it
+        from opdlm.storage.s3 import download_file
 
-        bucket, _, key = source[len("s3://") :].partition("/")
-        if not bucket or not key:
-            raise SourceError(f"dataset source {source!r}: expected s3://BUCKET/KEY")
-        dst = workdir / Path(key).name
-        try:
-            boto3.client("s3").download_file(bucket, key, str(dst))
-        except Exception as exc:
-            raise SourceError(f"could not download {source}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        dst = workdir / Path(source).name
+        download_file(source, dst)
         return dst
     if source.startswith(("https://", "http://")):
         import urllib.request

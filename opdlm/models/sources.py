@@ -34,7 +34,46 @@ def _resolve_hf(src: str) -> Path:
         raise SourceError(f"could not download {src}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
 
 
+def cache_dir() -> Path:
+    """Where resolved remote and built-in models live (``OPDLM_CACHE``, default ``~/.cache/opdlm``)."""
+    import os
+
+    return Path(os.environ.get("OPDLM_CACHE", Path.home() / ".cache" / "opdlm"))
+
+
+def _resolve_s3(src: str) -> Path:
+    """``s3://bucket/prefix``: a directory published by :func:`opdlm.storage.s3.upload_dir`."""
+    import hashlib
+
+    from opdlm.storage.s3 import download_dir
+
+    dst = cache_dir() / "s3" / hashlib.sha256(src.encode()).hexdigest()[:16]
+    if not (dst / "config.json").is_file():
+        download_dir(src, dst, overwrite=True)
+    return dst
+
+
+def _resolve_builtin(src: str) -> Path:
+    """``builtin:tiny``: the tiny teacher bootstrapped on the synthetic suite (cached by config)."""
+    import hashlib
+
+    name = src.split(":", 1)[1]
+    if name != "tiny":
+        raise SourceError(f"unknown builtin model {src!r} (known: builtin:tiny)")
+    from opdlm.teacher import bootstrap_teacher
+    from opdlm.teacher.config import BootstrapConfig
+
+    config = BootstrapConfig()
+    key = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:12]
+    dst = cache_dir() / "builtin" / f"tiny-{key}"
+    if not (dst / "config.json").is_file():
+        bootstrap_teacher(dst, config, overwrite=True)
+    return dst
+
+
 register_resolver("hf://", _resolve_hf)
+register_resolver("s3://", _resolve_s3)
+register_resolver("builtin:", _resolve_builtin)
 
 
 def check_model_dir(path: Path, what: str = "model") -> Path:
@@ -58,8 +97,8 @@ def resolve_model_source(src: str | Path, what: str = "model") -> Path:
     for prefix, resolver in _RESOLVERS.items():
         if text.startswith(prefix):
             return check_model_dir(resolver(text), what)
-    if "://" in text or text.startswith("builtin:"):
-        scheme = text.split("://")[0] + "://" if "://" in text else "builtin:"
+    if "://" in text:
+        scheme = text.split("://")[0] + "://"
         known = ", ".join(sorted(_RESOLVERS)) or "none"
         raise SourceError(f"{what} source {text!r}: unsupported scheme {scheme!r} (registered: {known}; or a local directory)")
     return check_model_dir(Path(text).expanduser(), what)

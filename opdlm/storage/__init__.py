@@ -1,0 +1,1 @@
+"""Object storage for datasets, checkpoints and models (boto3, imported lazily)."""
