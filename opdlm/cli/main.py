@@ -21,7 +21,7 @@ app = typer.Typer(
 
 
 # Command modules under opdlm.cli; each defines register(app). Add one name per new module.
-COMMAND_MODULES = ("convert_cmd", "generate_cmd", "teacher_cmd")
+COMMAND_MODULES = ("convert_cmd", "generate_cmd", "teacher_cmd", "train_cmd")
 
 
 def _register() -> None:

@@ -99,6 +99,9 @@ class TrainConfig(StrictModel):
     attn_backend: Literal["sdpa", "eager", "flex_attention"] | None = Field(
         None, description="Attention backend for student and teacher (default: flex on cuda, sdpa on cpu)."
     )
+    num_threads: int | None = Field(
+        None, ge=1, description="CPU intra-op threads (1 is fastest for tiny models on a busy machine); None = torch default."
+    )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (paper: on).")
     deepspeed: str | None = Field(None, description="DeepSpeed JSON config (configs/deepspeed/zero2.json, ...); None = plain PyTorch.")
     teacher_offload: bool = Field(False, description="DeepSpeed: run the frozen teacher through ZeRO-3 inference with CPU offload.")

@@ -77,7 +77,7 @@ def train(model, tokenizer, rows: list[Row], config: BootstrapConfig) -> dict:
     from tqdm.auto import tqdm
 
     examples = [encode_example(tokenizer, row) for row in rows]
-    schedule = batch_indices([len(e.input_ids) for e in examples], config.batch_size, config.steps, config.seed)
+    schedule = batch_indices(len(examples), config.batch_size, config.steps, config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
     model.train()
     start, ema_loss, steps_done = time.perf_counter(), None, 0

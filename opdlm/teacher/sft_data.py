@@ -49,20 +49,14 @@ def collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.T
     return input_ids_BT, labels_BT
 
 
-def batch_indices(lengths: list[int], batch_size: int, steps: int, seed: int, pool: int = 16) -> list[list[int]]:
-    """Index lists for ``steps`` batches of similar-length examples (deterministic for ``seed``).
+def batch_indices(n_examples: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """Index lists for ``steps`` batches: epochs of seeded permutations, concatenated (deterministic).
 
-    Epochs of seeded permutations are cut into pools of ``pool`` batches; each pool is sorted by
-    length before it is cut into batches, so little compute goes to padding, and the batches of a pool
-    are then shuffled so lengths do not come in a sweep.
+    Batches mix lengths (and so families) freely: length-sorted batches, which would save padding,
+    made training markedly worse here because each batch then holds a single task family.
     """
     generator = torch.Generator().manual_seed(seed)
-    pool_size = batch_size * pool
-    batches: list[list[int]] = []
-    while len(batches) < steps:
-        order = torch.randperm(len(lengths), generator=generator).tolist()
-        for lo in range(0, len(order), pool_size):
-            chunk = sorted(order[lo : lo + pool_size], key=lambda i: lengths[i])
-            cut = [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
-            batches += [cut[k] for k in torch.randperm(len(cut), generator=generator).tolist()]
-    return batches[:steps]
+    order: list[int] = []
+    while len(order) < steps * batch_size:
+        order += torch.randperm(n_examples, generator=generator).tolist()
+    return [order[s * batch_size : (s + 1) * batch_size] for s in range(steps)]

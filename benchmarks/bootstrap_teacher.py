@@ -1,0 +1,41 @@
+"""Benchmark: the default tiny-teacher bootstrap on 2 CPU threads, into a temporary directory.
+
+Prints the model size, training seconds, per-family and overall held-out accuracy; the last line is
+``teacher_heldout_accuracy: X (target: >= 0.90 within 180 s of training)``.
+
+    .venv/bin/python benchmarks/bootstrap_teacher.py [key=value overrides of BootstrapConfig]
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from opdlm.config.base import apply_overrides, validate_config
+from opdlm.teacher import BootstrapConfig, bootstrap_teacher
+
+TARGET_ACCURACY = 0.90
+TARGET_SECONDS = 180
+
+
+def main(argv: list[str]) -> int:
+    torch.set_num_threads(2)
+    config = validate_config(BootstrapConfig, apply_overrides({"num_threads": 2}, argv), source="benchmark")
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = bootstrap_teacher(Path(tmp) / "teacher", config)
+    print(f"model: Qwen3, hidden {config.hidden_size}, {config.num_layers} layers, {metrics['parameters']:,} parameters "
+          f"({metrics['embedding_rows']} embedding rows for {metrics['tokenizer_size']} tokenizer ids)")  # fmt: skip
+    print(f"training: {metrics['steps_done']}/{config.steps} steps in {metrics['train_seconds']:.1f} s "
+          f"(stopped by time budget: {metrics['stopped_by_time']}), final loss {metrics['final_loss']}")  # fmt: skip
+    print(f"held-out evaluation: {metrics['n_eval']} rows in {metrics['eval_seconds']:.1f} s; by family: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in metrics["heldout_accuracy_by_family"].items()))  # fmt: skip
+    accuracy = metrics["heldout_accuracy"]
+    print(f"teacher_heldout_accuracy: {accuracy:.3f} (target: >= {TARGET_ACCURACY:.2f} within {TARGET_SECONDS} s of training)")
+    return 0 if accuracy >= TARGET_ACCURACY and metrics["train_seconds"] <= TARGET_SECONDS else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,30 @@
+"""``opdlm train``: on-policy distillation (or the mdm_sft baseline) from a recipe; resumes on re-run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+    def train(
+        config: Path = typer.Option(..., "--config", help="Recipe YAML (configs/tiny.yaml, configs/qwen3-4b.yaml, ...)."),
+        out: Path = typer.Option(..., "--out", help="Output folder; re-running on it resumes from the last checkpoint."),
+        teacher: str = typer.Option(None, "--teacher", help="Teacher source (overrides teacher.path / teacher.source)."),
+        student: Path = typer.Option(None, "--student", help="Converted student to start from (default: convert the teacher into OUT/converted)."),
+        data: Path = typer.Option(None, "--data", help="JSONL of training rows (overrides data.path / data.source)."),
+        quiet: bool = typer.Option(False, "--quiet", help="No per-step progress lines."),
+        overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. train.lr=2e-5 train.stages.0.rollout_steps=10."),
+    ) -> None:
+        """Train a block-diffusion student; OUT becomes a converted model directory plus checkpoints and metrics."""
+        from opdlm.config.recipe import load_recipe
+        from opdlm.train.loop import train as run_training
+
+        recipe = load_recipe(config, overrides or [])
+        path = run_training(
+            recipe, out, teacher=teacher, student=str(student) if student else None, data=str(data) if data else None,
+            console=not quiet,
+        )  # fmt: skip
+        typer.echo(f"trained student -> {path}")

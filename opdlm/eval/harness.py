@@ -1,0 +1,171 @@
+"""The evaluation harness: load a model, decode a benchmark in batches, score it, write the results.
+
+:func:`evaluate` is the one call the CLI and the pipeline make. :func:`evaluate_rows` does the work
+for an already loaded model, so a sweep loads the model once and decodes under many settings.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from opdlm.config.eval import EvalConfig
+from opdlm.config.sampler import SamplerConfig
+from opdlm.data.prompting import encode_prompts, format_prompt
+from opdlm.data.schema import Row
+from opdlm.errors import ConfigError
+from opdlm.eval.benchmarks import Benchmark, get_benchmark, load_benchmark
+from opdlm.eval.metrics import EvalResult, SampleRecord, summarize, with_retention
+from opdlm.eval.runners import ModelRunner, load_runner
+from opdlm.eval.sandbox import SandboxLimits, check_sandbox
+from opdlm.eval.scoring import score_completions
+from opdlm.fsutil import atomic_write_text
+
+
+def sampler_config(
+    runner: ModelRunner,
+    max_new_tokens: int,
+    threshold: float | None = None,
+    block_size: int | None = None,
+) -> SamplerConfig:
+    """The decoding settings: the student's stored defaults with the given overrides.
+
+    Setting ``threshold`` selects dynamic remasking (the threshold means nothing under static). A
+    causal LM decodes greedily up to ``max_new_tokens``; threshold and block size do not apply.
+    """
+    try:
+        if runner.sampler_defaults is None:
+            return SamplerConfig(max_new_tokens=max_new_tokens, temperature=0.0)
+        return runner.sampler_defaults.with_overrides(
+            max_new_tokens=max_new_tokens, threshold=threshold, block_size=block_size,
+            remasking="dynamic" if threshold is not None else None,
+        )  # fmt: skip
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        from pydantic import ValidationError
+
+        from opdlm.config.base import format_validation_error
+
+        if isinstance(exc, ValidationError):
+            raise ConfigError(format_validation_error(exc, SamplerConfig, "sampler settings")) from None
+        raise
+
+
+def build_prompts(runner: ModelRunner, benchmark: Benchmark, rows: list[Row]) -> list[str]:
+    """Prompt texts as the model sees them (chat template when the tokenizer has one)."""
+    return [
+        format_prompt(runner.tokenizer, benchmark.question_text(r), r.domain, math_suffix=benchmark.math_suffix)
+        for r in rows
+    ]
+
+
+def _decode(runner: ModelRunner, prompts: list[str], cfg: SamplerConfig, batch_size: int, seed: int, progress: bool):
+    """Decode every prompt; returns per-row ``(text, ids, steps, forwards, finished)`` and generation seconds.
+
+    Prompts are batched by length (less padding), and results are put back in row order.
+    """
+    from tqdm.auto import tqdm
+
+    prompt_ids = encode_prompts(runner.tokenizer, prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
+    outputs: list[tuple | None] = [None] * len(prompts)
+    seconds = 0.0
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for b, batch in enumerate(tqdm(batches, desc="decode", unit="batch", disable=not progress)):
+        start = time.perf_counter()
+        out = runner.generate([prompt_ids[i] for i in batch], cfg, seed=seed + b)
+        seconds += time.perf_counter() - start
+        for k, i in enumerate(batch):
+            outputs[i] = (out.texts[k], out.response_ids[k], out.num_steps(k), out.num_forwards[k], out.finished[k])
+    return outputs, seconds
+
+
+def evaluate_rows(
+    runner: ModelRunner,
+    benchmark: Benchmark,
+    rows: list[Row],
+    config: EvalConfig,
+    cfg: SamplerConfig,
+    progress: bool = False,
+) -> tuple[EvalResult, list[SampleRecord]]:
+    """Decode and score ``rows`` with a loaded model under sampler settings ``cfg``."""
+    prompts = build_prompts(runner, benchmark, rows)
+    outputs, seconds = _decode(runner, prompts, cfg, config.batch_size, config.seed, progress)
+    limits = SandboxLimits(timeout_s=config.code_timeout_s, memory_bytes=config.code_memory_mb * 1024**2)
+    scores = score_completions(
+        benchmark, rows, [o[0] for o in outputs], code_limits=limits, code_workers=config.code_workers,
+        allow_unsandboxed=config.allow_unsandboxed,
+    )  # fmt: skip
+    records = [
+        SampleRecord(
+            id=row.id or str(i), prompt=prompt, completion=text, answer=row.answer, extracted=score.extracted,
+            correct=score.correct, status=score.status, num_tokens=len(ids), num_steps=steps,
+            tokens_per_step=round(len(ids) / steps, 4) if steps else 0.0, num_forwards=forwards, finished=finished,
+        )  # fmt: skip
+        for i, (row, prompt, (text, ids, steps, forwards, finished), score) in enumerate(
+            zip(rows, prompts, outputs, scores)
+        )
+    ]
+    result = summarize(
+        records, benchmark=benchmark.name, model=str(runner.model_dir), model_kind=runner.kind, generation_s=seconds,
+        max_new_tokens=cfg.max_new_tokens, seed=config.seed,
+        sampler=cfg.model_dump() if runner.kind == "student" else None,
+    )  # fmt: skip
+    return result, records
+
+
+def write_run(result: EvalResult, records: list[SampleRecord], out_dir: str | Path, stem: str | None = None) -> EvalResult:
+    """Write ``<stem>.samples.jsonl`` and ``<stem>.json`` into ``out_dir`` (atomically); returns the
+    result with ``samples_path`` set. ``stem`` defaults to the benchmark name."""
+    out_dir = Path(out_dir)
+    stem = stem or result.benchmark
+    samples = out_dir / f"{stem}.samples.jsonl"
+    atomic_write_text(samples, "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records))
+    result.samples_path = str(samples)
+    atomic_write_text(out_dir / f"{stem}.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    return result
+
+
+def evaluate(
+    model_dir: str | Path,
+    benchmark: str,
+    config: EvalConfig | None = None,
+    *,
+    threshold: float | None = None,
+    block_size: int | None = None,
+    out_dir: str | Path | None = None,
+    teacher_result: EvalResult | dict | None = None,
+    progress: bool = False,
+) -> EvalResult:
+    """Score the model in ``model_dir`` on ``benchmark``.
+
+    A converted student decodes with the block-diffusion sampler (its stored settings, with
+    ``threshold`` / ``block_size`` overriding them); any other causal LM decodes autoregressively,
+    so a teacher is scored by the same code.
+
+    Args:
+        model_dir: a converted student or a plain Hugging Face causal LM directory.
+        benchmark: a name from :data:`opdlm.eval.benchmarks.BENCHMARK_NAMES`.
+        config: limit, batch size, data directory, code-execution limits (defaults: ``EvalConfig()``).
+        out_dir: when set, write ``<benchmark>.samples.jsonl`` and ``<benchmark>.json`` there.
+        teacher_result: the teacher's result on the same benchmark; adds ``retention``.
+
+    Returns:
+        The run's :class:`EvalResult`.
+    """
+    config = config or EvalConfig()
+    bench = get_benchmark(benchmark)
+    if bench.scorer == "code":
+        check_sandbox(config.allow_unsandboxed)  # refuse before spending time on generation
+    rows = load_benchmark(benchmark, config.data_dir, config.limit, config.seed)
+    runner = load_runner(model_dir, device=config.device)
+    cfg = sampler_config(runner, config.max_new_tokens or bench.max_new_tokens, threshold, block_size)
+    result, records = evaluate_rows(runner, bench, rows, config, cfg, progress=progress)
+    if teacher_result is not None:
+        try:
+            result = with_retention(result, teacher_result)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    if out_dir is not None:
+        result = write_run(result, records, out_dir)
+    return result

@@ -1,0 +1,84 @@
+"""One generation interface over both kinds of model, so a teacher and its student share the harness.
+
+A converted student (``config.json`` carries ``block_size`` and ``mask_token_id``) decodes with the
+block-diffusion sampler; any other causal LM decodes autoregressively. Both return a
+:class:`~opdlm.sampling.output.SampleBatch`, so accuracy, tokens per step and forward passes are
+counted the same way for both.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from opdlm.config.sampler import SamplerConfig
+from opdlm.errors import SourceError
+
+
+def is_student_dir(model_dir: str | Path) -> bool:
+    """Whether ``model_dir`` holds a converted block-diffusion student (by its ``config.json``)."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise SourceError(f"model directory {model_dir} has no config.json (is it a Hugging Face model directory?)")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SourceError(f"{path}: not valid JSON ({exc.msg})") from None
+    return config.get("block_size") is not None and config.get("mask_token_id") is not None
+
+
+@dataclass
+class ModelRunner:
+    """A loaded model that turns prompt token ids into a :class:`SampleBatch`.
+
+    Attributes:
+        kind: ``student`` (block-diffusion sampler) or ``causal_lm`` (autoregressive decoding).
+        tokenizer: the model's Hugging Face tokenizer.
+        sampler_defaults: the student's stored sampler settings; None for a causal LM.
+    """
+
+    kind: str
+    model_dir: Path
+    tokenizer: object
+    sampler_defaults: SamplerConfig | None
+    _model: object
+    _sampler: object | None
+
+    def generate(self, prompt_ids: list[list[int]], cfg: SamplerConfig, seed: int):
+        """Decode one batch.
+
+        Args:
+            prompt_ids: formatted, tokenised prompts (ragged).
+            cfg: sampler settings; a causal LM reads only ``max_new_tokens``, ``temperature``,
+                ``top_k`` and ``top_p``.
+            seed: makes sampling at temperature > 0 reproducible.
+        """
+        import torch
+
+        if self._sampler is not None:
+            device = self._sampler.student.device
+            generator = torch.Generator(device=device).manual_seed(seed)
+            return self._sampler.generate(prompt_ids, cfg, generator=generator)
+        from opdlm.sampling.autoregressive import generate_autoregressive
+
+        return generate_autoregressive(
+            self._model, self.tokenizer, prompt_ids, cfg.max_new_tokens,
+            temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator_seed=seed,
+        )  # fmt: skip
+
+
+def load_runner(model_dir: str | Path, device: str = "auto", dtype: str = "auto", backend: str | None = None) -> ModelRunner:
+    """Load ``model_dir`` as a student when it is one, otherwise as a plain causal LM."""
+    model_dir = Path(model_dir)
+    if is_student_dir(model_dir):
+        from opdlm.models.student import load_student
+        from opdlm.sampling.block_sampler import BlockDiffusionSampler
+
+        student = load_student(model_dir, device=device, dtype=dtype, backend=backend)
+        sampler = BlockDiffusionSampler(student)
+        return ModelRunner("student", model_dir, student.tokenizer, student.meta.sampler_defaults, student.model, sampler)
+    from opdlm.models.student import load_causal_lm
+
+    model, tokenizer = load_causal_lm(model_dir, device=device, dtype=dtype, backend=backend)
+    return ModelRunner("causal_lm", model_dir, tokenizer, None, model, None)

@@ -1,0 +1,131 @@
+"""Scoring completions by a benchmark's rules, wherever the completions came from.
+
+The harness scores what it generates with :func:`score_completions`; ``opdlm score`` reads
+completions produced by any engine with :func:`read_completions` and scores them the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from opdlm.data.schema import Row
+from opdlm.errors import OpdlmError
+from opdlm.eval.benchmarks import Benchmark
+from opdlm.eval.sandbox import SandboxLimits, run_programs
+
+ID_KEYS = ("id", "task_id")
+COMPLETION_KEYS = ("completion", "response", "text")
+
+
+@dataclass
+class SampleScore:
+    """How one completion scored.
+
+    Attributes:
+        correct: the benchmark's verdict.
+        extracted: the final answer read from the completion (math, choice, synthetic); None for code.
+        status: for code: ``passed``, ``failed`` or ``timeout``; None otherwise.
+        detail: for a failing program, the tail of its stderr (why it failed).
+    """
+
+    correct: bool
+    extracted: str | None = None
+    status: str | None = None
+    detail: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _score_answer(benchmark: Benchmark, row: Row, completion: str) -> SampleScore:
+    if benchmark.scorer == "synthetic":
+        from opdlm.data.synthetic import extract_answer, is_correct
+
+        return SampleScore(bool(is_correct(completion, row.answer)), extract_answer(completion))
+    if benchmark.scorer == "math":
+        from opdlm.eval.math_scoring import gsm8k_final_answer, last_boxed, math_equal
+
+        extracted = last_boxed(completion)
+        extracted = extracted if extracted is not None else gsm8k_final_answer(completion)
+        return SampleScore(math_equal(completion, row.answer), extracted)
+    if benchmark.scorer == "choice":
+        from opdlm.eval.choice import extract_choice
+
+        letter = extract_choice(completion, benchmark.choice_letters)
+        return SampleScore(letter == row.answer.strip().upper(), letter)
+    raise ValueError(f"benchmark {benchmark.name}: scorer {benchmark.scorer!r} does not score answers")
+
+
+def score_completions(
+    benchmark: Benchmark,
+    rows: list[Row],
+    completions: list[str],
+    code_limits: SandboxLimits | None = None,
+    code_workers: int | None = None,
+    allow_unsandboxed: bool = False,
+) -> list[SampleScore]:
+    """Score ``completions[i]`` against ``rows[i]`` by ``benchmark``'s rules.
+
+    Code benchmarks run every test program in the sandbox (``code_workers`` at a time); a hostile
+    or broken program just scores False.
+
+    Raises:
+        SandboxUnavailableError: a code benchmark, no sandbox, and ``allow_unsandboxed`` is false.
+    """
+    if len(rows) != len(completions):
+        raise ValueError(f"{len(rows)} rows but {len(completions)} completions")
+    if benchmark.scorer != "code":
+        return [_score_answer(benchmark, row, text) for row, text in zip(rows, completions)]
+    programs = [benchmark.program(row, text) for row, text in zip(rows, completions)]
+    results = run_programs(programs, limits=code_limits, workers=code_workers, allow_unsandboxed=allow_unsandboxed)
+    return [
+        SampleScore(r.passed, None, r.status, None if r.passed else (r.stderr_tail[-500:] or f"exit status {r.returncode}"))
+        for r in results
+    ]
+
+
+def read_completions(path: str | Path, rows: list[Row]) -> tuple[list[Row], list[str]]:
+    """Pair each line of a completions JSONL file with its benchmark row.
+
+    Each line is a JSON object with the task id (``id`` or ``task_id``) and the completion text
+    (``completion``, ``response`` or ``text``). Only the listed tasks are scored, in file order.
+
+    Raises:
+        OpdlmError: a missing file, bad JSON, missing key, unknown or repeated task id, or no lines;
+            the message names the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise OpdlmError(f"completions file not found: {path}")
+    by_id = {row.id: row for row in rows}
+    paired_rows, texts, seen = [], [], set()
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise OpdlmError(f"{where}: not valid JSON ({exc.msg})") from None
+            if not isinstance(rec, dict):
+                raise OpdlmError(f"{where}: expected a JSON object with an id and a completion")
+            task_id = next((str(rec[k]) for k in ID_KEYS if rec.get(k) is not None), None)
+            text = next((rec[k] for k in COMPLETION_KEYS if rec.get(k) is not None), None)
+            if task_id is None:
+                raise OpdlmError(f"{where}: missing task id (one of {', '.join(ID_KEYS)})")
+            if not isinstance(text, str):
+                raise OpdlmError(f"{where}: missing completion text (one of {', '.join(COMPLETION_KEYS)})")
+            if task_id not in by_id:
+                example = next(iter(by_id), "")
+                raise OpdlmError(f"{where}: unknown task id {task_id!r} for this benchmark (ids look like {example!r})")
+            if task_id in seen:
+                raise OpdlmError(f"{where}: task id {task_id!r} appears twice")
+            seen.add(task_id)
+            paired_rows.append(by_id[task_id])
+            texts.append(text)
+    if not texts:
+        raise OpdlmError(f"completions file {path} has no lines")
+    return paired_rows, texts

@@ -1,0 +1,324 @@
+"""The training loop: one explicit sequence of small named steps per rollout batch (METHOD §4).
+
+    for each rollout step:
+        collect_episodes   rollouts with the student (opd) or ground-truth responses (mdm_sft)
+        select_rows        one state per block (or all rounds), loss mask, skip empty rollouts
+        optimise           per optimizer step: teacher targets -> student forward -> forward KL
+                           (or masked CE) -> backward over micro-batches -> clip -> AdamW
+        log, checkpoint
+
+:func:`train` is the entry point the CLI and the pipeline call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from pathlib import Path
+
+import torch
+
+from opdlm.config.recipe import Recipe
+from opdlm.train.batch import TrainingRows, make_rows
+from opdlm.train.checkpoint import export_model, save_checkpoint
+from opdlm.train.curriculum import StagePosition, domain_cap, length_cap, stage_at
+from opdlm.train.data import stream_indices
+from opdlm.train.kl import cross_entropy_chunked, forward_kl_chunked
+from opdlm.train.loss_mask import response_loss_mask
+from opdlm.train.mdm import random_block_mask, response_tokens
+from opdlm.train.metrics import ConsoleLogger, JsonlLogger, MetricLogger, MultiLogger
+from opdlm.train.rollout import Episodes, encode_rows, rollout
+from opdlm.train.schedule import learning_rate
+from opdlm.train.setup import RunContext, setup_run
+from opdlm.train.states import select_states
+from opdlm.train.student_forward import noisy_copy, student_hidden_states
+from opdlm.train.targets import teacher_hidden_states
+
+
+def _generator(ctx: RunContext, step: int, purpose: int, device: torch.device | None = None) -> torch.Generator:
+    """A generator seeded by (seed, step, purpose): a resumed run draws the same numbers as an uninterrupted one."""
+    g = torch.Generator(device=device or "cpu")
+    return g.manual_seed((ctx.seed * 1_000_003 + step) * 8 + purpose + ctx.rank * 7_919)
+
+
+def _autocast(ctx: RunContext):
+    if ctx.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(ctx.device.type, dtype=ctx.autocast_dtype)
+
+
+def stage_sampler(ctx: RunContext, pos: StagePosition):
+    """The rollout sampler config of a stage (block size and threshold overrides applied)."""
+    return ctx.cfg.rollout.with_overrides(block_size=ctx.cfg.stage_block_size(pos.stage), threshold=pos.stage.threshold)
+
+
+def collect_episodes(ctx: RunContext, pos: StagePosition, step: int) -> tuple[Episodes, int]:
+    """This step's prompts and their responses; returns ``(episodes, stage_length_cap)``."""
+    cfg, tok = ctx.cfg, ctx.student.tokenizer
+    block_size = ctx.cfg.stage_block_size(pos.stage)
+    cap = length_cap(pos.stage.length, pos.step_in_stage, block_size)
+    indices = stream_indices(len(ctx.rows), step * cfg.prompts_per_rollout, cfg.prompts_per_rollout, ctx.seed)
+    rows = [ctx.rows[i] for i in indices[ctx.rank :: ctx.world_size]]
+    prompts, kept = encode_rows(tok, rows, cfg.math_suffix, cfg.max_prompt_tokens)
+    ctx.counters.skipped_prompts += len(rows) - len(kept)
+    rows = [rows[i] for i in kept]
+    caps = [domain_cap(cap, r.domain, pos.stage.domain_caps) for r in rows]
+    if cfg.objective == "mdm_sft":
+        eos = ctx.student.meta.eos_token_ids[0]
+        pairs = [(p, response_tokens(tok, r.response, eos, c)) for p, r, c in zip(prompts, rows, caps) if r.response]
+        ctx.counters.skipped_prompts += len(prompts) - len(pairs)
+        resp = [r for _, r in pairs]
+        finished = [bool(r) and r[-1] in ctx.student.meta.eos_token_ids for r in resp]
+        return Episodes([p for p, _ in pairs], resp, [[] for _ in pairs], finished, [0] * len(pairs)), cap
+    if not prompts:
+        return Episodes([], [], [], [], []), cap
+    ctx.student.model.eval()
+    with _autocast(ctx):
+        episodes = rollout(ctx.student, prompts, caps, stage_sampler(ctx, pos), _generator(ctx, step, 1, ctx.device))
+    return episodes, cap
+
+
+def select_rows(ctx: RunContext, episodes: Episodes, block_size: int, step: int) -> tuple[TrainingRows | None, int]:
+    """States, loss mask and rows; returns ``(rows, skipped_rollouts)`` (rows None when nothing is left)."""
+    if not episodes.responses:
+        return None, 0
+    meta = ctx.student.meta
+    response_BL, lengths_B = _pad_responses(episodes.responses, meta.pad_token_id)
+    loss_mask_BL = response_loss_mask(response_BL, lengths_B, meta.eos_token_ids, ctx.cfg.exclude_eos_from_loss)
+    gen = _generator(ctx, step, 2)
+    if ctx.cfg.objective == "mdm_sft":
+        masked_RL = random_block_mask(lengths_B, response_BL.shape[1], block_size, ctx.cfg.mdm_min_mask_ratio, gen)
+        source_R = torch.arange(len(episodes.responses))
+    else:
+        step_map_BL = _pad_step_maps(episodes.step_maps, response_BL.shape[1])
+        masked_RL, source_R = select_states(step_map_BL, lengths_B, block_size, ctx.cfg.state_selection, gen)
+    has_loss_R = (masked_RL & loss_mask_BL[source_R]).any(-1)
+    used = set(source_R[has_loss_R].tolist())
+    skipped = len(episodes.responses) - len(used)  # empty or EOS-only rollouts: counted, never a crash
+    if not has_loss_R.any():
+        return None, skipped
+    rows = make_rows(
+        episodes.prompts, episodes.responses, source_R[has_loss_R], masked_RL[has_loss_R], loss_mask_BL,
+        meta.pad_token_id, block_size,
+    )  # fmt: skip
+    return rows, skipped
+
+
+def _pad_responses(responses: list[list[int]], pad_id: int):
+    from opdlm.train.batch import right_pad
+
+    return right_pad(responses, pad_id, max(max(map(len, responses)), 1))
+
+
+def _pad_step_maps(step_maps: list[list[int]], width: int) -> torch.Tensor:
+    out = torch.full((len(step_maps), width), -1, dtype=torch.long)
+    for i, sm in enumerate(step_maps):
+        out[i, : len(sm)] = torch.tensor(sm, dtype=torch.long)
+    return out
+
+
+def microbatch_loss(ctx: RunContext, mb: TrainingRows, block_size: int) -> tuple[torch.Tensor, dict]:
+    """Sum over the micro-batch's rows of each row's mean loss over its loss positions.
+
+    Returns:
+        ``(loss_sum, stats)``; stats hold per-token losses by position inside the block.
+    """
+    meta, model = ctx.student.meta, ctx.student.model
+    noisy_BL = noisy_copy(mb.response_BL, mb.masked_BL, mb.lengths_B, meta.mask_token_id)
+    row_N, col_N = mb.loss_BL.nonzero(as_tuple=True)
+    with _autocast(ctx):
+        hidden_BLH = student_hidden_states(
+            model, mb.prompt_ids_BP, mb.prompt_lens_B, mb.response_BL, noisy_BL, block_size, meta.logit_shift,
+            ctx.student.backend,
+        )  # fmt: skip
+        student_NH = hidden_BLH[row_N, col_N]
+        if ctx.cfg.objective == "opd":
+            teacher_NH = teacher_hidden_states(ctx.teacher, mb.prompt_ids_BP, mb.prompt_lens_B, mb.response_BL, ctx.teacher_backend)[row_N, col_N]
+            top_k = ctx.cfg.kl_top_k if ctx.cfg.kl == "top_k" else None
+            per_token_N = forward_kl_chunked(
+                teacher_NH, student_NH, ctx.teacher.get_output_embeddings(), model.get_output_embeddings(), top_k,
+                ctx.cfg.kl_chunk_size,
+            )  # fmt: skip
+        else:
+            per_token_N = cross_entropy_chunked(student_NH, model.get_output_embeddings(), mb.response_BL[row_N, col_N], ctx.cfg.kl_chunk_size)
+    n_rows = len(mb)
+    count_B = torch.zeros(n_rows, device=per_token_N.device).index_add_(0, row_N, torch.ones_like(per_token_N))
+    sum_B = torch.zeros(n_rows, device=per_token_N.device).index_add_(0, row_N, per_token_N)
+    loss_sum = (sum_B / count_B.clamp(min=1)).sum()
+    detached = per_token_N.detach()
+    pos_N = col_N % block_size
+    stats = {
+        "by_pos_sum": torch.zeros(block_size, device=detached.device).index_add_(0, pos_N, detached).cpu(),
+        "by_pos_count": torch.zeros(block_size, device=detached.device).index_add_(0, pos_N, torch.ones_like(detached)).cpu(),
+        "tokens": int(row_N.numel()),
+        "seq_tokens": int((mb.prompt_lens_B.sum() + 2 * mb.lengths_B.sum()).item()),
+        "teacher_tokens": int((mb.prompt_lens_B.sum() + mb.lengths_B.sum()).item()),
+    }
+    return loss_sum, stats
+
+
+def optimise(ctx: RunContext, rows: TrainingRows, pos: StagePosition, step: int, block_size: int) -> dict:
+    """Consume one batch of rows as ``optimizer_steps_per_rollout`` AdamW steps of gradient-accumulated micro-batches."""
+    cfg = ctx.cfg
+    k_steps = cfg.optimizer_steps_per_rollout
+    total_opt = cfg.total_rollout_steps * k_steps
+    peak = pos.stage.lr if pos.stage.lr is not None else cfg.lr
+    order = torch.randperm(len(rows), generator=_generator(ctx, step, 3))
+    ctx.student.model.train()
+    losses, norms, lr = [], [], 0.0
+    by_pos_sum, by_pos_count = torch.zeros(block_size), torch.zeros(block_size)
+    seq_tokens = teacher_tokens = 0
+    for k, group in enumerate(torch.tensor_split(order, k_steps)):
+        if len(group) == 0:  # fewer rows than optimizer steps (skipped rollouts): the schedule still advances
+            continue
+        group_loss = 0.0
+        for mb_idx in group.split(cfg.micro_batch_size):
+            mb = rows.select(mb_idx, block_size).to(ctx.device)
+            loss_sum, stats = microbatch_loss(ctx, mb, block_size)
+            ctx.stepper.backward(loss_sum / len(group))
+            group_loss += float(loss_sum.detach()) / len(group)
+            by_pos_sum += stats["by_pos_sum"]
+            by_pos_count += stats["by_pos_count"]
+            seq_tokens += stats["seq_tokens"]
+            teacher_tokens += stats["teacher_tokens"]
+        lr = learning_rate(step * k_steps + k, total_opt, cfg.warmup_rollout_steps * k_steps, peak, cfg.min_lr)
+        norms.append(ctx.stepper.step(lr))
+        losses.append(group_loss)
+        ctx.counters.optimizer_steps += 1
+    out = {
+        "loss": sum(losses) / len(losses), "grad_norm": sum(norms) / len(norms), "lr": lr,
+        "loss_tokens": int(by_pos_count.sum()), "optimizer_steps": len(losses),
+        "_student_tokens": seq_tokens, "_teacher_tokens": teacher_tokens,
+    }  # fmt: skip
+    for i in range(block_size):
+        if by_pos_count[i] > 0:
+            out[f"kl_by_block_position/{i}"] = float(by_pos_sum[i] / by_pos_count[i])
+    return out
+
+
+def _num_params(model: torch.nn.Module | None) -> int:
+    return 0 if model is None else sum(p.numel() for p in model.parameters())
+
+
+def estimate_flops(ctx: RunContext, episodes: Episodes, block_size: int, stats: dict) -> float:
+    """``2 N`` per token forward (rollout, teacher) and ``6 N`` per token trained (student, both copies)."""
+    n_student, n_teacher = _num_params(ctx.student.model), _num_params(ctx.teacher)
+    rollout_tokens = sum(len(p) + f * block_size for p, f in zip(episodes.prompts, episodes.num_forwards))
+    return 2.0 * n_student * rollout_tokens + 2.0 * n_teacher * stats.get("_teacher_tokens", 0) + 6.0 * n_student * stats.get("_student_tokens", 0)
+
+
+def _write_payload(ctx: RunContext, block_size: int):
+    def write(folder: Path) -> None:
+        model = ctx.student.model
+        model.config.block_size = block_size
+        model.save_pretrained(folder, safe_serialization=True)
+        ctx.student.tokenizer.save_pretrained(folder)
+        ctx.stepper.save(folder)
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}  # fmt: skip
+        torch.save(rng, folder / "rng.pt")
+
+    return write
+
+
+def checkpoint(ctx: RunContext, block_size: int) -> Path:
+    """Write a checkpoint of the current state (rank 0 writes; DeepSpeed ranks join inside the stepper)."""
+    state = {"counters": ctx.counters.as_dict(), "fingerprint": ctx.fingerprint, "rollout_step": ctx.counters.rollout_step}
+    return save_checkpoint(ctx.checkpoints, ctx.counters.rollout_step, _write_payload(ctx, block_size), state, ctx.cfg.keep_checkpoints)
+
+
+def train_step(ctx: RunContext, step: int) -> dict:
+    """One rollout step: collect, select, optimise; returns the step's metrics."""
+    pos = stage_at(ctx.cfg.stages, step)
+    block_size = ctx.cfg.stage_block_size(pos.stage)
+    episodes, cap = collect_episodes(ctx, pos, step)
+    rows, skipped = select_rows(ctx, episodes, block_size, step)
+    stats = optimise(ctx, rows, pos, step, block_size) if rows is not None else {}
+    c = ctx.counters
+    rollout_tokens = sum(map(len, episodes.responses))
+    c.rollout_step = step + 1
+    c.skipped_rollouts += skipped
+    c.rollout_tokens += rollout_tokens
+    c.train_tokens += rollout_tokens
+    c.flops += estimate_flops(ctx, episodes, block_size, stats)
+    n_eps = max(len(episodes.responses), 1)
+    metrics = {k: v for k, v in stats.items() if not k.startswith("_")}
+    metrics.update({
+        "stage": pos.index, "stage_name": pos.stage.name, "length_cap": cap, "block_size": block_size,
+        "rollout_tokens": rollout_tokens, "rollouts": len(episodes.responses),
+        "mean_response_tokens": rollout_tokens / n_eps, "tokens_per_step": episodes.tokens_per_step,
+        "eos_rate": sum(episodes.finished) / n_eps, "skipped_rollouts": skipped,
+        "cumulative_skipped_rollouts": c.skipped_rollouts, "cumulative_train_tokens": c.train_tokens,
+        "cumulative_flops": c.flops, "optimizer_step": c.optimizer_steps,
+    })  # fmt: skip
+    metrics.setdefault("loss_tokens", 0)
+    return metrics
+
+
+def default_loggers(ctx: RunContext, console: bool = True) -> MetricLogger:
+    resume_after = ctx.counters.rollout_step - 1 if ctx.resumed_from is not None else None
+    loggers: list[MetricLogger] = [JsonlLogger(ctx.out / "metrics.jsonl", resume_after=resume_after)]
+    if console:
+        loggers.append(ConsoleLogger(ctx.cfg.total_rollout_steps))
+    return MultiLogger(loggers)
+
+
+def train(
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    teacher: str | None = None,
+    student: str | None = None,
+    data: str | None = None,
+    loggers: list[MetricLogger] | None = None,
+    console: bool = True,
+) -> Path:
+    """Train a block-diffusion student by OPD (or the mdm_sft baseline) and return ``out_dir``.
+
+    Re-running with the same arguments resumes from the newest checkpoint. ``out_dir`` ends up an
+    ordinary converted model directory (``opdlm generate --model OUT``) plus ``checkpoints/``,
+    ``metrics.jsonl``, ``params.json`` and ``run.json``.
+
+    Args:
+        recipe: validated recipe (its ``train`` section drives everything here).
+        out_dir: output folder (created; resumed when it holds this recipe's run).
+        teacher: teacher source overriding ``recipe.teacher``.
+        student: converted student directory to start from (default: convert the teacher into
+            ``OUT/converted``).
+        data: JSONL of rows overriding ``recipe.data``.
+        loggers: extra metric loggers (for example MLflow, from outside the library).
+        console: print one progress line per step.
+    """
+    ctx = setup_run(recipe, out_dir, teacher, student, data)
+    total = ctx.cfg.total_rollout_steps
+    main_rank = ctx.rank == 0
+    logger = MultiLogger(([default_loggers(ctx, console)] if main_rank else []) + list(loggers or []))
+    logger.log_params({
+        "objective": ctx.cfg.objective, "stages": [s.name for s in ctx.cfg.stages], "total_rollout_steps": total,
+        "out": str(ctx.out), "resumed_from": str(ctx.resumed_from) if ctx.resumed_from else None,
+        "train": ctx.cfg.model_dump(mode="json"), "seed": ctx.seed,
+    })  # fmt: skip
+    try:
+        for step in range(ctx.counters.rollout_step, total):
+            metrics = train_step(ctx, step)
+            logger.log(metrics, step)
+            stage_end = stage_at(ctx.cfg.stages, step).index != (stage_at(ctx.cfg.stages, step + 1).index if step + 1 < total else -1)
+            if (step + 1) % ctx.cfg.checkpoint_every == 0 or stage_end:
+                checkpoint(ctx, metrics["block_size"])
+        final_block = ctx.cfg.stage_block_size(ctx.cfg.stages[-1])
+        last = checkpoint(ctx, final_block) if ctx.counters.rollout_step == 0 else _final_checkpoint(ctx, final_block)
+        if main_rank:
+            export_model(last, ctx.out)
+    finally:
+        logger.close()
+    return ctx.out
+
+
+def _final_checkpoint(ctx: RunContext, block_size: int) -> Path:
+    """The checkpoint of the last step (already written at the last stage's end)."""
+    from opdlm.train.checkpoint import latest_checkpoint
+
+    last = latest_checkpoint(ctx.checkpoints)
+    if last is None or last.name != f"step-{ctx.counters.rollout_step:06d}":
+        last = checkpoint(ctx, block_size)
+    return last

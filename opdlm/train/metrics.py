@@ -1,0 +1,116 @@
+"""A small metric-logger protocol and the library's two implementations (console, JSON lines).
+
+Tracking services (MLflow) implement the same protocol outside ``opdlm/``; nothing here touches
+the outside world at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Protocol, TextIO, runtime_checkable
+
+
+@runtime_checkable
+class MetricLogger(Protocol):
+    """Receives run parameters once and a dict of scalar metrics per rollout step."""
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ConsoleLogger:
+    """One line per logged step on stderr, with progress and a time estimate (long runs show progress)."""
+
+    KEYS = ("loss", "length_cap", "rollout_tokens", "loss_tokens", "eos_rate", "tokens_per_step", "grad_norm", "lr")
+
+    def __init__(self, total_steps: int, every: int = 1, stream: TextIO | None = None):
+        self.total_steps, self.every, self.stream = total_steps, max(every, 1), stream or sys.stderr
+        self._start, self._first_step = time.monotonic(), None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        shown = {k: params[k] for k in ("objective", "stages", "total_rollout_steps", "out") if k in params}
+        print("train: " + ", ".join(f"{k}={v}" for k, v in shown.items()), file=self.stream, flush=True)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if self._first_step is None:
+            self._first_step = step
+        done = step + 1
+        if done % self.every and done != self.total_steps:
+            return
+        elapsed = time.monotonic() - self._start
+        rate = elapsed / max(done - self._first_step, 1)
+        eta = rate * (self.total_steps - done)
+        parts = [f"{k}={_fmt(metrics[k])}" for k in self.KEYS if k in metrics]
+        stage = metrics.get("stage_name", metrics.get("stage", ""))
+        print(f"[{done}/{self.total_steps} {stage} eta {eta:.0f}s] " + " ".join(parts), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class JsonlLogger:
+    """Appends ``{"step": n, ...metrics}`` lines to a file.
+
+    Args:
+        path: the JSONL file.
+        resume_after: on resume, lines of steps after this one (re-run after a crash) are dropped
+            first, so the file holds each step exactly once.
+    """
+
+    def __init__(self, path: str | Path, resume_after: int | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_after is not None and self.path.is_file():
+            kept = [ln for ln in self.path.read_text().splitlines() if _step_of(ln) is not None and _step_of(ln) <= resume_after]
+            self.path.write_text("".join(ln + "\n" for ln in kept))
+        elif resume_after is None and self.path.is_file():
+            self.path.unlink()
+        self._fh = self.path.open("a")
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        (self.path.parent / "params.json").write_text(json.dumps(params, indent=1, default=str))
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self._fh.write(json.dumps({"step": step, **metrics}, default=str) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class MultiLogger:
+    """Fans every call out to several loggers."""
+
+    def __init__(self, loggers: list[MetricLogger]):
+        self.loggers = loggers
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        for lg in self.loggers:
+            lg.log_params(params)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        for lg in self.loggers:
+            lg.log(metrics, step)
+
+    def close(self) -> None:
+        for lg in self.loggers:
+            lg.close()
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)

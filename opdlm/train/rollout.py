@@ -1,0 +1,67 @@
+"""Step 1 of OPD: rollouts with the shared block sampler, kept as token ids and step maps (METHOD §4.1).
+
+Rows are grouped by their length cap (per-domain caps make caps differ inside a batch) and each
+group is sampled with ``max_new_tokens`` = its cap, so responses are already truncated to the cap.
+Prompts stay paired with their own rollout by index; a prompt is never silently dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from opdlm.config.sampler import SamplerConfig
+from opdlm.data.prompting import encode_prompts, format_prompt
+from opdlm.data.schema import Row
+from opdlm.models.student import Student
+from opdlm.sampling.block_sampler import BlockDiffusionSampler
+
+
+@dataclass
+class Episodes:
+    """Prompts with their responses (rollouts or ground truth), aligned by index.
+
+    Attributes:
+        prompts: prompt token ids.
+        responses: response token ids (up to and including the first EOS, or cut at the cap).
+        step_maps: committing round of each response token (rollouts only; empty lists otherwise).
+        finished: True when the response ended with EOS.
+        num_forwards: sampler forward passes per rollout (0 for ground truth).
+        tokens_per_step: the batch's rollout tokens per denoising step (0 for ground truth).
+    """
+
+    prompts: list[list[int]]
+    responses: list[list[int]]
+    step_maps: list[list[int]]
+    finished: list[bool]
+    num_forwards: list[int]
+    tokens_per_step: float = 0.0
+
+
+def encode_rows(tokenizer, rows: list[Row], math_suffix: bool, max_prompt_tokens: int) -> tuple[list[list[int]], list[int]]:
+    """Prompt ids of the rows that fit ``max_prompt_tokens``; returns ``(prompts, kept_row_positions)``."""
+    texts = [format_prompt(tokenizer, r.question, r.domain, math_suffix) for r in rows]
+    ids = encode_prompts(tokenizer, texts)
+    kept = [i for i, p in enumerate(ids) if 0 < len(p) <= max_prompt_tokens]
+    return [ids[i] for i in kept], kept
+
+
+def rollout(
+    student: Student, prompts: list[list[int]], caps: list[int], cfg: SamplerConfig, generator: torch.Generator
+) -> Episodes:
+    """Sample one response per prompt; prompt ``i`` gets at most ``caps[i]`` tokens."""
+    sampler = BlockDiffusionSampler(student)
+    n = len(prompts)
+    responses, step_maps = [[] for _ in range(n)], [[] for _ in range(n)]
+    finished, nfe = [False] * n, [0] * n
+    total_tokens, total_steps = 0, 0
+    for cap in sorted(set(caps)):
+        group = [i for i in range(n) if caps[i] == cap]
+        batch = sampler.generate([prompts[i] for i in group], cfg.with_overrides(max_new_tokens=cap), generator, decode_text=False)
+        for k, i in enumerate(group):
+            responses[i], step_maps[i] = batch.response_ids[k], batch.step_map[k]
+            finished[i], nfe[i] = batch.finished[k], batch.num_forwards[k]
+            total_tokens += len(batch.response_ids[k])
+            total_steps += batch.num_steps(k)
+    return Episodes(prompts, responses, step_maps, finished, nfe, total_tokens / total_steps if total_steps else 0.0)

@@ -1,0 +1,208 @@
+"""Everything the loop needs before its first step: output folder, models, data, optimiser, resume.
+
+Re-running on the same output folder resumes from its newest checkpoint (verified against its
+manifest). The folder remembers a fingerprint of the recipe's training-relevant parts, so resuming
+with a different recipe fails with one line instead of silently mixing two runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from opdlm.config.recipe import Recipe
+from opdlm.config.train import TrainConfig
+from opdlm.data.schema import Row
+from opdlm.errors import OpdlmError, SourceError
+from opdlm.models.student import Student, load_causal_lm, load_student, resolve_device
+from opdlm.train.checkpoint import latest_checkpoint, read_train_state
+from opdlm.train.data import load_training_rows
+
+RUN_FILE = "run.json"
+
+
+@dataclass
+class Counters:
+    """Trainer state that a checkpoint must carry besides weights and optimiser."""
+
+    rollout_step: int = 0  # completed rollout steps; also the data cursor in units of rollout batches
+    optimizer_steps: int = 0
+    rollout_tokens: int = 0
+    train_tokens: int = 0
+    flops: float = 0.0
+    skipped_rollouts: int = 0
+    skipped_prompts: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass
+class RunContext:
+    """The resolved run: config, models, data, optimiser and counters."""
+
+    recipe: Recipe
+    cfg: TrainConfig
+    out: Path
+    student: Student
+    teacher: torch.nn.Module | None
+    teacher_backend: str | None
+    rows: list[Row]
+    stepper: Any
+    seed: int
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    fingerprint: str
+    counters: Counters = field(default_factory=Counters)
+    resumed_from: Path | None = None
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"
+
+
+def run_fingerprint(recipe: Recipe, teacher: str | None, student: str | None, data: str | None) -> str:
+    """A hash of what determines the trained weights (paths by value as given)."""
+    blob = {
+        "train": recipe.train.model_dump(mode="json"), "seed": recipe.seed, "convert": recipe.convert.model_dump(),
+        "data": recipe.data.model_dump(), "teacher": recipe.teacher.model_dump(),
+        "overrides": {"teacher": teacher, "student": student, "data": data},
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _teacher_source(recipe: Recipe, teacher: str | None) -> str:
+    src = teacher or recipe.teacher.path or recipe.teacher.source
+    if src.startswith("builtin:tiny"):
+        raise SourceError(
+            "teacher builtin:tiny must be built first: run `opdlm teacher bootstrap --out DIR` and pass --teacher DIR "
+            "(or set teacher.path)"
+        )
+    return src
+
+
+def _check_out(out: Path, fingerprint: str) -> None:
+    run_file = out / RUN_FILE
+    if run_file.is_file():
+        previous = json.loads(run_file.read_text()).get("fingerprint")
+        if previous != fingerprint:
+            raise OpdlmError(
+                f"{out} holds a run of a different recipe (fingerprint {previous} != {fingerprint}); "
+                "use a new --out, or delete the folder to start over"
+            )
+    elif out.exists() and any(p.name not in {"converted"} for p in out.iterdir()):
+        raise OpdlmError(f"output directory {out} is not empty and holds no opdlm training run; use a new --out")
+
+
+def _student_dir(ctx_out: Path, recipe: Recipe, teacher_src: str | None, student: str | None) -> Path:
+    """The student to start from: ``--student``, or the teacher converted into ``OUT/converted``."""
+    if student:
+        return Path(student)
+    converted = ctx_out / "converted"
+    if (converted / "config.json").is_file():
+        return converted
+    if teacher_src is None:
+        raise OpdlmError("no --student given and no teacher to convert")
+    from opdlm.models.convert import convert_teacher
+    from opdlm.models.sources import resolve_model_source
+
+    return convert_teacher(
+        resolve_model_source(teacher_src, "teacher"), converted, block_size=recipe.convert.block_size,
+        logit_shift=recipe.convert.logit_shift, sampler=recipe.sampler,
+    )  # fmt: skip
+
+
+def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def setup_run(
+    recipe: Recipe, out: str | Path, teacher: str | None = None, student: str | None = None, data: str | None = None
+) -> RunContext:
+    """Resolve paths, convert or load the student, load teacher and data, build the optimiser, resume."""
+    cfg, out = recipe.train, Path(out).absolute()
+    if cfg.rollout.block_size != recipe.convert.block_size:
+        raise OpdlmError(
+            f"train.rollout.block_size ({cfg.rollout.block_size}) must equal convert.block_size "
+            f"({recipe.convert.block_size}); use a stage's block_size to change it during training"
+        )
+    fingerprint = run_fingerprint(recipe, teacher, student, data)
+    _check_out(out, fingerprint)
+    seed = cfg.seed if cfg.seed is not None else recipe.seed
+    rank, world_size = _distributed_rank()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    torch.manual_seed(seed)
+    random.seed(seed)
+
+    rows = load_training_rows(recipe.data.source, data or recipe.data.path, cfg.num_prompts, seed)
+    needs_teacher = cfg.objective == "opd"
+    teacher_src = _teacher_source(recipe, teacher) if (needs_teacher or not student) else None
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = latest_checkpoint(out / "checkpoints")
+    start_dir = ckpt if ckpt is not None else _student_dir(out, recipe, teacher_src, student)
+    if not (out / RUN_FILE).is_file():
+        (out / RUN_FILE).write_text(json.dumps({"fingerprint": fingerprint, "recipe": recipe.name}, indent=1))
+
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", int(__import__("os").environ.get("LOCAL_RANK", 0)))
+    student_obj = load_student(start_dir, device=str(device), dtype="fp32", backend=cfg.attn_backend)
+    if cfg.gradient_checkpointing:
+        student_obj.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    teacher_model, teacher_backend = None, None
+    if needs_teacher:
+        from opdlm.models.sources import resolve_model_source
+
+        teacher_dtype = "bf16" if _autocast_dtype(cfg, device) is not None else "fp32"
+        teacher_model, _ = load_causal_lm(resolve_model_source(teacher_src, "teacher"), str(device), teacher_dtype, cfg.attn_backend)
+        teacher_model.requires_grad_(False)
+        teacher_backend = teacher_model.config._attn_implementation
+
+    if cfg.deepspeed:
+        from opdlm.train.deepspeed_engine import make_deepspeed_stepper
+
+        stepper, teacher_model = make_deepspeed_stepper(student_obj, teacher_model, cfg)
+    else:
+        from opdlm.train.stepper import TorchStepper
+
+        stepper = TorchStepper(student_obj.model, cfg)
+    ctx = RunContext(
+        recipe, cfg, out, student_obj, teacher_model, teacher_backend, rows, stepper, seed, device,
+        _autocast_dtype(cfg, device), fingerprint, rank=rank, world_size=world_size,
+    )  # fmt: skip
+    if ckpt is not None:
+        _restore(ctx, ckpt)
+    return ctx
+
+
+def _restore(ctx: RunContext, ckpt: Path) -> None:
+    state = read_train_state(ckpt)
+    if state.get("fingerprint") != ctx.fingerprint:
+        raise OpdlmError(f"checkpoint {ckpt} belongs to a different recipe; use a new --out")
+    ctx.counters = Counters(**state["counters"])
+    ctx.stepper.load(ckpt)
+    rng = torch.load(ckpt / "rng.pt", weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    if torch.cuda.is_available() and rng.get("cuda") is not None:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    ctx.resumed_from = ckpt
+
+
+def _distributed_rank() -> tuple[int, int]:
+    import os
+
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
