@@ -20,14 +20,21 @@ app = typer.Typer(
 )
 
 
-# Command modules under opdlm.cli; each defines register(app). Add one name per new module.
-COMMAND_MODULES = ("convert_cmd", "generate_cmd", "teacher_cmd", "train_cmd")
+def command_modules() -> list[str]:
+    """Every ``opdlm/cli/*_cmd.py`` module, sorted; each defines ``register(app)``.
+
+    Discovered rather than listed, so a new subcommand is one new file and nothing else.
+    """
+    import pkgutil
+    from pathlib import Path
+
+    return sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name.endswith("_cmd"))
 
 
 def _register() -> None:
     import importlib
 
-    for name in COMMAND_MODULES:
+    for name in command_modules():
         importlib.import_module(f"opdlm.cli.{name}").register(app)
 
 

@@ -10,6 +10,9 @@ from pathlib import Path
 from pydantic import Field
 
 from opdlm.config.base import StrictModel, load_config
+from opdlm.config.eval import EvalConfig
+from opdlm.config.registry import RegistryConfig
+from opdlm.config.resources import ResourcesConfig
 from opdlm.config.sampler import SamplerConfig
 from opdlm.config.train import TrainConfig
 
@@ -45,6 +48,9 @@ class Recipe(StrictModel):
     convert: ConvertConfig = Field(default_factory=ConvertConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="Evaluation and serving sampler.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="On-policy distillation training.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation of student and teacher.")
+    registry: RegistryConfig = Field(default_factory=RegistryConfig, description="MLflow registration and champion gate.")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Machines and GPUs for training.")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

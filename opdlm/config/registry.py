@@ -1,0 +1,21 @@
+"""The ``registry`` section of a recipe: where the trained student is registered and when it is promoted."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from opdlm.config.base import StrictModel
+
+
+class RegistryConfig(StrictModel):
+    """MLflow model registration and the champion gate (the pipeline's last stage).
+
+    Every successful run becomes a new version with alias ``candidate``; alias ``champion`` moves to
+    it only when the gate passes: student accuracy >= ``min_retention`` x teacher accuracy on
+    ``gate_benchmark``, and not below the current champion's accuracy there.
+    """
+
+    model_name: str | None = Field(None, description="Registered model name (default: 'opdlm-' + recipe name).")
+    gate_benchmark: str = Field("synthetic", description="Benchmark whose accuracy the champion gate compares.")
+    min_retention: float = Field(0.9, ge=0.0, le=2.0, description="Student / teacher accuracy needed to become champion.")
+    not_below_champion: bool = Field(True, description="Also require accuracy >= the current champion's.")
