@@ -15,6 +15,7 @@ from opdlm.config.registry import RegistryConfig
 from opdlm.config.resources import ResourcesConfig
 from opdlm.config.sampler import SamplerConfig
 from opdlm.config.train import TrainConfig
+from opdlm.teacher.config import BootstrapConfig
 
 
 class DataConfig(StrictModel):
@@ -29,6 +30,9 @@ class TeacherConfig(StrictModel):
 
     source: str = Field("builtin:tiny", description="Teacher source: builtin:tiny, a local HF directory, hf://ORG/MODEL.")
     path: str | None = Field(None, description="Local directory of the resolved teacher.")
+    bootstrap: BootstrapConfig = Field(
+        default_factory=BootstrapConfig, description="builtin:tiny only: how `opdlm teacher bootstrap` trains it."
+    )
 
 
 class ConvertConfig(StrictModel):
