@@ -23,6 +23,11 @@ class DataConfig(StrictModel):
 
     source: str = Field("builtin:synthetic", description="Dataset source: builtin:synthetic, a local JSONL path, ...")
     path: str | None = Field(None, description="Local normalised JSONL (set by the download stage or by hand).")
+    field_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="Canonical field -> the source's field name, e.g. {answer: ground_truth_answer} (paper data).",
+    )
+    limit: int | None = Field(None, ge=1, description="Keep the first N rows (builtin:synthetic: train.num_prompts when unset).")
 
 
 class TeacherConfig(StrictModel):
