@@ -15,6 +15,9 @@ def register(app: typer.Typer) -> None:
         teacher: str = typer.Option(None, "--teacher", help="Teacher source (overrides teacher.path / teacher.source)."),
         student: Path = typer.Option(None, "--student", help="Converted student to start from (default: convert the teacher into OUT/converted)."),
         data: Path = typer.Option(None, "--data", help="JSONL of training rows (overrides data.path / data.source)."),
+        until_stage: str = typer.Option(
+            None, "--until-stage", help="Stop after this curriculum stage (checkpointed, exported to OUT); re-run with the next to continue."
+        ),
         quiet: bool = typer.Option(False, "--quiet", help="No per-step progress lines."),
         overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. train.lr=2e-5 train.stages.0.rollout_steps=10."),
     ) -> None:
@@ -25,6 +28,6 @@ def register(app: typer.Typer) -> None:
         recipe = load_recipe(config, overrides or [])
         path = run_training(
             recipe, out, teacher=teacher, student=str(student) if student else None, data=str(data) if data else None,
-            console=not quiet,
+            until_stage=until_stage, console=not quiet,
         )  # fmt: skip
         typer.echo(f"trained student -> {path}")

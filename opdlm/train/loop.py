@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 from opdlm.config.recipe import Recipe
+from opdlm.errors import ConfigError
 from opdlm.train.batch import TrainingRows, make_rows
-from opdlm.train.checkpoint import export_model, save_checkpoint
+from opdlm.train.checkpoint import export_model, save_checkpoint, write_json
 from opdlm.train.curriculum import StagePosition, domain_cap, length_cap, stage_at
 from opdlm.train.data import stream_indices
 from opdlm.train.kl import cross_entropy_chunked, forward_kl_chunked
@@ -33,6 +34,8 @@ from opdlm.train.setup import RunContext, setup_run
 from opdlm.train.states import select_states
 from opdlm.train.student_forward import noisy_copy, student_hidden_states
 from opdlm.train.targets import teacher_hidden_states
+
+SUMMARY_FILE = "train_summary.json"
 
 
 def _generator(ctx: RunContext, step: int, purpose: int, device: torch.device | None = None) -> torch.Generator:
@@ -263,6 +266,48 @@ def default_loggers(ctx: RunContext, console: bool = True) -> MetricLogger:
     return MultiLogger(loggers)
 
 
+def stage_end_step(stages, until_stage: str | None) -> int:
+    """Global rollout step at which stage ``until_stage`` ends (the whole curriculum for None).
+
+    Raises:
+        ConfigError: ``until_stage`` names no stage (the message lists the valid names).
+    """
+    if until_stage is None:
+        return sum(s.rollout_steps for s in stages)
+    end = 0
+    for stage in stages:
+        end += stage.rollout_steps
+        if stage.name == until_stage:
+            return end
+    names = ", ".join(s.name for s in stages)
+    raise ConfigError(f"until_stage {until_stage!r} is not a curriculum stage; valid stages: {names}")
+
+
+def last_completed_stage(stages, rollout_step: int) -> str | None:
+    """Name of the last stage whose every rollout step is done after ``rollout_step`` steps (None if none)."""
+    done, end = None, 0
+    for stage in stages:
+        end += stage.rollout_steps
+        if end <= rollout_step:
+            done = stage.name
+    return done
+
+
+def write_summary(ctx: RunContext) -> dict:
+    """Write ``OUT/train_summary.json`` (atomically) with the run's counters; returns the summary."""
+    c = ctx.counters
+    summary = {
+        "rollout_step": c.rollout_step, "total_rollout_steps": ctx.cfg.total_rollout_steps,
+        "optimizer_steps": c.optimizer_steps, "cumulative_train_tokens": c.train_tokens,
+        "rollout_tokens": c.rollout_tokens, "flops": c.flops, "skipped_rollouts": c.skipped_rollouts,
+        "skipped_prompts": c.skipped_prompts, "last_stage_completed": last_completed_stage(ctx.cfg.stages, c.rollout_step),
+        "finished": c.rollout_step >= ctx.cfg.total_rollout_steps, "objective": ctx.cfg.objective,
+        "stages": [s.name for s in ctx.cfg.stages],
+    }  # fmt: skip
+    write_json(ctx.out / SUMMARY_FILE, summary)
+    return summary
+
+
 def train(
     recipe: Recipe,
     out_dir: str | Path,
@@ -270,6 +315,7 @@ def train(
     teacher: str | None = None,
     student: str | None = None,
     data: str | None = None,
+    until_stage: str | None = None,
     loggers: list[MetricLogger] | None = None,
     console: bool = True,
 ) -> Path:
@@ -277,7 +323,7 @@ def train(
 
     Re-running with the same arguments resumes from the newest checkpoint. ``out_dir`` ends up an
     ordinary converted model directory (``opdlm generate --model OUT``) plus ``checkpoints/``,
-    ``metrics.jsonl``, ``params.json`` and ``run.json``.
+    ``metrics.jsonl``, ``params.json``, ``run.json`` and ``train_summary.json``.
 
     Args:
         recipe: validated recipe (its ``train`` section drives everything here).
@@ -286,9 +332,16 @@ def train(
         student: converted student directory to start from (default: convert the teacher into
             ``OUT/converted``).
         data: JSONL of rows overriding ``recipe.data``.
+        until_stage: stop after this curriculum stage (inclusive), checkpointed and exported; a
+            later call with the next stage's name (or None) on the same ``out_dir`` continues the
+            same run. None runs to the end of the curriculum.
         loggers: extra metric loggers (for example MLflow, from outside the library).
         console: print one progress line per step.
+
+    Raises:
+        ConfigError: ``until_stage`` is not a stage of the recipe.
     """
+    end = stage_end_step(recipe.train.stages, until_stage)  # validate before touching the folder
     ctx = setup_run(recipe, out_dir, teacher, student, data)
     total = ctx.cfg.total_rollout_steps
     main_rank = ctx.rank == 0
@@ -296,29 +349,31 @@ def train(
     logger.log_params({
         "objective": ctx.cfg.objective, "stages": [s.name for s in ctx.cfg.stages], "total_rollout_steps": total,
         "out": str(ctx.out), "resumed_from": str(ctx.resumed_from) if ctx.resumed_from else None,
-        "train": ctx.cfg.model_dump(mode="json"), "seed": ctx.seed,
+        "until_stage": until_stage, "train": ctx.cfg.model_dump(mode="json"), "seed": ctx.seed,
     })  # fmt: skip
     try:
-        for step in range(ctx.counters.rollout_step, total):
+        for step in range(ctx.counters.rollout_step, end):
             metrics = train_step(ctx, step)
             logger.log(metrics, step)
-            stage_end = stage_at(ctx.cfg.stages, step).index != (stage_at(ctx.cfg.stages, step + 1).index if step + 1 < total else -1)
+            stage_end = step + 1 == total or stage_at(ctx.cfg.stages, step).index != stage_at(ctx.cfg.stages, step + 1).index
             if (step + 1) % ctx.cfg.checkpoint_every == 0 or stage_end:
                 checkpoint(ctx, metrics["block_size"])
-        final_block = ctx.cfg.stage_block_size(ctx.cfg.stages[-1])
-        last = checkpoint(ctx, final_block) if ctx.counters.rollout_step == 0 else _final_checkpoint(ctx, final_block)
+        last = _final_checkpoint(ctx)
         if main_rank:
             export_model(last, ctx.out)
+            write_summary(ctx)
     finally:
         logger.close()
     return ctx.out
 
 
-def _final_checkpoint(ctx: RunContext, block_size: int) -> Path:
-    """The checkpoint of the last step (already written at the last stage's end)."""
+def _final_checkpoint(ctx: RunContext) -> Path:
+    """The checkpoint of the current step (written now unless a stage end or ``checkpoint_every`` already did)."""
     from opdlm.train.checkpoint import latest_checkpoint
 
     last = latest_checkpoint(ctx.checkpoints)
     if last is None or last.name != f"step-{ctx.counters.rollout_step:06d}":
-        last = checkpoint(ctx, block_size)
+        done = ctx.counters.rollout_step
+        stage = stage_at(ctx.cfg.stages, max(done - 1, 0)).stage
+        last = checkpoint(ctx, ctx.cfg.stage_block_size(stage))
     return last
