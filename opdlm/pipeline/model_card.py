@@ -1,0 +1,88 @@
+"""The registered model's card: what it is, what it was made from, and how well it does.
+
+Rendered as Markdown for the MLflow model version's description and as ``model_card.md`` beside the
+weights, from facts the pipeline gathered (nothing here reads files or talks to a service).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelCardFacts:
+    """Everything the card states.
+
+    Attributes:
+        model_name: registered model name.
+        teacher: the teacher source (``builtin:tiny``, ``hf://Qwen/Qwen3-4B``, ...) and its fingerprint.
+        data_source, data_digest, data_rows: training prompts and their DVC md5.
+        code_version: git commit of the code that trained it (``+dirty`` when uncommitted changes existed).
+        training_tokens: generated tokens the student trained on; ``rollout_steps`` and ``flops`` likewise.
+        sampler_defaults: the sampler settings stored in the student's ``config.json``.
+        scores: ``{benchmark: {student_accuracy, teacher_accuracy, retention, student_tokens_per_step, ...}}``.
+        gate: the champion gate's reason line.
+        recipe_yaml: the resolved recipe (with overrides applied).
+    """
+
+    model_name: str
+    teacher: str
+    teacher_fingerprint: str
+    data_source: str
+    data_digest: str
+    data_rows: int
+    code_version: str
+    training_tokens: int
+    rollout_steps: int
+    flops: float
+    sampler_defaults: dict
+    scores: dict[str, dict]
+    gate: str
+    recipe_yaml: str
+    mlflow_run_id: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def render_model_card(facts: ModelCardFacts) -> str:
+    """The card as Markdown."""
+    lines = [
+        f"# {facts.model_name}",
+        "",
+        "A block-diffusion language model distilled on-policy from an autoregressive teacher (opdlm).",
+        "It decodes with the block-diffusion sampler: `mlflow.pyfunc.load_model(uri).predict({'prompt': [...]})`.",
+        "",
+        "## Provenance",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| teacher | `{facts.teacher}` (fingerprint `{facts.teacher_fingerprint}`) |",
+        f"| training data | `{facts.data_source}`, {facts.data_rows} rows, md5 `{facts.data_digest}` |",
+        f"| code version | `{facts.code_version}` |",
+        f"| training tokens | {facts.training_tokens:,} over {facts.rollout_steps} rollout steps ({facts.flops:.3g} FLOPs) |",
+    ]
+    if facts.mlflow_run_id:
+        lines.append(f"| MLflow run | `{facts.mlflow_run_id}` |")
+    for key, value in facts.extra.items():
+        lines.append(f"| {key} | {_fmt(value)} |")
+    lines += ["", "## Scores", "", "| benchmark | student acc | teacher acc | retention | student tokens/step |",
+              "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for name, s in facts.scores.items():
+        lines.append(
+            f"| {name} | {_fmt(s.get('student_accuracy'))} | {_fmt(s.get('teacher_accuracy'))} | "
+            f"{_fmt(s.get('retention'))} | {_fmt(s.get('student_tokens_per_step'))} |"
+        )
+    lines += [
+        "", f"Champion gate: {facts.gate}", "",
+        "## Sampler defaults", "", "```json", json.dumps(facts.sampler_defaults, indent=2, sort_keys=True), "```",
+        "", "## Recipe", "", "```yaml", facts.recipe_yaml.rstrip(), "```", "",
+    ]  # fmt: skip
+    return "\n".join(lines)

@@ -1,0 +1,192 @@
+"""Each pipeline stage as one call of the library function that does its work, driven by a recipe.
+
+The Prefect tasks (``tasks/``) and the DVC stages (``opdlm stage ...`` in ``dvc.yaml``) both call
+these, so the two orchestrators cannot drift apart:
+
+======== ================================================ ===========================================
+stage    function here                                    library function
+======== ================================================ ===========================================
+data     :func:`data_stage`                               :func:`opdlm.data.download.download_dataset`
+teacher  :func:`teacher_stage`                            :func:`opdlm.teacher.bootstrap_teacher`
+                                                          (``builtin:tiny``, as ``opdlm teacher
+                                                          bootstrap``) or
+                                                          :func:`opdlm.models.sources.resolve_model_source`
+convert  :func:`convert_stage`                            :func:`opdlm.models.convert.convert_teacher`
+train    ``opdlm train --until-stage`` (a subprocess)     :func:`opdlm.train.loop.train`
+eval     :func:`eval_model_stage`, :func:`sweep_stage`    :func:`opdlm.eval.harness.evaluate`,
+                                                          :func:`opdlm.eval.sweep.sweep`
+======== ================================================ ===========================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from opdlm.config.recipe import Recipe
+from opdlm.data.download import DatasetInfo
+from opdlm.errors import OpdlmError
+from opdlm.fsutil import atomic_dir, atomic_write_text
+
+BUILTIN_TEACHER = "builtin:tiny"
+
+
+def training_seed(recipe: Recipe) -> int:
+    """The seed training uses (``train.seed``, else the recipe's)."""
+    return recipe.train.seed if recipe.train.seed is not None else recipe.seed
+
+
+def data_source(recipe: Recipe) -> str:
+    """Where the data stage reads from: ``data.path`` when set by hand, else ``data.source``."""
+    return recipe.data.path or recipe.data.source
+
+
+def data_stage(recipe: Recipe, out_path: str | Path) -> DatasetInfo:
+    """Fetch and validate the recipe's training prompts; publish them as normalised JSONL at ``out_path``.
+
+    ``builtin:synthetic`` draws ``data.limit`` (else ``train.num_prompts``) rows with the training
+    seed, exactly the rows ``opdlm train`` would draw by itself.
+    """
+    from opdlm.data.download import download_dataset
+
+    source = data_source(recipe)
+    limit = recipe.data.limit
+    if limit is None and source.startswith("builtin:"):
+        limit = recipe.train.num_prompts
+    return download_dataset(
+        source, out_path, field_map=recipe.data.field_map or None, limit=limit, seed=training_seed(recipe)
+    )
+
+
+def teacher_source(recipe: Recipe) -> str:
+    """The teacher the recipe asks for: ``teacher.path`` when set, else ``teacher.source``."""
+    return recipe.teacher.path or recipe.teacher.source
+
+
+def teacher_stage(recipe: Recipe, out_dir: str | Path | None = None) -> Path:
+    """A local Hugging Face directory holding the recipe's teacher.
+
+    ``builtin:tiny`` is trained into ``out_dir`` by the bootstrap (``teacher.bootstrap`` settings),
+    the same function ``opdlm teacher bootstrap`` runs. Any other source is resolved (downloaded to
+    its cache when remote); with ``out_dir`` set, ``out_dir`` becomes a folder of links to the
+    resolved files, so a DVC stage has a workspace output without copying the weights.
+    """
+    src = teacher_source(recipe)
+    if src == BUILTIN_TEACHER:
+        if out_dir is None:
+            raise OpdlmError("teacher builtin:tiny is bootstrapped into a folder: give the teacher stage an output folder")
+        from opdlm.teacher import bootstrap_teacher
+
+        bootstrap_teacher(out_dir, recipe.teacher.bootstrap, overwrite=True)
+        return Path(out_dir).absolute()
+    from opdlm.models.sources import resolve_model_source
+
+    resolved = resolve_model_source(src, "teacher").absolute()
+    if out_dir is None:
+        return resolved
+    with atomic_dir(out_dir, overwrite=True) as tmp:
+        for f in sorted(resolved.rglob("*")):
+            if f.is_file():
+                link = tmp / f.relative_to(resolved)
+                link.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(f.resolve(), link)
+    return Path(out_dir).absolute()
+
+
+def convert_stage(recipe: Recipe, teacher_dir: str | Path, out_dir: str | Path) -> Path:
+    """Convert the teacher into the block-diffusion student the training starts from (``convert`` + ``sampler``)."""
+    from opdlm.models.convert import convert_teacher
+
+    return convert_teacher(
+        teacher_dir, out_dir, block_size=recipe.convert.block_size, logit_shift=recipe.convert.logit_shift,
+        sampler=recipe.sampler, overwrite=True,
+    )  # fmt: skip
+
+
+def stage_names(recipe: Recipe) -> list[str]:
+    """The curriculum stages, in order (one training task each)."""
+    return [s.name for s in recipe.train.stages]
+
+
+def stage_steps(recipe: Recipe, stage: str) -> tuple[int, int]:
+    """Global rollout steps ``[start, end)`` of curriculum stage ``stage``.
+
+    Raises:
+        OpdlmError: no stage of that name.
+    """
+    start = 0
+    for s in recipe.train.stages:
+        if s.name == stage:
+            return start, start + s.rollout_steps
+        start += s.rollout_steps
+    raise OpdlmError(f"train.stages has no stage {stage!r}; stages: {', '.join(stage_names(recipe))}")
+
+
+def training_progress(train_dir: str | Path) -> int:
+    """Rollout steps a training folder has completed and exported (0 when it has no summary yet)."""
+    summary = Path(train_dir) / "train_summary.json"
+    if not summary.is_file():
+        return 0
+    try:
+        return int(json.loads(summary.read_text()).get("rollout_step", 0))
+    except (json.JSONDecodeError, ValueError, TypeError):
+        return 0
+
+
+def eval_model_stage(
+    recipe: Recipe, model_dir: str | Path, out_dir: str | Path, teacher_results: dict[str, dict] | None = None
+) -> dict[str, dict]:
+    """Score ``model_dir`` on every benchmark of the recipe; write ``OUT/<benchmark>.json`` and its samples.
+
+    A student decodes with the block-diffusion sampler under the recipe's ``sampler`` settings; the
+    teacher decodes autoregressively. With ``teacher_results`` each student result carries the
+    teacher's accuracy and the retention.
+
+    Returns:
+        ``{benchmark: EvalResult as a dict}``; also written to ``OUT/results.json``.
+    """
+    from opdlm.eval.harness import evaluate
+
+    out_dir = Path(out_dir)
+    results = {}
+    for name in recipe.eval.benchmarks:
+        result = evaluate(
+            model_dir, name, recipe.eval, sampler=recipe.sampler, json_out=out_dir / f"{name}.json",
+            teacher_result=(teacher_results or {}).get(name), progress=True,
+        )  # fmt: skip
+        results[name] = result.to_dict()
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def sweep_stage(recipe: Recipe, student_dir: str | Path, out_dir: str | Path) -> dict[str, list[dict]]:
+    """The parallelism sweep (``eval.sweep_thresholds`` x ``eval.sweep_block_sizes``) on every benchmark.
+
+    Writes ``OUT/<benchmark>/sweep.json`` and ``OUT/<benchmark>/sweep_pareto.png``.
+
+    Returns:
+        ``{benchmark: table}`` (one dict per grid point, with its Pareto flag).
+    """
+    from opdlm.eval.sweep import sweep
+
+    return {
+        name: sweep(student_dir, name, recipe.eval, Path(out_dir) / name, sampler=recipe.sampler, progress=True)
+        for name in recipe.eval.benchmarks
+    }
+
+
+def eval_metrics(student: dict[str, dict], teacher: dict[str, dict]) -> dict[str, dict[str, float | None]]:
+    """The headline numbers per benchmark (what DVC's ``metrics`` and MLflow's eval metrics show)."""
+    out = {}
+    for name, s in student.items():
+        t = teacher.get(name, {})
+        t_acc = t.get("accuracy")
+        retention = s["accuracy"] / t_acc if t_acc else None
+        out[name] = {
+            "student_accuracy": s["accuracy"], "teacher_accuracy": t_acc, "retention": retention,
+            "student_tokens_per_step": s["tokens_per_step"], "teacher_tokens_per_step": t.get("tokens_per_step"),
+            "student_mean_forwards": s["mean_forwards"], "teacher_mean_forwards": t.get("mean_forwards"),
+            "n": s["n"],
+        }  # fmt: skip
+    return out

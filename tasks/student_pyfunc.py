@@ -1,0 +1,60 @@
+"""The registered student as an MLflow pyfunc: ``predict`` generates text with the block sampler.
+
+Logged as code (MLflow's "models from code"): MLflow copies this file into the model and runs it when
+the model is loaded, so ``mlflow.pyfunc.load_model("models:/NAME@champion").predict(...)`` works in
+any process where ``opdlm`` is installed, with no pickled objects involved.
+
+Input: a DataFrame (or dict / list) with a string column ``prompt``. Params (optional, defaults are
+the student's sampler settings): ``max_new_tokens``, ``threshold``, ``temperature``, ``seed``,
+``raw_prompt`` (skip the chat template). Output: a DataFrame with ``text``, ``tokens_per_step``,
+``num_tokens``, ``num_forwards`` and ``finished`` per prompt.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+STUDENT_ARTIFACT = "student"
+
+
+def _prompts(model_input) -> list[str]:
+    if isinstance(model_input, str):
+        return [model_input]
+    if isinstance(model_input, dict):
+        value = model_input.get("prompt")
+        return [value] if isinstance(value, str) else list(value)
+    if isinstance(model_input, pd.DataFrame):
+        column = "prompt" if "prompt" in model_input.columns else model_input.columns[0]
+        return [str(v) for v in model_input[column].tolist()]
+    return [str(v) for v in model_input]
+
+
+class StudentPyfunc(PythonModel):
+    """Loads the converted student from the model's ``student`` artifact and decodes prompts."""
+
+    def load_context(self, context) -> None:
+        from opdlm.eval.runners import load_runner
+
+        self.runner = load_runner(context.artifacts[STUDENT_ARTIFACT], device="auto")
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        from opdlm.data.prompting import encode_prompts, format_prompt
+
+        params = dict(params or {})
+        texts = _prompts(model_input)
+        if not params.get("raw_prompt", False):
+            texts = [format_prompt(self.runner.tokenizer, t) for t in texts]
+        cfg = self.runner.sampler_defaults.with_overrides(
+            max_new_tokens=params.get("max_new_tokens"), threshold=params.get("threshold"),
+            temperature=params.get("temperature"),
+        )  # fmt: skip
+        out = self.runner.generate(encode_prompts(self.runner.tokenizer, texts), cfg, seed=int(params.get("seed", 0)))
+        return pd.DataFrame({
+            "text": out.texts, "tokens_per_step": [out.tokens_per_step(i) for i in range(len(out))],
+            "num_tokens": [len(r) for r in out.response_ids], "num_forwards": out.num_forwards, "finished": out.finished,
+        })  # fmt: skip
+
+
+mlflow.models.set_model(StudentPyfunc())

@@ -1,0 +1,122 @@
+"""MLflow tracking for the pipeline: one parent run per pipeline run, one nested run per stage.
+
+Everything goes through an explicit :class:`mlflow.MlflowClient` and run ids (no fluent "active
+run"), so tasks in worker threads or retried on another worker log to the right run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+PARENT_TAG = "mlflow.parentRunId"
+FLOW_RUN_TAG = "prefect.flow_run_id"
+STAGE_TAG = "opdlm.stage"
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a parameter value
+PARAMS_PER_BATCH = 100
+METRICS_PER_BATCH = 1000
+
+
+def client_for(tracking_uri: str) -> MlflowClient:
+    """A client for ``tracking_uri`` (also made the process default, which the model-logging API reads)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str) -> str:
+    """The id of experiment ``name``, created with ``artifact_location`` when it does not exist."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-5}, "stages": [{"name": "a"}]}`` -> ``{"train.lr": 1e-5, "stages.0.name": "a"}``."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        elif isinstance(value, list | tuple) and value and any(isinstance(v, dict) for v in value):
+            out.update(flatten({str(i): v for i, v in enumerate(value)}, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def start_run(
+    client: MlflowClient, experiment_id: str, name: str, parent_run_id: str | None = None, tags: dict | None = None
+) -> str:
+    """Create a run (nested under ``parent_run_id`` when given); returns its id."""
+    all_tags = dict(tags or {})
+    if parent_run_id:
+        all_tags[PARENT_TAG] = parent_run_id
+    run = client.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()})
+    return run.info.run_id
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Log flattened ``params`` in batches (values cut to MLflow's 6000-character limit)."""
+    items = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in flatten(params).items()]
+    for i in range(0, len(items), PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=items[i : i + PARAMS_PER_BATCH], synchronous=True)
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """Log one step's metrics (None values skipped)."""
+    log_metric_steps(client, run_id, [(step, metrics)])
+
+
+def log_metric_steps(client: MlflowClient, run_id: str, steps: list[tuple[int, dict[str, float]]]) -> None:
+    """Log ``(step, {name: value})`` pairs in batches."""
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for step, metrics in steps for k, v in metrics.items() if v is not None]
+    for i in range(0, len(items), METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=items[i : i + METRICS_PER_BATCH], synchronous=True)
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+
+
+def log_artifacts(client: MlflowClient, run_id: str, paths: list[str | Path], artifact_path: str | None = None) -> None:
+    """Upload files and folders to the run's artifact store (S3 directly when the experiment's is S3)."""
+    for p in map(Path, paths):
+        if p.is_dir():
+            client.log_artifacts(run_id, str(p), artifact_path=f"{artifact_path}/{p.name}" if artifact_path else p.name)
+        elif p.is_file():
+            client.log_artifact(run_id, str(p), artifact_path=artifact_path)
+
+
+@contextlib.contextmanager
+def stage_run(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, stage: str, tags: dict | None = None
+) -> Iterator[str]:
+    """A nested run for one stage: FINISHED when the block succeeds, FAILED (then re-raised) when it raises."""
+    run_id = start_run(client, experiment_id, stage, parent_run_id, {STAGE_TAG: stage, **(tags or {})})
+    try:
+        yield run_id
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+
+
+def fail_open_runs(client: MlflowClient, flow_run_id: str) -> list[str]:
+    """Mark every still-running MLflow run of Prefect flow run ``flow_run_id`` FAILED; returns their ids."""
+    runs = client.search_runs(
+        experiment_ids=[e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`{FLOW_RUN_TAG}` = '{flow_run_id}' and attributes.status = 'RUNNING'",
+    )
+    for run in runs:
+        client.set_terminated(run.info.run_id, status="FAILED")
+    return [r.info.run_id for r in runs]

@@ -1,0 +1,187 @@
+"""Task ``train-<stage>``: one curriculum stage of OPD training, run as a subprocess.
+
+Training runs in its own process (a task timeout cannot interrupt in-process training, and
+``torchrun``/``deepspeed`` start multi-GPU jobs the same way); the command and environment come from
+:mod:`opdlm.train.launch`. Every stage of a run trains into the same content-addressed folder, so a
+retried or restarted stage resumes from that folder's newest checkpoint. While the process runs, new
+lines of its ``metrics.jsonl`` are forwarded to the stage's MLflow run (and the parent's) with their
+global rollout step.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from opdlm.errors import OpdlmError
+from opdlm.pipeline.keys import train_key
+from opdlm.pipeline.stages import stage_steps, training_progress
+from opdlm.pipeline.training_metrics import read_metric_steps
+from opdlm.train.checkpoint import list_checkpoints
+from opdlm.train.launch import training_command, training_env
+from tasks import tracking
+from tasks.caching import content_cache_key, run_cached
+from tasks.context import PipelineRun
+from tasks.retry import retry_transient
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "train_summary.json"
+POLL_SECONDS = 2.0
+
+
+class TrainingCrashed(RuntimeError):
+    """The training process died (signal, out of memory, a bug): worth a retry, which resumes."""
+
+
+def train_dir_of(run: PipelineRun, teacher_record: dict, student_record: dict, data_record: dict) -> Path:
+    """The content-addressed training folder shared by all stages of this training run."""
+    key = train_key(run.recipe(), student_record["key"], data_record["md5"], teacher_record["fingerprint"])
+    return run.store("train", key)
+
+
+def _stage_output(run: PipelineRun, params: dict) -> tuple[str | None, Path | None]:
+    train_dir = train_dir_of(run, params["teacher_record"], params["student_record"], params["data_record"])
+    _, end = stage_steps(run.recipe(), params["stage"])
+    if training_progress(train_dir) < end:
+        return None, None
+    return f"{train_dir.name}-{params['stage']}", train_dir / SUMMARY_FILE
+
+
+def _stage_checkpoint(train_dir: Path, end: int) -> Path:
+    """The checkpoint at the stage's end (or, if rotation removed it, the newest one after it)."""
+    found = [p for p in list_checkpoints(train_dir / "checkpoints") if int(p.name.split("-")[1]) >= end]
+    if not found:
+        raise OpdlmError(f"training folder {train_dir} has no checkpoint at or after rollout step {end}")
+    return found[0]
+
+
+def run_streaming(cmd: list[str], env: dict, metrics_path: Path, steps: range, forward, logger) -> set[int]:
+    """Run ``cmd``; forward metric lines of ``steps`` as they appear; returns the steps forwarded.
+
+    Raises:
+        OpdlmError: the process exited with code 2 (a user error: its last ``error:`` line is quoted).
+        TrainingCrashed: any other non-zero exit.
+    """
+    tail: collections.deque[str] = collections.deque(maxlen=30)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+        start_new_session=True,  # its own process group: cancelling the task stops torchrun's ranks too
+    )  # fmt: skip
+
+    def pump() -> None:
+        for line in proc.stdout:
+            tail.append(line.rstrip())
+            logger.info(line.rstrip())
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    forwarded: set[int] = set()
+    last = steps.start - 1  # earlier stages' lines are in the same file: never forward them here
+    try:
+        while True:
+            done = proc.poll() is not None
+            new = [(s, m) for s, m in read_metric_steps(metrics_path, last) if s in steps]
+            if new:
+                forward(new)
+                forwarded |= {s for s, _ in new}
+                last = max(s for s, _ in new)
+            if done:
+                break
+            time.sleep(POLL_SECONDS)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+        reader.join(timeout=10)
+    if proc.returncode == 2:
+        errors = [ln for ln in tail if ln.startswith("error:")]
+        raise OpdlmError((errors[-1][len("error:") :].strip() if errors else "training failed") + f" (training command: {' '.join(cmd)})")
+    if proc.returncode != 0:
+        shown = "\n".join(list(tail)[-10:])
+        raise TrainingCrashed(f"training process exited with code {proc.returncode}; last output:\n{shown}")
+    return forwarded
+
+
+@task(name="train-stage-process",
+      cache_key_fn=content_cache_key("train", lambda run, params: _stage_output(run, params)), persist_result=True)  # fmt: skip
+def run_training_stage(
+    run_file: str, stage: str, teacher_record: dict, student_record: dict, data_record: dict, mlflow_run_ids: list[str]
+) -> dict:
+    """Train until the end of ``stage`` (resuming the folder's newest checkpoint); returns the stage record.
+
+    ``mlflow_run_ids`` receive the metrics live; they are not part of the cache key.
+    """
+    logger = get_run_logger()
+    run = PipelineRun.load(run_file)
+    recipe = run.recipe()
+    train_dir = train_dir_of(run, teacher_record, student_record, data_record)
+    start, end = stage_steps(recipe, stage)
+    streamed: set[int] = set()
+    resumed_at = training_progress(train_dir)
+    if resumed_at < end:
+        cmd = training_command(
+            run.recipe_file, train_dir, resources=recipe.resources, teacher=teacher_record["path"],
+            student=student_record["path"], data=data_record["path"], until_stage=stage,
+            deepspeed_config=recipe.train.deepspeed,
+        )  # fmt: skip
+        env = training_env(os.environ, mlflow_run_id=mlflow_run_ids[0] if mlflow_run_ids else None,
+                           resources=recipe.resources, parent_run_id=run.parent_run_id)  # fmt: skip
+        client = tracking.client_for(run.tracking_uri)
+
+        def forward(steps):
+            for run_id in mlflow_run_ids:
+                tracking.log_metric_steps(client, run_id, steps)
+
+        logger.info("train %s: steps %d..%d in %s\n$ %s", stage, start, end - 1, train_dir, " ".join(cmd))
+        streamed = run_streaming(cmd, env, train_dir / METRICS_FILE, range(start, end), forward, logger)
+    checkpoint = _stage_checkpoint(train_dir, end)
+    return {
+        "stage": stage, "train_dir": str(train_dir), "checkpoint": str(checkpoint), "rollout_step": end,
+        "start_step": start, "resumed_at": resumed_at, "streamed_steps": sorted(streamed),
+        "key": train_dir.name.removeprefix("train-"),
+    }  # fmt: skip
+
+
+@task(name="train-stage", task_run_name="train-{stage}", retries=1, retry_delay_seconds=5,
+      retry_condition_fn=retry_transient, cache_policy=NO_CACHE)  # fmt: skip
+def train_stage(
+    run_file: str, stage: str, teacher_record: dict, student_record: dict, data_record: dict,
+    checkpoint_in: str | None = None,
+) -> dict:  # fmt: skip
+    """Stage 4 (one task per curriculum stage): checkpoint in, checkpoint out, as a nested MLflow run.
+
+    Args:
+        checkpoint_in: the previous stage's checkpoint (None for the first stage, which starts from
+            the converted student); training resumes from it.
+
+    Returns:
+        The stage record: ``train_dir``, ``checkpoint`` (out), ``rollout_step``, ``key``.
+    """
+    logger = get_run_logger()
+    run = PipelineRun.load(run_file)
+    recipe = run.recipe()
+    client = tracking.client_for(run.tracking_uri)
+    stage_cfg = next(s for s in recipe.train.stages if s.name == stage)
+    with tracking.stage_run(client, run.experiment_id, run.parent_run_id, f"train-{stage}", run.tags()) as run_id:
+        tracking.log_params(client, run_id, {"stage": stage_cfg.model_dump(mode="json"), "checkpoint_in": checkpoint_in})
+        record, cached = run_cached(
+            run_training_stage, run_file, stage, teacher_record, student_record, data_record, [run_id, run.parent_run_id]
+        )
+        start, end = record["start_step"], record["rollout_step"]
+        streamed = set() if cached else set(record["streamed_steps"])
+        train_dir = Path(record["train_dir"])
+        missing = [(s, m) for s, m in read_metric_steps(train_dir / METRICS_FILE) if start <= s < end and s not in streamed]
+        for target in (run_id, run.parent_run_id):
+            tracking.log_metric_steps(client, target, missing)
+        tracking.set_tags(client, run_id, {"checkpoint_out": record["checkpoint"], "train_dir": str(train_dir), "cached": cached})
+        tracking.log_artifacts(client, run_id, [train_dir / SUMMARY_FILE, train_dir / "params.json"])
+        logger.info("train %s: checkpoint %s%s", stage, record["checkpoint"], " (cached)" if cached else "")
+    return record
