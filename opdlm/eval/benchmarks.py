@@ -64,7 +64,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
         Benchmark("synthetic", "built-in synthetic reasoning suite, held-out split", "synthetic",
-                  lambda d, seed: loaders.load_synthetic(d, seed), 256),
+                  lambda d, seed: loaders.load_synthetic(d, seed), 128),
         Benchmark("gsm8k", "GSM8K test (grade-school math word problems)", "math",
                   lambda d, seed: loaders.load_gsm8k(d), 512, math_suffix=True),
         Benchmark("math500", "MATH-500 (competition math)", "math",

@@ -14,7 +14,7 @@ from opdlm.config.eval import EvalConfig
 from opdlm.config.sampler import SamplerConfig
 from opdlm.data.prompting import encode_prompts, format_prompt
 from opdlm.data.schema import Row
-from opdlm.errors import ConfigError
+from opdlm.errors import ConfigError, OpdlmError
 from opdlm.eval.benchmarks import Benchmark, get_benchmark, load_benchmark
 from opdlm.eval.metrics import EvalResult, SampleRecord, summarize, with_retention
 from opdlm.eval.runners import ModelRunner, load_runner
@@ -28,16 +28,22 @@ def sampler_config(
     max_new_tokens: int,
     threshold: float | None = None,
     block_size: int | None = None,
+    base: SamplerConfig | None = None,
 ) -> SamplerConfig:
-    """The decoding settings: the student's stored defaults with the given overrides.
+    """The decoding settings: ``base`` (default: the student's stored settings) with the given overrides.
 
     Setting ``threshold`` selects dynamic remasking (the threshold means nothing under static). A
-    causal LM decodes greedily up to ``max_new_tokens``; threshold and block size do not apply.
+    causal LM decodes autoregressively up to ``max_new_tokens`` with ``base``'s temperature, top-k
+    and top-p (greedy when there is no ``base``); threshold and block size do not apply to it.
+
+    Raises:
+        ConfigError: the combination does not validate (e.g. a block size below the steps per block).
     """
     try:
         if runner.sampler_defaults is None:
-            return SamplerConfig(max_new_tokens=max_new_tokens, temperature=0.0)
-        return runner.sampler_defaults.with_overrides(
+            greedy = SamplerConfig(temperature=0.0)
+            return (base or greedy).with_overrides(max_new_tokens=max_new_tokens)
+        return (base or runner.sampler_defaults).with_overrides(
             max_new_tokens=max_new_tokens, threshold=threshold, block_size=block_size,
             remasking="dynamic" if threshold is not None else None,
         )  # fmt: skip
@@ -114,16 +120,51 @@ def evaluate_rows(
     return result, records
 
 
-def write_run(result: EvalResult, records: list[SampleRecord], out_dir: str | Path, stem: str | None = None) -> EvalResult:
-    """Write ``<stem>.samples.jsonl`` and ``<stem>.json`` into ``out_dir`` (atomically); returns the
-    result with ``samples_path`` set. ``stem`` defaults to the benchmark name."""
-    out_dir = Path(out_dir)
-    stem = stem or result.benchmark
-    samples = out_dir / f"{stem}.samples.jsonl"
+def samples_path_for(json_path: str | Path) -> Path:
+    """Where the per-sample JSONL of a result JSON goes: ``run.json`` -> ``run.samples.jsonl``."""
+    json_path = Path(json_path)
+    stem = json_path.name[: -len(".json")] if json_path.name.endswith(".json") else json_path.name
+    return json_path.with_name(f"{stem}.samples.jsonl")
+
+
+def write_run(result: EvalResult, records: list[SampleRecord], json_path: str | Path) -> EvalResult:
+    """Write the result to ``json_path`` and one line per sample to :func:`samples_path_for` (each
+    atomically); returns the result with ``samples_path`` set."""
+    samples = samples_path_for(json_path)
     atomic_write_text(samples, "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records))
     result.samples_path = str(samples)
-    atomic_write_text(out_dir / f"{stem}.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
     return result
+
+
+def read_result(path: str | Path) -> dict:
+    """A result JSON written by :func:`write_run` (e.g. the teacher's, for retention).
+
+    Raises:
+        OpdlmError: missing file, invalid JSON, or no ``benchmark`` / ``accuracy`` in it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise OpdlmError(f"result file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise OpdlmError(f"{path}: not valid JSON ({exc.msg})") from None
+    missing = [k for k in ("benchmark", "accuracy") if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise OpdlmError(f"{path}: not an evaluation result (no {missing[0]!r} field)")
+    return data
+
+
+def prepare(
+    model_dir: str | Path, benchmark: str, config: EvalConfig
+) -> tuple[ModelRunner, Benchmark, list[Row]]:
+    """Check the sandbox (code benchmarks), load the rows, then the model (cheap failures first)."""
+    bench = get_benchmark(benchmark)
+    if bench.scorer == "code":
+        check_sandbox(config.allow_unsandboxed)  # refuse before spending time on generation
+    rows = load_benchmark(benchmark, config.data_dir, config.limit, config.seed)
+    return load_runner(model_dir, device=config.device), bench, rows
 
 
 def evaluate(
@@ -131,41 +172,40 @@ def evaluate(
     benchmark: str,
     config: EvalConfig | None = None,
     *,
+    sampler: SamplerConfig | None = None,
     threshold: float | None = None,
     block_size: int | None = None,
-    out_dir: str | Path | None = None,
+    json_out: str | Path | None = None,
     teacher_result: EvalResult | dict | None = None,
     progress: bool = False,
 ) -> EvalResult:
     """Score the model in ``model_dir`` on ``benchmark``.
 
-    A converted student decodes with the block-diffusion sampler (its stored settings, with
-    ``threshold`` / ``block_size`` overriding them); any other causal LM decodes autoregressively,
-    so a teacher is scored by the same code.
+    A converted student decodes with the block-diffusion sampler; any other causal LM decodes
+    autoregressively, so a teacher is scored by the same code.
 
     Args:
         model_dir: a converted student or a plain Hugging Face causal LM directory.
         benchmark: a name from :data:`opdlm.eval.benchmarks.BENCHMARK_NAMES`.
         config: limit, batch size, data directory, code-execution limits (defaults: ``EvalConfig()``).
-        out_dir: when set, write ``<benchmark>.samples.jsonl`` and ``<benchmark>.json`` there.
+        sampler: decoding settings (e.g. a recipe's ``sampler`` section); default: the student's
+            stored settings. ``threshold`` / ``block_size`` override either.
+        json_out: when set, write the result there and the per-sample JSONL next to it.
         teacher_result: the teacher's result on the same benchmark; adds ``retention``.
 
     Returns:
         The run's :class:`EvalResult`.
     """
     config = config or EvalConfig()
-    bench = get_benchmark(benchmark)
-    if bench.scorer == "code":
-        check_sandbox(config.allow_unsandboxed)  # refuse before spending time on generation
-    rows = load_benchmark(benchmark, config.data_dir, config.limit, config.seed)
-    runner = load_runner(model_dir, device=config.device)
-    cfg = sampler_config(runner, config.max_new_tokens or bench.max_new_tokens, threshold, block_size)
+    runner, bench, rows = prepare(model_dir, benchmark, config)
+    max_new_tokens = config.max_new_tokens or (sampler.max_new_tokens if sampler else bench.max_new_tokens)
+    cfg = sampler_config(runner, max_new_tokens, threshold, block_size, base=sampler)
     result, records = evaluate_rows(runner, bench, rows, config, cfg, progress=progress)
     if teacher_result is not None:
         try:
             result = with_retention(result, teacher_result)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    if out_dir is not None:
-        result = write_run(result, records, out_dir)
+    if json_out is not None:
+        result = write_run(result, records, json_out)
     return result

@@ -103,6 +103,20 @@ def format_choices(question: str, options: list[str]) -> str:
     return question.strip() + "\n\n" + "\n".join(lines)
 
 
+def _gold_letter(gold, n_options: int, where: str) -> str:
+    """The gold option letter from a letter or a 0-based index; out of range names the record."""
+    letters = option_letters(n_options) if n_options else ""
+    if isinstance(gold, int) or str(gold).strip().isdigit():
+        index = int(gold)
+        if not 0 <= index < n_options:
+            raise OpdlmError(f"{where}: answer index {index} is out of range for {n_options} options")
+        return letters[index]
+    letter = str(gold).strip().upper()
+    if len(letter) != 1 or letter not in letters:
+        raise OpdlmError(f"{where}: answer {gold!r} is not one of the {n_options} option letters")
+    return letter
+
+
 def load_gsm8k(data_dir: str | Path) -> list[Row]:
     """GSM8K ``test.jsonl`` (openai/grade-school-math): ``question``, ``answer`` ending in ``#### N``."""
     path = find_data_file(data_dir, "gsm8k", GSM8K_FILES)
@@ -162,8 +176,7 @@ def load_mmlu(data_dir: str | Path) -> list[Row]:
     for i, (lineno, rec) in enumerate(read_jsonl(path)):
         where = f"{path}:{lineno}"
         choices = list(_field(rec, ("choices",), where))
-        gold = _field(rec, ("answer",), where)
-        letter = option_letters(len(choices))[int(gold)] if isinstance(gold, int) or str(gold).isdigit() else str(gold)
+        letter = _gold_letter(_field(rec, ("answer",), where), len(choices), where)
         subject = rec.get("subject", "")
         rows.append(_row(where, question=format_choices(_field(rec, ("question",), where), choices), answer=letter,
                         domain="stem", source=f"mmlu/{subject}" if subject else "mmlu", id=f"mmlu/{i}"))  # fmt: skip
@@ -192,11 +205,10 @@ def load_mmlu_pro(data_dir: str | Path) -> list[Row]:
     rows = []
     for i, (lineno, rec) in enumerate(read_jsonl(path)):
         where = f"{path}:{lineno}"
-        options = [o for o in _field(rec, ("options",), where) if str(o).strip() not in ("", "N/A")]
-        letters = option_letters(len(options))
-        letter = rec.get("answer") or letters[int(_field(rec, ("answer_index",), where))]
-        if letter not in letters:
-            raise OpdlmError(f"{where}: answer {letter!r} is not one of the {len(options)} options")
+        options = list(_field(rec, ("options",), where))
+        while options and str(options[-1]).strip() in ("", "N/A"):  # padding at the end only: letters keep their options
+            options.pop()
+        letter = _gold_letter(rec["answer"] if rec.get("answer") else _field(rec, ("answer_index",), where), len(options), where)
         category = rec.get("category", "")
         rows.append(_row(where, question=format_choices(_field(rec, ("question",), where), options), answer=letter,
                         domain="stem", source=f"mmlu_pro/{category}" if category else "mmlu_pro",

@@ -129,3 +129,40 @@ def read_completions(path: str | Path, rows: list[Row]) -> tuple[list[Row], list
     if not texts:
         raise OpdlmError(f"completions file {path} has no lines")
     return paired_rows, texts
+
+
+def score_file(benchmark: str, completions_path: str | Path, config=None, json_out: str | Path | None = None) -> dict:
+    """Score a completions JSONL file against ``benchmark`` (what ``opdlm score`` runs).
+
+    Args:
+        benchmark: benchmark name; its rows (from ``config.data_dir``) give answers and tests.
+        completions_path: see :func:`read_completions`.
+        config: an :class:`~opdlm.config.eval.EvalConfig` (data dir, seed, code limits).
+        json_out: when set, write the summary there and per-sample verdicts next to it
+            (``x.json`` -> ``x.samples.jsonl``).
+
+    Returns:
+        ``{"benchmark", "completions", "n", "correct", "accuracy", "samples_path"}``.
+    """
+    from opdlm.config.eval import EvalConfig
+    from opdlm.eval.benchmarks import get_benchmark, load_benchmark
+    from opdlm.eval.harness import samples_path_for
+    from opdlm.fsutil import atomic_write_text
+
+    config = config or EvalConfig()
+    bench = get_benchmark(benchmark)
+    rows, texts = read_completions(completions_path, load_benchmark(benchmark, config.data_dir, seed=config.seed))
+    limits = SandboxLimits(timeout_s=config.code_timeout_s, memory_bytes=config.code_memory_mb * 1024**2)
+    scores = score_completions(bench, rows, texts, code_limits=limits, code_workers=config.code_workers,
+                               allow_unsandboxed=config.allow_unsandboxed)  # fmt: skip
+    correct = sum(s.correct for s in scores)
+    summary = {"benchmark": bench.name, "completions": str(completions_path), "n": len(scores), "correct": correct,
+               "accuracy": round(correct / len(scores), 6), "samples_path": None}  # fmt: skip
+    if json_out is not None:
+        samples = samples_path_for(json_out)
+        lines = [json.dumps({"id": r.id, "completion": t, "answer": r.answer, **s.to_dict()}, ensure_ascii=False)
+                 for r, t, s in zip(rows, texts, scores)]  # fmt: skip
+        atomic_write_text(samples, "".join(line + "\n" for line in lines))
+        summary["samples_path"] = str(samples)
+        atomic_write_text(json_out, json.dumps(summary, indent=2) + "\n")
+    return summary

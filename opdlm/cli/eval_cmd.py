@@ -1,0 +1,124 @@
+"""``opdlm eval``: score a student (block-diffusion sampler) or a plain causal LM on a benchmark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def _float_list(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    from opdlm.errors import ConfigError
+
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag}: expected comma-separated numbers (got {text!r})") from None
+
+
+def _eval_config(config: Path | None, overrides: list[str], flags: dict):
+    """The recipe's ``eval`` section (or the defaults), then ``key=value`` overrides, then the flags."""
+    from opdlm.config.base import apply_overrides, validate_config
+    from opdlm.config.eval import EvalConfig
+
+    base: dict = {}
+    sampler = None
+    if config is not None:
+        from opdlm.config.recipe import load_recipe
+
+        recipe = load_recipe(config)
+        base, sampler = recipe.eval.model_dump(), recipe.sampler
+    data = apply_overrides(base, overrides)
+    data.update({k: v for k, v in flags.items() if v is not None})
+    return validate_config(EvalConfig, data, source="eval options"), sampler
+
+
+def _summary(result) -> str:
+    line = (
+        f"{result.benchmark}: accuracy {result.accuracy:.4f} ({result.correct}/{result.n}), "
+        f"{result.tokens_per_step:.2f} tokens/step, {result.mean_forwards:.1f} forwards/sample, "
+        f"{result.tokens_per_second:.1f} tokens/s, mean length {result.mean_length:.1f} [{result.model_kind}]"
+    )
+    if result.teacher_accuracy is not None:
+        shown = "undefined (teacher scored 0)" if result.retention is None else f"{result.retention:.4f}"
+        line += f"; teacher accuracy {result.teacher_accuracy:.4f}, retention {shown}"
+    return line
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    def eval_(
+        model: Path = typer.Option(..., "--model", help="A converted student or a plain Hugging Face causal LM directory."),
+        benchmark: str = typer.Option(None, "--benchmark", help="Benchmark name (default: every benchmark of the eval config)."),
+        config: Path = typer.Option(None, "--config", help="Recipe YAML: its eval section and sampler settings are used."),
+        limit: int = typer.Option(None, "--limit", help="Score only the first N rows."),
+        threshold: float = typer.Option(None, "--threshold", help="Dynamic-remasking confidence threshold (students)."),
+        block_size: int = typer.Option(None, "--block-size", help="Block size (students)."),
+        max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Generation cap (default: the benchmark's)."),
+        batch_size: int = typer.Option(None, "--batch-size", help="Prompts decoded together."),
+        data_dir: Path = typer.Option(None, "--data-dir", help="Folder of benchmark files in their public formats."),
+        seed: int = typer.Option(None, "--seed", help="Sampling seed (and GPQA option order)."),
+        device: str = typer.Option(None, "--device", help="auto, cpu or cuda[:N]."),
+        json_out: Path = typer.Option(None, "--json-out", help="Write the result JSON here and per-sample JSONL next to it."),
+        teacher: Path = typer.Option(None, "--teacher", help="Also score this teacher on the same rows and report retention."),
+        teacher_json: Path = typer.Option(None, "--teacher-json", help="The teacher's result JSON from an earlier run (retention)."),
+        sweep: bool = typer.Option(False, "--sweep", help="Sweep thresholds x block sizes; needs --out-dir."),
+        thresholds: str = typer.Option(None, "--thresholds", help="Sweep thresholds, comma-separated (e.g. 1.0,0.9,0.8)."),
+        block_sizes: str = typer.Option(None, "--block-sizes", help="Sweep block sizes, comma-separated (e.g. 4,8,16)."),
+        out_dir: Path = typer.Option(None, "--out-dir", help="Write <benchmark>.json (+ samples) here; with --sweep: sweep.json, sweep_pareto.png, points/."),
+        allow_unsandboxed: bool = typer.Option(None, "--allow-unsandboxed", help="Run code tests without bubblewrap (unsafe)."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+        overrides: list[str] = typer.Argument(None, help="key=value overrides of the eval config, e.g. code_timeout_s=5."),
+    ) -> None:
+        """Decode a benchmark and score it: accuracy, tokens per step, forwards, tokens/s, mean length."""
+        from opdlm.errors import ConfigError
+
+        flags = {
+            "limit": limit, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "seed": seed, "device": device,
+            "data_dir": str(data_dir) if data_dir else None, "allow_unsandboxed": allow_unsandboxed,
+            "sweep_thresholds": _float_list(thresholds, "--thresholds"),
+            "sweep_block_sizes": [int(v) for v in _float_list(block_sizes, "--block-sizes")] if block_sizes else None,
+            "benchmarks": [benchmark] if benchmark else None,
+        }  # fmt: skip
+        cfg, sampler = _eval_config(config, list(overrides or []), flags)
+        if teacher is not None and teacher_json is not None:
+            raise ConfigError("give --teacher or --teacher-json, not both")
+        if sweep:
+            if teacher is not None or teacher_json is not None:
+                raise ConfigError("--sweep scores the student only; drop --teacher / --teacher-json")
+            if out_dir is None:
+                raise ConfigError("--sweep writes a table and a plot: give --out-dir")
+            from opdlm.eval.sweep import PLOT_FILE, TABLE_FILE
+            from opdlm.eval.sweep import sweep as run_sweep
+
+            for name in cfg.benchmarks:
+                target = out_dir / name if len(cfg.benchmarks) > 1 else out_dir
+                table = run_sweep(model, name, cfg, target, sampler=sampler, progress=progress)
+                for p in table:
+                    mark = " *" if p["pareto"] else ""
+                    typer.echo(f"{name} B={p['block_size']} threshold={p['threshold']:g}: accuracy {p['accuracy']:.4f}, "
+                               f"{p['tokens_per_step']:.2f} tokens/step{mark}")  # fmt: skip
+                typer.echo(f"sweep -> {target / TABLE_FILE}, {target / PLOT_FILE} (* = Pareto front)")
+            return
+
+        from opdlm.eval.harness import evaluate, read_result
+
+        if json_out is not None and len(cfg.benchmarks) > 1:
+            raise ConfigError("--json-out takes one benchmark; pass --benchmark NAME or use --out-dir")
+        teacher_loaded = read_result(teacher_json) if teacher_json is not None else None
+        for name in cfg.benchmarks:
+            target = json_out or (out_dir / f"{name}.json" if out_dir is not None else None)
+            teacher_result = teacher_loaded
+            if teacher is not None:
+                teacher_target = target.with_name(target.name.removesuffix(".json") + ".teacher.json") if target else None
+                teacher_result = evaluate(teacher, name, cfg, sampler=sampler, json_out=teacher_target, progress=progress)
+                typer.echo(_summary(teacher_result))
+            result = evaluate(
+                model, name, cfg, sampler=sampler, threshold=threshold, block_size=block_size, json_out=target,
+                teacher_result=teacher_result, progress=progress,
+            )  # fmt: skip
+            typer.echo(_summary(result))
+            if target is not None:
+                typer.echo(f"result -> {target} (samples: {result.samples_path})")
