@@ -1,0 +1,133 @@
+"""The study file: a recipe (inline, optionally on top of a base recipe file) plus a ``study`` section.
+
+One YAML drives the whole study: the ``recipe`` is what every arm starts from (data, teacher,
+conversion, evaluation sampler, training, the eval limits and the sweep grid in ``recipe.eval``), and
+``study`` says which arms to train on top of it. ``quick`` lists dotted overrides that shrink the
+study to CI size; ``--quick`` applies them before the command line's own overrides.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from opdlm.config.base import StrictModel, apply_overrides, load_yaml, validate_config
+from opdlm.config.recipe import Recipe
+from opdlm.errors import ConfigError
+
+Objective = Literal["opd", "mdm_sft"]
+
+
+class AblationConfig(StrictModel):
+    """One ablation: the OPD arm with some recipe fields changed, trained at the ablation budget."""
+
+    name: str = Field(..., pattern=r"^[a-z0-9_]+$", description="Short name (lowercase, digits, _), used in arm ids and tables.")
+    description: str = Field("", description="One line shown in the results table.")
+    overrides: list[str] = Field(..., min_length=1, description="Dotted recipe overrides, e.g. train.kl=top_k.")
+
+
+class StudyConfig(StrictModel):
+    """Which arms to train and how to summarise them.
+
+    Budgets count training tokens as the trainer does (``cumulative_train_tokens``): response tokens
+    the objective trains on (OPD: the student's rollout tokens; mdm_sft: ground-truth response tokens
+    with their EOS), prompts excluded.
+    """
+
+    budgets: list[int] = Field(..., min_length=1, description="Training-token budgets of the OPD arms; the baseline is matched to the tokens OPD actually used at each.")
+    baseline_extra_budgets: list[int] = Field(
+        default_factory=list, description="Extra, larger budgets for the baseline only (to find where it catches up with OPD)."
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1, description="Training seeds of every main arm.")
+    ablations: list[AblationConfig] = Field(default_factory=list, description="OPD variants trained at `ablation_budget`.")
+    ablation_budget: int | None = Field(None, ge=1, description="Token budget of the ablations (default: the largest of `budgets`).")
+    ablation_seeds: list[int] | None = Field(None, description="Seeds of the ablations (default: `seeds`).")
+    baseline_overrides: list[str] = Field(
+        default_factory=list, description="Dotted recipe overrides for every mdm_sft arm (e.g. no length ramp: the baseline has no rollouts)."
+    )
+    opd_fill_estimate: float = Field(
+        0.6, gt=0.0, le=1.0,
+        description="Expected rollout length / length cap, used only to turn an OPD budget into rollout steps; the tokens actually used are measured and reported.",
+    )  # fmt: skip
+    sweep_objectives: list[Objective] = Field(
+        default_factory=lambda: ["opd", "mdm_sft"],
+        description="Objectives whose model at the largest matched budget (first seed) gets the threshold x block-size sweep (grid: recipe.eval).",
+    )
+    workers: int = Field(2, ge=1, description="Arms trained at once, one process each (one CPU thread each: train.num_threads).")
+    prune_checkpoints: bool = Field(True, description="Delete an arm's checkpoints/ and converted/ once its result is written (its exported model stays).")
+    target_retention: float = Field(0.9, gt=0.0, description="Target: OPD accuracy / teacher accuracy at the largest budget.")
+    target_token_ratio: float = Field(10.0, gt=0.0, description="Target: baseline tokens needed to match OPD / OPD's tokens.")
+    experiment: str = Field("opdlm-study", min_length=1, description="MLflow experiment name.")
+
+    @field_validator("budgets", "baseline_extra_budgets")
+    @classmethod
+    def _positive_sorted(cls, values: list[int]) -> list[int]:
+        bad = [v for v in values if v < 1]
+        if bad:
+            raise ValueError(f"every budget must be >= 1 token (got {bad[0]})")
+        return sorted(set(values))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudyConfig:
+        names = [a.name for a in self.ablations]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"ablation names must be unique; {dupes[0]!r} appears more than once")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct (got {self.seeds})")
+        return self
+
+    @property
+    def resolved_ablation_budget(self) -> int:
+        return self.ablation_budget if self.ablation_budget is not None else max(self.budgets)
+
+    @property
+    def resolved_ablation_seeds(self) -> list[int]:
+        return self.ablation_seeds if self.ablation_seeds is not None else list(self.seeds)
+
+
+class StudyFile(StrictModel):
+    """The whole study YAML."""
+
+    base_recipe: str | None = Field(None, description="Recipe YAML (relative to this file) that `recipe` is merged onto.")
+    recipe: Recipe = Field(default_factory=Recipe, description="The recipe every arm starts from.")
+    study: StudyConfig
+    quick: list[str] = Field(default_factory=list, description="Dotted overrides applied by --quick (CI size).")
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``top`` merged in: mappings merge key by key, anything else in ``top`` wins."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), quick: bool = False) -> StudyFile:
+    """Load a study YAML: the base recipe merged under ``recipe``, then ``quick`` overrides (when asked), then ``overrides``.
+
+    Raises:
+        ConfigError: missing file, bad YAML, an override that does not apply, or a field that does
+            not validate (one line naming the field and value).
+    """
+    path = Path(path)
+    data = load_yaml(path)
+    base = data.get("base_recipe")
+    if base:  # merged first, so overrides can reach fields that only the base recipe spells out
+        base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+        recipe = data.get("recipe") or {}
+        if not isinstance(recipe, dict):
+            raise ConfigError(f"{path}: recipe must be a mapping of recipe sections")
+        data["recipe"] = deep_merge(load_yaml(base_path), recipe)
+    if quick:
+        quick_items = data.get("quick") or []
+        if not isinstance(quick_items, list) or not all(isinstance(q, str) for q in quick_items):
+            raise ConfigError(f"{path}: quick must be a list of key=value strings")
+        data = apply_overrides(data, quick_items)
+    data = apply_overrides(data, list(overrides))
+    return validate_config(StudyFile, data, source=str(path))

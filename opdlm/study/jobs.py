@@ -1,0 +1,190 @@
+"""The study's units of work, each a plain function of a JSON-able job that writes its own result file.
+
+* :func:`run_reference`: the teacher and the untrained converted student on the held-out harness;
+* :func:`run_arm`: train one arm, evaluate it with the teacher as reference;
+* :func:`run_sweep`: one trained model under every (threshold, block size) of the sweep grid.
+
+Each writes ``result.json`` atomically as its last act and returns it; when that file already holds
+the same job (by fingerprint), the work is skipped, so an interrupted study resumes where it stopped.
+Jobs run in worker processes (:mod:`opdlm.study.pool`), so they take paths and return dicts, never
+models or tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+from opdlm.errors import OpdlmError
+from opdlm.fsutil import atomic_write_text
+
+RESULT_FILE = "result.json"
+BENCHMARK = "synthetic"
+
+
+def job_fingerprint(job: dict) -> str:
+    """A hash of everything that determines a job's result (its JSON, keys sorted)."""
+    return hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cached_result(folder: Path, fingerprint: str) -> dict | None:
+    """The finished result in ``folder`` when it was produced by the same job; None when there is none.
+
+    Raises:
+        OpdlmError: the folder holds the result of a different job (another config wrote this study folder).
+    """
+    path = folder / RESULT_FILE
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    if result.get("fingerprint") != fingerprint:
+        raise OpdlmError(
+            f"{folder} holds a result of a different study configuration (fingerprint {result.get('fingerprint')} != "
+            f"{fingerprint}); use a new --out, or delete that folder to redo it"
+        )
+    return result
+
+
+def _write_result(folder: Path, result: dict) -> dict:
+    atomic_write_text(folder / RESULT_FILE, json.dumps(result, indent=1, default=str) + "\n")
+    return result
+
+
+def quiet_libraries() -> None:
+    """Silence per-load progress bars and info logs of transformers (many models load in a study)."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def _threads(n: int | None) -> None:
+    import torch
+
+    if n:
+        torch.set_num_threads(n)
+
+
+def _eval_fields(result) -> dict:
+    """The :class:`~opdlm.eval.metrics.EvalResult` fields a study row carries."""
+    return {
+        "accuracy": result.accuracy, "tokens_per_step": result.tokens_per_step, "mean_forwards": result.mean_forwards,
+        "mean_length": result.mean_length, "finished_rate": result.finished_rate, "n_eval": result.n,
+        "eval_seconds": result.generation_s,
+    }  # fmt: skip
+
+
+def run_reference(job: dict) -> dict:
+    """Score the teacher and the untrained converted student (same rows, same sampler as every arm).
+
+    Job keys: ``folder``, ``teacher``, ``recipe`` (a Recipe as JSON).
+    """
+    from opdlm.config.recipe import Recipe
+    from opdlm.eval.harness import evaluate
+    from opdlm.models.convert import convert_teacher
+
+    folder, fingerprint = Path(job["folder"]), job_fingerprint(job)
+    if (done := cached_result(folder, fingerprint)) is not None:
+        return done
+    quiet_libraries()
+    recipe = Recipe.model_validate(job["recipe"])
+    _threads(recipe.train.num_threads)
+    teacher = evaluate(job["teacher"], BENCHMARK, recipe.eval, sampler=recipe.sampler, json_out=folder / "teacher.json")
+    converted = folder / "converted"
+    if not (converted / "config.json").is_file():
+        convert_teacher(
+            job["teacher"], converted, block_size=recipe.convert.block_size, logit_shift=recipe.convert.logit_shift,
+            sampler=recipe.sampler, overwrite=True,
+        )  # fmt: skip
+    untrained = evaluate(
+        converted, BENCHMARK, recipe.eval, sampler=recipe.sampler, json_out=folder / "untrained.json", teacher_result=teacher
+    )
+    result = {
+        "fingerprint": fingerprint, "teacher": job["teacher"], "teacher_result": teacher.to_dict(),
+        "untrained": _eval_fields(untrained) | {"retention": untrained.retention, "eval_sampler": untrained.sampler},
+    }  # fmt: skip
+    return _write_result(folder, result)
+
+
+def _final_loss(metrics_path: Path, last: int = 3) -> float | None:
+    """Mean loss of the last ``last`` rollout steps that had a loss (a smoothed end-of-training loss)."""
+    if not metrics_path.is_file():
+        return None
+    losses = [row["loss"] for row in map(json.loads, metrics_path.read_text().splitlines()) if "loss" in row]
+    return round(sum(losses[-last:]) / len(losses[-last:]), 5) if losses else None
+
+
+def run_arm(job: dict) -> dict:
+    """Train one arm and score it on the held-out harness with the teacher as reference.
+
+    Job keys: ``folder``, ``teacher``, ``recipe`` (the arm's Recipe as JSON), ``arm`` (Arm.to_dict()),
+    ``rollout_steps``, ``planned_tokens``, ``teacher_result``, ``prune`` (delete checkpoints after).
+    """
+    from opdlm.config.recipe import Recipe
+    from opdlm.eval.harness import evaluate
+    from opdlm.train.loop import train
+
+    folder, fingerprint = Path(job["folder"]), job_fingerprint({k: v for k, v in job.items() if k != "prune"})
+    if (done := cached_result(folder, fingerprint)) is not None:
+        return done
+    quiet_libraries()
+    recipe = Recipe.model_validate(job["recipe"])
+    start = time.perf_counter()
+    model_dir = train(recipe, folder / "train", teacher=job["teacher"], console=False)
+    train_seconds = time.perf_counter() - start
+    _threads(recipe.train.num_threads)
+    summary = json.loads((model_dir / "train_summary.json").read_text())
+    if not summary.get("finished"):
+        raise OpdlmError(f"arm {job['arm']['arm_id']}: training stopped at step {summary.get('rollout_step')} of {summary.get('total_rollout_steps')}")
+    evaluated = evaluate(
+        model_dir, BENCHMARK, recipe.eval, sampler=recipe.sampler, json_out=folder / "eval.json",
+        teacher_result=job["teacher_result"],
+    )  # fmt: skip
+    result = {
+        "fingerprint": fingerprint, **job["arm"], "rollout_steps": job["rollout_steps"],
+        "planned_tokens": round(job["planned_tokens"]), "training_tokens": summary["cumulative_train_tokens"],
+        "flops": summary["flops"], "skipped_rollouts": summary["skipped_rollouts"],
+        **_eval_fields(evaluated), "teacher_accuracy": evaluated.teacher_accuracy, "retention": evaluated.retention,
+        "final_loss": _final_loss(model_dir / "metrics.jsonl"), "train_seconds": round(train_seconds, 1),
+        "eval_sampler": evaluated.sampler, "model_dir": str(model_dir),
+    }  # fmt: skip
+    if job.get("prune"):  # the exported model in train/ stays; resumable state is no longer needed
+        shutil.rmtree(model_dir / "checkpoints", ignore_errors=True)
+        shutil.rmtree(model_dir / "converted", ignore_errors=True)
+    return _write_result(folder, result)
+
+
+def run_sweep(job: dict) -> dict:
+    """Decode the held-out rows with one model under every (block size, threshold) of ``recipe.eval``'s grid.
+
+    Every setting commits at least one token per step (``denoise_steps_per_block = block_size``), so
+    tokens per step above 1 come from the confidence threshold alone, at every block size.
+
+    Job keys: ``folder``, ``model_dir``, ``recipe`` (its ``eval`` and ``sampler``), ``teacher_accuracy``,
+    ``meta`` (fields copied into every row: objective, training_tokens, seed, ...).
+    """
+    from opdlm.config.recipe import Recipe
+    from opdlm.eval.sweep import sweep
+
+    folder, fingerprint = Path(job["folder"]), job_fingerprint(job)
+    if (done := cached_result(folder, fingerprint)) is not None:
+        return done
+    quiet_libraries()
+    recipe = Recipe.model_validate(job["recipe"])
+    _threads(recipe.train.num_threads)
+    teacher_acc = job["teacher_accuracy"]
+    rows = []
+    for block_size in recipe.eval.sweep_block_sizes:
+        config = recipe.eval.model_copy(update={"sweep_block_sizes": [block_size]})
+        base = recipe.sampler.with_overrides(block_size=block_size, denoise_steps_per_block=block_size)
+        for point in sweep(job["model_dir"], BENCHMARK, config, folder / f"B{block_size}", sampler=base):
+            rows.append({
+                **job["meta"], "threshold": point["threshold"], "block_size": point["block_size"],
+                "accuracy": point["accuracy"], "tokens_per_step": point["tokens_per_step"],
+                "mean_forwards": point["mean_forwards"], "mean_length": point["mean_length"], "n_eval": point["n"],
+                "teacher_accuracy": teacher_acc, "retention": round(point["accuracy"] / teacher_acc, 6) if teacher_acc else None,
+            })  # fmt: skip
+    return _write_result(folder, {"fingerprint": fingerprint, "rows": rows})

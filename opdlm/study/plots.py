@@ -1,0 +1,99 @@
+"""The study's two figures (matplotlib, Agg backend, PNG).
+
+* ``accuracy_vs_tokens.png``: held-out accuracy against training tokens for OPD and the baseline
+  (seed means with their spread, single seeds as dots, ablations as markers), teacher as reference.
+* ``accuracy_vs_tokens_per_step.png``: accuracy against tokens per step over the sweep's thresholds,
+  one line per (model, block size).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from opdlm.study.table import seed_means
+
+COLORS = {"opd": "tab:blue", "mdm_sft": "tab:orange"}
+LABELS = {"opd": "OPD", "mdm_sft": "masked-diffusion baseline"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _references(ax, teacher_accuracy: float, target_retention: float, untrained: float | None) -> None:
+    ax.axhline(teacher_accuracy, color="black", lw=1, label=f"teacher ({100 * teacher_accuracy:.1f}%)")
+    ax.axhline(target_retention * teacher_accuracy, color="black", lw=1, ls=":", label=f"{100 * target_retention:.0f}% of teacher")
+    if untrained is not None:
+        ax.axhline(untrained, color="gray", lw=1, ls="--", label=f"untrained student ({100 * untrained:.1f}%)")
+
+
+def plot_accuracy_vs_tokens(
+    rows: list[dict], teacher_accuracy: float, untrained: float | None, target_retention: float, out: str | Path
+) -> Path:
+    """Accuracy against training tokens (log x) for OPD, the baseline and the ablations."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    means = seed_means(rows)
+    for objective in ("opd", "mdm_sft"):
+        line = [g for g in means if g["group"] == "main" and g["objective"] == objective]
+        if not line:
+            continue
+        x = [g["training_tokens"] for g in line]
+        ax.errorbar(x, [g["accuracy"] for g in line], yerr=[g["accuracy_std"] for g in line], marker="o",
+                    color=COLORS[objective], label=LABELS[objective], capsize=3)  # fmt: skip
+        singles = [(r["training_tokens"], r["accuracy"]) for r in rows if r["group"] == "main" and r["objective"] == objective]
+        ax.scatter(*zip(*singles), color=COLORS[objective], alpha=0.3, s=12)
+    markers = iter("s^vDP*Xh")
+    for g in (g for g in means if g["group"] == "ablation"):
+        ax.errorbar([g["training_tokens"]], [g["accuracy"]], yerr=[g["accuracy_std"]], marker=next(markers, "x"),
+                    ls="none", capsize=3, label=f"OPD, {g['variant']}")  # fmt: skip
+    _references(ax, teacher_accuracy, target_retention, untrained)
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens (response tokens trained on)")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Accuracy vs training tokens")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _save(fig, out, plt)
+
+
+def plot_accuracy_vs_tokens_per_step(sweep: list[dict], teacher_accuracy: float, target_retention: float, out: str | Path) -> Path:
+    """Accuracy against tokens per step; each line is one (model, block size) over the thresholds."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = ["-", "--", ":", "-."]
+    block_sizes = sorted({s["block_size"] for s in sweep})
+    for objective in sorted({s["objective"] for s in sweep}):
+        for i, block_size in enumerate(block_sizes):
+            pts = sorted(((s["tokens_per_step"], s["accuracy"], s["threshold"]) for s in sweep
+                          if s["objective"] == objective and s["block_size"] == block_size), key=lambda p: -p[2])  # fmt: skip
+            if not pts:
+                continue
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ls=styles[i % len(styles)],
+                    color=COLORS.get(objective), label=f"{LABELS.get(objective, objective)}, B={block_size}")  # fmt: skip
+            for tps, acc, threshold in pts:
+                ax.annotate(f"{threshold:g}", (tps, acc), textcoords="offset points", xytext=(3, 3), fontsize=6)
+    _references(ax, teacher_accuracy, target_retention, None)
+    ax.set_xlabel("tokens per denoising step")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Accuracy vs parallelism (labels: confidence threshold)")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _save(fig, out, plt)
+
+
+def _save(fig, out: str | Path, plt) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(out)  # whole file or nothing under the final name
+    return out

@@ -1,0 +1,230 @@
+"""The reproduction study: budget planning, the headline ratio, config loading, and `opdlm study --quick` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from opdlm.config.recipe import Recipe
+from opdlm.config.train import CurriculumStage
+from opdlm.errors import ConfigError, OpdlmError
+from opdlm.study.arms import Arm, arm_recipe, baseline_arms, opd_arms
+from opdlm.study.budget import position_at, steps_for_budget, truncate_stages
+from opdlm.study.config import StudyConfig, load_study
+from opdlm.study.jobs import cached_result
+from opdlm.study.table import ROW_KEYS, ratio_target_met, seed_means, summarize, token_ratio, tokens_to_reach
+from opdlm.train.curriculum import stage_at
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY_YAML = ROOT / "configs" / "study.yaml"
+
+
+# ---- budget planning -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("budget", [1, 5, 6, 7, 20, 21, 44])
+def test_steps_for_budget_is_the_first_prefix_reaching_the_budget(budget):
+    tokens = [5, 1, 0, 7, 8, 3, 20]
+    steps, spent = steps_for_budget(iter(tokens), budget, max_steps=100)
+    brute = next(s for s in range(1, len(tokens) + 1) if sum(tokens[:s]) >= budget)
+    assert (steps, spent) == (brute, sum(tokens[:brute]))
+
+
+def test_steps_for_budget_gives_up_with_one_line():
+    with pytest.raises(ConfigError, match="more than 3 rollout steps"):
+        steps_for_budget(iter([0] * 10), 1, max_steps=3)
+
+
+def _stages(*steps: int) -> list[CurriculumStage]:
+    return [CurriculumStage(name=f"s{i}", rollout_steps=n) for i, n in enumerate(steps)]
+
+
+@pytest.mark.parametrize("steps", [1, 3, 4, 9, 10, 25])
+def test_truncated_curriculum_is_the_first_steps_of_the_original(steps):
+    stages = _stages(4, 6)
+    cut = truncate_stages(stages, steps)
+    assert sum(s.rollout_steps for s in cut) == steps
+    for step in range(steps):  # every step sits where it sat in the original curriculum (the last stage extends)
+        a, b = stage_at(cut, step), position_at(stages, step)
+        assert (a.stage.name, a.step_in_stage) == (b.stage.name, b.step_in_stage)
+    for step in range(min(steps, 10)):
+        assert position_at(stages, step) == stage_at(stages, step)
+
+
+def test_arm_recipe_applies_overrides_seed_objective_and_steps():
+    base = Recipe.model_validate({"train": {"stages": [{"name": "a", "rollout_steps": 3}, {"name": "b", "rollout_steps": 50}]}})
+    arm = Arm("ablation", "opd", "top_k_kl", 1000, 7, ("train.kl=top_k", "convert.logit_shift=true"))
+    recipe = arm_recipe(base, arm, rollout_steps=5)
+    assert (recipe.train.kl, recipe.convert.logit_shift, recipe.train.seed, recipe.train.objective) == ("top_k", True, 7, "opd")
+    assert [(s.name, s.rollout_steps) for s in recipe.train.stages] == [("a", 3), ("b", 2)]
+    with pytest.raises(ConfigError, match="kl"):
+        arm_recipe(base, Arm("ablation", "opd", "bad", 1, 0, ("train.kl=nope",)))
+
+
+def test_grid_has_every_main_arm_ablation_and_matched_baseline():
+    study = StudyConfig(budgets=[200, 100], seeds=[0, 1], baseline_extra_budgets=[999],
+                        ablations=[{"name": "x", "overrides": ["train.kl=top_k"]}])  # fmt: skip
+    ids = [a.arm_id for a in opd_arms(study)]
+    assert ids == ["opd-default-b100-s0", "opd-default-b100-s1", "opd-default-b200-s0", "opd-default-b200-s1",
+                   "opd-x-b200-s0", "opd-x-b200-s1"]  # fmt: skip
+    base = baseline_arms(study, {100: 130, 200: 260})
+    assert sorted({a.budget for a in base}) == [130, 260, 999] and {a.objective for a in base} == {"mdm_sft"}
+
+
+# ---- the headline ------------------------------------------------------------------------------
+
+
+def test_tokens_to_reach_interpolates_in_log_tokens():
+    points = [(100.0, 0.2), (1000.0, 0.6), (10000.0, 0.9)]
+    tokens, kind = tokens_to_reach(points, 0.4)
+    assert kind == "interpolated" and math.isclose(tokens, math.sqrt(100 * 1000))
+    assert tokens_to_reach(points, 0.1) == (100.0, "at_most")
+    assert tokens_to_reach(points, 0.95) == (None, "never")
+    assert tokens_to_reach(points, 0.9) == (10000.0, "interpolated")
+
+
+def test_token_ratio_cases_and_targets():
+    baseline = [(1000.0, 0.1), (10000.0, 0.5), (100000.0, 0.7)]
+    hit = token_ratio((1000.0, 0.5), baseline)
+    assert math.isclose(hit["ratio"], 10.0) and ratio_target_met(hit, 10.0) is True and ratio_target_met(hit, 11.0) is False
+    never = token_ratio((1000.0, 0.8), baseline)
+    assert never["kind"] == "never" and never["ratio"] is None and ratio_target_met(never, 10.0) is True
+    assert ratio_target_met(never, 1000.0) is None  # the budgets tried cannot tell
+    loses = token_ratio((20000.0, 0.5), baseline)
+    assert loses["ratio"] < 1 and ratio_target_met(loses, 10.0) is False
+
+
+def _row(objective, budget, seed, tokens, acc, group="main", variant="default"):
+    return {"group": group, "objective": objective, "variant": variant, "budget": budget, "seed": seed,
+            "training_tokens": tokens, "accuracy": acc, "retention": None, "tokens_per_step": 1.0, "final_loss": 1.0,
+            "rollout_steps": 1}  # fmt: skip
+
+
+def test_summary_uses_seed_means_and_states_the_ratio():
+    rows = [
+        _row("opd", 100, 0, 90, 0.80), _row("opd", 100, 1, 110, 0.90),
+        _row("mdm_sft", 100, 0, 100, 0.10), _row("mdm_sft", 100, 1, 100, 0.20),
+        _row("mdm_sft", 1000, 0, 1000, 0.40), _row("mdm_sft", 1000, 1, 1000, 0.50),
+        _row("opd", 100, 0, 95, 0.70, group="ablation", variant="no_curriculum"),
+    ]  # fmt: skip
+    means = seed_means(rows)
+    opd = next(g for g in means if g["objective"] == "opd" and g["group"] == "main")
+    assert math.isclose(opd["accuracy"], 0.85) and math.isclose(opd["training_tokens"], 100.0)
+    assert math.isclose(opd["accuracy_std"], math.sqrt(0.005))
+    summary = summarize(rows, teacher_accuracy=0.9, untrained_accuracy=0.0, target_retention=0.9, target_ratio=10.0)
+    assert math.isclose(summary["opd_retention"], 0.85 / 0.9) and summary["targets"]["retention_met"] is True
+    assert summary["token_ratio"]["kind"] == "never" and summary["targets"]["token_ratio_met"] is True
+    assert "never reaches OPD's accuracy" in summary["statement"] and "10.0x" in summary["statement"]
+
+
+# ---- config ------------------------------------------------------------------------------------
+
+
+def test_shipped_study_file_and_its_quick_size_validate():
+    full, quick = load_study(STUDY_YAML), load_study(STUDY_YAML, quick=True)
+    assert len(opd_arms(quick.study)) < len(opd_arms(full.study))
+    assert quick.recipe.eval.limit < full.recipe.eval.limit
+    assert {a.name for a in full.study.ablations} == {"no_curriculum", "all_rounds", "top_k_kl", "logit_shift"}
+    for ablation in full.study.ablations:  # every ablation's overrides apply to the recipe
+        arm_recipe(full.recipe, Arm("ablation", "opd", ablation.name, 1, 0, tuple(ablation.overrides)))
+
+
+def test_study_file_errors_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"study\.budgets: every budget must be >= 1 token \(got 0\)"):
+        load_study(STUDY_YAML, ["study.budgets=[0]"])
+    with pytest.raises(ConfigError, match="did you mean 'seeds'"):
+        load_study(STUDY_YAML, ["study.seedz=[1]"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_study(tmp_path / "missing.yaml")
+
+
+def test_base_recipe_is_merged_under_the_inline_recipe(tmp_path):
+    (tmp_path / "base.yaml").write_text("train:\n  lr: 0.002\n  min_lr: 0.0001\neval:\n  limit: 7\n")
+    (tmp_path / "study.yaml").write_text("base_recipe: base.yaml\nrecipe:\n  eval:\n    limit: 9\nstudy:\n  budgets: [10]\n")
+    spec = load_study(tmp_path / "study.yaml", ["recipe.train.min_lr=0.0002"])
+    assert (spec.recipe.train.lr, spec.recipe.train.min_lr, spec.recipe.eval.limit) == (0.002, 0.0002, 9)
+
+
+def test_a_result_of_another_configuration_is_never_reused(tmp_path):
+    (tmp_path / "result.json").write_text(json.dumps({"fingerprint": "aaa"}))
+    assert cached_result(tmp_path, "aaa") == {"fingerprint": "aaa"}
+    assert cached_result(tmp_path / "absent", "aaa") is None
+    with pytest.raises(OpdlmError, match="different study configuration"):
+        cached_result(tmp_path, "bbb")
+
+
+# ---- end to end --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quick_teacher(tmp_path_factory):
+    """A freshly bootstrapped, deliberately small teacher (the study bootstraps builtin:tiny otherwise)."""
+    from opdlm.teacher import BootstrapConfig, bootstrap_teacher
+
+    out = tmp_path_factory.mktemp("study-teacher") / "teacher"
+    bootstrap_teacher(out, BootstrapConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, steps=40,
+                                           warmup_steps=4, batch_size=16, n_train=640, n_eval=0, progress=False))  # fmt: skip
+    return out
+
+
+@pytest.mark.slow
+def test_quick_study_writes_table_plots_and_mlflow_run_and_resumes(quick_teacher, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from opdlm.cli.main import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    out = tmp_path / "study"
+    argv = ["study", "--recipe", str(STUDY_YAML), "--quick", "--out", str(out), "--teacher", str(quick_teacher), "--quiet"]
+    assert main(argv) == 0
+
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    quick = load_study(STUDY_YAML, quick=True).study
+    arms = [r for r in rows if r["group"] != "reference"]
+    assert len(arms) == len(opd_arms(quick)) + len(quick.seeds) * (len(quick.budgets) + len(quick.baseline_extra_budgets))
+    required = {"objective", "training_tokens", "accuracy", "teacher_accuracy", "tokens_per_step", "seed"}
+    assert all(required <= r.keys() and set(ROW_KEYS) <= r.keys() for r in rows)
+    teacher_acc = results["teacher_result"]["accuracy"]
+    assert all(r["teacher_accuracy"] == teacher_acc and 0.0 <= r["accuracy"] <= 1.0 for r in rows)
+    assert all(r["training_tokens"] > 0 and r["rollout_steps"] >= 1 for r in arms)
+    baseline = [r for r in arms if r["objective"] == "mdm_sft"]
+    # the baseline's tokens per step are known before training: planned == what the trainer counted
+    assert baseline and all(r["training_tokens"] == r["planned_tokens"] for r in baseline)
+    opd_tokens = next(r["training_tokens"] for r in arms if r["objective"] == "opd" and r["group"] == "main")
+    assert any(r["budget"] == opd_tokens for r in baseline)  # matched to what OPD actually used
+    assert {r["variant"] for r in arms if r["group"] == "ablation"} == {a.name for a in quick.ablations}
+    assert {s["threshold"] for s in results["sweep"]} == {1.0, 0.8} and {s["objective"] for s in results["sweep"]} == {"opd", "mdm_sft"}
+    assert all(s["tokens_per_step"] >= 1.0 for s in results["sweep"])
+    assert results["summary"]["statement"] and "targets" in results["summary"]
+
+    for png in ("accuracy_vs_tokens.png", "accuracy_vs_tokens_per_step.png"):
+        assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "results.md").read_text()
+    assert "## OPD vs baseline at matched token budgets" in md and "opdlm study --recipe" in md
+
+    client = MlflowClient(tracking_uri=results["mlflow"]["tracking_uri"])
+    parent = client.get_run(results["mlflow"]["run_id"])
+    assert parent.info.status == "FINISHED" and "opd_accuracy" in parent.data.metrics
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.json", "results.md", "accuracy_vs_tokens.png"}
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == len(arms)
+
+    # a re-run resumes: every arm's result is reused, not retrained
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "arms").glob("*/result.json")}
+    assert main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "arms").glob("*/result.json")} == stamps
+    again = json.loads((out / "results.json").read_text())
+    assert [r["accuracy"] for r in again["rows"]] == [r["accuracy"] for r in rows]
+
+
+def test_bad_override_fails_with_one_line_and_writes_nothing(tmp_path, capsys):
+    from opdlm.cli.main import main
+
+    out = tmp_path / "study"
+    assert main(["study", "--recipe", str(STUDY_YAML), "--out", str(out), "study.workers=0"]) == 2
+    assert "study.workers" in capsys.readouterr().err and not out.exists()
