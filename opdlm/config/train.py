@@ -104,7 +104,14 @@ class TrainConfig(StrictModel):
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (paper: on).")
     deepspeed: str | None = Field(None, description="DeepSpeed JSON config (configs/deepspeed/zero2.json, ...); None = plain PyTorch.")
-    teacher_offload: bool = Field(False, description="DeepSpeed: run the frozen teacher through ZeRO-3 inference with CPU offload.")
+    teacher_offload: bool = Field(
+        False, description="DeepSpeed: run the frozen teacher as a ZeRO-3 inference engine (weights sharded across "
+        "ranks and kept in CPU memory, fetched layer by layer); needs `deepspeed`.",
+    )  # fmt: skip
+    teacher_deepspeed: str | None = Field(
+        None, description="DeepSpeed JSON of the teacher's engine when teacher_offload is on (ZeRO stage 3); "
+        "None = stage 3 with parameters offloaded to CPU (configs/deepspeed/zero3_teacher_offload.json spells it out).",
+    )  # fmt: skip
 
     checkpoint_every: int = Field(50, ge=1, description="Write a checkpoint every N rollout steps (and at the end).")
     keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept on disk.")
@@ -128,6 +135,10 @@ class TrainConfig(StrictModel):
             )
         if not self.stages:
             raise ValueError("stages must list at least one curriculum stage")
+        if self.teacher_offload and not self.deepspeed:
+            raise ValueError("teacher_offload needs deepspeed (a ZeRO config such as configs/deepspeed/zero3.json)")
+        if self.teacher_deepspeed and not self.teacher_offload:
+            raise ValueError("teacher_deepspeed is only used with teacher_offload: true")
         names = [s.name for s in self.stages]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -2,7 +2,8 @@
 
 Layout of ``OUT/checkpoints/step-000050/``: the student as an ordinary converted model directory
 (``config.json``, safetensors, tokenizer: ``opdlm generate --model`` works on it), ``optimizer.pt``,
-``rng.pt``, ``train_state.json`` (step, counters, data cursor, config fingerprint) and
+``rng_rank{R}.pt``, ``scheduler.json``, ``train_state.json`` (step, counters, data cursor, config
+fingerprint), with DeepSpeed ``deepspeed/`` (per-rank optimizer shards) instead of ``optimizer.pt``, and
 ``manifest.json`` (size and sha256 of every file, written last). A checkpoint is built in a
 temporary sibling and renamed into place, so a killed run leaves either nothing or a complete one;
 a checkpoint whose manifest is missing or whose files do not match it is reported, never loaded.
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from opdlm.errors import OpdlmError
 from opdlm.fsutil import atomic_dir, atomic_write_text
+from opdlm.train import distributed
 
 MANIFEST = "manifest.json"
 TRAIN_STATE = "train_state.json"
@@ -50,6 +52,10 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically and keep only the newest ``keep``.
 
+    In a multi-process run every rank calls this: rank 0 owns the temporary folder and hands its
+    path to the others, every rank writes its part through ``write_payload``, and rank 0 writes the
+    manifest and renames the folder into place once all ranks are done.
+
     Args:
         root: the checkpoints folder.
         step: completed rollout steps.
@@ -59,8 +65,15 @@ def save_checkpoint(
     """
     root = Path(root)
     final = root / step_dir_name(step)
+    if distributed.rank() != 0:
+        write_payload(distributed.broadcast_object(None))
+        distributed.barrier()  # payload written everywhere
+        distributed.barrier()  # manifest written and folder renamed
+        return final
     with atomic_dir(final, overwrite=True) as tmp:
+        distributed.broadcast_object(tmp)
         write_payload(tmp)
+        distributed.barrier()
         (tmp / TRAIN_STATE).write_text(json.dumps(train_state, indent=1, sort_keys=True))
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {
@@ -72,6 +85,7 @@ def save_checkpoint(
         _fsync_tree(tmp)
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()
     return final
 
 

@@ -60,6 +60,7 @@ def forward_kl_chunked(
     student_head: Callable[[torch.Tensor], torch.Tensor],
     top_k: int | None = None,
     chunk_size: int = 1024,
+    min_chunks: int = 0,
 ) -> torch.Tensor:
     """Forward KL at N positions, computing the vocabulary-sized tensors ``chunk_size`` rows at a time.
 
@@ -70,6 +71,8 @@ def forward_kl_chunked(
         student_head: the student's output head.
         top_k: None for the full vocabulary, else the teacher's top-k slice (not renormalised).
         chunk_size: positions per chunk.
+        min_chunks: run at least this many chunks, the extra ones empty. Under ZeRO-3 every call of
+            a head gathers its weights collectively, so all ranks must make the same number of calls.
 
     Returns:
         ``kl_N`` (fp32), differentiable with respect to ``student_hidden_NH`` and the student head.
@@ -77,11 +80,11 @@ def forward_kl_chunked(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     n = student_hidden_NH.shape[0]
-    if n == 0:
+    if n == 0 and min_chunks == 0:
         return student_hidden_NH.new_zeros(0, dtype=torch.float32)
     pieces = []
     needs_grad = torch.is_grad_enabled() and student_hidden_NH.requires_grad
-    for start in range(0, n, chunk_size):
+    for start in _chunk_starts(n, chunk_size, min_chunks):
         rows = slice(start, start + chunk_size)
         args = (teacher_hidden_NH[rows], student_hidden_NH[rows], teacher_head, student_head, top_k)
         if needs_grad:
@@ -91,11 +94,23 @@ def forward_kl_chunked(
     return torch.cat(pieces)
 
 
+def _chunk_starts(n: int, chunk_size: int, min_chunks: int) -> list[int]:
+    """Start rows of the chunks; past ``n`` they are empty slices (padding up to ``min_chunks``)."""
+    starts = list(range(0, n, chunk_size))
+    return starts + [n] * max(min_chunks - len(starts), 0)
+
+
+def num_chunks(n: int, chunk_size: int) -> int:
+    """Chunks :func:`forward_kl_chunked` runs for ``n`` positions (without padding)."""
+    return -(-n // chunk_size)
+
+
 def cross_entropy_chunked(
     student_hidden_NH: torch.Tensor,
     student_head: Callable[[torch.Tensor], torch.Tensor],
     target_ids_N: torch.Tensor,
     chunk_size: int = 1024,
+    min_chunks: int = 0,
 ) -> torch.Tensor:
     """Per-position ``-log p_s(target)``, chunked like :func:`forward_kl_chunked` (the mdm_sft loss).
 
@@ -109,11 +124,11 @@ def cross_entropy_chunked(
         return torch.nn.functional.cross_entropy(logits, targets_C, reduction="none")
 
     n = student_hidden_NH.shape[0]
-    if n == 0:
+    if n == 0 and min_chunks == 0:
         return student_hidden_NH.new_zeros(0, dtype=torch.float32)
     needs_grad = torch.is_grad_enabled() and student_hidden_NH.requires_grad
     pieces = []
-    for start in range(0, n, chunk_size):
+    for start in _chunk_starts(n, chunk_size, min_chunks):
         rows = slice(start, start + chunk_size)
         args = (student_hidden_NH[rows], target_ids_N[rows])
         pieces.append(checkpoint(chunk_ce, *args, use_reentrant=False) if needs_grad else chunk_ce(*args))

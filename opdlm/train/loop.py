@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 from pathlib import Path
 
@@ -20,16 +21,17 @@ import torch
 
 from opdlm.config.recipe import Recipe
 from opdlm.errors import ConfigError
+from opdlm.train import distributed
 from opdlm.train.batch import TrainingRows, make_rows
 from opdlm.train.checkpoint import export_model, save_checkpoint, write_json
 from opdlm.train.curriculum import StagePosition, domain_cap, length_cap, stage_at
 from opdlm.train.data import stream_indices
-from opdlm.train.kl import cross_entropy_chunked, forward_kl_chunked
+from opdlm.train.kl import cross_entropy_chunked, forward_kl_chunked, num_chunks
 from opdlm.train.loss_mask import response_loss_mask
 from opdlm.train.mdm import random_block_mask, response_tokens
 from opdlm.train.metrics import ConsoleLogger, JsonlLogger, MetricLogger, MultiLogger
 from opdlm.train.rollout import Episodes, encode_rows, rollout
-from opdlm.train.schedule import learning_rate
+from opdlm.train.schedule import SCHEDULER_FILE, learning_rate, schedule_state
 from opdlm.train.setup import RunContext, setup_run
 from opdlm.train.states import select_states
 from opdlm.train.student_forward import noisy_copy, student_hidden_states
@@ -76,7 +78,7 @@ def collect_episodes(ctx: RunContext, pos: StagePosition, step: int) -> tuple[Ep
     if not prompts:
         return Episodes([], [], [], [], []), cap
     ctx.student.model.eval()
-    with _autocast(ctx):
+    with ctx.stepper.rollout_context(), _autocast(ctx):
         episodes = rollout(ctx.student, prompts, caps, stage_sampler(ctx, pos), _generator(ctx, step, 1, ctx.device))
     return episodes, cap
 
@@ -129,6 +131,8 @@ def microbatch_loss(ctx: RunContext, mb: TrainingRows, block_size: int) -> tuple
     meta, model = ctx.student.meta, ctx.student.model
     noisy_BL = noisy_copy(mb.response_BL, mb.masked_BL, mb.lengths_B, meta.mask_token_id)
     row_N, col_N = mb.loss_BL.nonzero(as_tuple=True)
+    # ranks must call the (ZeRO-3 sharded) output heads equally often: agree on the chunk count
+    min_chunks = distributed.all_reduce_max(num_chunks(int(row_N.numel()), ctx.cfg.kl_chunk_size))
     with _autocast(ctx):
         hidden_BLH = student_hidden_states(
             model, mb.prompt_ids_BP, mb.prompt_lens_B, mb.response_BL, noisy_BL, block_size, meta.logit_shift,
@@ -140,10 +144,11 @@ def microbatch_loss(ctx: RunContext, mb: TrainingRows, block_size: int) -> tuple
             top_k = ctx.cfg.kl_top_k if ctx.cfg.kl == "top_k" else None
             per_token_N = forward_kl_chunked(
                 teacher_NH, student_NH, ctx.teacher.get_output_embeddings(), model.get_output_embeddings(), top_k,
-                ctx.cfg.kl_chunk_size,
+                ctx.cfg.kl_chunk_size, min_chunks,
             )  # fmt: skip
         else:
-            per_token_N = cross_entropy_chunked(student_NH, model.get_output_embeddings(), mb.response_BL[row_N, col_N], ctx.cfg.kl_chunk_size)
+            targets_N = mb.response_BL[row_N, col_N]
+            per_token_N = cross_entropy_chunked(student_NH, model.get_output_embeddings(), targets_N, ctx.cfg.kl_chunk_size, min_chunks)
     n_rows = len(mb)
     count_B = torch.zeros(n_rows, device=per_token_N.device).index_add_(0, row_N, torch.ones_like(per_token_N))
     sum_B = torch.zeros(n_rows, device=per_token_N.device).index_add_(0, row_N, per_token_N)
@@ -160,25 +165,49 @@ def microbatch_loss(ctx: RunContext, mb: TrainingRows, block_size: int) -> tuple
     return loss_sum, stats
 
 
-def optimise(ctx: RunContext, rows: TrainingRows, pos: StagePosition, step: int, block_size: int) -> dict:
-    """Consume one batch of rows as ``optimizer_steps_per_rollout`` AdamW steps of gradient-accumulated micro-batches."""
+def filler_rows(ctx: RunContext, block_size: int) -> TrainingRows:
+    """One row (an EOS prompt, a block of EOS) whose loss is multiplied by zero.
+
+    A rank with fewer micro-batches than another (or none at all: every rollout skipped) runs these
+    so that all ranks make the same forward/backward calls, which DeepSpeed's collectives require.
+    """
+    eos = ctx.student.meta.eos_token_ids[0]
+    ones = torch.ones((1, block_size), dtype=torch.bool)
+    return make_rows([[eos]], [[eos] * block_size], torch.zeros(1, dtype=torch.long), ones, ones, ctx.student.meta.pad_token_id, block_size)
+
+
+def optimise(ctx: RunContext, rows: TrainingRows | None, pos: StagePosition, step: int, block_size: int) -> dict:
+    """Consume one batch of rows as ``optimizer_steps_per_rollout`` AdamW steps of gradient-accumulated micro-batches.
+
+    ``rows`` is None when every rollout of this rank was skipped. Optimizer steps whose share of rows
+    is empty on every rank are skipped (the learning-rate schedule still advances).
+    """
     cfg = ctx.cfg
     k_steps = cfg.optimizer_steps_per_rollout
     total_opt = cfg.total_rollout_steps * k_steps
     peak = pos.stage.lr if pos.stage.lr is not None else cfg.lr
-    order = torch.randperm(len(rows), generator=_generator(ctx, step, 3))
+    n_rows = len(rows) if rows is not None else 0
+    order = torch.randperm(n_rows, generator=_generator(ctx, step, 3))
     ctx.student.model.train()
     losses, norms, lr = [], [], 0.0
     by_pos_sum, by_pos_count = torch.zeros(block_size), torch.zeros(block_size)
     seq_tokens = teacher_tokens = 0
     for k, group in enumerate(torch.tensor_split(order, k_steps)):
-        if len(group) == 0:  # fewer rows than optimizer steps (skipped rollouts): the schedule still advances
+        micro = list(group.split(cfg.micro_batch_size)) if len(group) else []
+        n_micro = distributed.all_reduce_max(len(micro))
+        if n_micro == 0:
             continue
         group_loss = 0.0
-        for mb_idx in group.split(cfg.micro_batch_size):
-            mb = rows.select(mb_idx, block_size).to(ctx.device)
+        for i in range(n_micro):
+            last = i == n_micro - 1
+            if i >= len(micro):  # this rank ran out: a zero-weighted filler keeps the collectives in step
+                filler = rows.select(micro[0], block_size) if micro else filler_rows(ctx, block_size)
+                loss_sum, _ = microbatch_loss(ctx, filler.to(ctx.device), block_size)
+                ctx.stepper.backward(loss_sum * 0.0, last)
+                continue
+            mb = rows.select(micro[i], block_size).to(ctx.device)
             loss_sum, stats = microbatch_loss(ctx, mb, block_size)
-            ctx.stepper.backward(loss_sum / len(group))
+            ctx.stepper.backward(loss_sum / len(group), last)
             group_loss += float(loss_sum.detach()) / len(group)
             by_pos_sum += stats["by_pos_sum"]
             by_pos_count += stats["by_pos_count"]
@@ -186,13 +215,17 @@ def optimise(ctx: RunContext, rows: TrainingRows, pos: StagePosition, step: int,
             teacher_tokens += stats["teacher_tokens"]
         lr = learning_rate(step * k_steps + k, total_opt, cfg.warmup_rollout_steps * k_steps, peak, cfg.min_lr)
         norms.append(ctx.stepper.step(lr))
-        losses.append(group_loss)
+        if micro:
+            losses.append(group_loss)
         ctx.counters.optimizer_steps += 1
+    if not norms:
+        return {}
     out = {
-        "loss": sum(losses) / len(losses), "grad_norm": sum(norms) / len(norms), "lr": lr,
-        "loss_tokens": int(by_pos_count.sum()), "optimizer_steps": len(losses),
-        "_student_tokens": seq_tokens, "_teacher_tokens": teacher_tokens,
+        "grad_norm": sum(norms) / len(norms), "lr": lr, "loss_tokens": int(by_pos_count.sum()),
+        "optimizer_steps": len(norms), "_student_tokens": seq_tokens, "_teacher_tokens": teacher_tokens,
     }  # fmt: skip
+    if losses:
+        out["loss"] = sum(losses) / len(losses)
     for i in range(block_size):
         if by_pos_count[i] > 0:
             out[f"kl_by_block_position/{i}"] = float(by_pos_sum[i] / by_pos_count[i])
@@ -200,7 +233,8 @@ def optimise(ctx: RunContext, rows: TrainingRows, pos: StagePosition, step: int,
 
 
 def _num_params(model: torch.nn.Module | None) -> int:
-    return 0 if model is None else sum(p.numel() for p in model.parameters())
+    # ZeRO-3 leaves an empty placeholder in each parameter; ds_numel is its real size
+    return 0 if model is None else sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
 
 
 def estimate_flops(ctx: RunContext, episodes: Episodes, block_size: int, stats: dict) -> float:
@@ -213,21 +247,28 @@ def estimate_flops(ctx: RunContext, episodes: Episodes, block_size: int, stats: 
 def _write_payload(ctx: RunContext, block_size: int):
     def write(folder: Path) -> None:
         model = ctx.student.model
-        model.config.block_size = block_size
-        model.save_pretrained(folder, safe_serialization=True)
-        ctx.student.tokenizer.save_pretrained(folder)
+        state_dict = ctx.stepper.full_state_dict()  # collective under ZeRO-3: every rank calls it
+        if ctx.rank == 0:
+            model.config.block_size = block_size
+            model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
+            ctx.student.tokenizer.save_pretrained(folder)
+            (folder / SCHEDULER_FILE).write_text(json.dumps(schedule_state(ctx.cfg, ctx.counters.rollout_step), indent=1))
         ctx.stepper.save(folder)
         rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}  # fmt: skip
-        torch.save(rng, folder / "rng.pt")
+        torch.save(rng, folder / f"rng_rank{ctx.rank}.pt")
 
     return write
 
 
 def checkpoint(ctx: RunContext, block_size: int) -> Path:
-    """Write a checkpoint of the current state (rank 0 writes; DeepSpeed ranks join inside the stepper)."""
-    state = {"counters": ctx.counters.as_dict(), "fingerprint": ctx.fingerprint, "rollout_step": ctx.counters.rollout_step}
-    return save_checkpoint(ctx.checkpoints, ctx.counters.rollout_step, _write_payload(ctx, block_size), state, ctx.cfg.keep_checkpoints)
+    """Write a checkpoint of the current state (every rank calls it; rank 0 writes the shared files)."""
+    c = ctx.counters
+    state = {
+        "counters": c.as_dict(), "fingerprint": ctx.fingerprint, "rollout_step": c.rollout_step,
+        "data_cursor": c.rollout_step * ctx.cfg.prompts_per_rollout, "world_size": ctx.world_size,
+    }  # fmt: skip
+    return save_checkpoint(ctx.checkpoints, c.rollout_step, _write_payload(ctx, block_size), state, ctx.cfg.keep_checkpoints)
 
 
 def train_step(ctx: RunContext, step: int) -> dict:
@@ -236,23 +277,26 @@ def train_step(ctx: RunContext, step: int) -> dict:
     block_size = ctx.cfg.stage_block_size(pos.stage)
     episodes, cap = collect_episodes(ctx, pos, step)
     rows, skipped = select_rows(ctx, episodes, block_size, step)
-    stats = optimise(ctx, rows, pos, step, block_size) if rows is not None else {}
+    stats = optimise(ctx, rows, pos, step, block_size)
     c = ctx.counters
-    rollout_tokens = sum(map(len, episodes.responses))
+    # counters are global: summed over the ranks (each rank rolls out its share of the prompts)
+    rollout_tokens, skipped, n_eps, n_finished = distributed.all_reduce_sum(
+        [sum(map(len, episodes.responses)), skipped, len(episodes.responses), sum(episodes.finished)]
+    )
     c.rollout_step = step + 1
     c.skipped_rollouts += skipped
     c.rollout_tokens += rollout_tokens
     c.train_tokens += rollout_tokens
-    c.flops += estimate_flops(ctx, episodes, block_size, stats)
-    n_eps = max(len(episodes.responses), 1)
+    (flops,) = distributed.all_reduce_sum([estimate_flops(ctx, episodes, block_size, stats)])
+    c.flops += flops
     metrics = {k: v for k, v in stats.items() if not k.startswith("_")}
     metrics.update({
         "stage": pos.index, "stage_name": pos.stage.name, "length_cap": cap, "block_size": block_size,
-        "rollout_tokens": rollout_tokens, "rollouts": len(episodes.responses),
-        "mean_response_tokens": rollout_tokens / n_eps, "tokens_per_step": episodes.tokens_per_step,
-        "eos_rate": sum(episodes.finished) / n_eps, "skipped_rollouts": skipped,
+        "rollout_tokens": rollout_tokens, "rollouts": n_eps,
+        "mean_response_tokens": rollout_tokens / max(n_eps, 1), "tokens_per_step": episodes.tokens_per_step,
+        "eos_rate": n_finished / max(n_eps, 1), "skipped_rollouts": skipped,
         "cumulative_skipped_rollouts": c.skipped_rollouts, "cumulative_train_tokens": c.train_tokens,
-        "cumulative_flops": c.flops, "optimizer_step": c.optimizer_steps,
+        "flops": flops, "cumulative_flops": c.flops, "optimizer_step": c.optimizer_steps,
     })  # fmt: skip
     metrics.setdefault("loss_tokens", 0)
     return metrics

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +21,12 @@ from opdlm.config.recipe import Recipe
 from opdlm.config.train import TrainConfig
 from opdlm.data.schema import Row
 from opdlm.errors import OpdlmError, SourceError
+from opdlm.fsutil import atomic_write_text
 from opdlm.models.student import Student, load_causal_lm, load_student, resolve_device
+from opdlm.train import distributed
 from opdlm.train.checkpoint import latest_checkpoint, read_train_state
 from opdlm.train.data import load_training_rows
+from opdlm.train.schedule import SCHEDULER_FILE, schedule_state
 
 RUN_FILE = "run.json"
 
@@ -98,7 +102,8 @@ def _check_out(out: Path, fingerprint: str) -> None:
                 f"{out} holds a run of a different recipe (fingerprint {previous} != {fingerprint}); "
                 "use a new --out, or delete the folder to start over"
             )
-    elif out.exists() and any(p.name not in {"converted"} for p in out.iterdir()):
+    elif out.exists() and any(p.name != "converted" and not p.name.startswith(".") for p in out.iterdir()):
+        # (dot-names are temporaries of an interrupted conversion; they never hold results)
         raise OpdlmError(f"output directory {out} is not empty and holds no opdlm training run; use a new --out")
 
 
@@ -126,6 +131,17 @@ def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | Non
     return None
 
 
+def _prepare_out(out: Path, fingerprint: str, recipe: Recipe, teacher_src: str | None, student: str | None) -> tuple[Path, Path | None]:
+    """Check/create the output folder; returns ``(student_dir_to_start_from, newest_checkpoint)`` (rank 0's job)."""
+    _check_out(out, fingerprint)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = latest_checkpoint(out / "checkpoints")
+    start_dir = ckpt if ckpt is not None else _student_dir(out, recipe, teacher_src, student)
+    if not (out / RUN_FILE).is_file():
+        atomic_write_text(out / RUN_FILE, json.dumps({"fingerprint": fingerprint, "recipe": recipe.name}, indent=1))
+    return start_dir, ckpt
+
+
 def setup_run(
     recipe: Recipe, out: str | Path, teacher: str | None = None, student: str | None = None, data: str | None = None
 ) -> RunContext:
@@ -137,9 +153,15 @@ def setup_run(
             f"({recipe.convert.block_size}); use a stage's block_size to change it during training"
         )
     fingerprint = run_fingerprint(recipe, teacher, student, data)
-    _check_out(out, fingerprint)
     seed = cfg.seed if cfg.seed is not None else recipe.seed
-    rank, world_size = _distributed_rank()
+    device = resolve_device(cfg.device)
+    launched_rank, launched_size = distributed.launched_world()
+    if device.type == "cuda" and launched_size > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    if cfg.deepspeed or launched_size > 1:
+        distributed.init_process_group(bool(cfg.deepspeed), device)
+    rank, world_size = distributed.rank(), distributed.world_size()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     if cfg.deterministic:
@@ -150,15 +172,8 @@ def setup_run(
     rows = load_training_rows(recipe.data.source, data or recipe.data.path, cfg.num_prompts, seed)
     needs_teacher = cfg.objective == "opd"
     teacher_src = _teacher_source(recipe, teacher) if (needs_teacher or not student) else None
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt = latest_checkpoint(out / "checkpoints")
-    start_dir = ckpt if ckpt is not None else _student_dir(out, recipe, teacher_src, student)
-    if not (out / RUN_FILE).is_file():
-        (out / RUN_FILE).write_text(json.dumps({"fingerprint": fingerprint, "recipe": recipe.name}, indent=1))
+    start_dir, ckpt = distributed.on_main(lambda: _prepare_out(out, fingerprint, recipe, teacher_src, student))
 
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and world_size > 1:
-        device = torch.device("cuda", int(__import__("os").environ.get("LOCAL_RANK", 0)))
     student_obj = load_student(start_dir, device=str(device), dtype="fp32", backend=cfg.attn_backend)
     if cfg.gradient_checkpointing:
         student_obj.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -167,8 +182,12 @@ def setup_run(
         from opdlm.models.sources import resolve_model_source
 
         teacher_dtype = "bf16" if _autocast_dtype(cfg, device) is not None else "fp32"
-        teacher_model, _ = load_causal_lm(resolve_model_source(teacher_src, "teacher"), str(device), teacher_dtype, cfg.attn_backend)
+        teacher_dir = distributed.on_main(lambda: resolve_model_source(teacher_src, "teacher"))
+        # an offloaded teacher is loaded on the CPU: ZeRO-3 moves each layer to the device when it runs
+        teacher_device = "cpu" if cfg.teacher_offload else str(device)
+        teacher_model, _ = load_causal_lm(teacher_dir, teacher_device, teacher_dtype, cfg.attn_backend)
         teacher_model.requires_grad_(False)
+        teacher_model.eval()
         teacher_backend = teacher_model.config._attn_implementation
 
     if cfg.deepspeed:
@@ -188,21 +207,33 @@ def setup_run(
     return ctx
 
 
+def _check_scheduler(ckpt: Path, ctx: RunContext) -> None:
+    """The schedule stored in the checkpoint must be the one this run continues."""
+    stored = json.loads((ckpt / SCHEDULER_FILE).read_text()) if (ckpt / SCHEDULER_FILE).is_file() else None
+    expected = schedule_state(ctx.cfg, ctx.counters.rollout_step)
+    if stored != expected:
+        raise OpdlmError(f"checkpoint {ckpt}: its learning-rate schedule {stored} does not match this run's {expected}")
+
+
 def _restore(ctx: RunContext, ckpt: Path) -> None:
     state = read_train_state(ckpt)
     if state.get("fingerprint") != ctx.fingerprint:
         raise OpdlmError(f"checkpoint {ckpt} belongs to a different recipe; use a new --out")
     ctx.counters = Counters(**state["counters"])
+    # plain PyTorch state is the same on every rank, so any world size may resume it; DeepSpeed's is per rank
+    if ctx.cfg.deepspeed and state.get("world_size", 1) != ctx.world_size:
+        raise OpdlmError(
+            f"checkpoint {ckpt} was written by {state.get('world_size', 1)} DeepSpeed ranks; resume with the same number "
+            f"(this run has {ctx.world_size})"
+        )
+    _check_scheduler(ckpt, ctx)
     ctx.stepper.load(ckpt)
-    rng = torch.load(ckpt / "rng.pt", weights_only=False)
+    rng_file = ckpt / f"rng_rank{ctx.rank}.pt"
+    if not rng_file.is_file():
+        raise OpdlmError(f"checkpoint {ckpt} has no {rng_file.name}: it was written by a run with fewer ranks")
+    rng = torch.load(rng_file, weights_only=False)
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
     if torch.cuda.is_available() and rng.get("cuda") is not None:
         torch.cuda.set_rng_state_all(rng["cuda"])
     ctx.resumed_from = ckpt
-
-
-def _distributed_rank() -> tuple[int, int]:
-    import os
-
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
