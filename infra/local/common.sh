@@ -45,7 +45,7 @@ service_port() {
 pid_file() { echo "$STATE/pids/$1.pid"; }
 log_file() { echo "$STATE/logs/$1.log"; }
 
-# Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat): a pid file records it
+# Start time of a live process in clock ticks since boot (field 22 of /proc/PID/stat): a pid file records it
 # so that a pid reused by an unrelated process after a reboot or crash is never signalled.
 proc_start_time() {
   local stat
@@ -53,6 +53,7 @@ proc_start_time() {
   stat="${stat##*) }"  # drop "pid (comm) ", comm may contain spaces
   # shellcheck disable=SC2086
   set -- $stat
+  [[ "$1" != Z ]] || return 1  # a zombie has exited; only its parent has not collected it yet
   echo "${20}"
 }
 

@@ -1,0 +1,218 @@
+"""End to end on real servers: the local stack (infra/local) runs the ``opdlm-tiny`` deployment.
+
+Starts moto S3, MLflow, the Prefect server and a process worker on free ports, ``prefect deploy``s the
+deployment from ``prefect.yaml``, runs it through the worker with tiny settings, then checks that the
+flow run completed in the Prefect API, that the MLflow server holds the run and the registered model,
+and that their artifacts are objects in the S3 store; finally stops everything it started and checks
+that no process of the stack is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL = REPO / "infra" / "local"
+DEPLOYMENT = "opdlm-pipeline/opdlm-tiny"
+RECIPE = "configs/tiny.yaml"
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+RUN_TIMEOUT_S = 300
+
+# Small enough for the whole run (teacher bootstrap, convert, two OPD stages, eval, register) to take
+# about a minute on 2 busy cores; every stage still runs its real code path.
+TINY_OVERRIDES = [
+    "teacher.bootstrap.hidden_size=32",
+    "teacher.bootstrap.num_layers=1",
+    "teacher.bootstrap.num_heads=2",
+    "teacher.bootstrap.intermediate_size=64",
+    "teacher.bootstrap.steps=4",
+    "teacher.bootstrap.warmup_steps=1",
+    "teacher.bootstrap.batch_size=8",
+    "teacher.bootstrap.n_train=64",
+    "teacher.bootstrap.n_eval=0",
+    "teacher.bootstrap.num_threads=1",
+    "teacher.bootstrap.progress=false",
+    "train.prompts_per_rollout=2",
+    "train.optimizer_steps_per_rollout=1",
+    "train.micro_batch_size=2",
+    "train.num_threads=1",
+    "train.warmup_rollout_steps=0",
+    "train.rollout.max_new_tokens=8",
+    "train.stages.0.rollout_steps=1",
+    "train.stages.0.length.start=4",
+    "train.stages.0.length.end=8",
+    "train.stages.0.length.ramp_steps=1",
+    "train.stages.1.rollout_steps=1",
+    "train.stages.1.length.start=8",
+    "train.stages.1.length.end=8",
+    "train.stages.1.length.ramp_steps=1",
+    "sampler.max_new_tokens=8",
+    "eval.limit=4",
+    "eval.batch_size=4",
+    "eval.sweep_thresholds=[0.9]",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_stack_env(path: Path) -> dict[str, str]:
+    """``export K=V`` lines of the stack.env that start.sh writes."""
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export ") :].partition("=")
+            out[key] = value
+    return out
+
+
+def sh(args: list[str], env: dict, timeout: float, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def api_get(url: str):
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def api_post(url: str, body: dict):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def stack_pids(state: Path) -> list[int]:
+    return [int(p.read_text().split()[0]) for p in (state / "pids").glob("*.pid")]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """The local stack on free ports, in a temporary state folder; stopped (and checked) afterwards."""
+    if not (REPO / "prefect.yaml").is_file():
+        pytest.fail("prefect.yaml (deployment opdlm-tiny) is missing from the repository root")
+    root = tmp_path_factory.mktemp("stack")
+    env = {
+        **os.environ,
+        "OPDLM_STACK_DIR": str(root / "state"),
+        "OPDLM_PYTHON": sys.executable,
+        "OPDLM_RUNS_DIR": str(root / "runs"),
+        "S3_PORT": str(free_port()),
+        "MLFLOW_PORT": str(free_port()),
+        "PREFECT_PORT": str(free_port()),
+        "WORKER_PORT": str(free_port()),
+        "HEALTH_TIMEOUT": "240",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",  # pick the run up quickly (default 10 s)
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("PREFECT_API_URL", None)
+    start = sh(["bash", str(LOCAL / "start.sh")], env, timeout=600)
+    state = root / "state"
+    try:
+        assert start.returncode == 0, f"start.sh failed:\n{start.stdout}\n{start.stderr}"
+        client_env = {**env, **read_stack_env(state / "stack.env"), "PREFECT_HOME": str(root / "client-prefect")}
+        yield {"env": client_env, "state": state, "start_output": start.stdout}
+    finally:
+        pids = stack_pids(state) if (state / "pids").is_dir() else []
+        stop = sh(["bash", str(LOCAL / "stop.sh")], env, timeout=120)
+        assert stop.returncode == 0, f"stop.sh failed:\n{stop.stdout}\n{stop.stderr}"
+        left = [pid for pid in pids if _process_group_alive(pid)]
+        assert not left, f"processes of the stack still running after stop.sh: {left}"
+        assert not list((state / "pids").glob("*.pid"))
+
+
+def _process_group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def flow_run_logs(api: str, flow_run_id: str) -> str:
+    try:
+        logs = api_post(f"{api}/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})
+    except Exception as exc:  # the logs only decorate a failure message
+        return f"(could not read logs: {exc})"
+    return "\n".join(f"{x['level']}: {x['message']}" for x in logs[-60:])
+
+
+def test_deploy_and_run_tiny_pipeline_on_the_local_stack(stack):
+    env, state = stack["env"], stack["state"]
+    api = env["PREFECT_API_URL"]
+    for service in ("s3", "mlflow", "prefect", "worker"):
+        assert f"{service}: healthy" in stack["start_output"]
+    assert sh(["bash", str(LOCAL / "status.sh")], env, timeout=60).returncode == 0
+
+    deploy = sh([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--name", "opdlm-tiny"], env, timeout=180)
+    assert deploy.returncode == 0, f"prefect deploy failed:\n{deploy.stdout}\n{deploy.stderr}"
+
+    params = json.dumps({"recipe": RECIPE, "overrides": TINY_OVERRIDES})
+    run = sh([sys.executable, "-m", "prefect", "--no-prompt", "deployment", "run", DEPLOYMENT, "--params", params], env, timeout=120)
+    assert run.returncode == 0, f"prefect deployment run failed:\n{run.stdout}\n{run.stderr}"
+    found = re.search(r"UUID:\s*([0-9a-f-]{36})", run.stdout)
+    assert found, f"no flow run id in:\n{run.stdout}"
+    flow_run_id = found.group(1)
+
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:
+        flow_run = api_get(f"{api}/flow_runs/{flow_run_id}")
+        state_type = flow_run["state_type"]
+        if state_type in TERMINAL or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    worker_log = (state / "logs" / "worker.log").read_text()[-4000:]
+    assert state_type == "COMPLETED", (
+        f"flow run {flow_run_id} ended {state_type} ({flow_run['state']['message']}); command: "
+        f"prefect deployment run {DEPLOYMENT} --params {shlex.quote(params)}\n"
+        f"--- flow run logs ---\n{flow_run_logs(api, flow_run_id)}\n--- worker log ---\n{worker_log}"
+    )
+    deployment = api_get(f"{api}/deployments/{flow_run['deployment_id']}")
+    assert deployment["name"] == "opdlm-tiny" and deployment["work_pool_name"] == "opdlm-process"
+
+    check_mlflow_and_s3(env)
+
+
+def check_mlflow_and_s3(env: dict) -> None:
+    """The registered model and its run are on the MLflow server; their artifacts are S3 objects."""
+    import boto3
+    from mlflow.tracking import MlflowClient
+
+    from opdlm.config.recipe import load_recipe
+
+    recipe = load_recipe(REPO / RECIPE, TINY_OVERRIDES)
+    name = recipe.registry.model_name or f"opdlm-{recipe.name}"
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
+    versions = client.search_model_versions(f"name='{name}'")
+    assert versions, f"registered model {name!r} not found on {env['MLFLOW_TRACKING_URI']}"
+    version = versions[0]
+    run = client.get_run(version.run_id)
+    assert run.info.status == "FINISHED"
+
+    s3 = boto3.client(
+        "s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_DEFAULT_REGION"],
+    )  # fmt: skip
+    model_uri = client.get_model_version_download_uri(name, version.version)
+    for uri in (run.info.artifact_uri, model_uri):
+        assert uri.startswith("s3://"), f"artifacts at {uri}, not in the S3 store"
+        bucket, _, prefix = uri[len("s3://") :].partition("/")
+        listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
+        assert listing.get("KeyCount", 0) > 0, f"no objects under {uri}"
