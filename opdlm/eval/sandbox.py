@@ -125,9 +125,11 @@ def check_sandbox(allow_unsandboxed: bool = False) -> bool:
     if _launch_plan() is None:
         if allow_unsandboxed:
             return False
+        who = " as user nobody" if os.geteuid() == 0 else ""
         raise SandboxUnavailableError(
-            "bwrap is installed but cannot create namespaces on this machine (user namespaces disabled?); "
-            "pass --allow-unsandboxed to run code unconfined at your own risk"
+            f"bwrap is installed but could not run a sandboxed python3{who} here (unprivileged user namespaces "
+            "disabled, or no interpreter readable by that user?); pass --allow-unsandboxed to run code unconfined "
+            "at your own risk"
         )
     return True
 
@@ -136,7 +138,7 @@ def check_sandbox(allow_unsandboxed: bool = False) -> bool:
 class _LaunchPlan:
     """How programs start here: who runs bwrap and which interpreter the program can reach."""
 
-    mode: str  # "nobody" (root drops to nobody), "self" (non-root caller), "root" (uid 0, no capabilities)
+    mode: str  # "nobody" (a root caller drops to nobody) or "self" (a non-root caller runs it as itself)
     python: str
 
 
@@ -156,7 +158,8 @@ def _launch_plan() -> _LaunchPlan | None:
     """
     if "plan" in _PLAN_CACHE:
         return _PLAN_CACHE["plan"]
-    modes = ["nobody", "root"] if os.geteuid() == 0 else ["self"]
+    # Never as root: the kernel exempts uid 0 from RLIMIT_NPROC, so a fork bomb would be unbounded.
+    modes = ["nobody"] if os.geteuid() == 0 else ["self"]
     plan = None
     for mode in modes:
         for python in _interpreters():
@@ -201,8 +204,6 @@ def _bwrap_argv(workdir: Path, mode: str, limits: SandboxLimits) -> list[str]:
         "--die-with-parent",
         "--new-session",  # the program cannot reach our terminal (TIOCSTI)
     ]  # fmt: skip
-    if mode == "root":
-        argv += ["--cap-drop", "ALL"]  # without capabilities RLIMIT_NPROC binds even for uid 0
     return argv
 
 

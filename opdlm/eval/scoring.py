@@ -7,6 +7,7 @@ completions produced by any engine with :func:`read_completions` and scores them
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -78,12 +79,18 @@ def score_completions(
         raise ValueError(f"{len(rows)} rows but {len(completions)} completions")
     if benchmark.scorer != "code":
         return [_score_answer(benchmark, row, text) for row, text in zip(rows, completions)]
-    programs = [benchmark.program(row, text) for row, text in zip(rows, completions)]
+    # The program must reach its last line: a completion that exits early with status 0 (skipping the
+    # tests) never prints this per-run token, so it does not pass.
+    token = f"opdlm-tests-done-{secrets.token_hex(8)}"
+    programs = [f"{benchmark.program(row, text)}\nprint({token!r})\n" for row, text in zip(rows, completions)]
     results = run_programs(programs, limits=code_limits, workers=code_workers, allow_unsandboxed=allow_unsandboxed)
-    return [
-        SampleScore(r.passed, None, r.status, None if r.passed else (r.stderr_tail[-500:] or f"exit status {r.returncode}"))
-        for r in results
-    ]
+    scores = []
+    for r in results:
+        passed = r.passed and token in r.stdout_tail
+        status = "failed" if r.passed and not passed else r.status
+        detail = None if passed else (r.stderr_tail[-500:] or ("exited before the tests finished" if r.passed else f"exit status {r.returncode}"))
+        scores.append(SampleScore(passed, None, status, detail))
+    return scores
 
 
 def read_completions(path: str | Path, rows: list[Row]) -> tuple[list[Row], list[str]]:
