@@ -23,7 +23,7 @@ from opdlm.config.recipe import Recipe
 from opdlm.errors import ConfigError
 from opdlm.train import distributed
 from opdlm.train.batch import TrainingRows, make_rows
-from opdlm.train.checkpoint import export_model, save_checkpoint, write_json
+from opdlm.train.checkpoint import export_model, save_checkpoint, step_dir_name, write_json
 from opdlm.train.curriculum import StagePosition, domain_cap, length_cap, stage_at
 from opdlm.train.data import stream_indices
 from opdlm.train.kl import cross_entropy_chunked, forward_kl_chunked, num_chunks
@@ -268,7 +268,8 @@ def checkpoint(ctx: RunContext, block_size: int) -> Path:
         "counters": c.as_dict(), "fingerprint": ctx.fingerprint, "rollout_step": c.rollout_step,
         "data_cursor": c.rollout_step * ctx.cfg.prompts_per_rollout, "world_size": ctx.world_size,
     }  # fmt: skip
-    return save_checkpoint(ctx.checkpoints, c.rollout_step, _write_payload(ctx, block_size), state, ctx.cfg.keep_checkpoints)
+    ctx.last_checkpoint = save_checkpoint(ctx.checkpoints, c.rollout_step, _write_payload(ctx, block_size), state, ctx.cfg.keep_checkpoints)
+    return ctx.last_checkpoint
 
 
 def train_step(ctx: RunContext, step: int) -> dict:
@@ -386,6 +387,22 @@ def train(
         ConfigError: ``until_stage`` is not a stage of the recipe.
     """
     end = stage_end_step(recipe.train.stages, until_stage)  # validate before touching the folder
+    with _process_settings():
+        return _train(recipe, out_dir, teacher, student, data, end, until_stage, loggers, console)
+
+
+@contextlib.contextmanager
+def _process_settings():
+    """Give back torch's thread count and deterministic mode (setup_run sets them) when training ends."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(recipe, out_dir, teacher, student, data, end, until_stage, loggers, console) -> Path:
     ctx = setup_run(recipe, out_dir, teacher, student, data)
     total = ctx.cfg.total_rollout_steps
     main_rank = ctx.rank == 0
@@ -412,12 +429,9 @@ def train(
 
 
 def _final_checkpoint(ctx: RunContext) -> Path:
-    """The checkpoint of the current step (written now unless a stage end or ``checkpoint_every`` already did)."""
-    from opdlm.train.checkpoint import latest_checkpoint
-
-    last = latest_checkpoint(ctx.checkpoints)
-    if last is None or last.name != f"step-{ctx.counters.rollout_step:06d}":
-        done = ctx.counters.rollout_step
-        stage = stage_at(ctx.cfg.stages, max(done - 1, 0)).stage
-        last = checkpoint(ctx, ctx.cfg.stage_block_size(stage))
-    return last
+    """The checkpoint of the current step: the one just written or resumed from, else a new one."""
+    current = ctx.checkpoints / step_dir_name(ctx.counters.rollout_step)
+    if current in (ctx.last_checkpoint, ctx.resumed_from):
+        return current
+    stage = stage_at(ctx.cfg.stages, max(ctx.counters.rollout_step - 1, 0)).stage
+    return checkpoint(ctx, ctx.cfg.stage_block_size(stage))

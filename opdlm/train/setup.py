@@ -65,6 +65,7 @@ class RunContext:
     fingerprint: str
     counters: Counters = field(default_factory=Counters)
     resumed_from: Path | None = None
+    last_checkpoint: Path | None = None
     rank: int = 0
     world_size: int = 1
 

@@ -1,0 +1,219 @@
+"""The training loop end to end on a tiny model: stages, resume, kill, corrupt checkpoints, metrics, baseline.
+
+Every run here is the fast variant of ``configs/tiny.yaml`` (the overrides in :data:`FAST`, also
+documented in the recipe's header) on the random tiny Qwen3 of ``tiny_teacher_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from opdlm.config.recipe import load_recipe
+from opdlm.errors import ConfigError
+from opdlm.train.checkpoint import CheckpointError, list_checkpoints
+from opdlm.train.loop import SUMMARY_FILE, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+FAST_STAGES = (
+    "[{name: short, rollout_steps: 2, length: {start: 8, end: 8}},"
+    " {name: full, rollout_steps: 2, length: {start: 8, end: 16, ramp_steps: 1}, threshold: 0.8}]"
+)
+FAST = [
+    "train.prompts_per_rollout=4", "train.optimizer_steps_per_rollout=2", "train.micro_batch_size=2",
+    "train.num_prompts=64", "train.math_suffix=false", "train.lr=1e-3", "train.warmup_rollout_steps=1",
+    "train.checkpoint_every=1", "train.deterministic=true", "train.num_threads=1", f"train.stages={FAST_STAGES}",
+]  # fmt: skip
+METRIC_KEYS = {
+    "loss", "kl_by_block_position/0", "rollout_tokens", "loss_tokens", "cumulative_train_tokens", "flops",
+    "cumulative_flops", "tokens_per_step", "eos_rate", "skipped_rollouts", "grad_norm", "lr", "length_cap", "stage",
+}  # fmt: skip
+
+
+def fast_recipe(*extra: str):
+    return load_recipe(TINY, FAST + list(extra))
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), f"{k} differs between {a} and {b}"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_teacher_dir, tmp_path_factory):
+    """The reference: the fast recipe run to the end in one call."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    train(fast_recipe(), out, teacher=str(tiny_teacher_dir), console=False)
+    return out
+
+
+def test_run_exports_a_student_and_logs_every_metric(uninterrupted):
+    from opdlm.models.student import load_student
+    from opdlm.sampling.block_sampler import BlockDiffusionSampler
+
+    summary = json.loads((uninterrupted / SUMMARY_FILE).read_text())
+    assert summary["finished"] and summary["last_stage_completed"] == "full"
+    assert summary["rollout_step"] == 4 and summary["optimizer_steps"] > 0
+    assert summary["cumulative_train_tokens"] > 0 and summary["flops"] > 0
+    lines = [json.loads(ln) for ln in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [0, 1, 2, 3]
+    for m in lines:
+        assert METRIC_KEYS <= m.keys(), METRIC_KEYS - m.keys()
+    assert [m["length_cap"] for m in lines] == [8, 8, 8, 16]
+    assert [m["stage_name"] for m in lines] == ["short", "short", "full", "full"]
+    assert lines[-1]["cumulative_train_tokens"] == sum(m["rollout_tokens"] for m in lines)
+    # OUT is an ordinary converted student: it loads and samples
+    student = load_student(uninterrupted, device="cpu")
+    out = BlockDiffusionSampler(student).generate([[5, 6, 7]], student.meta.sampler_defaults.with_overrides(max_new_tokens=8))
+    assert len(out.response_ids[0]) <= 8
+    assert_same_weights(uninterrupted, list_checkpoints(uninterrupted / "checkpoints")[-1])
+    start = weights(uninterrupted / "converted")
+    assert any(not torch.equal(start[k], w) for k, w in weights(uninterrupted).items()), "training changed nothing"
+
+
+def test_until_stage_stops_after_each_stage_and_continues_the_same_run(uninterrupted, tiny_teacher_dir, tmp_path):
+    out = tmp_path / "staged"
+    train(fast_recipe(), out, teacher=str(tiny_teacher_dir), until_stage="short", console=False)
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["last_stage_completed"] == "short" and not summary["finished"] and summary["rollout_step"] == 2
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()  # usable after every stage
+    train(fast_recipe(), out, teacher=str(tiny_teacher_dir), until_stage="full", console=False)
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["finished"] and summary["rollout_step"] == 4
+    assert_same_weights(out, uninterrupted)  # stage by stage == one call
+    # a further call has nothing left to do and changes nothing
+    train(fast_recipe(), out, teacher=str(tiny_teacher_dir), until_stage=None, console=False)
+    assert_same_weights(out, uninterrupted)
+
+
+def test_unknown_stage_is_a_one_line_config_error(tiny_teacher_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"'nope' is not a curriculum stage; valid stages: short, full"):
+        train(fast_recipe(), tmp_path / "x", teacher=str(tiny_teacher_dir), until_stage="nope", console=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_unknown_stage_exits_2_with_one_line(tiny_teacher_dir, tmp_path, capsys):
+    from opdlm.cli.main import main
+
+    code = main(["train", "--config", str(TINY), "--out", str(tmp_path / "o"), "--teacher", str(tiny_teacher_dir),
+                 "--until-stage", "nope", *FAST])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "valid stages: short, full" in err
+
+
+def _cli(out: Path, teacher: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "opdlm.cli.main", "train", "--config", str(TINY), "--out", str(out),
+            "--teacher", str(teacher), "--quiet", *FAST, *extra]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_reaches_the_uninterrupted_weights(uninterrupted, tiny_teacher_dir, tmp_path):
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_cli(out, tiny_teacher_dir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and len(list_checkpoints(out / "checkpoints")) < 2:
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)  # mid-run: between steps, inside a step or inside a checkpoint write
+    proc.wait()
+    done = len(list_checkpoints(out / "checkpoints"))
+    assert 2 <= done < 4
+    resumed = subprocess.run(_cli(out, tiny_teacher_dir), env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_weights(out, uninterrupted)
+    lines = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [0, 1, 2, 3]  # steps re-run after the kill are logged once
+
+
+def test_failure_inside_a_checkpoint_write_leaves_no_partial_checkpoint(uninterrupted, tiny_teacher_dir, tmp_path, monkeypatch):
+    import opdlm.train.loop as loop
+
+    out = tmp_path / "crash"
+    real = loop._write_payload
+
+    def crashing(ctx, block_size):
+        write = real(ctx, block_size)
+
+        def half(folder):
+            write(folder)
+            if ctx.counters.rollout_step == 3:
+                raise KeyboardInterrupt  # dies after the weights are written, before the manifest
+        return half
+
+    monkeypatch.setattr(loop, "_write_payload", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train(fast_recipe(), out, teacher=str(tiny_teacher_dir), console=False)
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-000001", "step-000002"]
+    monkeypatch.setattr(loop, "_write_payload", real)
+    train(fast_recipe(), out, teacher=str(tiny_teacher_dir), console=False)
+    assert_same_weights(out, uninterrupted)
+
+
+def test_corrupt_or_partial_checkpoint_is_reported_not_loaded(uninterrupted, tiny_teacher_dir, tmp_path):
+    import shutil
+
+    out = tmp_path / "corrupt"
+    shutil.copytree(uninterrupted, out)
+    newest = list_checkpoints(out / "checkpoints")[-1]
+    blob = bytearray((newest / "model.safetensors").read_bytes())
+    blob[-5] ^= 0xFF
+    (newest / "model.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="model.safetensors does not match its checksum; delete it to resume from step-000003"):
+        train(fast_recipe(), out, teacher=str(tiny_teacher_dir), console=False)
+    (newest / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match="is partial"):
+        train(fast_recipe(), out, teacher=str(tiny_teacher_dir), console=False)
+
+
+def test_resume_with_a_different_recipe_is_refused(uninterrupted, tiny_teacher_dir):
+    from opdlm.errors import OpdlmError
+
+    with pytest.raises(OpdlmError, match="different recipe"):
+        train(fast_recipe("train.lr=5e-4"), uninterrupted, teacher=str(tiny_teacher_dir), console=False)
+
+
+def test_empty_and_eos_only_rollouts_are_counted_and_skipped(tiny_teacher_dir, tmp_path, monkeypatch):
+    import opdlm.train.loop as loop
+    from opdlm.train.rollout import Episodes
+
+    def garbled(student, prompts, caps, cfg, generator):
+        eos = student.meta.eos_token_ids[0]
+        responses = [[], [eos], [eos, eos], []][: len(prompts)]
+        steps = [[0] * len(r) for r in responses]
+        return Episodes(prompts, responses, steps, [bool(r) for r in responses], [1] * len(prompts), 1.0)
+
+    monkeypatch.setattr(loop, "rollout", garbled)
+    out = tmp_path / "garbled"
+    train(fast_recipe(), out, teacher=str(tiny_teacher_dir), until_stage="short", console=False)
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["skipped_rollouts"] for m in lines] == [4, 4]
+    assert all(m["loss_tokens"] == 0 and "loss" not in m for m in lines)
+    assert json.loads((out / SUMMARY_FILE).read_text())["skipped_rollouts"] == 8
+
+
+def test_mdm_sft_baseline_runs_through_the_same_loop(tiny_student_dir, tmp_path):
+    out = tmp_path / "mdm"
+    recipe = fast_recipe("train.objective=mdm_sft")
+    train(recipe, out, student=str(tiny_student_dir), until_stage="short", console=False)
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(m["loss"] > 0 and m["loss_tokens"] > 0 for m in lines)
+    # responses are ground truth truncated to the cap (8 tokens, so no EOS survives)
+    assert all(m["rollout_tokens"] == 4 * 8 for m in lines)
+    assert not (out / "converted").exists()  # the given student is used, no teacher needed
