@@ -187,11 +187,11 @@ def test_deploy_and_run_tiny_pipeline_on_the_local_stack(stack):
     deployment = api_get(f"{api}/deployments/{flow_run['deployment_id']}")
     assert deployment["name"] == "opdlm-tiny" and deployment["work_pool_name"] == "opdlm-process"
 
-    check_mlflow_and_s3(env)
+    check_mlflow_and_s3(env, flow_run_id)
 
 
-def check_mlflow_and_s3(env: dict) -> None:
-    """The registered model and its run are on the MLflow server; their artifacts are S3 objects."""
+def check_mlflow_and_s3(env: dict, flow_run_id: str) -> None:
+    """The flow run's MLflow run and its registered model are on the server; their artifacts are S3 objects."""
     import boto3
     from mlflow.tracking import MlflowClient
 
@@ -200,19 +200,29 @@ def check_mlflow_and_s3(env: dict) -> None:
     recipe = load_recipe(REPO / RECIPE, TINY_OVERRIDES)
     name = recipe.registry.model_name or f"opdlm-{recipe.name}"
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
-    versions = client.search_model_versions(f"name='{name}'")
-    assert versions, f"registered model {name!r} not found on {env['MLFLOW_TRACKING_URI']}"
-    version = versions[0]
-    run = client.get_run(version.run_id)
-    assert run.info.status == "FINISHED"
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
+    assert len(runs) == 1, f"{len(runs)} MLflow runs are tagged with flow run {flow_run_id}"
+    pipeline_run = runs[0]
+    assert pipeline_run.info.status == "FINISHED"
+
+    version = client.get_model_version_by_alias(name, "candidate")
+    assert (version.name, version.version) == (name, pipeline_run.data.tags["model.version"])
+    register_run = client.get_run(version.run_id)
+    assert register_run.info.status == "FINISHED"
+    assert register_run.data.tags["mlflow.parentRunId"] == pipeline_run.info.run_id
 
     s3 = boto3.client(
         "s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_DEFAULT_REGION"],
     )  # fmt: skip
-    model_uri = client.get_model_version_download_uri(name, version.version)
-    for uri in (run.info.artifact_uri, model_uri):
+
+    def s3_keys(uri: str) -> list[str]:
         assert uri.startswith("s3://"), f"artifacts at {uri}, not in the S3 store"
         bucket, _, prefix = uri[len("s3://") :].partition("/")
-        listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
-        assert listing.get("KeyCount", 0) > 0, f"no objects under {uri}"
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
+        return [obj["Key"][len(prefix.rstrip("/")) + 1 :] for page in pages for obj in page.get("Contents", [])]
+
+    assert s3_keys(pipeline_run.info.artifact_uri), f"no objects under {pipeline_run.info.artifact_uri}"
+    model_keys = s3_keys(client.get_model_version_download_uri(name, version.version))
+    assert "MLmodel" in model_keys and any(k.endswith("model.safetensors") for k in model_keys), model_keys

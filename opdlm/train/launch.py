@@ -94,7 +94,7 @@ def training_env(
         out["MLFLOW_RUN_ID"] = mlflow_run_id
     if parent_run_id:
         out["MLFLOW_PARENT_RUN_ID"] = parent_run_id
-    cpus = cpu_count if cpu_count is not None else len(os.sched_getaffinity(0))
+    cpus = cpu_count if cpu_count is not None else _usable_cpus()
     # torchrun would otherwise force 1 thread per rank; N ranks x all cores would oversubscribe.
     out.setdefault("OMP_NUM_THREADS", str(max(1, cpus // resources.procs_per_node)))
     out.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers' threads + fork = deadlock warnings
@@ -103,6 +103,13 @@ def training_env(
         # A rank that dies mid-collective makes the others fail instead of hanging until the job times out.
         out.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     return out
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (the scheduler's cgroup/affinity on Linux), else all of them."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _train_args(recipe_path, out_dir, overrides, teacher, student, data, until_stage) -> list[str]:
