@@ -4,6 +4,7 @@ launchers' own argument parsers and ``opdlm train``'s, and one-line errors for r
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -59,6 +60,8 @@ def test_auto_rules():
     assert r(gpus_per_node=4).resolve_launcher(None) == "torchrun"
     assert r(nodes=2).resolve_launcher(None) == "torchrun"
     assert r(gpus_per_node=4, launcher="torchrun").resolve_launcher("zero2.json") == "torchrun"
+    assert r(processes_per_node=2).resolve_launcher(None) == "torchrun"  # CPU data parallel (gloo)
+    assert r(processes_per_node=2).resolve_launcher("zero2.json") == "torchrun"
 
 
 def test_torchrun_single_node_multi_gpu():
@@ -130,10 +133,11 @@ def test_unlaunchable_resources_fail_in_one_line(resources, env, deepspeed, need
 @pytest.mark.parametrize(
     "resources,needle",
     [
-        ({"gpus_per_node": 4, "launcher": "python"}, "launcher 'python' runs one process but nodes=1 x gpus_per_node=4"),
+        ({"gpus_per_node": 4, "launcher": "python"}, "launcher 'python' runs one process but nodes=1 x processes per node=4"),
         ({"launcher": "deepspeed"}, "launcher 'deepspeed' needs gpus_per_node >= 1"),
         ({"nodes": 2, "launcher": "torchrun", "node_launch": "head"}, "node_launch 'head' needs the deepspeed launcher"),
         ({"gpus_per_node": -1}, "resources.gpus_per_node: Input should be greater than or equal to 0"),
+        ({"gpus_per_node": 8, "processes_per_node": 4}, "processes_per_node (4) must equal gpus_per_node (8)"),
     ],
 )
 def test_bad_resources_in_a_recipe_fail_in_one_line(resources, needle):
@@ -163,3 +167,26 @@ def test_opdlm_launch_dry_run_uses_the_recipe(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     code = main(["launch", "--config", str(recipe), "--out", str(tmp_path / "o"), "--dry-run", "resources.nodes=2"])
     assert code == 2 and "error: MASTER_ADDR is not set" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_command_trains_with_two_cpu_ranks(tiny_teacher_dir, tmp_path):
+    """The generated torchrun command really runs: two gloo ranks train one tiny stage into one folder."""
+    import json
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    overrides = ["train.device=cpu", "train.num_threads=1", "train.prompts_per_rollout=2", "train.optimizer_steps_per_rollout=1",
+                 "train.micro_batch_size=1", "train.warmup_rollout_steps=0", "train.rollout.max_new_tokens=4",
+                 "train.stages=[{name: only, rollout_steps: 1, length: {start: 4, end: 4, ramp_steps: 1}}]"]  # fmt: skip
+    resources = ResourcesConfig(processes_per_node=2)
+    out = tmp_path / "out"
+    argv = training_command(repo / "configs" / "tiny.yaml", out, resources=resources, teacher=str(tiny_teacher_dir),
+                            overrides=overrides)  # fmt: skip
+    env = training_env(os.environ, mlflow_run_id=None, resources=resources)
+    proc = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("trained student ->") == 2  # one line per rank
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["finished"] and summary["last_stage_completed"] == "only" and summary["rollout_step"] == 1

@@ -35,6 +35,10 @@ class ResourcesConfig(StrictModel):
     launcher: Literal["auto", "python", "torchrun", "deepspeed"] = Field(
         "auto", description="auto: deepspeed when train.deepspeed is set and GPUs are used, torchrun for >1 process, else python."
     )
+    processes_per_node: int | None = Field(
+        None, ge=1, description="Training processes per machine (default: one per GPU, 1 on CPU); on CPU, >1 runs "
+        "gloo data parallel, e.g. to exercise a multi-process launch without GPUs.",
+    )
     master_port: int = Field(29500, ge=1, le=65535, description="Rendezvous port of the multi-process launchers.")
     node_launch: Literal["per_node", "head"] = Field(
         "per_node",
@@ -50,10 +54,15 @@ class ResourcesConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ResourcesConfig:
-        procs = self.nodes * max(self.gpus_per_node, 1)
+        if self.processes_per_node and self.gpus_per_node and self.processes_per_node != self.gpus_per_node:
+            raise ValueError(
+                f"processes_per_node ({self.processes_per_node}) must equal gpus_per_node ({self.gpus_per_node}): "
+                "one training process per GPU"
+            )
+        procs = self.world_size
         if self.launcher == "python" and procs > 1:
             raise ValueError(
-                f"launcher 'python' runs one process but nodes={self.nodes} x gpus_per_node={self.gpus_per_node} "
+                f"launcher 'python' runs one process but nodes={self.nodes} x processes per node={self.procs_per_node} "
                 "needs several; use launcher torchrun, deepspeed or auto"
             )
         if self.launcher == "deepspeed" and self.gpus_per_node < 1:
@@ -64,8 +73,8 @@ class ResourcesConfig(StrictModel):
 
     @property
     def procs_per_node(self) -> int:
-        """Training processes on each machine: one per GPU, or one CPU process."""
-        return max(self.gpus_per_node, 1)
+        """Training processes on each machine: ``processes_per_node``, else one per GPU, else one."""
+        return self.processes_per_node or max(self.gpus_per_node, 1)
 
     @property
     def world_size(self) -> int:
