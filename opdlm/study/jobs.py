@@ -25,9 +25,13 @@ RESULT_FILE = "result.json"
 BENCHMARK = "synthetic"
 
 
+NOT_IDENTITY = ("prune",)  # job keys that change what is kept on disk, not the result
+
+
 def job_fingerprint(job: dict) -> str:
     """A hash of everything that determines a job's result (its JSON, keys sorted)."""
-    return hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    identity = {k: v for k, v in job.items() if k not in NOT_IDENTITY}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def cached_result(folder: Path, fingerprint: str) -> dict | None:
@@ -46,6 +50,11 @@ def cached_result(folder: Path, fingerprint: str) -> dict | None:
             f"{fingerprint}); use a new --out, or delete that folder to redo it"
         )
     return result
+
+
+def finished(job: dict) -> dict | None:
+    """The job's result when an earlier run already wrote it (see :func:`cached_result`)."""
+    return cached_result(Path(job["folder"]), job_fingerprint(job))
 
 
 def _write_result(folder: Path, result: dict) -> dict:
@@ -127,7 +136,7 @@ def run_arm(job: dict) -> dict:
     from opdlm.eval.harness import evaluate
     from opdlm.train.loop import train
 
-    folder, fingerprint = Path(job["folder"]), job_fingerprint({k: v for k, v in job.items() if k != "prune"})
+    folder, fingerprint = Path(job["folder"]), job_fingerprint(job)
     if (done := cached_result(folder, fingerprint)) is not None:
         return done
     quiet_libraries()

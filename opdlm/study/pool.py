@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from opdlm.study.jobs import quiet_libraries
+from opdlm.study.jobs import finished, quiet_libraries
 
 
 def _describe(result: dict) -> str:
@@ -23,20 +23,21 @@ def _describe(result: dict) -> str:
 
 
 def run_jobs(fn: Callable[[dict], dict], jobs: list[dict], workers: int, desc: str, progress: bool = True) -> list[dict]:
-    """``[fn(job) for job in jobs]``, on up to ``workers`` processes; results in job order."""
+    """``[fn(job) for job in jobs]`` on up to ``workers`` processes, results in job order; finished jobs are not re-run."""
     from tqdm.auto import tqdm
 
     if not jobs:
         return []
-    bar = tqdm(total=len(jobs), desc=desc, unit="job", disable=not progress)
-    results: list[dict | None] = [None] * len(jobs)
+    results: list[dict | None] = [finished(job) for job in jobs]  # done by an earlier run: no process needed
+    todo = [i for i, r in enumerate(results) if r is None]
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="job", disable=not progress)
     try:
-        if workers <= 1 or len(jobs) == 1:
-            for i, job in enumerate(jobs):
-                results[i] = fn(job)
+        if workers <= 1 or len(todo) <= 1:
+            for i in todo:
+                results[i] = fn(jobs[i])
                 _report(bar, results[i], progress)
         else:
-            _run_pool(fn, jobs, min(workers, len(jobs)), results, bar, progress)
+            _run_pool(fn, jobs, todo, min(workers, len(todo)), results, bar, progress)
     finally:
         bar.close()
     return results  # type: ignore[return-value]
@@ -49,12 +50,12 @@ def _report(bar, result: dict, progress: bool) -> None:
         bar.write(line)
 
 
-def _run_pool(fn, jobs: list[dict], workers: int, results: list, bar, progress: bool) -> None:
+def _run_pool(fn, jobs: list[dict], todo: list[int], workers: int, results: list, bar, progress: bool) -> None:
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=quiet_libraries) as pool:
-        futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
+        futures = {pool.submit(fn, jobs[i]): i for i in todo}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)

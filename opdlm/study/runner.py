@@ -156,10 +156,11 @@ def run_study(
                          1, "reference", progress)[0]  # fmt: skip
     teacher_result = reference["teacher_result"]
     teacher_acc = teacher_result["accuracy"]
+    teacher_ref = {k: teacher_result[k] for k in ("benchmark", "model", "accuracy")}  # no timings: arm fingerprints stay stable
     planner = Planner(spec.recipe, teacher_dir, study.opd_fill_estimate)
-    opd_jobs = _arm_jobs(opd_arms(study), spec, planner, out, teacher_dir, teacher_result)
+    opd_jobs = _arm_jobs(opd_arms(study), spec, planner, out, teacher_dir, teacher_ref)
     opd_results = run_jobs(run_arm, opd_jobs, study.workers, "OPD arms", progress)
-    base_jobs = _arm_jobs(baseline_arms(study, matched_budgets(opd_results)), spec, planner, out, teacher_dir, teacher_result)
+    base_jobs = _arm_jobs(baseline_arms(study, matched_budgets(opd_results)), spec, planner, out, teacher_dir, teacher_ref)
     base_results = run_jobs(run_arm, base_jobs, study.workers, "baseline arms", progress)
     arm_results = opd_results + base_results
     main_results = [r for r in arm_results if r["group"] == "main"]
