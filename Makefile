@@ -18,8 +18,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed ## create .venv and install opdlm with its test tools
 
-run: setup ## the default end-to-end job on the built-in tiny model
-	$(BIN)/python -m opdlm.demo --out $(RUNS)/demo
+run: setup ## the default end-to-end job on the built-in tiny model (Prefect flow, MLflow registry)
+	OPDLM_RUNS_DIR=$(abspath $(RUNS)) $(BIN)/opdlm pipeline --recipe configs/tiny.yaml
 
 test: setup ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q

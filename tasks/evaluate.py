@@ -86,9 +86,9 @@ def evaluate(run_file: str, teacher_record: dict, train_record: dict) -> dict:
                      f"sweep/{bench}/threshold": p["threshold"], f"sweep/{bench}/block_size": p["block_size"]})
                 for i, p in enumerate(table)
             ])  # fmt: skip
-        client.log_artifacts(run_id, str(Path(teacher_file).parent), artifact_path="eval/teacher")
-        client.log_artifacts(run_id, str(Path(student_file).parent), artifact_path="eval/student")
-        client.log_artifacts(run_id, sweep_dir, artifact_path="eval/sweep")
+        for folder, name in ((Path(teacher_file).parent, "teacher"), (Path(student_file).parent, "student"), (Path(sweep_dir), "sweep")):
+            with tracking.artifact_upload(f"the {name} evaluation"):
+                client.log_artifacts(run_id, str(folder), artifact_path=f"eval/{name}")
         tracking.set_tags(client, run_id, {"cached": f"teacher={t_cached} student={s_cached} sweep={w_cached}"})
         for bench, m in metrics.items():
             logger.info("eval %s: student %.4f, teacher %s, retention %s, %.2f tokens/step", bench,

@@ -46,7 +46,8 @@ def prepare_run(recipe: str, overrides: list[str]) -> str:
         tags[tracking.FLOW_RUN_TAG] = flow_run_id
     parent = tracking.start_run(client, experiment_id, run_dir.name, tags=tags)
     tracking.log_params(client, parent, resolved.model_dump(mode="json"))
-    client.log_artifact(parent, str(recipe_file))
+    with tracking.artifact_upload(str(recipe_file)):
+        client.log_artifact(parent, str(recipe_file))
     run = PipelineRun(
         runs_dir=str(runs), run_dir=str(run_dir), recipe_file=str(recipe_file), recipe_source=str(recipe),
         overrides=list(overrides), tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,

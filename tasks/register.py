@@ -141,7 +141,7 @@ def register(run_file: str, teacher_record: dict, data_record: dict, final_recor
     with tracking.stage_run(client, run.experiment_id, run.parent_run_id, "register", run.tags()) as run_id:
         version = _existing_version(client, name, run.parent_run_id)
         if version is None:
-            with mlflow.start_run(run_id=run_id):
+            with mlflow.start_run(run_id=run_id), tracking.artifact_upload(f"model {name} ({student_dir})"):
                 info = mlflow.pyfunc.log_model(
                     name="student", python_model=str(PYFUNC_FILE), artifacts={"student": str(student_dir)},
                     signature=_signature(sampler), pip_requirements=_requirements(),

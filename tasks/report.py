@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from urllib.parse import quote
 
@@ -23,11 +24,17 @@ LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"
 LOCAL_PREFECT_UI = "http://127.0.0.1:4200"
 
 
+def _tool(name: str) -> str:
+    """``name`` as it can be run: from this interpreter's environment when it is there (a venv not on PATH)."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() else name
+
+
 def mlflow_ui(tracking_uri: str) -> tuple[str, str | None]:
     """``(base URL of the MLflow UI, command that starts it)``; the command is None for a server URI."""
     if tracking_uri.startswith(("http://", "https://")):
         return tracking_uri.rstrip("/"), None
-    return LOCAL_MLFLOW_UI, f"mlflow ui --backend-store-uri {tracking_uri} --port 5000"
+    return LOCAL_MLFLOW_UI, f"{_tool('mlflow')} ui --backend-store-uri {tracking_uri} --port 5000"
 
 
 def prefect_ui() -> tuple[str, str | None]:
@@ -37,7 +44,7 @@ def prefect_ui() -> tuple[str, str | None]:
     ui = os.environ.get("PREFECT_UI_URL") or (api.rstrip("/").removesuffix("/api") if api else None)
     if ui:
         return ui, None
-    return LOCAL_PREFECT_UI, "prefect server start --host 127.0.0.1"
+    return LOCAL_PREFECT_UI, f"{_tool('prefect')} server start --host 127.0.0.1"
 
 
 def render_summary(run: PipelineRun, eval_record: dict, train_records: list[dict], reg: dict) -> tuple[str, dict]:
@@ -93,7 +100,7 @@ def summarise(run_file: str, eval_record: dict, train_records: list[dict], regis
     create_markdown_artifact(markdown=markdown, key=f"opdlm-{run.recipe().name}-summary".lower().replace("_", "-"),
                              description=f"opdlm run {Path(run.run_dir).name}")  # fmt: skip
     client = tracking.client_for(run.tracking_uri)
-    client.log_artifact(run.parent_run_id, str(Path(run.run_dir) / SUMMARY_MD))
+    tracking.log_artifacts(client, run.parent_run_id, [Path(run.run_dir) / SUMMARY_MD])
     tracking.set_tags(client, run.parent_run_id, {"model.name": register_record["name"], "model.version": register_record["version"]})
     client.set_terminated(run.parent_run_id, status="FINISHED")
     logger.info("summary -> %s", Path(run.run_dir) / SUMMARY_MD)

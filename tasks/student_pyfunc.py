@@ -4,7 +4,7 @@ Logged as code (MLflow's "models from code"): MLflow copies this file into the m
 the model is loaded, so ``mlflow.pyfunc.load_model("models:/NAME@champion").predict(...)`` works in
 any process where ``opdlm`` is installed, with no pickled objects involved.
 
-Input: a DataFrame (or dict / list) with a string column ``prompt``. Params (optional, defaults are
+Input: a DataFrame with a string column ``prompt`` (or ``{"prompt": [...]}``). Params (optional, defaults are
 the student's sampler settings): ``max_new_tokens``, ``threshold``, ``temperature``, ``seed``,
 ``raw_prompt`` (skip the chat template). Output: a DataFrame with ``text``, ``tokens_per_step``,
 ``num_tokens``, ``num_forwards`` and ``finished`` per prompt.
@@ -13,6 +13,7 @@ the student's sampler settings): ``max_new_tokens``, ``threshold``, ``temperatur
 from __future__ import annotations
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
@@ -25,10 +26,13 @@ def _prompts(model_input) -> list[str]:
     if isinstance(model_input, dict):
         value = model_input.get("prompt")
         return [value] if isinstance(value, str) else list(value)
+    values = model_input
     if isinstance(model_input, pd.DataFrame):
-        column = "prompt" if "prompt" in model_input.columns else model_input.columns[0]
-        return [str(v) for v in model_input[column].tolist()]
-    return [str(v) for v in model_input]
+        values = model_input["prompt" if "prompt" in model_input.columns else model_input.columns[0]].tolist()
+    prompts: list[str] = []
+    for value in values:  # schema enforcement turns {"prompt": [a, b]} into one row holding the array
+        prompts.extend(str(v) for v in value) if isinstance(value, list | tuple | np.ndarray) else prompts.append(str(value))
+    return prompts
 
 
 class StudentPyfunc(PythonModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -10,10 +11,11 @@ from prefect.cache_policies import NO_CACHE
 
 from opdlm.pipeline.fingerprint import model_dir_fingerprint
 from opdlm.pipeline.keys import teacher_key
-from opdlm.pipeline.stages import BUILTIN_TEACHER, teacher_source, teacher_stage
+from opdlm.pipeline.stages import BUILTIN_TEACHER, bootstrap_command, teacher_source, teacher_stage
 from tasks import tracking
 from tasks.caching import content_cache_key, run_cached
 from tasks.context import PipelineRun
+from tasks.process import run_streaming
 from tasks.retry import retry_transient
 
 BOOTSTRAP_METRICS = "bootstrap_metrics.json"
@@ -27,7 +29,8 @@ def _output(run: PipelineRun) -> tuple[str | None, Path | None]:
 @task(name="build-teacher", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
       cache_key_fn=content_cache_key("teacher", lambda run, params: _output(run)), persist_result=True)  # fmt: skip
 def build_teacher(run_file: str) -> dict:
-    """Bootstrap ``builtin:tiny`` into the store (reused by content key) or resolve any other source.
+    """Bootstrap ``builtin:tiny`` into the store with ``opdlm teacher bootstrap`` (reused by content key),
+    or resolve any other source (downloaded to its cache when remote).
 
     Returns:
         ``{"source", "path", "fingerprint"}``.
@@ -37,8 +40,14 @@ def build_teacher(run_file: str) -> dict:
     key, marker = _output(run)
     if marker is not None and marker.is_file():
         path = marker.parent
+    elif key is not None:  # builtin:tiny: `opdlm teacher bootstrap`, a training job, in its own process
+        path = marker.parent
+        cmd = bootstrap_command(recipe, path)
+        get_run_logger().info("bootstrapping the teacher:\n$ %s", " ".join(cmd))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        run_streaming(cmd, env, get_run_logger(), name="teacher bootstrap")
     else:
-        path = teacher_stage(recipe, run.store("teacher", key) if key else None)
+        path = teacher_stage(recipe)
     return {"source": teacher_source(recipe), "path": str(path), "fingerprint": model_dir_fingerprint(path)}
 
 
@@ -60,6 +69,6 @@ def teacher(run_file: str) -> dict:
         if metrics_file.is_file():
             found = json.loads(metrics_file.read_text())
             tracking.log_metrics(client, run_id, {k: v for k, v in found.items() if isinstance(v, int | float) and not isinstance(v, bool)})
-            client.log_artifact(run_id, str(metrics_file))
+            tracking.log_artifacts(client, run_id, [metrics_file])
         logger.info("teacher %s -> %s%s", record["source"], record["path"], " (cached)" if cached else "")
     return record

@@ -16,6 +16,8 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from opdlm.pipeline.params import flatten
+
 PARENT_TAG = "mlflow.parentRunId"
 FLOW_RUN_TAG = "prefect.flow_run_id"
 STAGE_TAG = "opdlm.stage"
@@ -37,20 +39,6 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str) -
     if found is not None:
         return found.experiment_id
     return client.create_experiment(name, artifact_location=artifact_location)
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lr": 1e-5}, "stages": [{"name": "a"}]}`` -> ``{"train.lr": 1e-5, "stages.0.name": "a"}``."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, name + "."))
-        elif isinstance(value, list | tuple) and value and any(isinstance(v, dict) for v in value):
-            out.update(flatten({str(i): v for i, v in enumerate(value)}, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 def start_run(
@@ -88,13 +76,30 @@ def set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
 
 
+@contextlib.contextmanager
+def artifact_upload(what: str) -> Iterator[None]:
+    """Turn a failed upload to the artifact store into one :class:`~opdlm.storage.s3.StorageError` line
+    (which the tasks' retry condition treats as transient)."""
+    from opdlm.storage.s3 import StorageError
+
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:
+        first = (str(exc).splitlines() or [""])[0]
+        raise StorageError(f"upload of {what} to the MLflow artifact store failed: {type(exc).__name__}: {first}") from exc
+
+
 def log_artifacts(client: MlflowClient, run_id: str, paths: list[str | Path], artifact_path: str | None = None) -> None:
-    """Upload files and folders to the run's artifact store (S3 directly when the experiment's is S3)."""
+    """Upload files and whole folders (under their own name) to the run's artifact store; S3 directly
+    when the experiment's artifact location is S3."""
     for p in map(Path, paths):
-        if p.is_dir():
-            client.log_artifacts(run_id, str(p), artifact_path=f"{artifact_path}/{p.name}" if artifact_path else p.name)
-        elif p.is_file():
-            client.log_artifact(run_id, str(p), artifact_path=artifact_path)
+        with artifact_upload(str(p)):
+            if p.is_dir():
+                client.log_artifacts(run_id, str(p), artifact_path=f"{artifact_path}/{p.name}" if artifact_path else p.name)
+            elif p.is_file():
+                client.log_artifact(run_id, str(p), artifact_path=artifact_path)
 
 
 @contextlib.contextmanager

@@ -10,12 +10,7 @@ global rollout step.
 
 from __future__ import annotations
 
-import collections
 import os
-import signal
-import subprocess
-import threading
-import time
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -23,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from opdlm.errors import OpdlmError
 from opdlm.pipeline.keys import train_key
+from opdlm.pipeline.plots import write_training_curves
 from opdlm.pipeline.stages import stage_steps, training_progress
 from opdlm.pipeline.training_metrics import read_metric_steps
 from opdlm.train.checkpoint import list_checkpoints
@@ -30,15 +26,11 @@ from opdlm.train.launch import training_command, training_env
 from tasks import tracking
 from tasks.caching import content_cache_key, run_cached
 from tasks.context import PipelineRun
+from tasks.process import run_streaming
 from tasks.retry import retry_transient
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "train_summary.json"
-POLL_SECONDS = 2.0
-
-
-class TrainingCrashed(RuntimeError):
-    """The training process died (signal, out of memory, a bug): worth a retry, which resumes."""
 
 
 def train_dir_of(run: PipelineRun, teacher_record: dict, student_record: dict, data_record: dict) -> Path:
@@ -61,53 +53,6 @@ def _stage_checkpoint(train_dir: Path, end: int) -> Path:
     if not found:
         raise OpdlmError(f"training folder {train_dir} has no checkpoint at or after rollout step {end}")
     return found[0]
-
-
-def run_streaming(cmd: list[str], env: dict, metrics_path: Path, steps: range, forward, logger) -> set[int]:
-    """Run ``cmd``; forward metric lines of ``steps`` as they appear; returns the steps forwarded.
-
-    Raises:
-        OpdlmError: the process exited with code 2 (a user error: its last ``error:`` line is quoted).
-        TrainingCrashed: any other non-zero exit.
-    """
-    tail: collections.deque[str] = collections.deque(maxlen=30)
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-        start_new_session=True,  # its own process group: cancelling the task stops torchrun's ranks too
-    )  # fmt: skip
-
-    def pump() -> None:
-        for line in proc.stdout:
-            tail.append(line.rstrip())
-            logger.info(line.rstrip())
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    forwarded: set[int] = set()
-    last = steps.start - 1  # earlier stages' lines are in the same file: never forward them here
-    try:
-        while True:
-            done = proc.poll() is not None
-            new = [(s, m) for s, m in read_metric_steps(metrics_path, last) if s in steps]
-            if new:
-                forward(new)
-                forwarded |= {s for s, _ in new}
-                last = max(s for s, _ in new)
-            if done:
-                break
-            time.sleep(POLL_SECONDS)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=60)
-        reader.join(timeout=10)
-    if proc.returncode == 2:
-        errors = [ln for ln in tail if ln.startswith("error:")]
-        raise OpdlmError((errors[-1][len("error:") :].strip() if errors else "training failed") + f" (training command: {' '.join(cmd)})")
-    if proc.returncode != 0:
-        shown = "\n".join(list(tail)[-10:])
-        raise TrainingCrashed(f"training process exited with code {proc.returncode}; last output:\n{shown}")
-    return forwarded
 
 
 @task(name="train-stage-process",
@@ -141,7 +86,8 @@ def run_training_stage(
                 tracking.log_metric_steps(client, run_id, steps)
 
         logger.info("train %s: steps %d..%d in %s\n$ %s", stage, start, end - 1, train_dir, " ".join(cmd))
-        streamed = run_streaming(cmd, env, train_dir / METRICS_FILE, range(start, end), forward, logger)
+        streamed = run_streaming(cmd, env, logger, name=f"training stage {stage!r}", metrics_path=train_dir / METRICS_FILE,
+                                 steps=range(start, end), forward=forward)  # fmt: skip
     checkpoint = _stage_checkpoint(train_dir, end)
     return {
         "stage": stage, "train_dir": str(train_dir), "checkpoint": str(checkpoint), "rollout_step": end,
@@ -182,6 +128,7 @@ def train_stage(
         for target in (run_id, run.parent_run_id):
             tracking.log_metric_steps(client, target, missing)
         tracking.set_tags(client, run_id, {"checkpoint_out": record["checkpoint"], "train_dir": str(train_dir), "cached": cached})
-        tracking.log_artifacts(client, run_id, [train_dir / SUMMARY_FILE, train_dir / "params.json"])
+        csv_path, png_path = write_training_curves(train_dir / METRICS_FILE, Path(run.run_dir) / "plots")
+        tracking.log_artifacts(client, run_id, [train_dir / SUMMARY_FILE, train_dir / "params.json", csv_path, png_path])
         logger.info("train %s: checkpoint %s%s", stage, record["checkpoint"], " (cached)" if cached else "")
     return record

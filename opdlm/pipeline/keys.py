@@ -22,17 +22,17 @@ def data_key(recipe: Recipe) -> str | None:
     from opdlm.data.download import file_digests
 
     source = data_source(recipe)
-    content = None
+    settings = recipe.data.model_dump(exclude={"source", "path"})
     if source.startswith("builtin:"):
-        content = {"num_prompts": recipe.train.num_prompts}
+        content = {"builtin": source, "num_prompts": recipe.train.num_prompts}
     elif "://" not in source:
         path = Path(source).expanduser()
         if not path.is_file():
             return None  # a directory or a missing file: the stage itself reports it
-        content = {"md5": file_digests(path)[0]}
+        content = {"md5": file_digests(path)[0]}  # the bytes, not the file's name or place
     else:
         return None
-    return config_hash("data", recipe.data.model_dump(exclude={"path"}), source, training_seed(recipe), content)
+    return config_hash("data", settings, training_seed(recipe), content)
 
 
 def teacher_key(recipe: Recipe) -> str | None:

@@ -94,6 +94,22 @@ def teacher_stage(recipe: Recipe, out_dir: str | Path | None = None) -> Path:
     return Path(out_dir).absolute()
 
 
+def bootstrap_command(recipe: Recipe, out_dir: str | Path, python: str | None = None) -> list[str]:
+    """The ``opdlm teacher bootstrap`` command that trains ``builtin:tiny`` with the recipe's settings.
+
+    The pipeline runs it as a subprocess (it is a training job of a few minutes); every
+    ``teacher.bootstrap`` field is passed as a ``key=value`` override, so the command alone says
+    exactly what was trained.
+    """
+    import sys
+
+    import yaml
+
+    settings = recipe.teacher.bootstrap.model_dump(mode="json")
+    overrides = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in settings.items()]
+    return [python or sys.executable, "-m", "opdlm.cli.main", "teacher", "bootstrap", "--out", str(out_dir), "--overwrite", *overrides]
+
+
 def convert_stage(recipe: Recipe, teacher_dir: str | Path, out_dir: str | Path) -> Path:
     """Convert the teacher into the block-diffusion student the training starts from (``convert`` + ``sampler``)."""
     from opdlm.models.convert import convert_teacher

@@ -1,0 +1,76 @@
+"""Running a long job (training, the teacher bootstrap) as a subprocess of a task.
+
+A task timeout or cancellation cannot interrupt in-process training, and multi-GPU launchers need a
+process of their own anyway. The job's output goes to the task's log; its metrics file is tailed and
+new steps are forwarded while it runs.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from opdlm.errors import OpdlmError
+from opdlm.pipeline.training_metrics import read_metric_steps
+
+POLL_SECONDS = 2.0
+
+
+class ProcessCrashed(RuntimeError):
+    """A job process died (signal, out of memory, a bug): worth a retry, which resumes."""
+
+
+def run_streaming(
+    cmd: list[str], env: dict, logger, *, name: str, metrics_path: Path | None = None, steps: range | None = None,
+    forward=None,
+) -> set[int]:
+    """Run ``cmd`` with its output in the task's log; forward new ``metrics_path`` lines whose step is
+    in ``steps`` to ``forward`` while it runs. Returns the steps forwarded.
+
+    Raises:
+        OpdlmError: the process exited with code 2 (an ``opdlm`` user error: its ``error:`` line is quoted).
+        ProcessCrashed: any other non-zero exit.
+    """
+    tail: collections.deque[str] = collections.deque(maxlen=30)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+        start_new_session=True,  # its own process group: cancelling the task stops torchrun's ranks too
+    )  # fmt: skip
+
+    def pump() -> None:
+        for line in proc.stdout:
+            tail.append(line.rstrip())
+            logger.info(line.rstrip())
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    forwarded: set[int] = set()
+    last = steps.start - 1 if steps else -1  # earlier stages' lines are in the same file: never forward them here
+    try:
+        while True:
+            done = proc.poll() is not None
+            new = [(s, m) for s, m in read_metric_steps(metrics_path, last) if s in steps] if metrics_path else []
+            if new:
+                forward(new)
+                forwarded |= {s for s, _ in new}
+                last = max(s for s, _ in new)
+            if done:
+                break
+            time.sleep(POLL_SECONDS)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+        reader.join(timeout=10)
+    if proc.returncode == 2:
+        errors = [ln for ln in tail if ln.startswith("error:")]
+        raise OpdlmError(f"{name}: " + (errors[-1][len("error:") :].strip() if errors else "failed with exit code 2"))
+    if proc.returncode != 0:
+        shown = "\n".join(list(tail)[-10:])
+        raise ProcessCrashed(f"{name} process exited with code {proc.returncode}; last output:\n{shown}")
+    return forwarded

@@ -1,0 +1,65 @@
+"""Shared helpers for the pipeline tests (no tests here): small settings and a local S3 server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+
+# The tiny recipe at test size: a 2-layer teacher bootstrapped for 30 steps, one rollout step per
+# curriculum stage, ten eval rows, a two-point sweep.
+SMALL = [
+    "teacher.bootstrap.steps=30", "teacher.bootstrap.warmup_steps=3", "teacher.bootstrap.n_train=300",
+    "teacher.bootstrap.n_eval=0", "teacher.bootstrap.progress=false", "teacher.bootstrap.hidden_size=32",
+    "teacher.bootstrap.intermediate_size=64", "teacher.bootstrap.num_layers=2", "teacher.bootstrap.num_threads=1",
+    "train.num_prompts=64", "train.prompts_per_rollout=4", "train.optimizer_steps_per_rollout=1",
+    "train.micro_batch_size=4", "train.num_threads=1", "train.stages.0.rollout_steps=1", "train.stages.1.rollout_steps=1",
+    "eval.limit=10", "eval.batch_size=10", "eval.sweep_thresholds=[1.0,0.8]",
+]  # fmt: skip
+
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def moto_s3(*buckets: str) -> Iterator[tuple[str, object]]:
+    """A moto S3 server on 127.0.0.1 with ``buckets`` created; yields ``(endpoint, server)``."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    old = {k: os.environ.get(k) for k in AWS_ENV}
+    os.environ.update(AWS_ENV)
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint)
+        for bucket in buckets:
+            client.create_bucket(Bucket=bucket)
+        yield endpoint, server
+    finally:
+        with contextlib.suppress(Exception):
+            server.stop()
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def s3_keys(endpoint: str, bucket: str, prefix: str = "") -> list[str]:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint)
+    keys, token = [], None
+    while True:
+        kwargs = {"Bucket": bucket, "Prefix": prefix, **({"ContinuationToken": token} if token else {})}
+        page = client.list_objects_v2(**kwargs)
+        keys += [o["Key"] for o in page.get("Contents", [])]
+        if not page.get("IsTruncated"):
+            return keys
+        token = page["NextContinuationToken"]

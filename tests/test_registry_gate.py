@@ -1,0 +1,46 @@
+"""The champion gate and the model card: pure functions, no MLflow."""
+
+import pytest
+
+from opdlm.config.registry import RegistryConfig
+from opdlm.pipeline.gate import champion_gate
+from opdlm.pipeline.model_card import ModelCardFacts, render_model_card
+
+
+@pytest.mark.parametrize(
+    ("student", "teacher", "champion", "promote"),
+    [
+        (0.90, 1.00, None, True),  # exactly 90% retention, no champion yet
+        (0.89, 1.00, None, False),  # below the retention bar
+        (0.95, 1.00, 0.96, False),  # keeps 95% of the teacher but is worse than the champion
+        (0.96, 1.00, 0.96, True),  # ties the champion
+        (0.50, 0.50, 0.20, True),
+    ],
+)
+def test_gate_rule(student, teacher, champion, promote):
+    decision = champion_gate(student, teacher, champion, RegistryConfig(min_retention=0.9))
+    assert decision.promote is promote
+    assert decision.required_accuracy == pytest.approx(0.9 * teacher)
+
+
+def test_gate_can_ignore_the_champion_and_explains_itself():
+    cfg = RegistryConfig(min_retention=0.5, not_below_champion=False)
+    decision = champion_gate(0.6, 1.0, 0.99, cfg)
+    assert decision.promote and "0.6000 >= 0.5000" in decision.reason
+    refused = champion_gate(0.4, 1.0, None, cfg)
+    assert not refused.promote and "synthetic: student accuracy 0.4000 < 0.5 x teacher" in refused.reason
+
+
+def test_model_card_states_provenance_and_scores():
+    facts = ModelCardFacts(
+        model_name="opdlm-tiny", teacher="builtin:tiny", teacher_fingerprint="abc123", data_source="builtin:synthetic",
+        data_digest="d41d8cd98f00b204e9800998ecf8427e", data_rows=64, code_version="0123abc", training_tokens=12_345,
+        rollout_steps=20, flops=1.5e12, sampler_defaults={"block_size": 4, "threshold": 0.9},
+        scores={"synthetic": {"student_accuracy": 0.93, "teacher_accuracy": 0.97, "retention": 0.9588,
+                              "student_tokens_per_step": 1.8}},
+        gate="synthetic: promoted", recipe_yaml="name: tiny\n",
+    )  # fmt: skip
+    card = render_model_card(facts)
+    for text in ("builtin:tiny", "d41d8cd98f00b204e9800998ecf8427e", "0123abc", "12,345", '"threshold": 0.9',
+                 "| synthetic | 0.93 | 0.97 | 0.9588 | 1.8 |", "name: tiny", "synthetic: promoted"):  # fmt: skip
+        assert text in card
