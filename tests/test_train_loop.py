@@ -217,3 +217,12 @@ def test_mdm_sft_baseline_runs_through_the_same_loop(tiny_student_dir, tmp_path)
     # responses are ground truth truncated to the cap (8 tokens, so no EOS survives)
     assert all(m["rollout_tokens"] == 4 * 8 for m in lines)
     assert not (out / "converted").exists()  # the given student is used, no teacher needed
+
+
+def test_gradient_checkpointing_top_k_kl_and_all_rounds_run(tiny_teacher_dir, tmp_path):
+    out = tmp_path / "options"
+    recipe = fast_recipe("train.gradient_checkpointing=true", "train.kl=top_k", "train.kl_top_k=4",
+                         "train.state_selection=all_rounds", "train.exclude_eos_from_loss=false")  # fmt: skip
+    train(recipe, out, teacher=str(tiny_teacher_dir), until_stage="short", console=False)
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(m["loss"] >= 0 and m["loss_tokens"] > 0 for m in lines)

@@ -177,7 +177,7 @@ def setup_run(
 
     student_obj = load_student(start_dir, device=str(device), dtype="fp32", backend=cfg.attn_backend)
     if cfg.gradient_checkpointing:
-        student_obj.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        student_obj.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     teacher_model, teacher_backend = None, None
     if needs_teacher:
         from opdlm.models.sources import resolve_model_source
