@@ -153,7 +153,7 @@ def test_helm_worker_values():
     values = yaml.safe_load((INFRA / "k8s" / "worker-values.yaml").read_text())["worker"]
     assert values["apiConfig"] == "selfHostedServer"
     assert values["selfHostedServerApiConfig"]["apiUrl"].endswith(":4200/api")
-    assert values["config"]["type"] == "kubernetes" and values["config"]["workPool"] == "opdlm-kubernetes"
+    assert values["config"]["type"] == "kubernetes" and values["config"]["workPool"] == "opdlm-gpu"
     pvc = yaml.safe_load((INFRA / "k8s" / "runs-pvc.yaml").read_text())
     assert pvc["kind"] == "PersistentVolumeClaim" and pvc["metadata"]["name"] == "opdlm-runs"
 
