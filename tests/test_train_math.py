@@ -72,6 +72,21 @@ def test_chunked_equals_unchunked_values_and_gradients(top_k):
         assert torch.allclose(g_head, results[0][2], atol=1e-6)
 
 
+def test_padding_chunks_calls_the_heads_more_often_and_changes_nothing():
+    calls = []
+    t_head, s_head = torch.nn.Linear(8, 17, bias=False), torch.nn.Linear(8, 17, bias=False)
+    s_head.register_forward_hook(lambda *a: calls.append(1))
+    t_hidden, s_hidden = torch.randn(5, 8), torch.randn(5, 8)
+    plain = forward_kl_chunked(t_hidden, s_hidden, t_head, s_head, chunk_size=2)
+    n_plain, calls[:] = len(calls), []
+    padded = forward_kl_chunked(t_hidden, s_hidden, t_head, s_head, chunk_size=2, min_chunks=5)
+    assert (n_plain, len(calls)) == (3, 5) and torch.equal(plain, padded)
+    empty = forward_kl_chunked(t_hidden[:0], s_hidden[:0], t_head, s_head, chunk_size=2, min_chunks=2)
+    assert empty.shape == (0,)
+    ce = cross_entropy_chunked(s_hidden, s_head, torch.arange(5), chunk_size=2, min_chunks=4)
+    assert torch.equal(ce, cross_entropy_chunked(s_hidden, s_head, torch.arange(5), chunk_size=2))
+
+
 def test_chunked_cross_entropy_matches_torch():
     torch.manual_seed(0)
     head = torch.nn.Linear(8, 17, bias=False)
