@@ -5,7 +5,7 @@ Side by side in one run, on the same tiny-hidden Qwen3 teacher/student pair and 
 * ``naive``: what a straightforward implementation does: full ``(B, T, V)`` logits of the student over
   ``[prompt | clean | noisy]`` and of the teacher over ``prompt + response``, an fp32 log-softmax of
   both, the KL at the masked positions.
-* ``chunked``: the trainer's own step (:func:`opdlm.train.loop.microbatch_loss`): hidden states of the
+* ``chunked``: the trainer's own step (:func:`opdlm.train.optimise.microbatch_loss`): hidden states of the
   loss positions only, output head + log-softmax + KL chunk by chunk, the student's chunks
   recomputed in backward. Full-vocabulary KL (the 0.6B/1.7B recipes).
 * ``chunked_top16``: the same with the teacher's top-16 slice (the 4B/8B recipes).
@@ -121,7 +121,7 @@ def run_variant(variant: str, student_dir: Path, teacher_dir: Path, args) -> dic
     from opdlm.config.recipe import Recipe
     from opdlm.config.train import TrainConfig
     from opdlm.models.student import load_causal_lm, load_student
-    from opdlm.train.loop import microbatch_loss
+    from opdlm.train.optimise import microbatch_loss
     from opdlm.train.setup import RunContext
     from opdlm.train.stepper import TorchStepper
 

@@ -143,10 +143,10 @@ def test_sigkill_then_resume_reaches_the_uninterrupted_weights(uninterrupted, ti
 
 
 def test_failure_inside_a_checkpoint_write_leaves_no_partial_checkpoint(uninterrupted, tiny_teacher_dir, tmp_path, monkeypatch):
-    import opdlm.train.loop as loop
+    import opdlm.train.saving as saving
 
     out = tmp_path / "crash"
-    real = loop._write_payload
+    real = saving._write_payload
 
     def crashing(ctx, block_size):
         write = real(ctx, block_size)
@@ -157,11 +157,11 @@ def test_failure_inside_a_checkpoint_write_leaves_no_partial_checkpoint(uninterr
                 raise KeyboardInterrupt  # dies after the weights are written, before the manifest
         return half
 
-    monkeypatch.setattr(loop, "_write_payload", crashing)
+    monkeypatch.setattr(saving, "_write_payload", crashing)
     with pytest.raises(KeyboardInterrupt):
         train(fast_recipe(), out, teacher=str(tiny_teacher_dir), console=False)
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-000001", "step-000002"]
-    monkeypatch.setattr(loop, "_write_payload", real)
+    monkeypatch.setattr(saving, "_write_payload", real)
     train(fast_recipe(), out, teacher=str(tiny_teacher_dir), console=False)
     assert_same_weights(out, uninterrupted)
 

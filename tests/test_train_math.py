@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from opdlm.config.train import CurriculumStage, LengthSchedule
-from opdlm.train.curriculum import domain_cap, length_cap, ramp_fraction, stage_at
+from opdlm.errors import ConfigError
+from opdlm.train.curriculum import domain_cap, last_completed_stage, length_cap, ramp_fraction, stage_at, stage_end_step
 from opdlm.train.kl import cross_entropy_chunked, forward_kl_chunked, forward_kl_from_logprobs
 from opdlm.train.loss_mask import response_loss_mask
 from opdlm.train.mdm import random_block_mask
@@ -118,6 +119,14 @@ def test_stage_lookup():
     ]  # fmt: skip
     with pytest.raises(ValueError):
         stage_at(stages, 5)
+
+
+def test_stage_ends_and_last_completed_stage():
+    stages = [CurriculumStage(name="a", rollout_steps=3), CurriculumStage(name="b", rollout_steps=2)]
+    assert [stage_end_step(stages, n) for n in ("a", "b", None)] == [3, 5, 5]
+    assert [last_completed_stage(stages, k) for k in (0, 2, 3, 4, 5)] == [None, None, "a", "a", "b"]
+    with pytest.raises(ConfigError, match="'c' is not a curriculum stage; valid stages: a, b"):
+        stage_end_step(stages, "c")
 
 
 def test_learning_rate_warmup_and_cosine():

@@ -18,9 +18,9 @@ from opdlm.config.recipe import load_recipe
 from opdlm.data.synthetic import load_split
 from opdlm.models.student import load_causal_lm, load_student
 from opdlm.sampling.block_sampler import BlockDiffusionSampler
-from opdlm.train.batch import make_rows
+from opdlm.train.batch import make_rows, pad_step_maps, right_pad
 from opdlm.train.kl import forward_kl_from_logprobs
-from opdlm.train.loop import _pad_responses, _pad_step_maps, train
+from opdlm.train.loop import train
 from opdlm.train.loss_mask import response_loss_mask
 from opdlm.train.rollout import encode_rows
 from opdlm.train.states import select_one_per_block
@@ -43,8 +43,8 @@ def heldout_states(student_dir, n: int = 16):
     prompts, _ = encode_rows(student.tokenizer, load_split("eval", n=n, seed=1), False, 256)
     cfg = recipe.train.rollout.with_overrides(max_new_tokens=16)
     out = BlockDiffusionSampler(student).generate(prompts, cfg, torch.Generator().manual_seed(0), decode_text=False)
-    response_BL, lengths_B = _pad_responses(out.response_ids, student.meta.pad_token_id)
-    masked_BL = select_one_per_block(_pad_step_maps(out.step_map, response_BL.shape[1]), lengths_B, 4, torch.Generator().manual_seed(1))
+    response_BL, lengths_B = right_pad(out.response_ids, student.meta.pad_token_id)
+    masked_BL = select_one_per_block(pad_step_maps(out.step_map, response_BL.shape[1]), lengths_B, 4, torch.Generator().manual_seed(1))
     loss_BL = response_loss_mask(response_BL, lengths_B, student.meta.eos_token_ids, exclude_eos=True)
     return make_rows(prompts, out.response_ids, torch.arange(len(prompts)), masked_BL, loss_BL, student.meta.pad_token_id, 4)
 

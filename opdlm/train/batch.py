@@ -18,6 +18,14 @@ def right_pad(seqs: list[list[int]], pad: int, width: int | None = None) -> tupl
     return ids, torch.tensor([min(len(s), width) for s in seqs], dtype=torch.long)
 
 
+def pad_step_maps(step_maps: list[list[int]], width: int) -> torch.Tensor:
+    """``step_map_BL``: each rollout's step map left-aligned, ``-1`` on padding."""
+    out = torch.full((len(step_maps), width), -1, dtype=torch.long)
+    for i, sm in enumerate(step_maps):
+        out[i, : len(sm)] = torch.tensor(sm, dtype=torch.long)
+    return out
+
+
 @dataclass
 class TrainingRows:
     """One training row per selected state.

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from opdlm.config.train import CurriculumStage, LengthSchedule
+from opdlm.errors import ConfigError
 
 
 def ramp_fraction(step: int, ramp_steps: int, shape: str) -> float:
@@ -49,3 +50,30 @@ def stage_at(stages: list[CurriculumStage], rollout_step: int) -> StagePosition:
             return StagePosition(stage, i, rollout_step - offset)
         offset += stage.rollout_steps
     raise ValueError(f"rollout step {rollout_step} is past the curriculum's {offset} steps")
+
+
+def stage_end_step(stages, until_stage: str | None) -> int:
+    """Global rollout step at which stage ``until_stage`` ends (the whole curriculum for None).
+
+    Raises:
+        ConfigError: ``until_stage`` names no stage (the message lists the valid names).
+    """
+    if until_stage is None:
+        return sum(s.rollout_steps for s in stages)
+    end = 0
+    for stage in stages:
+        end += stage.rollout_steps
+        if stage.name == until_stage:
+            return end
+    names = ", ".join(s.name for s in stages)
+    raise ConfigError(f"until_stage {until_stage!r} is not a curriculum stage; valid stages: {names}")
+
+
+def last_completed_stage(stages, rollout_step: int) -> str | None:
+    """Name of the last stage whose every rollout step is done after ``rollout_step`` steps (None if none)."""
+    done, end = None, 0
+    for stage in stages:
+        end += stage.rollout_steps
+        if end <= rollout_step:
+            done = stage.name
+    return done

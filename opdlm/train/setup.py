@@ -7,6 +7,7 @@ with a different recipe fails with one line instead of silently mixing two runs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -72,6 +73,17 @@ class RunContext:
     @property
     def checkpoints(self) -> Path:
         return self.out / "checkpoints"
+
+    def generator(self, step: int, purpose: int, device: torch.device | None = None) -> torch.Generator:
+        """A generator seeded by (seed, step, purpose, rank): a resumed run draws what an uninterrupted one would."""
+        g = torch.Generator(device=device or "cpu")
+        return g.manual_seed((self.seed * 1_000_003 + step) * 8 + purpose + self.rank * 7_919)
+
+    def autocast(self):
+        """bf16 autocast when the run's precision asks for it (master weights stay fp32)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
 
 def run_fingerprint(recipe: Recipe, teacher: str | None, student: str | None, data: str | None) -> str:
