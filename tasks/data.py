@@ -28,7 +28,7 @@ def _output(run: PipelineRun) -> tuple[str | None, Path | None]:
 
 
 @task(name="download-data", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
-      cache_key_fn=content_cache_key("data", lambda run, params: _output(run)), persist_result=True)  # fmt: skip
+      cache_key_fn=content_cache_key("data", lambda run, params: _output(run)[0]), persist_result=True)  # fmt: skip
 def download_data(run_file: str) -> dict:
     """Publish the recipe's data as normalised JSONL (reused when its content key is already published).
 
@@ -72,7 +72,7 @@ def data(run_file: str) -> dict:
     run = PipelineRun.load(run_file)
     client = tracking.client_for(run.tracking_uri)
     with tracking.stage_run(client, run.experiment_id, run.parent_run_id, "data", run.tags()) as run_id:
-        info, cached = run_cached(download_data, run_file)
+        info, cached = run_cached(download_data, run_file, output=lambda r: r["path"])
         tracking.log_params(client, run_id, {"source": data_source(run.recipe()), "path": info["path"]})
         tracking.log_metrics(client, run_id, {"rows": info["n_rows"]})
         tracking.set_tags(client, run_id, {"dataset.md5": info["md5"], "dataset.sha256": info["sha256"], "cached": cached})

@@ -30,7 +30,7 @@ def _eval_output(run: PipelineRun, model_key: str, what: str) -> tuple[str, Path
 
 
 @task(name="eval-model",
-      cache_key_fn=content_cache_key("eval", lambda run, p: _eval_output(run, p["model_key"], p["what"])),
+      cache_key_fn=content_cache_key("eval", lambda run, p: _eval_output(run, p["model_key"], p["what"])[0]),
       persist_result=True)  # fmt: skip
 def eval_model(run_file: str, what: str, model_dir: str, model_key: str, teacher_results_file: str | None = None) -> str:
     """Score ``model_dir`` (``what``: teacher or student) on every benchmark; returns the results file."""
@@ -43,7 +43,7 @@ def eval_model(run_file: str, what: str, model_dir: str, model_key: str, teacher
 
 
 @task(name="eval-sweep",
-      cache_key_fn=content_cache_key("sweep", lambda run, p: _eval_output(run, p["model_key"], "sweep")),
+      cache_key_fn=content_cache_key("sweep", lambda run, p: _eval_output(run, p["model_key"], "sweep")[0]),
       persist_result=True)  # fmt: skip
 def eval_sweep(run_file: str, model_dir: str, model_key: str) -> str:
     """Threshold x block-size sweep of the student with its Pareto plot; returns the sweep folder."""
@@ -68,11 +68,15 @@ def evaluate(run_file: str, teacher_record: dict, train_record: dict) -> dict:
     student_dir = train_record["checkpoint"]
     with tracking.stage_run(client, run.experiment_id, run.parent_run_id, "eval", run.tags()) as run_id:
         tracking.log_params(client, run_id, run.recipe().eval.model_dump(mode="json"))
-        teacher_file, t_cached = run_cached(eval_model, run_file, "teacher", teacher_record["path"], teacher_record["fingerprint"])
-        student_file, s_cached = run_cached(
-            eval_model, run_file, "student", student_dir, f"{train_record['key']}-{train_record['rollout_step']}", teacher_file
+        student_key = f"{train_record['key']}-{train_record['rollout_step']}"
+        teacher_file, t_cached = run_cached(
+            eval_model, run_file, "teacher", teacher_record["path"], teacher_record["fingerprint"], output=lambda r: r
         )
-        sweep_dir, w_cached = run_cached(eval_sweep, run_file, student_dir, f"{train_record['key']}-{train_record['rollout_step']}")
+        student_file, s_cached = run_cached(
+            eval_model, run_file, "student", student_dir, student_key, teacher_file, output=lambda r: r
+        )
+        sweep_dir, w_cached = run_cached(eval_sweep, run_file, student_dir, student_key,
+                                         output=lambda r: Path(r) / "sweep_done.json")  # fmt: skip
         teacher_results = json.loads(Path(teacher_file).read_text())
         student_results = json.loads(Path(student_file).read_text())
         metrics = eval_metrics(student_results, teacher_results)

@@ -27,7 +27,7 @@ def _output(run: PipelineRun) -> tuple[str | None, Path | None]:
 
 
 @task(name="build-teacher", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
-      cache_key_fn=content_cache_key("teacher", lambda run, params: _output(run)), persist_result=True)  # fmt: skip
+      cache_key_fn=content_cache_key("teacher", lambda run, params: _output(run)[0]), persist_result=True)  # fmt: skip
 def build_teacher(run_file: str) -> dict:
     """Bootstrap ``builtin:tiny`` into the store with ``opdlm teacher bootstrap`` (reused by content key),
     or resolve any other source (downloaded to its cache when remote).
@@ -59,7 +59,7 @@ def teacher(run_file: str) -> dict:
     recipe = run.recipe()
     client = tracking.client_for(run.tracking_uri)
     with tracking.stage_run(client, run.experiment_id, run.parent_run_id, "teacher", run.tags()) as run_id:
-        record, cached = run_cached(build_teacher, run_file)
+        record, cached = run_cached(build_teacher, run_file, output=lambda r: Path(r["path"]) / "config.json")
         params = {"source": record["source"], "path": record["path"]}
         if record["source"] == BUILTIN_TEACHER:
             params["bootstrap"] = recipe.teacher.bootstrap.model_dump(mode="json")

@@ -39,12 +39,9 @@ def train_dir_of(run: PipelineRun, teacher_record: dict, student_record: dict, d
     return run.store("train", key)
 
 
-def _stage_output(run: PipelineRun, params: dict) -> tuple[str | None, Path | None]:
+def _stage_key(run: PipelineRun, params: dict) -> str:
     train_dir = train_dir_of(run, params["teacher_record"], params["student_record"], params["data_record"])
-    _, end = stage_steps(run.recipe(), params["stage"])
-    if training_progress(train_dir) < end:
-        return None, None
-    return f"{train_dir.name}-{params['stage']}", train_dir / SUMMARY_FILE
+    return f"{train_dir.name}-{params['stage']}"
 
 
 def _stage_checkpoint(train_dir: Path, end: int) -> Path:
@@ -56,7 +53,7 @@ def _stage_checkpoint(train_dir: Path, end: int) -> Path:
 
 
 @task(name="train-stage-process",
-      cache_key_fn=content_cache_key("train", lambda run, params: _stage_output(run, params)), persist_result=True)  # fmt: skip
+      cache_key_fn=content_cache_key("train", _stage_key), persist_result=True)  # fmt: skip
 def run_training_stage(
     run_file: str, stage: str, teacher_record: dict, student_record: dict, data_record: dict, mlflow_run_ids: list[str]
 ) -> dict:
@@ -119,7 +116,8 @@ def train_stage(
     with tracking.stage_run(client, run.experiment_id, run.parent_run_id, f"train-{stage}", run.tags()) as run_id:
         tracking.log_params(client, run_id, {"stage": stage_cfg.model_dump(mode="json"), "checkpoint_in": checkpoint_in})
         record, cached = run_cached(
-            run_training_stage, run_file, stage, teacher_record, student_record, data_record, [run_id, run.parent_run_id]
+            run_training_stage, run_file, stage, teacher_record, student_record, data_record, [run_id, run.parent_run_id],
+            output=lambda r: r["checkpoint"],
         )
         start, end = record["start_step"], record["rollout_step"]
         streamed = set() if cached else set(record["streamed_steps"])

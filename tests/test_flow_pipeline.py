@@ -170,7 +170,8 @@ def test_missing_teacher_fails_clearly(pipeline, tmp_path):
 def test_unreachable_s3_source_is_retried_then_fails(pipeline, monkeypatch):
     import tasks.data
 
-    monkeypatch.setattr(tasks.data.download_data, "retry_delay_seconds", [0, 0])
+    monkeypatch.setattr(tasks.data.download_data, "retries", 1)  # one task retry shows the behaviour; saves time
+    monkeypatch.setattr(tasks.data.download_data, "retry_delay_seconds", [0])
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     _fails_without_registering(pipeline, ["data.source=s3://opdlm-data/prompts.jsonl"], "download of s3://opdlm-data/prompts.jsonl failed")
 
@@ -185,7 +186,8 @@ def test_s3_outage_during_registration_publishes_nothing(pipeline, monkeypatch):
         return requirements()
 
     monkeypatch.setattr(tasks.register, "_requirements", outage)
-    monkeypatch.setattr(tasks.register.register, "retry_delay_seconds", [0, 0])
+    monkeypatch.setattr(tasks.register.register, "retries", 1)
+    monkeypatch.setattr(tasks.register.register, "retry_delay_seconds", [0])
     client = _client(pipeline)
     before = _versions(client)
     with pytest.raises(OpdlmError, match="upload of model opdlm-tiny .* failed"):

@@ -15,7 +15,7 @@ SMALL = [
     "teacher.bootstrap.intermediate_size=64", "teacher.bootstrap.num_layers=2", "teacher.bootstrap.num_threads=1",
     "train.num_prompts=64", "train.prompts_per_rollout=4", "train.optimizer_steps_per_rollout=1",
     "train.micro_batch_size=4", "train.num_threads=1", "train.stages.0.rollout_steps=1", "train.stages.1.rollout_steps=1",
-    "eval.limit=10", "eval.batch_size=10", "eval.sweep_thresholds=[1.0,0.8]",
+    "eval.limit=10", "eval.batch_size=10", "eval.sweep_thresholds=[1.0,0.8]", "sampler.max_new_tokens=24",
 ]  # fmt: skip
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}

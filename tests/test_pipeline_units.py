@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from opdlm.config.recipe import Recipe
 from opdlm.errors import ConfigError, OpdlmError
@@ -119,3 +120,24 @@ def test_pipeline_cli_rejects_bad_input_before_starting(args, message):
     proc = subprocess.run([sys.executable, "-m", "opdlm.cli.main", *args], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr
     assert "prefect" not in proc.stderr.lower()  # failed before any orchestration started
+
+
+def test_prefect_yaml_deploys_the_pipeline_flow():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = yaml.safe_load((root / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert set(deployments) == {"opdlm-tiny", "opdlm-qwen3-0.6b", "opdlm-qwen3-1.7b", "opdlm-qwen3-4b", "opdlm-qwen3-8b"}
+    tiny = deployments["opdlm-tiny"]
+    assert tiny["work_pool"]["name"] == "opdlm-process" and tiny["schedules"][0]["cron"] == "0 3 * * 1"
+    for name, d in deployments.items():
+        assert d["entrypoint"] == "flows/pipeline.py:pipeline_flow"
+        assert set(d["parameters"]) == {"recipe", "overrides"} and (root / d["parameters"]["recipe"]).is_file(), name
+        if name != "opdlm-tiny":
+            assert d["work_pool"]["name"] == "opdlm-gpu" and d["work_pool"]["job_variables"]["gpus"] >= 1
+    tree = ast.parse((root / "flows" / "pipeline.py").read_text())
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "pipeline_flow")
+    assert [a.arg for a in fn.args.args] == ["recipe", "overrides"]
+    assert any("opdlm-pipeline" in ast.unparse(d) for d in fn.decorator_list)

@@ -4,12 +4,12 @@ The Prefect tasks (``tasks/``) and the DVC stages (``opdlm stage ...`` in ``dvc.
 these, so the two orchestrators cannot drift apart:
 
 ======== ================================================ ===========================================
-stage    function here                                    library function
+stage    here                                             library function
 ======== ================================================ ===========================================
 data     :func:`data_stage`                               :func:`opdlm.data.download.download_dataset`
-teacher  :func:`teacher_stage`                            :func:`opdlm.teacher.bootstrap_teacher`
-                                                          (``builtin:tiny``, as ``opdlm teacher
-                                                          bootstrap``) or
+teacher  :func:`teacher_stage`, :func:`bootstrap_command` ``builtin:tiny``: :func:`opdlm.teacher.bootstrap_teacher`
+                                                          (``opdlm teacher bootstrap``; Prefect runs
+                                                          that command as a subprocess); else
                                                           :func:`opdlm.models.sources.resolve_model_source`
 convert  :func:`convert_stage`                            :func:`opdlm.models.convert.convert_teacher`
 train    ``opdlm train --until-stage`` (a subprocess)     :func:`opdlm.train.loop.train`
