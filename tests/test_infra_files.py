@@ -74,6 +74,8 @@ def test_compose_wires_postgres_and_s3_into_mlflow_and_prefect():
     assert worker["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
     assert worker["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert "${OPDLM_WORK_POOL:-opdlm-process}" in worker["command"] and "--with-healthcheck" in worker["command"]
+    assert worker["environment"]["OPDLM_REPO_DIR"] == "/opt/opdlm"
+    assert "WORKDIR /opt/opdlm" in (INFRA / "docker" / "worker.Dockerfile").read_text()
     bucket_args = services["create-buckets"]["command"]
     assert "${OPDLM_ARTIFACT_BUCKET:-opdlm-artifacts}" in bucket_args and "${OPDLM_DATA_BUCKET:-opdlm-data}" in bucket_args
     for svc in services.values():  # published on the loopback address unless BIND_ADDRESS says otherwise
@@ -182,6 +184,23 @@ def test_base_job_template_validates_and_renders_gpu_requests():
     assert {"name": "runs", "mountPath": "/runs"} in container["volumeMounts"]
     assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "opdlm-runs"
     assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == 0
+
+
+def test_prefect_yaml_deploys_to_the_pools_these_stacks_serve():
+    """Process deployments target the pool of the local/compose worker; GPU ones the Kubernetes pool,
+    with job variables the base job template declares."""
+    project = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    template_vars = json.loads((INFRA / "k8s" / "base-job-template.json").read_text())["variables"]["properties"]
+    gpu_pool = yaml.safe_load((INFRA / "k8s" / "worker-values.yaml").read_text())["worker"]["config"]["workPool"]
+    compose_pool = re.search(r"OPDLM_WORK_POOL:-([\w-]+)", COMPOSE.read_text()).group(1)
+    local_pool = re.search(r"OPDLM_WORK_POOL:-([\w-]+)", (INFRA / "local" / "common.sh").read_text()).group(1)
+    pools = {d["name"]: d["work_pool"] for d in project["deployments"]}
+    assert pools["opdlm-tiny"]["name"] == compose_pool == local_pool == env_example()["OPDLM_WORK_POOL"]
+    gpu = [p for p in pools.values() if p["name"] != compose_pool]
+    assert gpu, "prefect.yaml has no GPU deployment"
+    for pool in gpu:
+        assert pool["name"] == gpu_pool
+        assert set(pool.get("job_variables", {})) <= set(template_vars), set(pool["job_variables"]) - set(template_vars)
 
 
 # --- SLURM ------------------------------------------------------------------------------------------

@@ -112,12 +112,11 @@ def stack(tmp_path_factory):
         "WORKER_PORT": str(free_port()),
         "HEALTH_TIMEOUT": "240",
         "PREFECT_WORKER_QUERY_SECONDS": "2",  # pick the run up quickly (default 10 s)
-        "OPDLM_REPO_DIR": str(REPO),  # prefect.yaml's pull step: the worker runs the flow from this checkout
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("PREFECT_API_URL", None)
+    for inherited in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "OPDLM_REPO_DIR"):
+        env.pop(inherited, None)  # start.sh sets them; the worker must get its own
     start = sh(["bash", str(LOCAL / "start.sh")], env, timeout=600)
     state = root / "state"
     try:

@@ -15,4 +15,4 @@ COPY flows ./flows
 RUN pip install --no-cache-dir -e ".[pipeline,deepspeed,s3]"
 COPY configs ./configs
 COPY prefect.yaml ./
-ENV OPDLM_RUNS_DIR=/runs PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+ENV OPDLM_RUNS_DIR=/runs OPDLM_REPO_DIR=/opt/opdlm PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false

@@ -71,4 +71,8 @@ live_pid() {
 
 port_in_use() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
-is_healthy() { curl -sf -o /dev/null --max-time 5 "$(health_url "$1")"; }
+# An HTTP 2xx from the service's health URL (Python's urllib: nothing to install beyond the venv).
+is_healthy() {
+  "$PYTHON" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' "$(health_url "$1")" \
+    >/dev/null 2>&1
+}

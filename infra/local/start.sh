@@ -17,7 +17,6 @@ die() { echo "error: $*" >&2; exit 1; }
 [[ -x "$PYTHON" ]] || die "no Python at $PYTHON (run 'make setup' or set OPDLM_PYTHON)"
 "$PYTHON" -c "import prefect, mlflow, moto, boto3" 2>/dev/null \
   || die "$PYTHON lacks prefect/mlflow/moto/boto3 (install opdlm with its [test] extra: 'make setup')"
-command -v curl >/dev/null || die "curl is needed for the health checks"
 command -v setsid >/dev/null || die "setsid (util-linux) is needed to track each server's process group"
 
 mkdir -p "$STATE/pids" "$STATE/logs" "$STATE/prefect" "$RUNS_DIR"
@@ -29,6 +28,8 @@ export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-testing}"
 export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}"
 export DO_NOT_TRACK=true PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1
 export PREFECT_HOME="$STATE/prefect"
+# prefect.yaml's pull step runs each flow from $OPDLM_REPO_DIR, resolved in the worker's environment.
+export OPDLM_REPO_DIR="${OPDLM_REPO_DIR:-$REPO}"
 
 cat >"$STATE/stack.env" <<EOF
 # Written by infra/local/start.sh: 'source' it to talk to the local stack.
@@ -43,6 +44,7 @@ export OPDLM_ARTIFACT_ROOT=s3://$ARTIFACT_BUCKET/mlflow
 export OPDLM_DATA_BUCKET=$DATA_BUCKET
 export OPDLM_RUNS_DIR=$RUNS_DIR
 export OPDLM_STACK_DIR=$STATE
+export OPDLM_REPO_DIR=$OPDLM_REPO_DIR
 EOF
 chmod 600 "$STATE/stack.env"
 # shellcheck disable=SC1091
