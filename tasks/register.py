@@ -30,6 +30,7 @@ PYFUNC_FILE = Path(__file__).with_name("student_pyfunc.py")
 CANDIDATE, CHAMPION = "candidate", "champion"
 GATE_ACCURACY_TAG = "gate.accuracy"
 PIPELINE_RUN_TAG = "opdlm.pipeline_run"
+MAX_DESCRIPTION = 5000  # MLflow's limit on a model version description
 
 
 def model_name(run: PipelineRun) -> str:
@@ -134,7 +135,8 @@ def register(run_file: str, teacher_record: dict, data_record: dict, final_recor
     student_dir.mkdir(parents=True, exist_ok=True)
     export_model(checkpoint, student_dir)  # model files only: no optimizer state in the registry
     sampler = json.loads((student_dir / "config.json").read_text()).get("sampler_defaults", recipe.sampler.model_dump())
-    card = render_model_card(_card_facts(run, name, teacher_record, data_record, final_record, metrics, decision.reason, train_summary, sampler))
+    facts = _card_facts(run, name, teacher_record, data_record, final_record, metrics, decision.reason, train_summary, sampler)
+    card = render_model_card(facts)
     atomic_write_text(student_dir / "README.md", card)
     atomic_write_text(Path(run.run_dir) / "model_card.md", card)
 
@@ -157,7 +159,8 @@ def register(run_file: str, teacher_record: dict, data_record: dict, final_recor
                 "training_tokens": train_summary.get("cumulative_train_tokens"),
             }  # fmt: skip
             version = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in tags.items()})
-            client.update_model_version(name, version.version, description=card)
+            short = card if len(card) <= MAX_DESCRIPTION else render_model_card(facts, include_recipe=False)
+            client.update_model_version(name, version.version, description=short[:MAX_DESCRIPTION])
         client.set_registered_model_alias(name, CANDIDATE, version.version)
         if decision.promote:
             client.set_registered_model_alias(name, CHAMPION, version.version)

@@ -33,8 +33,9 @@ def client_for(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def ensure_experiment(client: MlflowClient, name: str, artifact_location: str) -> str:
-    """The id of experiment ``name``, created with ``artifact_location`` when it does not exist."""
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    """The id of experiment ``name``, created with ``artifact_location`` (None: the tracking server's
+    default) when it does not exist."""
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id

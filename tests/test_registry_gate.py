@@ -44,3 +44,14 @@ def test_model_card_states_provenance_and_scores():
     for text in ("builtin:tiny", "d41d8cd98f00b204e9800998ecf8427e", "0123abc", "12,345", '"threshold": 0.9',
                  "| synthetic | 0.93 | 0.97 | 0.9588 | 1.8 |", "name: tiny", "synthetic: promoted"):  # fmt: skip
         assert text in card
+
+
+def test_model_card_without_recipe_stays_short():
+    facts = ModelCardFacts(
+        model_name="m", teacher="hf://Qwen/Qwen3-4B", teacher_fingerprint="f", data_source="s", data_digest="d",
+        data_rows=1, code_version="c", training_tokens=1, rollout_steps=1, flops=1.0, sampler_defaults={},
+        scores={}, gate="g", recipe_yaml="x: 1\n" * 5000,
+    )  # fmt: skip
+    assert len(render_model_card(facts)) > 20_000
+    short = render_model_card(facts, include_recipe=False)
+    assert len(short) < 2000 and "README.md" in short

@@ -46,10 +46,15 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{runs_dir() / 'mlruns.db'}"
 
 
-def artifact_root() -> str:
+def artifact_root() -> str | None:
     """Where a new experiment keeps artifacts: ``OPDLM_ARTIFACT_ROOT`` (e.g. ``s3://bucket/mlflow``,
-    reached through ``MLFLOW_S3_ENDPOINT_URL``), else ``runs/mlartifacts``."""
-    return os.environ.get(ARTIFACT_ROOT_ENV) or (runs_dir() / "mlartifacts").as_uri()
+    reached through ``MLFLOW_S3_ENDPOINT_URL``); else, with a tracking server, None (the server's own
+    default); else ``runs/mlartifacts``."""
+    if os.environ.get(ARTIFACT_ROOT_ENV):
+        return os.environ[ARTIFACT_ROOT_ENV]
+    if os.environ.get("MLFLOW_TRACKING_URI", "").startswith(("http://", "https://")):
+        return None
+    return (runs_dir() / "mlartifacts").as_uri()
 
 
 def code_version(repo: str | Path | None = None) -> str:

@@ -52,8 +52,8 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def render_model_card(facts: ModelCardFacts) -> str:
-    """The card as Markdown."""
+def render_model_card(facts: ModelCardFacts, include_recipe: bool = True) -> str:
+    """The card as Markdown (``include_recipe=False``: without the recipe, for length-limited fields)."""
     lines = [
         f"# {facts.model_name}",
         "",
@@ -82,7 +82,10 @@ def render_model_card(facts: ModelCardFacts) -> str:
         )
     lines += [
         "", f"Champion gate: {facts.gate}", "",
-        "## Sampler defaults", "", "```json", json.dumps(facts.sampler_defaults, indent=2, sort_keys=True), "```",
-        "", "## Recipe", "", "```yaml", facts.recipe_yaml.rstrip(), "```", "",
+        "## Sampler defaults", "", "```json", json.dumps(facts.sampler_defaults, indent=2, sort_keys=True), "```", "",
     ]  # fmt: skip
+    if include_recipe:
+        lines += ["## Recipe", "", "```yaml", facts.recipe_yaml.rstrip(), "```", ""]
+    else:
+        lines += ["The recipe is in the full card: `README.md` beside the weights, `model_card.md` in the MLflow run.", ""]
     return "\n".join(lines)
