@@ -127,7 +127,7 @@ def test_shipped_study_file_and_its_quick_size_validate():
     full, quick = load_study(STUDY_YAML), load_study(STUDY_YAML, quick=True)
     assert len(opd_arms(quick.study)) < len(opd_arms(full.study))
     assert quick.recipe.eval.limit < full.recipe.eval.limit
-    assert {a.name for a in full.study.ablations} == {"no_curriculum", "all_rounds", "top_k_kl", "logit_shift"}
+    assert {a.name for a in full.study.ablations} == {"no_curriculum", "all_rounds", "top_k_kl", "no_logit_shift"}
     for ablation in full.study.ablations:  # every ablation's overrides apply to the recipe
         arm_recipe(full.recipe, Arm("ablation", "opd", ablation.name, 1, 0, tuple(ablation.overrides)))
 

@@ -14,6 +14,7 @@ from opdlm.study.table import seed_means
 
 COLORS = {"opd": "tab:blue", "mdm_sft": "tab:orange"}
 LABELS = {"opd": "OPD", "mdm_sft": "masked-diffusion baseline"}
+ABLATION_COLORS = ("tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
 
 
 def _pyplot():
@@ -48,9 +49,10 @@ def plot_accuracy_vs_tokens(
                     color=COLORS[objective], label=LABELS[objective], capsize=3)  # fmt: skip
         singles = [(r["training_tokens"], r["accuracy"]) for r in rows if r["group"] == "main" and r["objective"] == objective]
         ax.scatter(*zip(*singles), color=COLORS[objective], alpha=0.3, s=12)
-    markers = iter("s^vDP*Xh")
+    styles = iter(zip("s^vDP*Xh", ABLATION_COLORS))
     for g in (g for g in means if g["group"] == "ablation"):
-        ax.errorbar([g["training_tokens"]], [g["accuracy"]], yerr=[g["accuracy_std"]], marker=next(markers, "x"),
+        marker, color = next(styles, ("x", "gray"))
+        ax.errorbar([g["training_tokens"]], [g["accuracy"]], yerr=[g["accuracy_std"]], marker=marker, color=color,
                     ls="none", capsize=3, label=f"OPD, {g['variant']}")  # fmt: skip
     _references(ax, teacher_accuracy, target_retention, untrained)
     ax.set_xscale("log")
