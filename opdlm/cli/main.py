@@ -32,10 +32,21 @@ def command_modules() -> list[str]:
 
 
 def _register() -> None:
+    """Library commands from ``opdlm/cli``, then plugins from the ``opdlm.commands`` entry-point group.
+
+    The pipeline command is such a plugin (``flows.cli``): it sits above the library, which must never
+    import it. A plugin that fails to import is reported and skipped, so library commands still work.
+    """
     import importlib
+    from importlib.metadata import entry_points
 
     for name in command_modules():
         importlib.import_module(f"opdlm.cli.{name}").register(app)
+    for ep in entry_points(group="opdlm.commands"):
+        try:
+            ep.load()(app)
+        except ImportError as exc:
+            print(f"warning: opdlm command plugin {ep.name!r} unavailable: {exc}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

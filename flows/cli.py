@@ -1,5 +1,9 @@
 """``opdlm pipeline``: run the whole Prefect pipeline flow on a recipe.
 
+This command lives in ``flows/`` (imports run flows -> tasks -> opdlm) and joins the ``opdlm`` CLI
+through the ``opdlm.commands`` entry point declared in pyproject.toml, so the library never imports
+the orchestration layer, not even lazily.
+
 The recipe and overrides are validated here first, so a typo fails in a second with one line, before
 Prefect or MLflow start. The flow runs on a temporary local Prefect server unless ``PREFECT_API_URL``
 names one, and logs to ``MLFLOW_TRACKING_URI`` (default: ``sqlite`` under ``OPDLM_RUNS_DIR``).
@@ -47,7 +51,6 @@ def register(app: typer.Typer) -> None:
         overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. train.stages.0.rollout_steps=5 eval.limit=50."),
     ) -> None:
         """Run data -> teacher -> convert -> curriculum OPD -> eval -> register as a Prefect flow tracked in MLflow."""
-        import importlib
         import os
 
         from opdlm.config.recipe import load_recipe
@@ -57,7 +60,7 @@ def register(app: typer.Typer) -> None:
         load_recipe(path, overrides or [])  # fail fast, before Prefect starts
         for key, value in ENV_DEFAULTS.items():
             os.environ.setdefault(key, value)
-        # flows/ sits above the library (flows -> tasks -> opdlm); it is loaded by name at run time only.
-        pipeline_flow = importlib.import_module("flows.pipeline").pipeline_flow
+        from flows.pipeline import pipeline_flow
+
         facts = pipeline_flow(recipe=str(path), overrides=list(overrides or []))
         print_summary(facts)
