@@ -46,20 +46,21 @@ def resolve_teacher(recipe: Recipe, teacher: str | None) -> Path:
 class Planner:
     """Turns an arm's token budget into rollout steps (rows per seed and the tokenizer loaded once)."""
 
-    def __init__(self, recipe: Recipe, teacher_dir: Path, fill: float):
+    def __init__(self, teacher_dir: Path, fill: float):
         from transformers import AutoTokenizer
 
-        self.recipe, self.fill = recipe, fill
+        self.fill = fill
         self.tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
-        self._rows: dict[int, list] = {}
+        self._rows: dict[tuple, list] = {}
 
-    def rows(self, seed: int) -> list:
+    def rows(self, recipe: Recipe, seed: int) -> list:
+        """The training rows an arm of ``recipe`` with ``seed`` draws its prompts from (as the trainer loads them)."""
         from opdlm.train.data import load_training_rows
 
-        if seed not in self._rows:
-            data, cfg = self.recipe.data, self.recipe.train
-            self._rows[seed] = load_training_rows(data.source, data.path, cfg.num_prompts, seed)
-        return self._rows[seed]
+        key = (recipe.data.source, recipe.data.path, recipe.train.num_prompts, seed)
+        if key not in self._rows:
+            self._rows[key] = load_training_rows(*key)
+        return self._rows[key]
 
     def plan(self, recipe: Recipe, budget: float) -> tuple[int, float]:
         """``(rollout_steps, planned_tokens)`` for ``recipe`` (an arm's, uncut) to spend ``budget`` tokens."""
@@ -68,7 +69,7 @@ class Planner:
         cfg = recipe.train
         seed = cfg.seed if cfg.seed is not None else recipe.seed
         eos_id = self.tokenizer.eos_token_id  # only the count matters: every response gets one EOS
-        return plan_steps(cfg, self.rows(seed), self.tokenizer, eos_id, seed, budget, self.fill)
+        return plan_steps(cfg, self.rows(recipe, seed), self.tokenizer, eos_id, seed, budget, self.fill)
 
 
 def _arm_jobs(arms: list[Arm], spec: StudyFile, planner: Planner, out: Path, teacher_dir: Path, teacher_result: dict) -> list[dict]:
@@ -157,7 +158,7 @@ def run_study(
     teacher_result = reference["teacher_result"]
     teacher_acc = teacher_result["accuracy"]
     teacher_ref = {k: teacher_result[k] for k in ("benchmark", "model", "accuracy")}  # no timings: arm fingerprints stay stable
-    planner = Planner(spec.recipe, teacher_dir, study.opd_fill_estimate)
+    planner = Planner(teacher_dir, study.opd_fill_estimate)
     opd_jobs = _arm_jobs(opd_arms(study), spec, planner, out, teacher_dir, teacher_ref)
     opd_results = run_jobs(run_arm, opd_jobs, study.workers, "OPD arms", progress)
     base_jobs = _arm_jobs(baseline_arms(study, matched_budgets(opd_results)), spec, planner, out, teacher_dir, teacher_ref)
