@@ -76,6 +76,11 @@ def test_padded_rows_and_schedule():
     config = BootstrapConfig(steps=100, warmup_steps=10, lr=1e-3, min_lr_ratio=0.1)
     assert lr_at(0, config) == pytest.approx(1e-4) and lr_at(9, config) == pytest.approx(1e-3)
     assert lr_at(10, config) == pytest.approx(1e-3) and lr_at(100, config) == pytest.approx(1e-4)
+    # A slow machine: the time budget is half spent at step 20, so the decay is at its midpoint, and
+    # it is fully annealed when the budget runs out, whatever the step.
+    assert lr_at(20, config, time_fraction=0.5) == pytest.approx(0.55e-3)
+    assert lr_at(20, config, time_fraction=1.0) == pytest.approx(1e-4)
+    assert lr_at(90, config, time_fraction=0.1) == lr_at(90, config)  # the further of the two wins
 
 
 def test_loss_covers_response_and_eos_only():
@@ -122,3 +127,12 @@ def test_cli_short_run(tmp_path, capsys):
     assert main(["teacher", "bootstrap", "--out", str(out), "--seed", "1", *overrides]) == 0
     assert "teacher ->" in capsys.readouterr().out
     assert json.loads((out / METRICS_FILE).read_text())["config"]["seed"] == 1
+
+
+def test_a_slow_machine_anneals_by_the_deadline(tmp_path):
+    """With far more steps than the time budget allows, the schedule switches to time and stops there."""
+    config = BootstrapConfig(**{**TINY, "steps": 100_000, "n_eval": 0, "max_seconds": 5.0, "num_threads": 1})
+    metrics = bootstrap_teacher(tmp_path / "slow", config)
+    assert metrics["stopped_by_time"] and metrics["schedule_by_time"]
+    assert 10 < metrics["steps_done"] < 100_000 and metrics["train_seconds"] < 10
+    assert (tmp_path / "slow" / "model.safetensors").is_file()

@@ -220,6 +220,8 @@ def test_cli_sweep(tiny_student_dir, tmp_path, capsys):
         (["--benchmark", "synthetic", "--teacher-json", "/nonexistent.json"], "result file not found"),
         (["--benchmark", "synthetic", "--thresholds", "a,b", "--sweep", "--out-dir", "/tmp"], "--thresholds"),
         (["--benchmark", "synthetic", "lmit=3"], "did you mean 'limit'"),
+        (["--benchmark", "synthetic", "--sweep", "--block-sizes", "4.5", "--out-dir", "/tmp"], "comma-separated integers"),
+        (["--benchmark", "synthetic", "--sweep", "--threshold", "0.9", "--out-dir", "/tmp"], "--thresholds"),
     ],
 )
 def test_cli_eval_errors_are_one_line(tiny_student_dir, extra, needle, capsys):

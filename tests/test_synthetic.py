@@ -86,6 +86,8 @@ def test_extract_answer_and_is_correct():
     assert extract_answer("no box") is None
     assert extract_answer("cut off \\boxed{12") is None
     assert is_correct("so \\boxed{007}", "7") and is_correct("\\boxed{a b c}", "abc")
+    assert is_correct("\\boxed{0235}", "0235") and not is_correct("\\boxed{235}", "0235")  # a sorted 0 counts
+    assert is_correct("\\boxed{-12}", "-12") and not is_correct("\\boxed{12}", "-12")
     assert not is_correct("\\boxed{abd}", "abc") and not is_correct("", "1")
 
 
@@ -111,9 +113,17 @@ def test_tokenizer_round_trip_and_special_tokens(tokenizer, train_rows):
 
 def test_digits_and_random_letters_are_single_characters(tokenizer):
     pieces = tokenizer.convert_ids_to_tokens(tokenizer("Compute 4827 + 35. \\boxed{qzvx}").input_ids)
-    assert [p for p in pieces if p.strip().isdigit()] == [" 4", "8", "2", "7", " 3", "5"]
+    assert [p for p in pieces if p.strip().isdigit()] == ["4", "8", "2", "7", "3", "5"]
     assert pieces[-6:] == ["{", "q", "z", "v", "x", "}"]
     assert "boxed" in pieces
+
+
+def test_a_digit_is_one_token_wherever_it_is_written(tokenizer):
+    seven = tokenizer.convert_tokens_to_ids("7")
+    for text in ("3+7", "= 7", "17", "then 7,", " 7"):
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        assert seven in ids, text
+    assert all(not piece.startswith(" ") or not piece.strip().isdigit() for piece in tokenizer.get_vocab())
 
 
 def test_chat_template(tokenizer, tmp_path):

@@ -7,15 +7,17 @@ from pathlib import Path
 import typer
 
 
-def _float_list(text: str | None, flag: str) -> list[float] | None:
+def _number_list(text: str | None, flag: str, kind: type = float) -> list | None:
+    """``"1.0,0.9"`` -> ``[1.0, 0.9]``; a bad item is a one-line error naming the flag."""
     if text is None:
         return None
     from opdlm.errors import ConfigError
 
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        return [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(f"{flag}: expected comma-separated numbers (got {text!r})") from None
+        noun = "integers" if kind is int else "numbers"
+        raise ConfigError(f"{flag}: expected comma-separated {noun} (got {text!r})") from None
 
 
 def _eval_config(config: Path | None, overrides: list[str], flags: dict):
@@ -78,8 +80,8 @@ def register(app: typer.Typer) -> None:
         flags = {
             "limit": limit, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "seed": seed, "device": device,
             "data_dir": str(data_dir) if data_dir else None, "allow_unsandboxed": allow_unsandboxed,
-            "sweep_thresholds": _float_list(thresholds, "--thresholds"),
-            "sweep_block_sizes": [int(v) for v in _float_list(block_sizes, "--block-sizes")] if block_sizes else None,
+            "sweep_thresholds": _number_list(thresholds, "--thresholds"),
+            "sweep_block_sizes": _number_list(block_sizes, "--block-sizes", int),
             "benchmarks": [benchmark] if benchmark else None,
         }  # fmt: skip
         cfg, sampler = _eval_config(config, list(overrides or []), flags)
@@ -90,6 +92,8 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError("--sweep scores the student only; drop --teacher / --teacher-json")
             if out_dir is None:
                 raise ConfigError("--sweep writes a table and a plot: give --out-dir")
+            if threshold is not None or block_size is not None:
+                raise ConfigError("--sweep takes its grid from --thresholds and --block-sizes, not --threshold / --block-size")
             from opdlm.eval.sweep import PLOT_FILE, TABLE_FILE
             from opdlm.eval.sweep import sweep as run_sweep
 

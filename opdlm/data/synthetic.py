@@ -3,7 +3,10 @@
 Every family writes a question, a short worked solution (a scratchpad whose every step is a local,
 checkable computation) and a final answer inside ``\\boxed{...}``. The suite is what the tiny teacher
 is bootstrapped on and what the default pipeline distils and evaluates, so it has to be learnable by a
-model of a few hundred thousand parameters in minutes on a CPU.
+model of under a million parameters in minutes on a CPU. That shapes the formats: every scratchpad
+step reads either the text just written or one item found by a unique key (a distinct digit or a
+variable name), never a position counted from the end of a string, and symbols are written
+so that each has one token wherever it appears (see :mod:`opdlm.data.tokenizer`).
 
 Splits never overlap by construction: a question belongs to the evaluation split exactly when a hash
 of its text falls in the evaluation bucket (:func:`split_of`), whatever seed or family produced it.
@@ -26,6 +29,8 @@ HASH_BUCKETS = 100
 EVAL_BUCKETS = 10
 DEFAULT_SIZES = {"train": 20_000, "eval": 300}
 LETTERS = string.ascii_lowercase
+# Largest value of a chain variable.
+CHAIN_MAX = 19
 
 Split = Literal["train", "eval"]
 
@@ -42,58 +47,56 @@ def _boxed(answer: str) -> str:
     return f"\\boxed{{{answer}}}"
 
 
-def _random_number(rng: random.Random, digits: int) -> int:
-    return rng.randrange(10 ** (digits - 1), 10**digits)
-
-
 def make_addition(rng: random.Random) -> Problem:
-    """Column addition of two 2-4 digit numbers, right to left, one ``a+b+carry=two-digit`` per column.
+    """Add 4-7 distinct digits with a running sum: ``7+5=12, 12+8=20, ...``.
 
-    Writing every column sum with two digits makes the carry into the next column the sum's first
-    digit, so no step needs anything but the two operand digits and the previous step.
+    Each step adds the next operand to the previous step's result, so every step reads only the
+    result just written and one operand; the operands are distinct, so "the operand after the one
+    just used" is never ambiguous.
     """
-    a, b = (_random_number(rng, rng.randint(2, 4)) for _ in range(2))
-    a_digits, b_digits = str(a)[::-1], str(b)[::-1]
-    carry, columns = 0, []
-    for i in range(max(len(a_digits), len(b_digits))):
-        da = int(a_digits[i]) if i < len(a_digits) else 0
-        db = int(b_digits[i]) if i < len(b_digits) else 0
-        column_sum = da + db + carry
-        columns.append(f"{da}+{db}+{carry}={column_sum:02d}")
-        carry = column_sum // 10
-    answer = str(a + b)
-    return Problem(f"Compute {a} + {b}.", f"{', '.join(columns)}. {_boxed(answer)}", answer)
+    digits = rng.sample(range(1, 10), rng.randint(4, 7))
+    steps, total = [], digits[0]
+    for digit in digits[1:]:
+        steps.append(f"{total}+{digit}={total + digit}")
+        total += digit
+    question = "Compute " + "+".join(map(str, digits)) + "."
+    return Problem(question, f"{', '.join(steps)}. {_boxed(str(total))}", str(total))
 
 
 def make_sorting(rng: random.Random) -> Problem:
-    """Sort 4-7 distinct letters, naming the next smallest one at each step."""
-    letters = rng.sample(LETTERS, rng.randint(4, 7))
-    ordered = sorted(letters)
-    steps = ", ".join([f"first {ordered[0]}", *(f"then {c}" for c in ordered[1:])])
+    """Sort 4-7 distinct digits, naming the next smallest one at each step."""
+    digits = rng.sample(string.digits, rng.randint(4, 7))
+    ordered = sorted(digits)
+    steps = ", ".join([f"first {ordered[0]}", *(f"then {d}" for d in ordered[1:])])
     answer = "".join(ordered)
-    return Problem(f"Sort the letters {' '.join(letters)}.", f"{steps}. {_boxed(answer)}", answer)
+    return Problem(f"Sort the digits {' '.join(digits)}.", f"{steps}. {_boxed(answer)}", answer)
 
 
 def make_reversal(rng: random.Random) -> Problem:
-    """Reverse a 5-8 letter string: spell it, then spell it backwards."""
-    word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(5, 8)))
-    answer = word[::-1]
-    response = f"spell {' '.join(word)}; backwards {' '.join(answer)}. {_boxed(answer)}"
-    return Problem(f"Reverse the string {word}.", response, answer)
+    """Reverse 5-8 distinct digits, naming them from the last one back: ``last 7, then 1, ...``.
+
+    The digits are distinct, so each step is "the rightmost digit not yet named", never ambiguous.
+    """
+    digits = rng.sample(string.digits, rng.randint(5, 8))
+    backwards = digits[::-1]
+    steps = ", ".join([f"last {backwards[0]}", *(f"then {d}" for d in backwards[1:])])
+    answer = "".join(backwards)
+    return Problem(f"Reverse the digits {' '.join(digits)}.", f"{steps}. {_boxed(answer)}", answer)
 
 
 def make_chain(rng: random.Random) -> Problem:
-    """A chain of 3-5 variable assignments, each the previous variable plus or minus a digit.
+    """A chain of 3-4 variable assignments, each the previous variable plus or minus a digit.
 
-    Values stay in 0..99 so every step is a two-digit plus/minus one-digit computation.
+    Values stay in 0..19, so every step is a small addition or subtraction that a tiny model learns
+    as a table; the difficulty is tracking which variable comes next and what it adds.
     """
-    names = rng.sample(LETTERS, rng.randint(3, 5))
+    names = rng.sample(LETTERS, rng.randint(3, 4))
     value = rng.randint(1, 9)
     definitions, steps = [f"{names[0]}={value}"], [f"{names[0]}={value}"]
     for prev, name in zip(names, names[1:]):
         delta = rng.randint(1, 9)
         op = rng.choice("+-")
-        if (op == "-" and value - delta < 0) or (op == "+" and value + delta > 99):
+        if (op == "-" and value - delta < 0) or (op == "+" and value + delta > CHAIN_MAX):
             op = "+" if op == "-" else "-"
         new_value = value + delta if op == "+" else value - delta
         definitions.append(f"{name}={prev}{op}{delta}")
@@ -215,14 +218,20 @@ def extract_answer(text: str) -> str | None:
 _INTEGER = re.compile(r"[+-]?\d+")
 
 
-def _normalise(answer: str) -> str:
-    compact = "".join(answer.split())
-    if _INTEGER.fullmatch(compact):
-        return str(int(compact))
-    return compact
+def _compact(text: str) -> str:
+    return "".join(text.split())
 
 
 def is_correct(completion: str, answer: str) -> bool:
-    """True when the last boxed answer of ``completion`` equals ``answer`` (spaces ignored, integers by value)."""
+    """True when the last boxed answer of ``completion`` equals ``answer`` (spaces ignored).
+
+    A gold answer written as a canonical integer (``7``, ``-12``) matches any integer of the same
+    value (``007``); a digit string whose leading zero matters (a sorted ``0235``) must match exactly.
+    """
     predicted = extract_answer(completion)
-    return predicted is not None and _normalise(predicted) == _normalise(answer)
+    if predicted is None:
+        return False
+    predicted, gold = _compact(predicted), _compact(answer)
+    if _INTEGER.fullmatch(gold) and str(int(gold)) == gold.lstrip("+") and _INTEGER.fullmatch(predicted):
+        return int(predicted) == int(gold)
+    return predicted == gold

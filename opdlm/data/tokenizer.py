@@ -1,11 +1,13 @@
 """The tiny teacher's tokenizer: frequent words of the synthetic suite as single tokens, else characters.
 
 A word-level model from the ``tokenizers`` library over a regex pre-tokenizer that cuts text into
-(an optional leading space plus) either a known word or a single character. The known words are the
-words that occur at least ``min_word_count`` times in a fixed sample of the training split, so the
-suite's template words ("Sort", "then", "boxed") cost one token each while digits and the letters of
-random strings stay one token per character, which is what makes arithmetic and reversal learnable by
-a tiny model. Any ASCII text round-trips exactly; other characters become ``<|unk|>``.
+(an optional leading space plus) either a known word or a single non-digit character, or a single
+digit, or a single whitespace character. The known words are the words that occur at least
+``min_word_count`` times in a fixed sample of the training split, so the suite's template words
+("Sort", "then", "boxed") cost one token each while letters stay one token per character, which is
+what makes arithmetic and reversal learnable by a tiny model. A digit never merges with the space
+before it: ``7`` is the same token in ``3+7``, ``= 7`` and ``17``, so a number reads the same
+wherever it is written. Any ASCII text round-trips exactly; other characters become ``<|unk|>``.
 
 It is saved as an ordinary ``PreTrainedTokenizerFast`` with pad and EOS tokens and a compact chat
 template, so :func:`opdlm.data.prompting.format_prompt` treats it like Qwen3's.
@@ -52,7 +54,7 @@ def suite_words(min_word_count: int = 50, sample_rows: int = 2000, seed: int = 0
 
 
 def _vocabulary(words: list[str]) -> dict[str, int]:
-    pieces = [*SPECIAL_TOKENS, *WHITESPACE, *VISIBLE, *(" " + c for c in VISIBLE)]
+    pieces = [*SPECIAL_TOKENS, *WHITESPACE, *VISIBLE, *(" " + c for c in VISIBLE if not c.isdigit())]
     pieces += [*words, *(" " + w for w in words)]
     return {piece: i for i, piece in enumerate(dict.fromkeys(pieces))}
 
@@ -61,7 +63,7 @@ def _split_pattern(words: list[str]) -> str:
     # Longest words first so that a word is never cut at a shorter word that prefixes it.
     alternation = "|".join(re.escape(w) for w in sorted(words, key=lambda w: (-len(w), w)))
     known_word = rf" ?\b(?:{alternation})\b|" if words else ""
-    return known_word + r" ?[^\s]|\s"
+    return known_word + r" ?[^\s\d]|\d|\s"
 
 
 def build_tokenizer(words: list[str] | None = None):
