@@ -55,7 +55,7 @@ def mean_kl(student_dir, teacher_dir, rows) -> float:
     teacher, _ = load_causal_lm(teacher_dir, "cpu", "fp32", student.backend)
     noisy = noisy_copy(rows.response_BL, rows.masked_BL, rows.lengths_B, student.meta.mask_token_id)
     s = torch.log_softmax(student_logits(student.model, rows.prompt_ids_BP, rows.prompt_lens_B, rows.response_BL, noisy, 4,
-                                         False, student.backend), -1)  # fmt: skip
+                                         student.meta.logit_shift, student.backend), -1)  # fmt: skip
     t = teacher_target_logprobs(teacher, rows.prompt_ids_BP, rows.prompt_lens_B, rows.response_BL, student.backend)
     return float(forward_kl_from_logprobs(t[rows.loss_BL], s[rows.loss_BL]).mean())
 
