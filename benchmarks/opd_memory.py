@@ -158,7 +158,7 @@ def main() -> None:
     ap.add_argument("--response-len", type=int, default=128)
     ap.add_argument("--hidden", type=int, default=64, help="tiny hidden size: the vocabulary dominates memory")
     ap.add_argument("--chunk", type=int, default=128, help="train.kl_chunk_size of the chunked variants")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # child process
     ap.add_argument("--models", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -5,9 +5,12 @@
         select_rows        one state per block (or all rounds), loss mask, skip empty rollouts
         optimise           per optimizer step: teacher targets -> student forward -> forward KL
                            (or masked CE) -> backward over micro-batches -> clip -> AdamW
-        log, checkpoint
+                           (:mod:`opdlm.train.optimise`)
+        log, checkpoint    metric loggers; atomic checkpoints (:mod:`opdlm.train.saving`)
 
-:func:`train` is the entry point the CLI and the pipeline call.
+:func:`train` is the entry point the CLI and the pipeline call; ``until_stage`` stops it after a
+curriculum stage (checkpointed, exported, ``train_summary.json`` written) so that a pipeline can run
+one stage per task, each call resuming the same run.
 """
 
 from __future__ import annotations
