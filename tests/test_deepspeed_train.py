@@ -1,4 +1,8 @@
-"""Two OPD steps through DeepSpeed ZeRO-2 on CPU (one process) land on the plain-PyTorch weights, and resume.
+"""OPD steps through DeepSpeed on CPU (one process) land on the plain-PyTorch weights, and resume.
+
+ZeRO-2: two steps in two ``--until-stage`` calls (the second resumes DeepSpeed's optimizer state).
+ZeRO-3 with the teacher as a ZeRO-3 inference engine (``teacher_offload``): one step (weights
+gathered for rollouts and for saving).
 
 DeepSpeed runs in a subprocess (it joins a process group and patches global state). Its first use
 JIT-compiles a small communication op; ``TORCH_EXTENSIONS_DIR`` points at a persistent cache so
@@ -36,10 +40,23 @@ def _train_cli(out: Path, teacher: Path, *extra: str) -> subprocess.CompletedPro
     return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
 
 
-@pytest.mark.slow
-def test_two_steps_through_deepspeed_zero2_match_plain_pytorch_and_resume(tiny_teacher_dir, tmp_path):
-    ref = tmp_path / "torch"
+@pytest.fixture(scope="module")
+def reference(tiny_teacher_dir, tmp_path_factory):
+    """The same two steps in plain PyTorch (checkpoints after step 1 and step 2)."""
+    ref = tmp_path_factory.mktemp("torch") / "run"
     train(load_recipe(TINY, OVERRIDES), ref, teacher=str(tiny_teacher_dir), console=False)
+    return ref
+
+
+def assert_close_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in b:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+@pytest.mark.slow
+def test_two_steps_through_deepspeed_zero2_match_plain_pytorch_and_resume(reference, tiny_teacher_dir, tmp_path):
+    ref = reference
 
     out = tmp_path / "ds"
     zero2 = f"train.deepspeed={REPO / 'configs' / 'deepspeed' / 'zero2.json'}"
@@ -52,9 +69,19 @@ def test_two_steps_through_deepspeed_zero2_match_plain_pytorch_and_resume(tiny_t
 
     summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["finished"] and summary["rollout_step"] == 2 and summary["optimizer_steps"] >= 2
-    w_ds, w_ref = weights(out), weights(ref)
-    for k in w_ref:
-        assert torch.allclose(w_ds[k], w_ref[k], atol=1e-5), k
+    assert_close_weights(weights(out), weights(ref))
     metrics = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     ref_metrics = [json.loads(ln) for ln in (ref / "metrics.jsonl").read_text().splitlines()]
     assert [round(m["loss"], 4) for m in metrics] == [round(m["loss"], 4) for m in ref_metrics]
+
+
+@pytest.mark.slow
+def test_zero3_student_with_zero3_offloaded_teacher_matches_plain_pytorch(reference, tiny_teacher_dir, tmp_path):
+    out = tmp_path / "z3"
+    zero3 = f"train.deepspeed={REPO / 'configs' / 'deepspeed' / 'zero3.json'}"
+    offload = f"train.teacher_deepspeed={REPO / 'configs' / 'deepspeed' / 'zero3_teacher_offload.json'}"
+    done = _train_cli(out, tiny_teacher_dir, zero3, "train.teacher_offload=true", offload, "--until-stage", "a")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "checkpoints" / "step-000001" / "deepspeed" / "state").is_dir()
+    # the exported student is whole (gathered from ZeRO-3's partitions) and equals PyTorch's first step
+    assert_close_weights(weights(out), weights(reference / "checkpoints" / "step-000001"))
