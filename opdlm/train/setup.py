@@ -2,7 +2,10 @@
 
 Re-running on the same output folder resumes from its newest checkpoint (verified against its
 manifest). The folder remembers a fingerprint of the recipe's training-relevant parts, so resuming
-with a different recipe fails with one line instead of silently mixing two runs.
+with a different recipe fails with one line instead of silently mixing two runs (how far to run,
+``until_stage``, is not part of it: stopping after a stage and continuing is the same run).
+Launched as several processes (``torchrun`` / ``deepspeed``), rank 0 prepares the folder and the
+other ranks wait for its answer (:mod:`opdlm.train.distributed`).
 """
 
 from __future__ import annotations
