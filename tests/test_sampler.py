@@ -137,3 +137,16 @@ def test_logit_shift_block1_reproduces_teacher_greedy(peaky_teacher, tmp_path):
     ar = generate_autoregressive(teacher, tok, prompts, max_new_tokens=20)
     assert ours.response_ids == ar.response_ids
     assert all(ours.tokens_per_step(i) == 1.0 for i in range(len(ours)))
+
+
+def test_autoregressive_stop_at_eos_false_decodes_exactly_max_new_tokens(peaky_teacher):
+    teacher, tok = load_causal_lm(peaky_teacher, device="cpu", dtype="fp32")
+    prompts = [tok(t, add_special_tokens=False).input_ids for t in PROMPTS]
+    stopped = generate_autoregressive(teacher, tok, prompts, max_new_tokens=24)
+    # make some row stop early: use the first generated token of row 0 as EOS
+    teacher.generation_config.eos_token_id = stopped.response_ids[0][0]
+    early = generate_autoregressive(teacher, tok, prompts, max_new_tokens=24)
+    full = generate_autoregressive(teacher, tok, prompts, max_new_tokens=24, stop_at_eos=False)
+    assert len(early.response_ids[0]) == 1 and early.finished[0]
+    assert [len(r) for r in full.response_ids] == [24] * len(prompts) and not any(full.finished)
+    assert teacher.generation_config.eos_token_id == stopped.response_ids[0][0]  # the model is left as it was

@@ -19,8 +19,12 @@ def generate_autoregressive(
     top_p: float = 1.0,
     generator_seed: int | None = None,
     decode_text: bool = True,
+    stop_at_eos: bool = True,
 ) -> SampleBatch:
-    """Hugging Face ``generate`` with its KV cache; one token per step, one forward per token."""
+    """Hugging Face ``generate`` with its KV cache; one token per step, one forward per token.
+
+    ``stop_at_eos=False`` always decodes exactly ``max_new_tokens`` (for equal-length timing).
+    """
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids, lens = left_pad(prompts, pad)
@@ -29,6 +33,8 @@ def generate_autoregressive(
         torch.manual_seed(generator_seed)
     eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
     kwargs = dict(do_sample=False) if temperature == 0 else dict(do_sample=True, temperature=temperature, top_k=top_k or None, top_p=top_p)
+    if not stop_at_eos:  # an empty list, not None: generate would fall back to the model's EOS
+        eos = []
     out = model.generate(
         input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=max_new_tokens,
         pad_token_id=pad, eos_token_id=eos, **kwargs,

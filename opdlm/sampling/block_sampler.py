@@ -58,7 +58,7 @@ class BlockDiffusionSampler:
         self.student = student
         self.meta = student.meta
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all; results leave as Python lists
     def generate(
         self, prompts: list[list[int]], cfg: SamplerConfig, generator: torch.Generator | None = None, decode_text: bool = True
     ) -> SampleBatch:
