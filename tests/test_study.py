@@ -15,7 +15,7 @@ from opdlm.study.arms import Arm, arm_recipe, baseline_arms, opd_arms
 from opdlm.study.budget import position_at, steps_for_budget, truncate_stages
 from opdlm.study.config import StudyConfig, load_study
 from opdlm.study.jobs import cached_result
-from opdlm.study.table import ROW_KEYS, ratio_target_met, seed_means, summarize, token_ratio, tokens_to_reach
+from opdlm.study.table import ROW_KEYS, markdown, ratio_target_met, seed_means, summarize, token_ratio, tokens_to_reach
 from opdlm.train.curriculum import stage_at
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,6 +118,10 @@ def test_summary_uses_seed_means_and_states_the_ratio():
     assert math.isclose(summary["opd_retention"], 0.85 / 0.9) and summary["targets"]["retention_met"] is True
     assert summary["token_ratio"]["kind"] == "never" and summary["targets"]["token_ratio_met"] is True
     assert "never reaches OPD's accuracy" in summary["statement"] and "10.0x" in summary["statement"]
+    meta = {"command": "opdlm study", "teacher": "t", "n_eval": 10, "eval_sampler": "B=4", "token_unit": "response tokens"}
+    md = markdown(rows, [], summary, meta)
+    assert "## Baseline tokens needed to match OPD" in md
+    assert "| 100 | 85.0 | not reached | > 10.0x |" in md  # one row per OPD budget
 
 
 # ---- config ------------------------------------------------------------------------------------

@@ -153,6 +153,18 @@ def _verdict(met: bool | None) -> str:
     return {True: "met", False: "not met", None: "undetermined within the budgets tried"}[met]
 
 
+def _match(r: dict) -> str:
+    if r["kind"] == "never":
+        return "not reached"
+    return ("<= " if r["kind"] == "at_most" else "") + f"{r['baseline_tokens']:,.0f}"
+
+
+def _ratio(r: dict) -> str:
+    if r["kind"] == "never":
+        return f"> {r['largest_baseline_ratio']:.1f}x"
+    return ("<= " if r["kind"] == "at_most" else "") + f"{r['ratio']:.2f}x"
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
@@ -166,7 +178,7 @@ def _acc(g: dict) -> str:
 
 
 def markdown(rows: list[dict], sweep: list[dict], summary: dict, meta: dict) -> str:
-    """The study as markdown: setup, OPD vs baseline by budget, ablations, sweep, headline."""
+    """The study as markdown: setup, headline, OPD vs baseline by budget, the ratio per budget, ablations, sweep."""
     means = seed_means(rows)
     lines = [
         "# OPD vs masked-diffusion baseline (toy scale)", "",
@@ -195,6 +207,13 @@ def markdown(rows: list[dict], sweep: list[dict], summary: dict, meta: dict) -> 
             f"| {g['objective']} | {g['training_tokens']:,.0f} | {_num(g['rollout_steps'], 0)} | {_acc(g)} | "
             f"{_pct(g['retention'])} | {_num(g['tokens_per_step'])} | {_num(g['final_loss'], 3)} | {g['seeds']} |"
         )
+    if summary.get("token_ratio_by_budget"):
+        lines += [
+            "", "## Baseline tokens needed to match OPD", "",
+            "| OPD tokens | OPD accuracy % | baseline tokens to match | ratio |", "| ---: | ---: | ---: | ---: |",
+        ]  # fmt: skip
+        for r in summary["token_ratio_by_budget"]:
+            lines.append(f"| {r['opd_tokens']:,.0f} | {_pct(r['opd_accuracy'])} | {_match(r)} | {_ratio(r)} |")
     ablations = [g for g in means if g["group"] == "ablation"]
     if ablations:
         ref = {g["budget"]: g for g in means if g["group"] == "main" and g["objective"] == "opd"}
