@@ -232,3 +232,42 @@ def test_bad_override_fails_with_one_line_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "study"
     assert main(["study", "--recipe", str(STUDY_YAML), "--out", str(out), "study.workers=0"]) == 2
     assert "study.workers" in capsys.readouterr().err and not out.exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in state  # a zombie has exited; only its parent has not collected it
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
+def test_a_study_worker_exits_when_its_parent_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    worker = (
+        "import os, time\n"
+        "from opdlm.study.pool import exit_with_parent\n"
+        "exit_with_parent(os.getppid(), interval=0.1)\n"
+        "print(os.getpid(), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = (
+        "import subprocess, sys, time\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {worker!r}], stdout=subprocess.PIPE, text=True)\n"
+        "print(child.stdout.readline().strip(), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    child_pid = int(proc.stdout.readline())
+    assert _alive(child_pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child_pid)

@@ -87,7 +87,9 @@ class TrainConfig(StrictModel):
     kl: Literal["full", "top_k"] = Field("full", description="Full-vocabulary forward KL, or the teacher's top-k slice.")
     kl_top_k: int = Field(16, ge=1, description="k of the top-k KL (paper: 16 at 4B/8B).")
     kl_chunk_size: int = Field(1024, ge=1, description="Loss positions per chunk of the vocabulary-sized KL.")
-    exclude_eos_from_loss: bool = Field(True, description="Leave the EOS position out of the loss (paper).")
+    exclude_eos_from_loss: bool = Field(
+        True, description="Leave the EOS position out of the loss (paper, for OPD). Set false for mdm_sft: a masked-diffusion student learns to stop only from EOS targets."
+    )
     mdm_min_mask_ratio: float = Field(
         0.0, ge=0.0, lt=1.0, description="mdm_sft: per-block mask ratio t ~ U(min, 1); at least one token is masked."
     )

@@ -2,15 +2,48 @@
 
 Tiny models gain little from several CPU threads per process, so the study runs ``workers``
 single-threaded processes side by side (spawned, so no torch state is forked). The first failing
-job cancels the ones not yet started and its error is raised; finished jobs keep their result files,
-so a re-run picks up from there.
+job stops the others (queued and running) and its error is raised; finished jobs keep their result files,
+so a re-run picks up from there. Workers never outlive the study: each exits when its parent process
+is gone (killed, even by SIGKILL), and SIGTERM to the study stops its workers before it exits.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from collections.abc import Callable
 
 from opdlm.study.jobs import finished, quiet_libraries
+
+PARENT_CHECK_SECONDS = 1.0
+
+
+def exit_with_parent(parent_pid: int, interval: float = PARENT_CHECK_SECONDS) -> threading.Thread:
+    """Start a daemon thread that ends this process as soon as ``parent_pid`` is no longer its parent.
+
+    A spawned worker whose parent died blocks forever on its task queue; a reparented process
+    (``getppid`` changes) is the portable sign that the parent is gone.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread
+
+
+def _init_worker(parent_pid: int) -> None:
+    exit_with_parent(parent_pid)
+    quiet_libraries()
+
+
+def _raise_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _describe(result: dict) -> str:
@@ -54,15 +87,28 @@ def _run_pool(fn, jobs: list[dict], todo: list[int], workers: int, results: list
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=quiet_libraries) as pool:
+    ctx = mp.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),))
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm) if main_thread else None
+    try:
         futures = {pool.submit(fn, jobs[i]): i for i in todo}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 if future.exception() is not None:
-                    for other in pending:
-                        other.cancel()
                     raise future.exception()
                 results[futures[future]] = future.result()
                 _report(bar, results[futures[future]], progress)
+    except BaseException:
+        # a failed job, Ctrl-C or SIGTERM: stop the running jobs too, not only the queued ones
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    else:
+        pool.shutdown(wait=True)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
