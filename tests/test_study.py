@@ -271,3 +271,17 @@ def test_a_study_worker_exits_when_its_parent_is_killed(tmp_path):
     while _alive(child_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(child_pid)
+
+
+def test_a_second_study_in_the_same_folder_is_refused_with_one_line(tmp_path):
+    import fcntl
+
+    from opdlm.study.runner import LOCK_NAME, run_study
+
+    spec = load_study(STUDY_YAML)
+    (tmp_path / LOCK_NAME).touch()
+    with open(tmp_path / LOCK_NAME) as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a study already running there
+        with pytest.raises(OpdlmError, match="another study is running in"):
+            run_study(spec, tmp_path, teacher=str(tmp_path / "no-teacher"), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME]  # nothing written

@@ -14,6 +14,7 @@ Every step writes its own result file, so a re-run with the same ``--out`` skips
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 from opdlm.config.recipe import Recipe
+from opdlm.errors import OpdlmError
 from opdlm.fsutil import atomic_write_text
 from opdlm.study.arms import Arm, arm_recipe, baseline_arms, opd_arms
 from opdlm.study.config import StudyFile
@@ -30,6 +32,7 @@ from opdlm.study.table import markdown, summarize, table_row
 
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 PLOT_TOKENS, PLOT_PARALLEL = "accuracy_vs_tokens.png", "accuracy_vs_tokens_per_step.png"
+LOCK_NAME = ".study.lock"
 TOKEN_UNIT = (
     "response tokens trained on, as the trainer's cumulative_train_tokens counts them (OPD: the student's rollout "
     "tokens; baseline: ground-truth response tokens with their EOS, cut at the length cap; prompts not counted)."
@@ -143,12 +146,34 @@ def run_study(
     progress: bool = True,
 ) -> dict:
     """Run (or resume) the study in ``out_dir``; returns the content of ``results.json``."""
+    out = Path(out_dir).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out):
+        return _run_study(spec, out, teacher=teacher, command=command, tracking_uri=tracking_uri, progress=progress)
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """Hold an exclusive lock on ``out`` for the whole study.
+
+    Two studies in one folder would train the same arm into the same directory at once (measured:
+    the second run then reused an arm folder the first had half-written).
+    """
+    import fcntl
+
+    with open(out / LOCK_NAME, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OpdlmError(f"another study is running in {out} (it holds {out / LOCK_NAME}); wait for it or pass --out DIR") from None
+        yield
+
+
+def _run_study(spec: StudyFile, out: Path, *, teacher, command, tracking_uri, progress) -> dict:
     from opdlm.study.plots import plot_accuracy_vs_tokens, plot_accuracy_vs_tokens_per_step
     from opdlm.study.tracking import log_study, tracking_uri_for
 
     start = time.perf_counter()
-    out = Path(out_dir).absolute()
-    out.mkdir(parents=True, exist_ok=True)
     study, recipe_json = spec.study, spec.recipe.model_dump(mode="json")
     teacher_dir = resolve_teacher(spec.recipe, teacher)
     atomic_write_text(out / "study.json", json.dumps(spec.model_dump(mode="json") | {"teacher_dir": str(teacher_dir)}, indent=1) + "\n")
