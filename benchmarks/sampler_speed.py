@@ -44,11 +44,15 @@ def _time_pair(fn_a, fn_b, repeats: int) -> tuple[float, float]:
 
 
 def _default_paths() -> tuple[Path, Path]:
-    for root in (Path("runs/tiny"), Path("runs/demo")):
-        if (root / "student" / "config.json").is_file():
-            cfg = json.loads((root / "student" / "config.json").read_text())
-            return root / "student", Path(cfg.get("opdlm_converted_from", root / "teacher"))
-    raise SystemExit("no trained student found under runs/: run `make run` first or pass --student and --teacher")
+    """The newest `make run` student (runs/tiny/<run>/student) and the teacher it was converted from."""
+    found = sorted(Path("runs").glob("tiny/*/student/config.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise SystemExit("no trained student found under runs/tiny/: run `make run` first or pass --student and --teacher")
+    student = found[-1].parent
+    teacher = json.loads(found[-1].read_text()).get("opdlm_converted_from")
+    if not teacher or not Path(teacher).is_dir():
+        raise SystemExit(f"{student}: its teacher ({teacher}) is gone; pass --student and --teacher")
+    return student, Path(teacher)
 
 
 def main() -> None:
