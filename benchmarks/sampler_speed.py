@@ -31,16 +31,19 @@ from pathlib import Path
 import torch
 
 
-def _time_pair(fn_a, fn_b, repeats: int) -> tuple[float, float]:
-    """Median seconds of ``fn_a`` and ``fn_b``, run alternately so machine noise hits both alike."""
+def _time_pair(fn_a, fn_b, repeats: int):
+    """``(seconds_a, seconds_b, result_a, result_b)``: median times of ``fn_a`` and ``fn_b``, run
+    alternately so machine noise hits both alike, and each one's last result."""
     fn_a(), fn_b()  # warm-up (allocator, kernels)
     times_a, times_b = [], []
     for _ in range(repeats):
-        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times_a), statistics.median(times_b)
+        t0 = time.perf_counter()
+        result_a = fn_a()
+        times_a.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        result_b = fn_b()
+        times_b.append(time.perf_counter() - t0)
+    return statistics.median(times_a), statistics.median(times_b), result_a, result_b
 
 
 def _default_paths() -> tuple[Path, Path]:
@@ -91,11 +94,10 @@ def main() -> None:
     # batch 1 at the teacher's answer length: identical lengths, all in-distribution
     lengths = [len(ar([p], args.new_tokens, True).response_ids[0]) for p in prompts]
     runs = [(p, n) for p, n in zip(prompts, lengths)]
-    block_s, ar_s = _time_pair(
+    block_s, ar_s, outs, _ = _time_pair(
         lambda: [no_eos.generate([p], cfg(n), decode_text=False) for p, n in runs],
         lambda: [ar([p], n, False) for p, n in runs], args.repeats,
     )  # fmt: skip
-    outs = [no_eos.generate([p], cfg(n), decode_text=False) for p, n in runs]
     forwards = sum(o.num_forwards[0] for o in outs)
     ratios["answer_b1"] = ar_s / block_s
     print(
@@ -105,9 +107,7 @@ def main() -> None:
     )
 
     # batch 16 to EOS
-    block_out = with_eos.generate(prompts, cfg(args.new_tokens), decode_text=False)
-    ar_out = ar(prompts, args.new_tokens, True)
-    block_s, ar_s = _time_pair(
+    block_s, ar_s, block_out, ar_out = _time_pair(
         lambda: with_eos.generate(prompts, cfg(args.new_tokens), decode_text=False),
         lambda: ar(prompts, args.new_tokens, True), args.repeats,
     )  # fmt: skip
@@ -123,10 +123,9 @@ def main() -> None:
     n = args.new_tokens
     for bs in (1, 16):
         batch = prompts[:bs]
-        block_s, ar_s = _time_pair(
+        block_s, ar_s, out, _ = _time_pair(
             lambda: no_eos.generate(batch, cfg(n), decode_text=False), lambda: ar(batch, n, False), args.repeats
         )
-        out = no_eos.generate(batch, cfg(n), decode_text=False)
         ratios[f"fixed_b{bs}"] = ar_s / block_s
         print(
             f"batch {bs:2d}, fixed {n} tokens, EOS ignored: block sampler {block_s * 1e3:8.1f} ms "

@@ -2,15 +2,14 @@
 
 Tiny models gain little from several CPU threads per process, so the study runs ``workers``
 single-threaded processes side by side (spawned, so no torch state is forked). The first failing
-job stops the others (queued and running) and its error is raised; finished jobs keep their result files,
-so a re-run picks up from there. Workers never outlive the study: each exits when its parent process
-is gone (killed, even by SIGKILL), and SIGTERM to the study stops its workers before it exits.
+job cancels the ones not yet started and its error is raised; finished jobs keep their result files,
+so a re-run picks up from there. Workers never outlive the study: each exits within a second of its
+parent process going away, however it was killed (SIGTERM, SIGKILL).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -40,10 +39,6 @@ def exit_with_parent(parent_pid: int, interval: float = PARENT_CHECK_SECONDS) ->
 def _init_worker(parent_pid: int) -> None:
     exit_with_parent(parent_pid)
     quiet_libraries()
-
-
-def _raise_on_sigterm(signum, frame) -> None:
-    raise SystemExit(128 + signum)
 
 
 def _describe(result: dict) -> str:
@@ -88,27 +83,15 @@ def _run_pool(fn, jobs: list[dict], todo: list[int], workers: int, results: list
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = mp.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),))
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm) if main_thread else None
-    try:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(fn, jobs[i]): i for i in todo}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 if future.exception() is not None:
+                    for other in pending:
+                        other.cancel()
                     raise future.exception()
                 results[futures[future]] = future.result()
                 _report(bar, results[futures[future]], progress)
-    except BaseException:
-        # a failed job, Ctrl-C or SIGTERM: stop the running jobs too, not only the queued ones
-        for process in list(getattr(pool, "_processes", {}).values()):
-            process.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    else:
-        pool.shutdown(wait=True)
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
