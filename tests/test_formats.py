@@ -72,9 +72,6 @@ def test_import_round_trip_is_byte_for_byte(fmt, models, tmp_path, capsys):
 
     st = load_student(out, device="cpu")
     assert st.meta.mask_token_id == MASK_ID and st.tokenizer.mask_token_id == MASK_ID
-    ids = torch.tensor([[9707, 11, 1879, 0, 42]])
-    assert torch.equal(_logits(out, ids), _logits(models["teacher"], ids))  # same weights, same Qwen3 network
-
     assert main(["generate", "--model", str(out), "--prompt", "1+1=", "--max-new-tokens", "8", "--json"]) == 0
     rec = json.loads(capsys.readouterr().out.strip().splitlines()[0])
     assert 1 <= len(rec["token_ids"]) <= 8 and MASK_ID not in rec["token_ids"]
@@ -84,9 +81,13 @@ def test_block_size_comes_from_the_card_and_a_conflict_fails(models, tmp_path, c
     card_8 = make_divelab_checkpoint(tmp_path / "b8", models["teacher"], block_size_in_card=8)
     assert main(["convert", "--teacher", str(card_8), "--out", str(tmp_path / "s8")]) == 0
     assert json.loads((tmp_path / "s8" / "config.json").read_text())["block_size"] == 8
-    init = make_divelab_checkpoint(tmp_path / "init", models["teacher"], block_size_in_card=None)  # an a2d-init
+    # an a2d-init: no block size in its card, <|MASK|> added but not registered as the mask token
+    init = make_divelab_checkpoint(tmp_path / "init", models["teacher"], block_size_in_card=None, mask_registered=False)
     assert main(["convert", "--teacher", str(init), "--out", str(tmp_path / "s2"), "--block-size", "2"]) == 0
     assert json.loads((tmp_path / "s2" / "config.json").read_text())["block_size"] == 2
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(tmp_path / "s2").mask_token_id == MASK_ID
     capsys.readouterr()
     assert main(["convert", "--teacher", str(card_8), "--out", str(tmp_path / "bad"), "--block-size", "4"]) == 2
     err = capsys.readouterr().err.strip()

@@ -138,6 +138,9 @@ def tokenizer_mask(src_dir: Path) -> Declared:
 def copy_tokenizer(src_dir: Path, dst: Path, mask_id: int) -> None:
     """Copy the tokenizer files, strip remote code from them and register the mask token.
 
+    A mask already registered as ``mask_token`` (as released checkpoints ship it) needs only the
+    copy; an added ``<|MASK|>`` that is not registered is registered through transformers.
+
     Raises:
         SourceError: the tokenizer needs a class transformers does not have, or the mask token
             does not come out at ``mask_id``.
@@ -154,6 +157,8 @@ def copy_tokenizer(src_dir: Path, dst: Path, mask_id: int) -> None:
     if cls and not hasattr(transformers, cls) and not hasattr(transformers, cls.removesuffix("Fast")):
         raise SourceError(f"{src_dir.name}/tokenizer_config.json: tokenizer_class {cls!r} exists only as remote code")
     (dst / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+    if cfg.get("mask_token") is not None:  # registered; tokenizer_mask() resolved it to mask_id
+        return
     try:
         tokenizer = AutoTokenizer.from_pretrained(dst, trust_remote_code=False)
     except (OSError, ValueError) as exc:

@@ -86,10 +86,19 @@ def _from_teacher(teacher: Path, out: Path) -> dict:
     return _legacy_config(json.loads((teacher / "config.json").read_text()))
 
 
-def make_divelab_checkpoint(out_dir: str | Path, teacher: str | Path, block_size_in_card: int | None = 4) -> Path:
-    """divelab's layout: ``model_type: a2d-qwen3``, ``A2DQwen3LMHeadModel``, dllm's ``modeling_qwen3.py``."""
+def make_divelab_checkpoint(out_dir: str | Path, teacher: str | Path, block_size_in_card: int | None = 4,
+                            mask_registered: bool = True) -> Path:  # fmt: skip
+    """divelab's layout: ``model_type: a2d-qwen3``, ``A2DQwen3LMHeadModel``, dllm's ``modeling_qwen3.py``.
+
+    ``mask_registered=False`` leaves ``<|MASK|>`` an added token without ``mask_token``, as the
+    tokenizers were before the fix the a2d-init model card describes.
+    """
     out = Path(out_dir)
     config = _from_teacher(Path(teacher), out)
+    if not mask_registered:
+        tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
+        tok_cfg.pop("mask_token")
+        (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False))
     config.update(
         model_type="a2d-qwen3", architectures=["A2DQwen3LMHeadModel"],
         auto_map={"AutoConfig": "modeling_qwen3.A2DQwen3Config", "AutoModel": "modeling_qwen3.A2DQwen3LMHeadModel",
