@@ -133,8 +133,32 @@ def test_top_k_one_equals_greedy(student):
     assert greedy.response_ids == topk1.response_ids
 
 
-def test_logit_shift_block1_reproduces_teacher_greedy(peaky_teacher, tmp_path):
-    out = convert_teacher(peaky_teacher, tmp_path / "s1", block_size=1, logit_shift=True)
+def test_prompt_attention_is_honoured_by_both_samplers(student, peaky_teacher, tmp_path):
+    """The fixture's students use the paper's block prompt; a causal-prompt conversion decodes
+    differently, and each mode's KV-cached sampler (block-wise prompt prefill) equals its no-cache
+    reference token for token, batched and one by one, on prompts shorter and longer than a block."""
+    assert student.meta.prompt_attention == "block"
+    causal = load_student(
+        convert_teacher(peaky_teacher, tmp_path / "c", block_size=4, logit_shift=student.meta.logit_shift,
+                        prompt_attention="causal"), device="cpu", dtype="fp32",
+    )  # fmt: skip
+    assert causal.meta.prompt_attention == "causal"
+    texts = [*PROMPTS, "0123456789ab", "xy"]
+    cfg = SamplerConfig(max_new_tokens=12, remasking="dynamic", threshold=0.5)
+    outputs = {}
+    for s in (student, causal):
+        prompts = _ids(s, texts)
+        batch = BlockDiffusionSampler(s).generate(prompts, cfg)
+        for i, p in enumerate(prompts):
+            assert batch.response_ids[i] == reference_generate(s, p, cfg)[0]
+            assert BlockDiffusionSampler(s).generate([p], cfg).response_ids[0] == batch.response_ids[i]
+        outputs[s.meta.prompt_attention] = batch.response_ids
+    assert outputs["block"] != outputs["causal"]
+
+
+@pytest.mark.parametrize("prompt_attention", ["block", "causal"])
+def test_logit_shift_block1_reproduces_teacher_greedy(peaky_teacher, tmp_path, prompt_attention):
+    out = convert_teacher(peaky_teacher, tmp_path / "s1", block_size=1, logit_shift=True, prompt_attention=prompt_attention)
     student = load_student(out, device="cpu", dtype="fp32")
     teacher, tok = load_causal_lm(peaky_teacher, device="cpu", dtype="fp32")
     prompts = _ids(student)
