@@ -19,6 +19,12 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Output directory for the converted student (must not exist)."),
         block_size: int = typer.Option(None, "--block-size", help="Block size B (default 4; an imported checkpoint's declared B)."),
         logit_shift: bool = typer.Option(False, "--logit-shift/--no-logit-shift", help="Position j-1 predicts token j."),
+        prompt_attention: str = typer.Option(
+            "block", "--prompt-attention", help="block (the paper's: prompt bidirectional inside B-blocks) or causal."
+        ),
+        enable_thinking: bool = typer.Option(
+            False, "--enable-thinking/--no-enable-thinking", help="Chat template thinking mode stored in config.json."
+        ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
     ) -> None:
         """Convert a causal LM into a block-diffusion student (weights unchanged, mask token added)."""
@@ -27,9 +33,15 @@ def register(app: typer.Typer) -> None:
         from opdlm.models.convert import convert_teacher
 
         notes: list[str] = []
-        path = convert_teacher(teacher, out, block_size=block_size, logit_shift=logit_shift, overwrite=overwrite, notes=notes)
+        path = convert_teacher(
+            teacher, out, block_size=block_size, logit_shift=logit_shift, overwrite=overwrite,
+            prompt_attention=prompt_attention, enable_thinking=enable_thinking, notes=notes,
+        )  # fmt: skip
         config = json.loads((path / "config.json").read_text())
         for line in notes:
             typer.echo(f"note: {line}")
         kind = f"imported ({config['opdlm_imported_format']})" if config.get("opdlm_imported_format") else "converted"
-        typer.echo(f"{kind} {teacher} -> {path} (block_size={config['block_size']}, logit_shift={config['logit_shift']})")
+        typer.echo(
+            f"{kind} {teacher} -> {path} (block_size={config['block_size']}, logit_shift={config['logit_shift']}, "
+            f"prompt_attention={config['prompt_attention']}, enable_thinking={config['enable_thinking']})"
+        )

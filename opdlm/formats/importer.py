@@ -81,6 +81,8 @@ def import_checkpoint(
     logit_shift: bool = False,
     sampler=None,
     overwrite: bool = False,
+    prompt_attention: str | None = None,
+    enable_thinking: bool = False,
 ) -> tuple[Path, list[str]]:
     """Write an opdlm student translated from a checkpoint in ``fmt``.
 
@@ -91,6 +93,8 @@ def import_checkpoint(
         block_size: requested B; must equal the declared one when the checkpoint declares it.
         logit_shift: requested; must equal the format's.
         sampler: sampler defaults (``block_size`` is forced to the resolved B).
+        prompt_attention: requested; must equal the format's (None: the format's).
+        enable_thinking: the chat template's thinking mode, stamped into ``config.json``.
 
     Returns:
         ``(path, notes)``: the absolute output path and lines for the user (alignment, defaults).
@@ -107,6 +111,9 @@ def import_checkpoint(
     where = f"{src_dir}/config.json"
     raw = common.read_json(src_dir / "config.json")
     config_dict = common.qwen3_config_dict(raw, where)
+    if prompt_attention is not None and prompt_attention != fmt.prompt_attention:
+        raise SourceError(f"prompt_attention: {fmt.name} checkpoints read their prompt {fmt.prompt_attention}-wise; "
+                          f"--prompt-attention says {prompt_attention}")  # fmt: skip
     if logit_shift != fmt.logit_shift:
         raise SourceError(f"logit_shift: {fmt.name} checkpoints use logit_shift={fmt.logit_shift}; --logit-shift says {logit_shift}")
 
@@ -146,6 +153,7 @@ def import_checkpoint(
         config.mask_token_id = int(mask.value)
         config.logit_shift = fmt.logit_shift
         config.prompt_attention = fmt.prompt_attention
+        config.enable_thinking = bool(enable_thinking)
         config.sampler_defaults = sampler.model_dump()
         config.opdlm_version = __version__
         config.opdlm_converted_from = source
