@@ -227,3 +227,36 @@ def test_export_refuses_what_the_engine_would_mis_serve(which, fmt, extra, needl
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and needle in err, err
     assert not out.exists()
+
+
+def test_pipeline_convert_stage_starts_from_a_released_checkpoint(models, tmp_path):
+    from opdlm.config.recipe import Recipe
+    from opdlm.pipeline.stages import convert_stage
+
+    recipe = Recipe.model_validate({"convert": {"student_source": str(models["sdar"]), "enable_thinking": True}})
+    out = convert_stage(recipe, models["teacher"], tmp_path / "student")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["opdlm_imported_format"] == "sdar" and cfg["enable_thinking"] is True and cfg["prompt_attention"] == "block"
+    assert sha(out / "model.safetensors") == sha(models["sdar"] / "model.safetensors")
+
+
+def test_register_logs_each_export_as_an_artifact_or_a_refusal(student, tiny_student_dir, tmp_path, monkeypatch):
+    import mlflow
+
+    from tasks.engine_exports import log_engine_exports
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns.db")
+    mlflow.set_experiment("exports")
+    with mlflow.start_run() as run:
+        assert log_engine_exports(student, tmp_path / "ok", ["sglang", "lmdeploy"]) == {
+            "sglang": "export/sglang", "lmdeploy": "export/lmdeploy"}  # fmt: skip
+    client = mlflow.MlflowClient()
+    for fmt, settings in (("sglang", "dllm_algorithm.yaml"), ("lmdeploy", "lmdeploy_engine.json")):
+        names = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run.info.run_id, f"export/{fmt}")}
+        assert {"config.json", "model.safetensors", "README.md", settings} <= names
+    assert client.get_run(run.info.run_id).data.tags["export.lmdeploy"] == "export/lmdeploy"
+    with mlflow.start_run() as run:
+        results = log_engine_exports(tiny_student_dir, tmp_path / "refused", ["sglang"])
+    assert results["sglang"].startswith("refused: mask_token_id")
+    assert client.get_run(run.info.run_id).data.tags["export.sglang"] == results["sglang"]
+    assert not client.list_artifacts(run.info.run_id)
