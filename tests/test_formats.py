@@ -260,3 +260,17 @@ def test_register_logs_each_export_as_an_artifact_or_a_refusal(student, tiny_stu
     assert results["sglang"].startswith("refused: mask_token_id")
     assert client.get_run(run.info.run_id).data.tags["export.sglang"] == results["sglang"]
     assert not client.list_artifacts(run.info.run_id)
+
+
+def test_serve_parity_says_in_one_line_why_it_cannot_run_here(tiny_student_dir):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: serve_parity would really run")
+    script = Path(__file__).parents[1] / "benchmarks" / "serve_parity.py"
+    proc = subprocess.run([sys.executable, str(script), "--model", str(tiny_student_dir), "--format", "sglang"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip().count("\n") == 0 and "needs a CUDA GPU" in proc.stderr and "not run" in proc.stderr
