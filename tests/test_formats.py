@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -265,7 +266,6 @@ def test_register_logs_each_export_as_an_artifact_or_a_refusal(student, tiny_stu
 def test_serve_parity_says_in_one_line_why_it_cannot_run_here(tiny_student_dir):
     import subprocess
     import sys
-    from pathlib import Path
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: serve_parity would really run")
@@ -274,3 +274,23 @@ def test_serve_parity_says_in_one_line_why_it_cannot_run_here(tiny_student_dir):
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.strip().count("\n") == 0 and "needs a CUDA GPU" in proc.stderr and "not run" in proc.stderr
+
+
+@pytest.mark.slow  # ~25 s of CPU: one OPD step and a 2-row eval at Qwen3's 151,936-row vocabulary
+def test_train_and_eval_start_from_an_imported_checkpoint(models, tmp_path, capsys):
+    """``opdlm train --student`` and ``opdlm eval`` take an imported divelab student unchanged."""
+    imported = tmp_path / "imported"
+    assert main(["convert", "--teacher", str(models["divelab"]), "--out", str(imported)]) == 0
+    out = tmp_path / "trained"
+    one_step = ["train.prompts_per_rollout=2", "train.optimizer_steps_per_rollout=1", "train.micro_batch_size=2",
+                "train.num_prompts=8", "train.stages=[{name: one, rollout_steps: 1, length: {start: 8, end: 8}}]"]  # fmt: skip
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    assert main(["train", "--config", str(tiny), "--out", str(out), "--teacher", str(models["teacher"]),
+                 "--student", str(imported), "--quiet", *one_step]) == 0  # fmt: skip
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["mask_token_id"], cfg["block_size"], cfg["prompt_attention"]) == (MASK_ID, 4, "block")
+    assert sha(out / "model.safetensors") != sha(imported / "model.safetensors")  # it trained
+    capsys.readouterr()
+    assert main(["eval", "--model", str(out), "--benchmark", "synthetic", "--limit", "2", "--json-out",
+                 str(tmp_path / "eval.json")]) == 0  # fmt: skip
+    assert (tmp_path / "eval.json").is_file()
