@@ -32,16 +32,25 @@ def qwen3_tokenizer_dir() -> Path:
 
 
 def make_qwen3_vocab_teacher(out_dir: str | Path, hidden_size: int = 16, num_layers: int = 1, seed: int = 0) -> Path:
-    """A tiny plain Qwen3 causal LM with the real tokenizer and 151,936 embedding rows."""
-    from transformers import AutoTokenizer
+    """A tiny plain Qwen3 causal LM with the real tokenizer files and 151,936 embedding rows.
 
-    from opdlm.testing.tiny import make_tiny_causal_lm
+    The tokenizer files are copied as shipped (loading and re-saving a 151k-token BPE costs seconds).
+    """
+    import shutil
 
-    tok = AutoTokenizer.from_pretrained(qwen3_tokenizer_dir())
-    return make_tiny_causal_lm(
-        out_dir, "qwen3", padded_rows=QWEN3_ROWS - len(tok), hidden_size=hidden_size, num_layers=num_layers,
-        seed=seed, tokenizer=tok, init_std=0.5,
-    )  # fmt: skip
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from opdlm.testing.tiny import tiny_config
+
+    cfg = tiny_config("qwen3", vocab_size=QWEN3_ROWS, hidden_size=hidden_size, num_layers=num_layers,
+                      pad_token_id=151643, eos_token_id=151645, bos_token_id=None, initializer_range=0.5)  # fmt: skip
+    torch.manual_seed(seed)
+    out = Path(out_dir)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
+    for p in qwen3_tokenizer_dir().iterdir():
+        shutil.copy2(p, out / p.name)
+    return out
 
 
 def _legacy_config(config: dict) -> dict:
