@@ -23,7 +23,13 @@ def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` -> cuda when present, else cpu."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise SourceError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SourceError(f"device {device!r} asked for, but this machine has no usable CUDA GPU; use --device cpu or auto")
+    return dev
 
 
 def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str = "cpu") -> torch.dtype:
@@ -62,10 +68,19 @@ class StudentMeta:
         if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
             eos_ids.append(int(tokenizer.eos_token_id))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+        mask, rows = int(config.mask_token_id), config.get_text_config().vocab_size
+        if mask in eos_ids or mask == pad:
+            # the sampler would read every committed mask as the end of the text (or as padding)
+            raise SourceError(
+                f"{where}: mask_token_id {mask} is also its {'EOS' if mask in eos_ids else 'pad'} token; "
+                "convert the teacher again with `opdlm convert` (it registers a separate mask token)"
+            )
+        if not 0 <= mask < rows:
+            raise SourceError(f"{where}: mask_token_id {mask} is outside its {rows}-row embedding; convert the teacher again")
         defaults = getattr(config, "sampler_defaults", None) or {}
         return cls(
             block_size=int(config.block_size),
-            mask_token_id=int(config.mask_token_id),
+            mask_token_id=mask,
             logit_shift=bool(getattr(config, "logit_shift", False)),
             eos_token_ids=eos_ids,
             pad_token_id=int(pad),
@@ -73,8 +88,29 @@ class StudentMeta:
         )
 
 
+def stored_sampler_defaults(path: str | Path) -> SamplerConfig:
+    """A converted student's stored sampler defaults, read from ``config.json`` without loading the model.
+
+    Lets a command validate its sampler options in a second, before a model load that may take minutes.
+    """
+    import json
+
+    from opdlm.models.sources import check_model_dir
+
+    path = check_model_dir(Path(path), "student")
+    try:
+        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{path}/config.json is not valid JSON: {exc}") from None
+    missing = [k for k in ("block_size", "mask_token_id") if raw.get(k) is None]
+    if missing:
+        raise SourceError(f"{path} is not a converted student (config.json lacks {', '.join(missing)}); run `opdlm convert` first")
+    return SamplerConfig.model_validate({**(raw.get("sampler_defaults") or {}), "block_size": int(raw["block_size"])})
+
+
 def load_causal_lm(path: str | Path, device: str = "auto", dtype: str = "auto", backend: str | None = None):
     """Load any causal LM directory with the chosen attention backend. Returns ``(model, tokenizer)``."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
@@ -83,7 +119,7 @@ def load_causal_lm(path: str | Path, device: str = "auto", dtype: str = "auto", 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, dev), attn_implementation=backend)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: weights corrupt past their header
         raise SourceError(f"could not load model from {path}: {str(exc).splitlines()[0]}") from None
     model.to(dev).eval()
     return model, tokenizer
