@@ -9,7 +9,9 @@ from __future__ import annotations
 MATH_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 
 
-def format_prompt(tokenizer, question: str, domain: str | None = None, math_suffix: bool = False) -> str:
+def format_prompt(
+    tokenizer, question: str, domain: str | None = None, math_suffix: bool = False, enable_thinking: bool | None = None
+) -> str:
     """The prompt text for ``question``: the tokenizer's chat template when it has one, else raw.
 
     Args:
@@ -17,11 +19,14 @@ def format_prompt(tokenizer, question: str, domain: str | None = None, math_suff
         question: the row's question.
         domain: the row's domain; with ``math_suffix`` the paper's math instruction is appended for
             ``domain == "math"`` (METHOD §6).
+        enable_thinking: passed to the chat template (Qwen3: False adds an empty think block, so
+            the model answers directly); None leaves the template's own default.
     """
     text = question + (MATH_SUFFIX if math_suffix and domain == "math" else "")
     if getattr(tokenizer, "chat_template", None):
+        extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
         return tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True, **extra
         )
     return text
 

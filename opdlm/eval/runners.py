@@ -45,6 +45,11 @@ class ModelRunner:
     _model: object
     _sampler: object | None
 
+    @property
+    def model(self):
+        """The loaded Hugging Face model (the student's or the causal LM's), e.g. to score log-likelihoods."""
+        return self._model
+
     def generate(self, prompt_ids: list[list[int]], cfg: SamplerConfig, seed: int):
         """Decode one batch.
 
