@@ -15,7 +15,7 @@ import torch
 
 from opdlm.config.sampler import SamplerConfig
 from opdlm.errors import SourceError
-from opdlm.models.attention import attention_mask, check_backend, default_backend
+from opdlm.models.attention import BACKENDS, TEACHER_BACKENDS, attention_mask, check_backend, default_backend
 from opdlm.models.geometry import Geometry
 
 
@@ -109,13 +109,17 @@ def stored_sampler_defaults(path: str | Path) -> SamplerConfig:
 
 
 def load_causal_lm(path: str | Path, device: str = "auto", dtype: str = "auto", backend: str | None = None):
-    """Load any causal LM directory with the chosen attention backend. Returns ``(model, tokenizer)``."""
+    """Load any causal LM directory with the chosen attention backend. Returns ``(model, tokenizer)``.
+
+    ``flash_attention_2`` is accepted here for plain causal use (the teacher); a student's block
+    masks need one of ``BACKENDS``.
+    """
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
     dev = resolve_device(device)
-    backend = check_backend(backend or default_backend(dev))
+    backend = check_backend(backend or default_backend(dev), TEACHER_BACKENDS)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, dev), attn_implementation=backend)
@@ -148,6 +152,8 @@ def load_student(path: str | Path, device: str = "auto", dtype: str = "auto", ba
     from opdlm.models.sources import check_model_dir
 
     path = check_model_dir(Path(path), "student")
+    if backend is not None:
+        check_backend(backend, BACKENDS)
     model, tokenizer = load_causal_lm(path, device, dtype, backend)
     meta = StudentMeta.from_config(model.config, tokenizer, where=str(path))
     return Student(model, tokenizer, meta, model.config._attn_implementation)

@@ -27,7 +27,8 @@ from opdlm.config.train import TrainConfig
 from opdlm.data.schema import Row
 from opdlm.errors import OpdlmError, SourceError
 from opdlm.fsutil import atomic_write_text
-from opdlm.models.student import Student, load_causal_lm, load_student, resolve_device
+from opdlm.models.attention import resolve_teacher_backend
+from opdlm.models.student import Student, load_causal_lm, load_student, resolve_device, resolve_dtype
 from opdlm.train import distributed
 from opdlm.train.checkpoint import latest_checkpoint, read_train_state
 from opdlm.train.data import load_training_rows
@@ -251,7 +252,8 @@ def setup_run(
             teacher_dtype = "bf16" if _autocast_dtype(cfg, device) is not None else "fp32"
             # an offloaded teacher is loaded on the CPU: ZeRO-3 moves each layer to the device when it runs
             teacher_device = "cpu" if cfg.teacher_offload else str(device)
-            teacher_model, _ = load_causal_lm(teacher_dir, teacher_device, teacher_dtype, cfg.attn_backend)
+            backend = resolve_teacher_backend(cfg.teacher_attn_backend, device, resolve_dtype(teacher_dtype), cfg.attn_backend)
+            teacher_model, _ = load_causal_lm(teacher_dir, teacher_device, teacher_dtype, backend)
             teacher_model.requires_grad_(False)
             teacher_model.eval()
             teacher_backend = teacher_model.config._attn_implementation
