@@ -148,8 +148,23 @@ def _student_dir(ctx_out: Path, recipe: Recipe, teacher_dir: Path | None, studen
 
     return convert_teacher(
         teacher_dir, converted, block_size=recipe.convert.block_size, logit_shift=recipe.convert.logit_shift,
-        sampler=recipe.sampler, overwrite=True,
+        sampler=recipe.sampler, prompt_attention=recipe.convert.prompt_attention,
+        enable_thinking=recipe.convert.enable_thinking, overwrite=True,
     )  # fmt: skip
+
+
+def _check_prompt_format(meta, recipe: Recipe, student_dir: Path) -> None:
+    """The student's stored prompt geometry and thinking mode must be the recipe's ``convert`` values."""
+    for key, stored, wanted in (
+        ("prompt_attention", meta.prompt_attention, recipe.convert.prompt_attention),
+        ("enable_thinking", meta.enable_thinking, recipe.convert.enable_thinking),
+    ):
+        if stored != wanted:
+            shown = (lambda v: str(v).lower() if isinstance(v, bool) else v)
+            raise OpdlmError(
+                f"{student_dir}: the student has {key}={shown(stored)} (config.json; absent = the pre-key default) "
+                f"but the recipe's convert.{key} is {shown(wanted)}; convert the teacher again or change the recipe"
+            )
 
 
 def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -247,6 +262,7 @@ def setup_run(
     try:
         start_dir, ckpt = distributed.on_main(lambda: _prepare_out(out, fingerprint, recipe, teacher_dir, student))
         student_obj = load_student(start_dir, device=str(device), dtype="fp32", backend=cfg.attn_backend)
+        _check_prompt_format(student_obj.meta, recipe, start_dir)
         teacher_model, teacher_backend = None, None
         if needs_teacher:
             teacher_dtype = "bf16" if _autocast_dtype(cfg, device) is not None else "fp32"
