@@ -29,8 +29,8 @@ FAST = ["train.prompts_per_rollout=4", "train.optimizer_steps_per_rollout=1", "t
 LONG = [*FAST, "train.stages=[{name: long, rollout_steps: 500, length: {start: 8, end: 8}}]"]
 
 
-def cli(*args, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+def cli(*args, env_extra: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "opdlm.cli.main", *map(str, args)], capture_output=True, text=True,
                           env=env, timeout=300, **kwargs)  # fmt: skip
 
@@ -219,3 +219,17 @@ def test_generate_checks_its_options_before_loading_the_model(tiny_student_dir, 
                           (["--attn", "nope"], "unknown attention backend"), (["--device", "tpu9"], "device")]:  # fmt: skip
         assert main(["generate", "--model", str(tiny_student_dir), "--prompt", "x", *flags]) == 2
         assert needle in one_error_line(capsys.readouterr().err)
+
+
+# --- an unreachable artifact store ----------------------------------------------------------------------------------
+
+
+def test_pipeline_with_an_unreachable_s3_artifact_root_fails_at_once(tmp_path):
+    """Checked before Prefect starts: one line, exit 2, in seconds, no run folder and no retries."""
+    env = {"OPDLM_ARTIFACT_ROOT": "s3://opdlm-artifacts/mlflow", "MLFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:9",
+           "OPDLM_RUNS_DIR": str(tmp_path / "runs"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns.db"}  # fmt: skip
+    start = time.monotonic()
+    proc = cli("pipeline", "--recipe", TINY, env_extra=env)
+    line = one_error_line(proc.stderr)
+    assert proc.returncode == 2 and "artifact store s3://opdlm-artifacts/mlflow is not reachable at http://127.0.0.1:9" in line
+    assert time.monotonic() - start < 60 and not (tmp_path / "runs").exists()
