@@ -88,7 +88,8 @@ def test_interrupted_train_exits_130_and_says_how_to_resume(sig, tiny_teacher_di
     assert proc.returncode == 130, stderr[-2000:]
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("interrupted: stopped after checkpoint step-") and "run the same command to resume" in last
-    assert "Traceback" not in stderr and "trained student" not in stdout
+    assert "Traceback" not in stderr
+    assert stdout == ""  # --quiet: nothing on stdout, DeepSpeed's "Setting accelerator to CPU" notice included
 
 
 # --- files that are not UTF-8 --------------------------------------------------------------------------
