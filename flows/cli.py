@@ -44,6 +44,17 @@ def print_summary(facts: dict) -> None:
         echo(f"                  {facts['flow_run_url']}")
 
 
+def check_artifact_store() -> None:
+    """An S3 artifact root must answer before the run starts: no run folder, MLflow run or retries for a dead store."""
+    from opdlm.pipeline.layout import artifact_root
+
+    root = artifact_root()
+    if root and root.startswith("s3://"):
+        from opdlm.storage.s3 import check_reachable
+
+        check_reachable(root)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("pipeline")
     def pipeline(
@@ -58,6 +69,7 @@ def register(app: typer.Typer) -> None:
 
         path = resolve_recipe(recipe)
         load_recipe(path, overrides or [])  # fail fast, before Prefect starts
+        check_artifact_store()
         for key, value in ENV_DEFAULTS.items():
             os.environ.setdefault(key, value)
         from flows.pipeline import pipeline_flow

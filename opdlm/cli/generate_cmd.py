@@ -43,6 +43,8 @@ def register(app: typer.Typer) -> None:
         from opdlm.sampling.block_sampler import BlockDiffusionSampler
 
         # every option is checked against the model's stored defaults before the (slow) model load
+        if any(not p for p in prompt):
+            raise ConfigError("--prompt: an empty prompt (give each --prompt some text)")
         stored = stored_sampler_defaults(model)
         try:
             cfg = stored.with_overrides(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import signal
 import sys
 import threading
@@ -85,6 +86,22 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _deepspeed_logs_to_stderr() -> None:
+    """DeepSpeed gives its logger a stdout handler on import; stdout carries a command's results, so
+    its records go to stderr instead, and its "Setting accelerator to CPU" notice (every run on a
+    machine without a GPU, which is expected there) is dropped. A filter set now outlives that import."""
+
+    def to_stderr(record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith("Setting accelerator to CPU"):
+            print(f"[DeepSpeed {record.levelname}] {message}", file=sys.stderr)
+        return False
+
+    logger = logging.getLogger("DeepSpeed")
+    if to_stderr.__qualname__ not in {getattr(f, "__qualname__", "") for f in logger.filters}:
+        logger.addFilter(to_stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of raising it (handy in tests)."""
     from typer._click.exceptions import NoArgsIsHelpError
@@ -92,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     from opdlm.errors import Interrupted, OpdlmError
 
     _register()
+    _deepspeed_logs_to_stderr()
     try:
         with _sigterm_as_interrupt():
             # typer (standalone_mode=False) returns the exit code of typer.Exit, and turns a bare

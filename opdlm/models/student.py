@@ -48,6 +48,9 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str 
     return table[dtype]
 
 
+_RECONVERT = "convert the teacher again with `opdlm convert` (it registers a separate mask token)"
+
+
 @dataclass
 class StudentMeta:
     """What the sampler and trainer need to know about a converted student.
@@ -84,8 +87,7 @@ class StudentMeta:
         if mask in eos_ids or mask == pad:
             # the sampler would read every committed mask as the end of the text (or as padding)
             raise SourceError(
-                f"{where}: mask_token_id {mask} is also its {'EOS' if mask in eos_ids else 'pad'} token; "
-                "convert the teacher again with `opdlm convert` (it registers a separate mask token)"
+                f"{where}: mask_token_id {mask} is also its {'EOS' if mask in eos_ids else 'pad'} token; {_RECONVERT}"
             )
         if not 0 <= mask < rows:
             raise SourceError(f"{where}: mask_token_id {mask} is outside its {rows}-row embedding; convert the teacher again")
@@ -127,6 +129,9 @@ def stored_sampler_defaults(path: str | Path) -> SamplerConfig:
     missing = [k for k in ("block_size", "mask_token_id") if raw.get(k) is None]
     if missing:
         raise SourceError(f"{path} is not a converted student (config.json lacks {', '.join(missing)}); run `opdlm convert` first")
+    eos = raw.get("eos_token_id")
+    if raw["mask_token_id"] in (eos if isinstance(eos, list) else [eos]):  # (the tokenizer's EOS is checked on load)
+        raise SourceError(f"{path}: mask_token_id {raw['mask_token_id']} is also its EOS token; {_RECONVERT}")
     return SamplerConfig.model_validate({**(raw.get("sampler_defaults") or {}), "block_size": int(raw["block_size"])})
 
 
