@@ -9,6 +9,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.chain import run_until
+from tasks.flow_run import label_flow_run, publish_scores
 from tasks.prepare import prepare_run
 from tasks.report import close_failed_runs, summarise
 
@@ -22,5 +23,7 @@ def pipeline_flow(recipe: str = "configs/tiny.yaml", overrides: list[str] = []) 
         overrides: dotted ``key=value`` overrides, e.g. ``train.stages.0.rollout_steps=5``.
     """
     run_file = prepare_run(recipe, list(overrides))
+    label_flow_run(run_file)
     records = run_until(run_file, "register")
+    publish_scores(run_file, records["evaluate"])
     return summarise(run_file, records["evaluate"], records["train"], records["register"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.chain import run_until
+from tasks.flow_run import label_flow_run
 from tasks.prepare import prepare_run
 from tasks.report import close_failed_runs, finish_run
 
@@ -14,6 +15,7 @@ HOOKS = {"on_failure": [close_failed_runs], "on_crashed": [close_failed_runs]}
 
 def _until(recipe: str, overrides: list[str], last: str) -> dict:
     run_file = prepare_run(recipe, list(overrides))
+    label_flow_run(run_file)
     return finish_run(run_file, run_until(run_file, last))
 
 

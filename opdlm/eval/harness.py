@@ -70,14 +70,14 @@ def _decode(runner: ModelRunner, prompts: list[str], cfg: SamplerConfig, batch_s
 
     Prompts are batched by length (less padding), and results are put back in row order.
     """
-    from tqdm.auto import tqdm
+    from opdlm.progress import track
 
     prompt_ids = encode_prompts(runner.tokenizer, prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
     outputs: list[tuple | None] = [None] * len(prompts)
     seconds = 0.0
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for b, batch in enumerate(tqdm(batches, desc="decode", unit="batch", disable=not progress)):
+    for b, batch in enumerate(track(batches, "decode", "batch", enabled=progress)):
         start = time.perf_counter()
         out = runner.generate([prompt_ids[i] for i in batch], cfg, seed=seed + b)
         seconds += time.perf_counter() - start
