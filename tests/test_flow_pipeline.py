@@ -152,7 +152,6 @@ def test_pipeline_runs_tracks_and_registers(pipeline):
     assert {"recipe:tiny", f"mlflow-run:{facts['mlflow_run_id']}"} <= set(flow_run.tags)
     # progress: a few lines per loop with the loop's figures, never a bar refresh per step
     logs = _flow_run_logs(flow_run_id)
-    print(f"{len(logs)} stored log lines:", *logs, sep="\n")
     assert len(logs) < 100, f"{len(logs)} log lines"
     assert not any("\r" in line for line in logs)
     bootstrap = [line for line in logs if line.startswith("bootstrap teacher:")]
