@@ -70,7 +70,8 @@ def main() -> None:
     print(f"student tokens per step {m['student_tokens_per_step']:.2f} (target: > 1.5)")
     print(f"training tokens {summary['training_tokens']}, rollout steps {summary['rollout_steps']}, "
           f"registered {summary['model_name']} v{summary['model_version']} {summary['aliases']}")  # fmt: skip
-    counted = subprocess.run([sys.executable, "-c", COUNT_LOGS, summary["flow_run_id"]], env=env, capture_output=True, text=True)
+    counted = subprocess.run([sys.executable, "-c", COUNT_LOGS, summary["flow_run_id"]], env=env,
+                             capture_output=True, text=True)  # fmt: skip
     lines = counted.stdout.strip().splitlines()[-1] if counted.returncode == 0 else f"not read ({counted.stderr[-300:]})"
     print(f"prefect stored log lines {lines} (target: < 300); console lines {len(proc.stdout.splitlines()) + len(proc.stderr.splitlines())}")
     print(f"pipeline_tiny_minutes: {minutes:.2f} (target: < 10)")

@@ -36,6 +36,13 @@ def flow_run_labels(run: PipelineRun) -> tuple[str, list[str]]:
     return f"{name}-{Path(run.run_dir).name}", [f"recipe:{name}", f"mlflow-run:{run.parent_run_id}"]
 
 
+def recipe_run_name() -> str:
+    """The flow run's name until ``label-flow-run`` completes it: the recipe's file stem (``tiny``)."""
+    from prefect.runtime import flow_run
+
+    return Path(str(flow_run.parameters.get("recipe") or "opdlm")).stem
+
+
 @task(name="label-flow-run", cache_policy=NO_CACHE)
 def label_flow_run(run_file: str) -> str:
     """Name and tag the flow run, link its MLflow run; returns the MLflow run URL."""

@@ -61,3 +61,4 @@ def test_a_loop_piped_to_a_parent_writes_few_lines():
                           env={"PATH": "", "PYTHONPATH": ":".join(sys.path)})  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stderr.splitlines()) == 10 and "\r" not in proc.stderr
+
