@@ -36,7 +36,7 @@ def _sha(path: Path) -> str:
 
 def _readme_remote_commands(repo: Path, endpoint: str) -> list[list[str]]:
     """The README's ``dvc remote add ... && dvc push`` line, pointed at the test's S3 server."""
-    line = next(m for m in re.findall(r"`([^`]+)`", (repo / "README.md").read_text()) if m.startswith("dvc remote add"))
+    line = re.search(r"`(dvc remote add [^`]*)`", (repo / "README.md").read_text()).group(1)
     return [cmd.split() for cmd in line.replace("http://127.0.0.1:9000", endpoint).split(" && ")]
 
 
