@@ -11,6 +11,8 @@ names one, and logs to ``MLFLOW_TRACKING_URI`` (default: ``sqlite`` under ``OPDL
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 # Quiet, offline-friendly defaults for the orchestration libraries (a user's own settings win).
@@ -21,6 +23,7 @@ ENV_DEFAULTS = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "TOKENIZERS_PARALLELISM": "false",
 }
+QUIET_BARS = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 def print_summary(facts: dict) -> None:
@@ -72,6 +75,9 @@ def register(app: typer.Typer) -> None:
         check_artifact_store()
         for key, value in ENV_DEFAULTS.items():
             os.environ.setdefault(key, value)
+        if not sys.stderr.isatty():  # CI, a log file: libraries' bars would write a line per refresh
+            for key, value in QUIET_BARS.items():
+                os.environ.setdefault(key, value)
         from flows.pipeline import pipeline_flow
 
         facts = pipeline_flow(recipe=str(path), overrides=list(overrides or []))

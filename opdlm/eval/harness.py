@@ -70,11 +70,11 @@ def decode_batches(runner: ModelRunner, prompt_ids: list[list[int]], cfg: Sample
         ``(row_indices, SampleBatch, seconds)`` per batch: which prompts it held, what they decoded
         to (in ``row_indices`` order) and the batch's wall-clock generation time.
     """
-    from tqdm.auto import tqdm
+    from opdlm.progress import track
 
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for b, batch in enumerate(tqdm(batches, desc="decode", unit="batch", disable=not progress)):
+    for b, batch in enumerate(track(batches, "decode", "batch", enabled=progress)):
         start = time.perf_counter()
         out = runner.generate([prompt_ids[i] for i in batch], cfg, seed=seed + b)
         yield batch, out, time.perf_counter() - start

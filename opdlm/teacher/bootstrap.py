@@ -84,14 +84,14 @@ def train(model, tokenizer, rows: list[Row], config: BootstrapConfig, enable_thi
         "final_loss"}``: ``schedule_by_time`` says the machine was too slow for the steps, so the
         learning rate decayed over the time budget instead.
     """
-    from tqdm.auto import tqdm
+    from opdlm.progress import progress
 
     examples = [encode_example(tokenizer, row, enable_thinking) for row in rows]
     schedule = batch_indices(len(examples), config.batch_size, config.steps, config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
     model.train()
     start, cpu_start, ema_loss, steps_done = time.perf_counter(), time.process_time(), None, 0
-    bar = tqdm(total=config.steps, desc="bootstrap teacher", disable=not config.progress, leave=False)
+    bar = progress(config.steps, "bootstrap teacher", "step", enabled=config.progress)
     ever_behind = False
     budget = config.max_seconds  # None (the default): a fixed schedule, the same teacher on any machine
     for step, indices in enumerate(schedule):
