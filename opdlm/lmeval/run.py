@@ -23,11 +23,12 @@ FOLDER = "lm_eval"
 def model_args_for(model_dir: str | Path, config: EvalConfig, sampler: SamplerConfig | None, requests_jsonl: Path) -> dict:
     """``--model_args`` equivalent to ``opdlm eval`` with ``config`` and ``sampler`` (the recipe's).
 
+    Batch size and device travel as lm-eval's own ``batch_size`` / ``device`` arguments.
+
     Every sampler field is passed, so a student decodes with the recipe's settings and a teacher
     with its temperature / top-k / top-p, as :func:`opdlm.eval.harness.sampler_config` does.
     """
-    args: dict = {"pretrained": str(model_dir), "batch_size": config.batch_size, "seed": config.seed,
-                  "device": config.device, "requests_jsonl": str(requests_jsonl)}  # fmt: skip
+    args: dict = {"pretrained": str(model_dir), "seed": config.seed, "requests_jsonl": str(requests_jsonl)}
     if sampler is not None:
         args.update({k: getattr(sampler, k) for k in SAMPLER_ARGS})
         args["max_gen_toks"] = sampler.max_new_tokens
@@ -80,7 +81,9 @@ def run_lm_eval(
     import opdlm.lmeval  # noqa: F401  (registers the model type)
 
     folder = Path(out_dir) / FOLDER
-    manager = TaskManager(include_path=include_path)
+    manager = TaskManager(include_path=include_path, include_defaults=False) if include_path else None
+    if manager is None or any(t not in manager.all_tasks for t in tasks):  # indexing lm-eval's own tasks takes ~10 s
+        manager = TaskManager(include_path=include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise ConfigError(f"eval.lm_eval_tasks: unknown lm-eval task {unknown[0]!r} (see `lm-eval ls tasks`)")
