@@ -48,10 +48,11 @@ def run(argv: list[str]) -> None:
         args = parser.parse_args()  # lm-eval reads sys.argv (it inserts ``run`` when no subcommand is given)
     finally:
         sys.argv = saved
-    model_args = getattr(args, "model_args", None)
-    if getattr(args, "model", None) == opdlm.lmeval.MODEL_NAME and getattr(args, "output_path", None):
-        model_args = dict(model_args or {})
-        if "requests_jsonl" not in model_args and "pretrained" in model_args:
+    if getattr(args, "model", None) == opdlm.lmeval.MODEL_NAME:
+        if getattr(args, "device", None) is None:
+            args.device = "auto"  # lm-eval would fill in cuda:0; ours picks cuda when present, else the CPU
+        model_args = dict(getattr(args, "model_args", None) or {})
+        if getattr(args, "output_path", None) and "requests_jsonl" not in model_args and "pretrained" in model_args:
             stamp = datetime.now().isoformat().replace(":", "-")
             model_args["requests_jsonl"] = str(requests_jsonl_for(args.output_path, str(model_args["pretrained"]), stamp))
         args.model_args = model_args

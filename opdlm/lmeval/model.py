@@ -134,6 +134,10 @@ class OpdlmLM(TemplateLM):
                     self.cache_hook.add_partial("generate_until", requests[i].args, answers[i])
                 self._batches += 1
         self._write_requests()
+        speed = aggregate(self.requests)
+        log.info("opdlm %s: %d requests, %.2f tokens/step, %.1f forwards/request, %.1f tokens/s",
+                 self.runner.kind, speed["requests"], speed["tokens_per_step"], speed["mean_forwards"],
+                 speed["tokens_per_second"])  # fmt: skip
         return answers
 
     def _record(self, request, out, k: int, stops: list[str], seconds: float, batch_size: int) -> str:
