@@ -50,6 +50,12 @@ class ConvertConfig(StrictModel):
     teacher bootstrap and the teacher's evaluation read it from this section too.
     """
 
+    student_source: str | None = Field(
+        None,
+        description="Start from a released block-diffusion checkpoint instead of converting the teacher: "
+        "hf://divelab/Qwen3-4B-a2d-init, hf://JetLM/SDAR-4B-Chat, s3://... or a local directory "
+        "(imported with its weights unchanged; its declared block size must equal block_size).",
+    )
     block_size: int = Field(4, ge=1, description="Block size B.")
     logit_shift: bool = Field(False, description="Position j-1 predicts token j (Fast-dLLM v2 style).")
     prompt_attention: Literal["block", "causal"] = Field(

@@ -113,11 +113,15 @@ def bootstrap_command(recipe: Recipe, out_dir: str | Path, python: str | None = 
 
 
 def convert_stage(recipe: Recipe, teacher_dir: str | Path, out_dir: str | Path) -> Path:
-    """Convert the teacher into the block-diffusion student the training starts from (``convert`` + ``sampler``)."""
+    """Convert the teacher into the block-diffusion student the training starts from (``convert`` + ``sampler``).
+
+    With ``convert.student_source`` set, that released block-diffusion checkpoint is imported instead
+    (:mod:`opdlm.formats.importer`); the teacher stays the distillation target.
+    """
     from opdlm.models.convert import convert_teacher
 
     return convert_teacher(
-        teacher_dir, out_dir, block_size=recipe.convert.block_size, logit_shift=recipe.convert.logit_shift,
+        recipe.convert.student_source or teacher_dir, out_dir, block_size=recipe.convert.block_size, logit_shift=recipe.convert.logit_shift,
         sampler=recipe.sampler, overwrite=True, prompt_attention=recipe.convert.prompt_attention,
         enable_thinking=recipe.convert.enable_thinking,
     )  # fmt: skip
