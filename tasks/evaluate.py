@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from opdlm.fsutil import atomic_write_text
 from opdlm.pipeline.keys import eval_key
-from opdlm.pipeline.stages import eval_metrics, eval_model_stage, sweep_stage
+from opdlm.pipeline.stages import eval_metrics, eval_model_stage, lm_eval_metrics, sweep_stage
 from tasks import tracking
 from tasks.caching import content_cache_key, run_cached
 from tasks.context import PipelineRun
@@ -81,6 +81,7 @@ def evaluate(run_file: str, teacher_record: dict, train_record: dict) -> dict:
         student_results = json.loads(Path(student_file).read_text())
         metrics = eval_metrics(student_results, teacher_results)
         flat = {f"{bench}/{k}": v for bench, m in metrics.items() for k, v in m.items() if v is not None}
+        flat.update(lm_eval_metrics(Path(teacher_file).parent, Path(student_file).parent))  # eval.lm_eval_tasks
         for target in (run_id, run.parent_run_id):
             tracking.log_metrics(client, target, flat)
         sweep_tables = json.loads((Path(sweep_dir) / "sweep_done.json").read_text())

@@ -247,7 +247,8 @@ def test_register_logs_each_export_as_an_artifact_or_a_refusal(student, tiny_stu
     from tasks.engine_exports import log_engine_exports
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns.db")
-    mlflow.set_experiment("exports")
+    # artifacts under tmp_path: a SQLite store's default artifact root is ./mlruns in the working directory
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("exports", artifact_location=(tmp_path / "art").as_uri()))
     with mlflow.start_run() as run:
         assert log_engine_exports(student, tmp_path / "ok", ["sglang", "lmdeploy"]) == {
             "sglang": "export/sglang", "lmdeploy": "export/lmdeploy"}  # fmt: skip

@@ -38,12 +38,16 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from opdlm.errors import ConfigError
-        from opdlm.models.student import load_student
+        from opdlm.models.attention import check_backend
+        from opdlm.models.student import load_student, stored_sampler_defaults, resolve_device
         from opdlm.sampling.block_sampler import BlockDiffusionSampler
 
-        student = load_student(model, device=device, backend=backend)
+        # every option is checked against the model's stored defaults before the (slow) model load
+        if any(not p for p in prompt):
+            raise ConfigError("--prompt: an empty prompt (give each --prompt some text)")
+        stored = stored_sampler_defaults(model)
         try:
-            cfg = student.meta.sampler_defaults.with_overrides(
+            cfg = stored.with_overrides(
                 max_new_tokens=max_new_tokens, block_size=block_size, denoise_steps_per_block=steps_per_block,
                 remasking=remasking, threshold=threshold, temperature=temperature, top_k=top_k, top_p=top_p,
             )  # fmt: skip
@@ -56,6 +60,10 @@ def register(app: typer.Typer) -> None:
             if isinstance(exc, ValidationError):
                 raise ConfigError(format_validation_error(exc, SamplerConfig, "generate options")) from None
             raise
+        resolve_device(device)
+        if backend is not None:
+            check_backend(backend)
+        student = load_student(model, device=device, backend=backend)
         tok = student.tokenizer
         from opdlm.data.prompting import encode_prompts, format_prompt
 

@@ -36,6 +36,23 @@ class EvalConfig(StrictModel):
     allow_unsandboxed: bool = Field(
         False, description="Run code tests without bubblewrap when it is missing (unsafe; off by default)."
     )
+    lm_eval_tasks: list[str] = Field(
+        default_factory=list,
+        description="lm-evaluation-harness tasks (e.g. gsm8k) scored after the built-in benchmarks, for teacher "
+        "and student, with the same sampler settings; needs the lmeval extra. Empty = none.",
+    )
+    lm_eval_include_path: str | None = Field(
+        None, description="Folder of extra lm-eval task YAMLs (lm-eval's --include_path)."
+    )
+
+    @field_validator("lm_eval_tasks")
+    @classmethod
+    def _lm_eval_installed(cls, names: list[str]) -> list[str]:
+        import importlib.util
+
+        if names and importlib.util.find_spec("lm_eval") is None:
+            raise ValueError("needs lm-eval: pip install 'opdlm[lmeval]' (or leave lm_eval_tasks empty)")
+        return names
 
     @field_validator("benchmarks")
     @classmethod

@@ -10,12 +10,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from opdlm.config.base import StrictModel, load_config
+from opdlm.config.base import StrictModel, apply_overrides, load_yaml, validate_config
 from opdlm.config.eval import EvalConfig
 from opdlm.config.registry import RegistryConfig
 from opdlm.config.resources import ResourcesConfig
 from opdlm.config.sampler import SamplerConfig
 from opdlm.config.train import TrainConfig
+from opdlm.errors import ConfigError
 from opdlm.teacher.config import BootstrapConfig
 
 
@@ -85,5 +86,16 @@ class Recipe(StrictModel):
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Load and validate a recipe YAML with dotted overrides."""
-    return load_config(Recipe, path, overrides)
+    """Load and validate a recipe YAML with dotted overrides.
+
+    Raises:
+        ConfigError: the file or an override does not validate, or the recipe does not say what it
+            trains: a file without ``train.stages`` (an empty file, a missing ``train:`` section) would
+            otherwise start the built-in defaults' long run, which nobody asked for.
+    """
+    data = apply_overrides(load_yaml(path), list(overrides))
+    train = data.get("train")
+    if not isinstance(train, dict) or not train.get("stages"):
+        what = "has no train section" if not isinstance(train, dict) else "has no train.stages"
+        raise ConfigError(f"{path}: the recipe {what}; a recipe must list what it trains (see configs/tiny.yaml)")
+    return validate_config(Recipe, data, source=str(path))

@@ -62,22 +62,30 @@ def build_prompts(runner: ModelRunner, benchmark: Benchmark, rows: list[Row]) ->
     return [runner.format_prompt(benchmark.question_text(r), r.domain, math_suffix=benchmark.math_suffix) for r in rows]
 
 
-def _decode(runner: ModelRunner, prompts: list[str], cfg: SamplerConfig, batch_size: int, seed: int, progress: bool):
-    """Decode every prompt; returns per-row ``(text, ids, steps, forwards, finished)`` and generation seconds.
+def decode_batches(runner: ModelRunner, prompt_ids: list[list[int]], cfg: SamplerConfig, batch_size: int, seed: int,
+                   progress: bool = False):
+    """Decode tokenised prompts in batches of similar length (less padding); batch ``b`` samples with ``seed + b``.
 
-    Prompts are batched by length (less padding), and results are put back in row order.
+    Yields:
+        ``(row_indices, SampleBatch, seconds)`` per batch: which prompts it held, what they decoded
+        to (in ``row_indices`` order) and the batch's wall-clock generation time.
     """
-    from tqdm.auto import tqdm
+    from opdlm.progress import track
 
-    prompt_ids = encode_prompts(runner.tokenizer, prompts)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
-    outputs: list[tuple | None] = [None] * len(prompts)
-    seconds = 0.0
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for b, batch in enumerate(tqdm(batches, desc="decode", unit="batch", disable=not progress)):
+    for b, batch in enumerate(track(batches, "decode", "batch", enabled=progress)):
         start = time.perf_counter()
         out = runner.generate([prompt_ids[i] for i in batch], cfg, seed=seed + b)
-        seconds += time.perf_counter() - start
+        yield batch, out, time.perf_counter() - start
+
+
+def _decode(runner: ModelRunner, prompts: list[str], cfg: SamplerConfig, batch_size: int, seed: int, progress: bool):
+    """Decode every prompt; returns per-row ``(text, ids, steps, forwards, finished)`` and generation seconds."""
+    outputs: list[tuple | None] = [None] * len(prompts)
+    seconds = 0.0
+    for batch, out, batch_s in decode_batches(runner, encode_prompts(runner.tokenizer, prompts), cfg, batch_size, seed, progress):
+        seconds += batch_s
         for k, i in enumerate(batch):
             outputs[i] = (out.texts[k], out.response_ids[k], out.num_steps(k), out.num_forwards[k], out.finished[k])
     return outputs, seconds

@@ -61,6 +61,11 @@ class ModelRunner:
 
         return format_prompt(self.tokenizer, question, domain, math_suffix, self.enable_thinking)
 
+    @property
+    def model(self):
+        """The loaded Hugging Face model (the student's or the causal LM's), e.g. to score log-likelihoods."""
+        return self._model
+
     def generate(self, prompt_ids: list[list[int]], cfg: SamplerConfig, seed: int):
         """Decode one batch.
 

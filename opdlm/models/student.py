@@ -18,7 +18,7 @@ import torch
 
 from opdlm.config.sampler import SamplerConfig
 from opdlm.errors import SourceError
-from opdlm.models.attention import attention_mask, check_backend, default_backend
+from opdlm.models.attention import BACKENDS, TEACHER_BACKENDS, attention_mask, check_backend, default_backend
 from opdlm.models.geometry import LEGACY_PROMPT_ATTENTION, Geometry, check_prompt_attention
 
 
@@ -26,7 +26,13 @@ def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` -> cuda when present, else cpu."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise SourceError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SourceError(f"device {device!r} asked for, but this machine has no usable CUDA GPU; use --device cpu or auto")
+    return dev
 
 
 def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str = "cpu") -> torch.dtype:
@@ -40,6 +46,9 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str 
     if dtype not in table:
         raise SourceError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(table)}")
     return table[dtype]
+
+
+_RECONVERT = "convert the teacher again with `opdlm convert` (it registers a separate mask token)"
 
 
 @dataclass
@@ -74,6 +83,14 @@ class StudentMeta:
         if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
             eos_ids.append(int(tokenizer.eos_token_id))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+        mask, rows = int(config.mask_token_id), config.get_text_config().vocab_size
+        if mask in eos_ids or mask == pad:
+            # the sampler would read every committed mask as the end of the text (or as padding)
+            raise SourceError(
+                f"{where}: mask_token_id {mask} is also its {'EOS' if mask in eos_ids else 'pad'} token; {_RECONVERT}"
+            )
+        if not 0 <= mask < rows:
+            raise SourceError(f"{where}: mask_token_id {mask} is outside its {rows}-row embedding; convert the teacher again")
         defaults = getattr(config, "sampler_defaults", None) or {}
         prompt_attention = getattr(config, "prompt_attention", None) or LEGACY_PROMPT_ATTENTION
         try:
@@ -85,7 +102,7 @@ class StudentMeta:
             raise SourceError(f"{where}/config.json: enable_thinking must be true or false (got {enable_thinking!r})")
         return cls(
             block_size=int(config.block_size),
-            mask_token_id=int(config.mask_token_id),
+            mask_token_id=mask,
             logit_shift=bool(getattr(config, "logit_shift", False)),
             eos_token_ids=eos_ids,
             pad_token_id=int(pad),
@@ -95,17 +112,45 @@ class StudentMeta:
         )
 
 
+def stored_sampler_defaults(path: str | Path) -> SamplerConfig:
+    """A converted student's stored sampler defaults, read from ``config.json`` without loading the model.
+
+    Lets a command validate its sampler options in a second, before a model load that may take minutes.
+    """
+    import json
+
+    from opdlm.models.sources import check_model_dir
+
+    path = check_model_dir(Path(path), "student")
+    try:
+        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{path}/config.json is not valid JSON: {exc}") from None
+    missing = [k for k in ("block_size", "mask_token_id") if raw.get(k) is None]
+    if missing:
+        raise SourceError(f"{path} is not a converted student (config.json lacks {', '.join(missing)}); run `opdlm convert` first")
+    eos = raw.get("eos_token_id")
+    if raw["mask_token_id"] in (eos if isinstance(eos, list) else [eos]):  # (the tokenizer's EOS is checked on load)
+        raise SourceError(f"{path}: mask_token_id {raw['mask_token_id']} is also its EOS token; {_RECONVERT}")
+    return SamplerConfig.model_validate({**(raw.get("sampler_defaults") or {}), "block_size": int(raw["block_size"])})
+
+
 def load_causal_lm(path: str | Path, device: str = "auto", dtype: str = "auto", backend: str | None = None):
-    """Load any causal LM directory with the chosen attention backend. Returns ``(model, tokenizer)``."""
+    """Load any causal LM directory with the chosen attention backend. Returns ``(model, tokenizer)``.
+
+    ``flash_attention_2`` is accepted here for plain causal use (the teacher); a student's block
+    masks need one of ``BACKENDS``.
+    """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
     dev = resolve_device(device)
-    backend = check_backend(backend or default_backend(dev))
+    backend = check_backend(backend or default_backend(dev), TEACHER_BACKENDS)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, dev), attn_implementation=backend)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: weights corrupt past their header
         raise SourceError(f"could not load model from {path}: {str(exc).splitlines()[0]}") from None
     model.to(dev).eval()
     return model, tokenizer
@@ -134,6 +179,8 @@ def load_student(path: str | Path, device: str = "auto", dtype: str = "auto", ba
     from opdlm.models.sources import check_model_dir
 
     path = check_model_dir(Path(path), "student")
+    if backend is not None:
+        check_backend(backend, BACKENDS)
     model, tokenizer = load_causal_lm(path, device, dtype, backend)
     meta = StudentMeta.from_config(model.config, tokenizer, where=str(path))
     return Student(model, tokenizer, meta, model.config._attn_implementation)

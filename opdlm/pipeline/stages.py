@@ -164,7 +164,9 @@ def eval_model_stage(
 
     A student decodes with the block-diffusion sampler under the recipe's ``sampler`` settings; the
     teacher decodes autoregressively. With ``teacher_results`` each student result carries the
-    teacher's accuracy and the retention.
+    teacher's accuracy and the retention. The recipe's ``eval.lm_eval_tasks`` then run through
+    lm-eval with the same settings (:func:`opdlm.lmeval.run.run_lm_eval`: ``OUT/lm_eval.json`` and
+    ``OUT/lm_eval/``).
 
     Returns:
         ``{benchmark: EvalResult as a dict}``; also written to ``OUT/results.json``.
@@ -180,6 +182,11 @@ def eval_model_stage(
             enable_thinking=recipe.convert.enable_thinking,
         )  # fmt: skip
         results[name] = result.to_dict()
+    if recipe.eval.lm_eval_tasks:
+        from opdlm.lmeval.run import run_lm_eval
+
+        run_lm_eval(model_dir, recipe.eval.lm_eval_tasks, recipe.eval, recipe.sampler, out_dir,
+                    include_path=recipe.eval.lm_eval_include_path)  # fmt: skip
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
     return results
 
@@ -217,3 +224,22 @@ def eval_metrics(student: dict[str, dict], teacher: dict[str, dict]) -> dict[str
             "n": s["n"],
         }  # fmt: skip
     return out
+
+
+def lm_eval_metrics(teacher_dir: str | Path, student_dir: str | Path) -> dict[str, float]:
+    """The lm-eval scores and speeds of an eval stage, flat for MLflow: ``lm_eval/<who>/<task>/<metric>``
+    and ``lm_eval/<who>/<task>/tokens_per_step`` for who in teacher, student; ``{}`` without ``eval.lm_eval_tasks``."""
+    from opdlm.lmeval.run import SUMMARY_FILE
+
+    flat: dict[str, float] = {}
+    for who, folder in (("teacher", teacher_dir), ("student", student_dir)):
+        path = Path(folder) / SUMMARY_FILE
+        if not path.is_file():
+            continue
+        summary = json.loads(path.read_text())
+        for task, values in summary["metrics"].items():
+            flat.update({f"lm_eval/{who}/{task}/{k}": v for k, v in values.items()})
+        for task, speed in summary["speed"]["tasks"].items():
+            flat[f"lm_eval/{who}/{task}/tokens_per_step"] = speed["tokens_per_step"]
+            flat[f"lm_eval/{who}/{task}/mean_forwards"] = speed["mean_forwards"]
+    return flat

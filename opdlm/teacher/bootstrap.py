@@ -63,10 +63,10 @@ def build_model(config: BootstrapConfig, tokenizer):
 def lr_at(step: int, config: BootstrapConfig, time_fraction: float = 0.0) -> float:
     """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio``.
 
-    The decay runs over whichever is further along: the steps (``step / config.steps``) or the
-    time budget (``time_fraction`` = elapsed / ``max_seconds``). On a fast machine the schedule is
-    the plain step schedule (deterministic); on a slow or busy one it still anneals fully by the
-    deadline instead of being cut off at a high learning rate.
+    The decay runs over whichever is further along: the steps (``step / config.steps``) or, only
+    when an explicit ``max_seconds`` budget is set, the time (``time_fraction`` = elapsed /
+    ``max_seconds``), so a slow machine still anneals fully by that deadline. Without a budget (the
+    default) the schedule depends on the step alone: deterministic for a seed on any machine.
     """
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
@@ -84,27 +84,28 @@ def train(model, tokenizer, rows: list[Row], config: BootstrapConfig, enable_thi
         "final_loss"}``: ``schedule_by_time`` says the machine was too slow for the steps, so the
         learning rate decayed over the time budget instead.
     """
-    from tqdm.auto import tqdm
+    from opdlm.progress import progress
 
     examples = [encode_example(tokenizer, row, enable_thinking) for row in rows]
     schedule = batch_indices(len(examples), config.batch_size, config.steps, config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
     model.train()
     start, cpu_start, ema_loss, steps_done = time.perf_counter(), time.process_time(), None, 0
-    bar = tqdm(total=config.steps, desc="bootstrap teacher", disable=not config.progress, leave=False)
+    bar = progress(config.steps, "bootstrap teacher", "step", enabled=config.progress)
     ever_behind = False
+    budget = config.max_seconds  # None (the default): a fixed schedule, the same teacher on any machine
     for step, indices in enumerate(schedule):
         elapsed = time.perf_counter() - start
-        if elapsed >= config.max_seconds:
+        if budget is not None and elapsed >= budget:
             break
-        # Behind: at this pace the steps will not all fit the budget (judged from step 10 on, once the
-        # first steps' one-time costs are diluted). A run that keeps pace uses the plain step schedule,
-        # so it stays bit-for-bit reproducible; near the boundary both schedules nearly agree.
-        behind = step >= PACE_CHECK_FROM_STEP and elapsed / step * config.steps > config.max_seconds
+        # Behind (only under an explicit budget): at this pace the steps will not all fit it (judged
+        # from step 10 on, once the first steps' one-time costs are diluted). A run that keeps pace uses
+        # the plain step schedule, so it stays bit-for-bit reproducible.
+        behind = budget is not None and step >= PACE_CHECK_FROM_STEP and elapsed / step * config.steps > budget
         ever_behind |= behind
         input_ids_BT, labels_BT = collate([examples[i] for i in indices], tokenizer.pad_token_id)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config, elapsed / config.max_seconds if behind else 0.0)
+            group["lr"] = lr_at(step, config, elapsed / budget if behind else 0.0)
         # Right padding under a causal mask never reaches real tokens, and padded labels are ignored,
         # so no attention mask is passed (which keeps SDPA on its fast causal path).
         loss = model(input_ids=input_ids_BT, labels=labels_BT).loss

@@ -1,0 +1,59 @@
+"""``opdlm lm-eval ARGS``: lm-eval's own command line with the ``opdlm`` model type registered.
+
+lm-eval 0.4.x loads models only from its built-in table, so ``lm_eval --model opdlm`` cannot find
+ours on its own; this is the same CLI (same flags, same output files), run in a process where the
+model is registered. With ``--output_path``, the per-request speed JSONL goes beside lm-eval's results
+file unless ``--model_args requests_jsonl=...`` names another place.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from opdlm.errors import ConfigError
+
+INSTALL_HINT = "lm-eval is not installed; install the extra: pip install 'opdlm[lmeval]'"
+
+
+def requests_jsonl_for(output_path: str, pretrained: str, stamp: str) -> Path:
+    """Where the request JSONL goes: beside ``results_<date>.json`` in lm-eval's per-model folder
+    (``OUTPUT/<sanitised model>/``), or beside ``OUTPUT`` itself when that names a ``.json`` file."""
+    from lm_eval.utils import sanitize_model_name
+
+    path = Path(output_path)
+    if path.suffix == ".json":
+        return path.with_name(f"{path.stem}_opdlm_requests_{stamp}.jsonl")
+    return path / sanitize_model_name(pretrained) / f"opdlm_requests_{stamp}.jsonl"
+
+
+def run(argv: list[str]) -> None:
+    """Parse ``argv`` with lm-eval's parser, point the request JSONL beside its output, run it.
+
+    Raises:
+        ConfigError: lm-eval is not installed.
+    """
+    try:
+        from lm_eval._cli import HarnessCLI
+        from lm_eval.utils import setup_logging
+    except ImportError:
+        raise ConfigError(INSTALL_HINT) from None
+    import opdlm.lmeval  # noqa: F401  (registers the model type)
+
+    setup_logging()
+    saved, sys.argv = sys.argv, ["lm-eval", *argv]
+    try:
+        parser = HarnessCLI()
+        args = parser.parse_args()  # lm-eval reads sys.argv (it inserts ``run`` when no subcommand is given)
+    finally:
+        sys.argv = saved
+    if getattr(args, "model", None) == opdlm.lmeval.MODEL_NAME:
+        if getattr(args, "device", None) is None:
+            args.device = "auto"  # lm-eval would fill in cuda:0; ours picks cuda when present, else the CPU
+        model_args = dict(getattr(args, "model_args", None) or {})
+        if getattr(args, "output_path", None) and "requests_jsonl" not in model_args and "pretrained" in model_args:
+            stamp = datetime.now().isoformat().replace(":", "-")
+            model_args["requests_jsonl"] = str(requests_jsonl_for(args.output_path, str(model_args["pretrained"]), stamp))
+        args.model_args = model_args
+    parser.execute(args)
