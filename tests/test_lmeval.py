@@ -163,6 +163,25 @@ def test_cli_writes_results_with_speed_and_request_jsonl_beside_them(world, tmp_
     assert "acc" in capsys.readouterr().out  # lm-eval's own table
 
 
+def test_cli_teacher_runs_generation_and_loglikelihood_tasks(world, tmp_path):
+    """The teacher through the real command line: a generate_until and a multiple-choice task in one run."""
+    from opdlm.cli.main import main
+
+    out = tmp_path / "out.json"
+    code = main(["lm-eval", "--model", "opdlm", "--model_args", f"pretrained={world['teacher']}",
+                 "--tasks", TASK, MC_TASK, "--include_path", str(world["tasks"]), "--output_path", str(out),
+                 "--limit", "2"])  # fmt: skip
+    assert code == 0
+    (results_file,) = tmp_path.glob("out_*.json")
+    (requests_file,) = tmp_path.glob("out_opdlm_requests_*.jsonl")
+    results = json.loads(results_file.read_text())
+    assert set(results["results"]) == {TASK, MC_TASK}
+    assert 0.0 <= results["results"][MC_TASK]["acc,none"] <= 1.0
+    assert results["config"]["opdlm"]["model_kind"] == "causal_lm"
+    assert results["config"]["opdlm"]["tokens_per_step"] == 1.0  # autoregressive: one token per forward
+    assert len(requests_file.read_text().splitlines()) == 2  # generate_until requests only
+
+
 def test_student_refuses_loglikelihood_tasks_in_one_line(world, tasks):
     import lm_eval
 
