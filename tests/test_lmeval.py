@@ -312,6 +312,24 @@ def test_pipeline_eval_stage_runs_recipe_lm_eval_tasks(world, tmp_path):
     assert set(flat) == {f"lm_eval/student/{TASK}/{k}" for k in ("acc", "acc_stderr", "tokens_per_step", "mean_forwards")}
 
 
+def test_lm_eval_command_without_the_extra_says_how_to_install(monkeypatch, capsys):
+    import sys
+
+    from opdlm.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "lm_eval._cli", None)  # as if lm-eval were not installed
+    assert main(["lm-eval", "--model", "opdlm", "--tasks", "gsm8k"]) == 2
+    assert "pip install 'opdlm[lmeval]'" in capsys.readouterr().err
+
+
+def test_flat_metrics_names_fit_mlflow():
+    from opdlm.lmeval.run import flat_metrics
+
+    results = {"results": {"gsm8k": {"alias": "gsm8k", "exact_match,strict-match": 0.5,
+                                     "exact_match_stderr,strict-match": "N/A", "acc,none": 1, "flag,none": True}}}  # fmt: skip
+    assert flat_metrics(results) == {"gsm8k": {"exact_match/strict-match": 0.5, "acc": 1.0}}
+
+
 def test_recipe_lm_eval_tasks_need_the_extra(monkeypatch):
     import importlib.util
 

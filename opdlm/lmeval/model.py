@@ -112,14 +112,15 @@ class OpdlmLM(TemplateLM):
 
         groups: dict[str, list[int]] = {}
         settings = []
+        unknown: set[str] = set()
         for i, req in enumerate(requests):
-            context, gen_kwargs = req.args
-            unknown = sorted(set(gen_kwargs or {}) - _KNOWN_GEN_KWARGS)
-            if unknown:
-                log.warning("opdlm: ignoring gen_kwargs %s (not sampler settings)", unknown)
+            _, gen_kwargs = req.args
+            unknown |= set(gen_kwargs or {}) - _KNOWN_GEN_KWARGS
             cfg, stops = request_sampler(self.base_sampler, gen_kwargs)
             settings.append((cfg, stops))
             groups.setdefault(json.dumps([cfg.model_dump(), stops]), []).append(i)
+        if unknown:
+            log.warning("opdlm: ignoring gen_kwargs %s (not sampler settings)", sorted(unknown))
         answers: list[str | None] = [None] * len(requests)
         for members in groups.values():
             cfg, stops = settings[members[0]]
