@@ -11,6 +11,8 @@ names one, and logs to ``MLFLOW_TRACKING_URI`` (default: ``sqlite`` under ``OPDL
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 # Quiet, offline-friendly defaults for the orchestration libraries (a user's own settings win).
@@ -21,6 +23,7 @@ ENV_DEFAULTS = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "TOKENIZERS_PARALLELISM": "false",
 }
+QUIET_BARS = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 def print_summary(facts: dict) -> None:
@@ -44,6 +47,17 @@ def print_summary(facts: dict) -> None:
         echo(f"                  {facts['flow_run_url']}")
 
 
+def check_artifact_store() -> None:
+    """An S3 artifact root must answer before the run starts: no run folder, MLflow run or retries for a dead store."""
+    from opdlm.pipeline.layout import artifact_root
+
+    root = artifact_root()
+    if root and root.startswith("s3://"):
+        from opdlm.storage.s3 import check_reachable
+
+        check_reachable(root)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("pipeline")
     def pipeline(
@@ -58,8 +72,12 @@ def register(app: typer.Typer) -> None:
 
         path = resolve_recipe(recipe)
         load_recipe(path, overrides or [])  # fail fast, before Prefect starts
+        check_artifact_store()
         for key, value in ENV_DEFAULTS.items():
             os.environ.setdefault(key, value)
+        if not sys.stderr.isatty():  # CI, a log file: libraries' bars would write a line per refresh
+            for key, value in QUIET_BARS.items():
+                os.environ.setdefault(key, value)
         from flows.pipeline import pipeline_flow
 
         facts = pipeline_flow(recipe=str(path), overrides=list(overrides or []))

@@ -11,3 +11,11 @@ class ConfigError(OpdlmError):
 
 class SourceError(OpdlmError):
     """A model or data source that cannot be resolved or is not what it should be."""
+
+
+class Interrupted(Exception):
+    """The user stopped a command (Ctrl-C, SIGTERM); the message says where it stopped and how to resume.
+
+    Not an :class:`OpdlmError` (nothing was wrong with the input) and not a ``KeyboardInterrupt``
+    (typer would swallow the message): the CLI prints it as one line and exits 130.
+    """

@@ -59,3 +59,31 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def read_text(path: str | Path) -> str:
+    """The text of a user's file, decoded as UTF-8 (a leading BOM is dropped).
+
+    Every file a user hands a command (data, completions, benchmark files, recipes) is read through
+    here, so a file in another encoding fails with one line naming the file, line and byte instead
+    of a ``UnicodeDecodeError`` traceback. ``.gz`` files are decompressed first.
+
+    Raises:
+        OpdlmError: the file is not UTF-8 text.
+    """
+    import gzip
+
+    path = Path(path)
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:
+            raise OpdlmError(f"{path}: not a readable gzip file ({exc})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise OpdlmError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+        ) from None

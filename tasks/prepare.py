@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import yaml
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -27,10 +29,19 @@ def _flow_run_id() -> str | None:
 def prepare_run(recipe: str, overrides: list[str]) -> str:
     """Validate ``recipe`` + ``overrides``, write the resolved recipe into a new run folder, start the
     MLflow parent run (params = the whole recipe, flattened). Returns the run file's path."""
-    logger = get_run_logger()
     resolved = load_recipe(recipe, overrides)  # a bad recipe or override fails here, before any work
     runs = layout.runs_dir()
     run_dir = layout.new_run_dir(resolved.name, runs)
+    try:
+        return _open_run(recipe, overrides, resolved, runs, run_dir)
+    except BaseException:
+        # a retry opens a new folder: a failed attempt leaves none behind (it holds only the recipe)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _open_run(recipe: str, overrides: list[str], resolved, runs, run_dir) -> str:
+    logger = get_run_logger()
     recipe_file = run_dir / RECIPE_FILE
     header = f"# {resolved.name}: resolved from {recipe} with overrides {list(overrides)}\n"
     atomic_write_text(recipe_file, header + yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False))

@@ -37,6 +37,9 @@ def run_streaming(
         ProcessCrashed: any other non-zero exit.
     """
     tail: collections.deque[str] = collections.deque(maxlen=30)
+    # A pipe is no terminal: Hugging Face's bars (loading weights, writing shards) would store one line
+    # per refresh; opdlm's own loops report through opdlm.progress, a line every ~10% or ~30 s.
+    env = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", **env}
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
         start_new_session=True,  # its own process group: cancelling the task stops torchrun's ranks too
@@ -44,8 +47,9 @@ def run_streaming(
 
     def pump() -> None:
         for line in proc.stdout:
-            tail.append(line.rstrip())
-            logger.info(line.rstrip())
+            if line.strip():  # a library's carriage-return refreshes arrive as blank lines: not worth storing
+                tail.append(line.rstrip())
+                logger.info(line.rstrip())
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()

@@ -24,6 +24,7 @@ from opdlm.pipeline.stages import data_source
 from opdlm.train.checkpoint import export_model, verify_checkpoint
 from tasks import tracking
 from tasks.context import PipelineRun
+from tasks.engine_exports import log_engine_exports
 from tasks.retry import retry_transient
 
 PYFUNC_FILE = Path(__file__).with_name("student_pyfunc.py")
@@ -151,6 +152,7 @@ def register(run_file: str, teacher_record: dict, data_record: dict, final_recor
                               "code_version": run.code_version},
                 )  # fmt: skip
                 mlflow.log_artifact(str(Path(run.run_dir) / "model_card.md"))
+                log_engine_exports(student_dir, Path(run.run_dir) / "export", recipe.registry.export_formats)
             tags = {
                 PIPELINE_RUN_TAG: run.parent_run_id, "gate.benchmark": bench, GATE_ACCURACY_TAG: student_acc,
                 "teacher_accuracy": teacher_acc, "retention": metrics[bench]["retention"],

@@ -44,7 +44,8 @@ def prefect_ui() -> tuple[str, str | None]:
     ui = os.environ.get("PREFECT_UI_URL") or (api.rstrip("/").removesuffix("/api") if api else None)
     if ui:
         return ui, None
-    return LOCAL_PREFECT_UI, f"{_tool('prefect')} server start --host 127.0.0.1"
+    # analytics off: offline, its telemetry heartbeat logs an ERROR (and can race the fresh database)
+    return LOCAL_PREFECT_UI, f"PREFECT_SERVER_ANALYTICS_ENABLED=false {_tool('prefect')} server start --host 127.0.0.1"
 
 
 def render_summary(run: PipelineRun, eval_record: dict, train_records: list[dict], reg: dict) -> tuple[str, dict]:

@@ -136,3 +136,21 @@ def test_a_slow_machine_anneals_by_the_deadline(tmp_path):
     assert metrics["stopped_by_time"] and metrics["schedule_by_time"]
     assert 10 < metrics["steps_done"] < 100_000 and metrics["train_seconds"] < 10
     assert (tmp_path / "slow" / "model.safetensors").is_file()
+
+
+def test_default_schedule_ignores_the_clock(short_run, tmp_path, monkeypatch):
+    """A machine so loaded that every step seems to take 30 s still trains the same teacher (no default budget)."""
+    import time
+
+    from safetensors.torch import load_file
+
+    import opdlm.teacher.bootstrap as bootstrap
+
+    assert BootstrapConfig().max_seconds is None
+    clock = iter(range(0, 10**9, 30))
+    monkeypatch.setattr(bootstrap.time, "perf_counter", lambda: float(next(clock)))
+    metrics = bootstrap_teacher(tmp_path / "loaded", BootstrapConfig(**TINY))
+    monkeypatch.setattr(bootstrap.time, "perf_counter", time.perf_counter)
+    assert metrics["steps_done"] == TINY["steps"] and not metrics["stopped_by_time"] and not metrics["schedule_by_time"]
+    ref, loaded = load_file(str(short_run[0] / "model.safetensors")), load_file(str(tmp_path / "loaded" / "model.safetensors"))
+    assert all(ref[k].equal(loaded[k]) for k in ref)

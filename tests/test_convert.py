@@ -1,6 +1,7 @@
 """Conversion: unchanged weights, mask token registered, config fields, clear errors, nothing half-written."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -56,6 +57,7 @@ def test_bad_inputs_fail_cleanly(tmp_path):
     bad = tmp_path / "gpt"
     bad.mkdir()
     (bad / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
+    shutil.copy2(teacher / "model.safetensors", bad / "model.safetensors")  # weights fine, architecture not
     with pytest.raises(OpdlmError, match="unsupported architecture 'gpt2'"):
         convert_teacher(bad, tmp_path / "o3")
     with pytest.raises(OpdlmError, match="unsupported scheme"):

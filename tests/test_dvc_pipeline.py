@@ -1,4 +1,4 @@
-"""``dvc repro`` in a fresh git repository reproduces the tiny run from dvc.yaml, a second ``dvc repro``
+"""``dvc repro`` in a fresh clone of this repository reproduces the tiny run from dvc.yaml, a second ``dvc repro``
 does nothing, and the outputs round-trip through an S3 remote (moto on 127.0.0.1)."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,23 +34,25 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _readme_remote_commands(repo: Path, endpoint: str) -> list[list[str]]:
+    """The README's ``dvc remote add ... && dvc push`` line, pointed at the test's S3 server."""
+    line = re.search(r"`(dvc remote add [^`]*)`", (repo / "README.md").read_text()).group(1)
+    return [cmd.split() for cmd in line.replace("http://127.0.0.1:9000", endpoint).split(" && ")]
+
+
 @pytest.fixture
 def repo(tmp_path):
-    """A fresh clone's worth of files: the library, dvc.yaml and the tiny recipe at test size."""
+    """A plain ``git clone`` of this repository (committed files only, no ``dvc init``), its tiny recipe
+    edited down to test size as a user would edit it."""
     if not (BIN / "dvc").exists() and shutil.which("dvc") is None:
         pytest.skip("dvc is not installed")
+    if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
     repo = tmp_path / "repo"
-    shutil.copytree(ROOT / "opdlm", repo / "opdlm", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore"):
-        shutil.copy2(ROOT / name, repo / name)
-    recipe = apply_overrides(yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text()), SMALL)
-    (repo / "configs").mkdir()
+    _run(["git", "clone", "-q", str(ROOT), str(repo)], tmp_path, env)
+    recipe = apply_overrides(yaml.safe_load((repo / "configs" / "tiny.yaml").read_text()), SMALL)
     (repo / "configs" / "tiny.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "clone"], ["dvc", "init", "-q"],
-                ["git", "add", "-A"], ["git", "commit", "-qm", "dvc init"]):  # fmt: skip
-        _run(cmd, repo, env)
     return repo, env
 
 
@@ -76,15 +79,19 @@ def test_dvc_repro_then_noop_then_s3_remote(repo):
     assert (repo / "dvc.lock").read_text() == lock_text
     shown = _run(["dvc", "metrics", "show", "--json"], repo, env)
     assert "student_accuracy" in shown
+    _run(["dvc", "plots", "show"], repo, env)
+    assert (repo / "dvc_plots" / "index.html").is_file()
+    # nothing DVC wrote (cache, tmp, plots, outputs) shows up as a change to commit, but the lock file
+    changed = _run(["git", "status", "--porcelain", "--untracked-files=all"], repo, env).split()
+    assert set(changed) <= {"M", "??", "configs/tiny.yaml", "dvc.lock"}, changed
 
     weights = runs / "student" / "model.safetensors"
     digest = _sha(weights)
-    with moto_s3("opdlm-dvc") as (endpoint, _server):
+    with moto_s3("opdlm-data") as (endpoint, _server):
         env = {**env, **{k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}}
-        _run(["dvc", "remote", "add", "-d", "store", "s3://opdlm-dvc/cache"], repo, env)
-        _run(["dvc", "remote", "modify", "store", "endpointurl", endpoint], repo, env)
-        _run(["dvc", "push"], repo, env)
-        assert len(s3_keys(endpoint, "opdlm-dvc", "cache/")) >= 5
+        for command in _readme_remote_commands(repo, endpoint):  # the README's remote line, as typed
+            _run(command, repo, env)
+        assert len(s3_keys(endpoint, "opdlm-data", "dvc/")) >= 5
         shutil.rmtree(repo / ".dvc" / "cache")
         shutil.rmtree(runs / "student")
         _run(["dvc", "pull", "runs/dvc/student"], repo, env)

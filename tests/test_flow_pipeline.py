@@ -80,8 +80,29 @@ def _versions(client) -> list[str]:
         return []
 
 
+def _flow_run_logs(flow_run_id) -> list[str]:
+    """Every log line the Prefect server stored for the flow run (its tasks included)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)  # logs are sent in batches in the background
+    found, page = [], 200
+    with get_client(sync_client=True) as client:
+        while True:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=page, offset=len(found))
+            found += [log.message for log in logs]
+            if len(logs) < page:
+                return found
+
+
 def test_pipeline_runs_tracks_and_registers(pipeline):
-    facts = pipeline.flow(recipe=str(RECIPE), overrides=SMALL)
+    from prefect.client.orchestration import get_client
+
+    # progress bars on, as in `make run`: they must not flood the stored logs
+    verbose = [o for o in SMALL if o != "teacher.bootstrap.progress=false"]
+    state = pipeline.flow(recipe=str(RECIPE), overrides=verbose, return_state=True)
+    facts = state.result()
     client = _client(pipeline)
 
     assert facts["model_name"] == MODEL and facts["model_version"] == "1"
@@ -118,6 +139,25 @@ def test_pipeline_runs_tracks_and_registers(pipeline):
 
     summary = Artifact.get("opdlm-tiny-summary")
     assert summary is not None and facts["mlflow_run_id"] in summary.data
+    link = Artifact.get("opdlm-tiny-mlflow-run")
+    assert facts["mlflow_run_url"] in link.data  # a link artifact (Prefect stores it as markdown)
+    scores = Artifact.get("opdlm-tiny-scores")
+    assert scores.type == "table" and f'{parent.data.metrics["synthetic/student_accuracy"]:.4g}' in scores.data
+
+    # the flow run is named after the recipe and tagged with it and the MLflow run id
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as prefect:
+        flow_run = prefect.read_flow_run(flow_run_id)
+    assert flow_run.name == f"tiny-{Path(facts['run_dir']).name}"
+    assert {"recipe:tiny", f"mlflow-run:{facts['mlflow_run_id']}"} <= set(flow_run.tags)
+    # progress: a few lines per loop with the loop's figures, never a bar refresh per step
+    logs = _flow_run_logs(flow_run_id)
+    assert len(logs) < 100, f"{len(logs)} log lines"
+    assert not any("\r" in line for line in logs)
+    bootstrap = [line for line in logs if line.startswith("bootstrap teacher:")]
+    assert 1 <= len(bootstrap) <= 11 and "100% 30/30" in bootstrap[-1] and "loss=" in bootstrap[-1]
+    assert any(line.startswith("train: ") and "loss=" in line for line in logs)
+    assert any("bootstrapping the teacher" in line for line in logs) and any("summary ->" in line for line in logs)
 
     # the registered model generates text with the block sampler in a fresh process
     code = (

@@ -141,3 +141,13 @@ def test_prefect_yaml_deploys_the_pipeline_flow():
     fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "pipeline_flow")
     assert [a.arg for a in fn.args.args] == ["recipe", "overrides"]
     assert any("opdlm-pipeline" in ast.unparse(d) for d in fn.decorator_list)
+
+
+def test_flow_runs_start_named_after_the_recipe_file(monkeypatch):
+    pytest.importorskip("prefect")
+    import prefect.runtime.flow_run
+
+    from tasks.flow_run import recipe_run_name
+
+    monkeypatch.setattr(prefect.runtime.flow_run, "parameters", {"recipe": "configs/qwen3-4b.yaml"}, raising=False)
+    assert recipe_run_name() == "qwen3-4b"

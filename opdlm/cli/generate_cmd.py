@@ -25,17 +25,29 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device"),
         backend: str = typer.Option(None, "--attn", help="Attention backend: sdpa, eager or flex_attention."),
         as_json: bool = typer.Option(False, "--json", help="One JSON object per prompt."),
+        raw_prompt: bool = typer.Option(
+            False, "--raw-prompt", help="Tokenize --prompt as given, without the model's chat template."
+        ),
     ) -> None:
-        """Generate text block by block; prints text, or JSON with tokens_per_step and num_forwards."""
+        """Generate text block by block; prints text, or JSON with tokens_per_step and num_forwards.
+
+        Each ``--prompt`` is a user question rendered with the model's chat template in its stored
+        thinking mode (config.json ``enable_thinking``), exactly as in training and evaluation;
+        ``--raw-prompt`` sends the text as it is.
+        """
         import torch
 
         from opdlm.errors import ConfigError
-        from opdlm.models.student import load_student
+        from opdlm.models.attention import check_backend
+        from opdlm.models.student import load_student, stored_sampler_defaults, resolve_device
         from opdlm.sampling.block_sampler import BlockDiffusionSampler
 
-        student = load_student(model, device=device, backend=backend)
+        # every option is checked against the model's stored defaults before the (slow) model load
+        if any(not p for p in prompt):
+            raise ConfigError("--prompt: an empty prompt (give each --prompt some text)")
+        stored = stored_sampler_defaults(model)
         try:
-            cfg = student.meta.sampler_defaults.with_overrides(
+            cfg = stored.with_overrides(
                 max_new_tokens=max_new_tokens, block_size=block_size, denoise_steps_per_block=steps_per_block,
                 remasking=remasking, threshold=threshold, temperature=temperature, top_k=top_k, top_p=top_p,
             )  # fmt: skip
@@ -48,8 +60,15 @@ def register(app: typer.Typer) -> None:
             if isinstance(exc, ValidationError):
                 raise ConfigError(format_validation_error(exc, SamplerConfig, "generate options")) from None
             raise
+        resolve_device(device)
+        if backend is not None:
+            check_backend(backend)
+        student = load_student(model, device=device, backend=backend)
         tok = student.tokenizer
-        prompts = [tok(p, add_special_tokens=False).input_ids for p in prompt]
+        from opdlm.data.prompting import encode_prompts, format_prompt
+
+        texts = prompt if raw_prompt else [format_prompt(tok, p, enable_thinking=student.meta.enable_thinking) for p in prompt]
+        prompts = encode_prompts(tok, texts)
         if any(not p for p in prompts):
             raise ConfigError("--prompt: a prompt encodes to zero tokens")
         gen = torch.Generator(device=student.device).manual_seed(seed)

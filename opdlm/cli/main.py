@@ -1,15 +1,23 @@
 """Entry point of the ``opdlm`` console script.
 
 Subcommands register themselves from small modules; torch and transformers are imported inside the
-command bodies, so ``opdlm --help`` stays fast. Any :class:`~opdlm.errors.OpdlmError` becomes one
-line on stderr and exit code 2.
+command bodies, so ``opdlm --help`` stays fast. Exit codes (docs/cli-contract.md): 0 success; 2 bad
+input, as one line on stderr (an :class:`~opdlm.errors.OpdlmError`, a usage error, a file the system
+refuses); 130 interrupted (Ctrl-C or SIGTERM); 1 only for a bug (a traceback).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
+import signal
 import sys
+import threading
 
 import typer
+from typer._click.exceptions import UsageError
+from typer.exceptions import TyperException
 
 app = typer.Typer(
     name="opdlm",
@@ -49,32 +57,88 @@ def _register() -> None:
             print(f"warning: opdlm command plugin {ep.name!r} unavailable: {exc}", file=sys.stderr)
 
 
+# A file the system refuses (permissions, a directory where a file belongs, a full or read-only disk):
+# the user's environment, not a bug, so one line and exit 2 rather than a traceback.
+_ENVIRONMENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENOSPC, errno.EROFS, errno.EDQUOT})
+
+
+def _usage_line(exc: Exception) -> str:
+    """A click/typer usage error as one line: the message and where the command's help is."""
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    return f"error: {exc.format_message()}{hint}"
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler, ``kill``, ``timeout``) unwinds like Ctrl-C: temporaries cleaned, exit 130."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _deepspeed_logs_to_stderr() -> None:
+    """DeepSpeed gives its logger a stdout handler on import; stdout carries a command's results, so
+    its records go to stderr instead, and its "Setting accelerator to CPU" notice (every run on a
+    machine without a GPU, which is expected there) is dropped. A filter set now outlives that import."""
+
+    def to_stderr(record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith("Setting accelerator to CPU"):
+            print(f"[DeepSpeed {record.levelname}] {message}", file=sys.stderr)
+        return False
+
+    logger = logging.getLogger("DeepSpeed")
+    if to_stderr.__qualname__ not in {getattr(f, "__qualname__", "") for f in logger.filters}:
+        logger.addFilter(to_stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of raising it (handy in tests)."""
-    from opdlm.errors import OpdlmError
+    from typer._click.exceptions import NoArgsIsHelpError
+
+    from opdlm.errors import Interrupted, OpdlmError
 
     _register()
+    _deepspeed_logs_to_stderr()
     try:
-        app(args=argv, standalone_mode=False)
+        with _sigterm_as_interrupt():
+            # typer (standalone_mode=False) returns the exit code of typer.Exit, and turns a bare
+            # KeyboardInterrupt into 130; a command's own return value is None
+            code = app(args=argv, standalone_mode=False)
     except OpdlmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except typer.Exit as exc:
-        return exc.exit_code
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
+    except Interrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
         return 130
-    except KeyboardInterrupt:
+    except (typer.Abort, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # click usage errors carry their own exit code and message
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
-    return 0
+    except NoArgsIsHelpError as exc:  # `opdlm`, `opdlm stage`: the help is the answer
+        exc.show()
+        return exc.exit_code
+    except TyperException as exc:  # typer's vendored click: usage errors (exit 2), file errors
+        print(_usage_line(exc), file=sys.stderr)
+        return exc.exit_code if isinstance(exc, UsageError) else 2
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror}{where}", file=sys.stderr)
+        return 2
+    if code == 130:
+        print("interrupted", file=sys.stderr)
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

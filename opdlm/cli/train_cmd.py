@@ -26,8 +26,28 @@ def register(app: typer.Typer) -> None:
         from opdlm.train.loop import train as run_training
 
         recipe = load_recipe(config, overrides or [])
-        path = run_training(
-            recipe, out, teacher=teacher, student=str(student) if student else None, data=str(data) if data else None,
-            until_stage=until_stage, console=not quiet,
-        )  # fmt: skip
+        try:
+            path = run_training(
+                recipe, out, teacher=teacher, student=str(student) if student else None, data=str(data) if data else None,
+                until_stage=until_stage, console=not quiet,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            from opdlm.errors import Interrupted
+
+            raise Interrupted(where_stopped(out, recipe.train.total_rollout_steps)) from None
         typer.echo(f"trained student -> {path}")
+
+
+def where_stopped(out: Path, total_steps: int) -> str:
+    """One line for an interrupted run: its newest checkpoint and that the same command resumes from it."""
+    from opdlm.errors import OpdlmError
+    from opdlm.train.checkpoint import latest_checkpoint, read_train_state
+
+    try:
+        last = latest_checkpoint(Path(out) / "checkpoints")
+    except OpdlmError as exc:  # a checkpoint being written when the signal came is never renamed into place
+        return f"{exc}"
+    if last is None:
+        return f"stopped before the first checkpoint in {out}; run the same command to start again"
+    step = read_train_state(last).get("rollout_step")
+    return f"stopped after checkpoint {last.name} (rollout step {step} of {total_steps}) in {out}; run the same command to resume"

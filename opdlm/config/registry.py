@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from opdlm.config.base import StrictModel
@@ -19,3 +21,8 @@ class RegistryConfig(StrictModel):
     gate_benchmark: str = Field("synthetic", description="Benchmark whose accuracy the champion gate compares.")
     min_retention: float = Field(0.9, ge=0.0, le=2.0, description="Student / teacher accuracy needed to become champion.")
     not_below_champion: bool = Field(True, description="Also require accuracy >= the current champion's.")
+    export_formats: list[Literal["sglang", "lmdeploy"]] = Field(
+        default_factory=lambda: ["sglang", "lmdeploy"],
+        description="Serving-engine exports logged with the registered version (`opdlm export`); a student an "
+        "engine would mis-serve is recorded as refused instead. The export repeats the weights in the artifact store.",
+    )

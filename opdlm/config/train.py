@@ -99,8 +99,14 @@ class TrainConfig(StrictModel):
         "auto", description="auto: bf16 autocast on cuda, fp32 on cpu. Master weights stay fp32."
     )
     attn_backend: Literal["sdpa", "eager", "flex_attention"] | None = Field(
-        None, description="Attention backend for student and teacher (default: flex on cuda, sdpa on cpu)."
-    )
+        None, description="Attention backend of the student, and of the teacher unless teacher_attn_backend says "
+        "otherwise (default: flex on cuda, sdpa on cpu).",
+    )  # fmt: skip
+    teacher_attn_backend: Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2"] = Field(
+        "auto", description="The frozen teacher's causal forward. auto: flash_attention_2 on cuda with a bf16 teacher "
+        "when flash-attn (the gpu extra) is installed, else attn_backend. An explicit flash_attention_2 that cannot "
+        "run (package missing, cpu, fp32) warns and falls back to attn_backend.",
+    )  # fmt: skip
     num_threads: int | None = Field(
         None, ge=1, description="CPU intra-op threads (1 is fastest for tiny models on a busy machine); None = torch default."
     )

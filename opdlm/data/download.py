@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import shutil
 import tempfile
@@ -27,7 +28,7 @@ from pydantic import ValidationError
 
 from opdlm.data.schema import Row
 from opdlm.errors import OpdlmError, SourceError
-from opdlm.fsutil import atomic_write_text
+from opdlm.fsutil import atomic_write_text, read_text
 
 
 @dataclass
@@ -101,11 +102,10 @@ def _raw_records(path: Path):
             yield from ((f, n, r) for _, n, r in _raw_records(f))
         return
     if path.suffix == ".csv":
-        with path.open(newline="") as fh:
-            for n, rec in enumerate(csv.DictReader(fh), 2):
-                yield path, n, rec
+        for n, rec in enumerate(csv.DictReader(io.StringIO(read_text(path), newline="")), 2):
+            yield path, n, rec
         return
-    text = path.read_text()
+    text = read_text(path)
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:
             records = json.loads(text)

@@ -9,6 +9,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from opdlm.config.base import StrictModel
 from opdlm.errors import OpdlmError
+from opdlm.fsutil import read_text
 
 
 class Row(StrictModel):
@@ -40,18 +41,17 @@ def read_rows(path: str | Path) -> list[Row]:
     if not path.is_file():
         raise OpdlmError(f"dataset file not found: {path}")
     rows = []
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(Row.model_validate(json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise OpdlmError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                field = ".".join(str(p) for p in err["loc"]) or "row"
-                raise OpdlmError(f"{path}:{lineno}: field {field!r}: {err['msg']}") from None
+    for lineno, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(Row.model_validate(json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise OpdlmError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or "row"
+            raise OpdlmError(f"{path}:{lineno}: field {field!r}: {err['msg']}") from None
     if not rows:
         raise OpdlmError(f"dataset file {path} has no rows")
     return rows

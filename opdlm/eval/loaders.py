@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import gzip
 import io
 import json
 import random
@@ -23,6 +22,7 @@ from pydantic import ValidationError
 
 from opdlm.data.schema import Row
 from opdlm.errors import OpdlmError
+from opdlm.fsutil import read_text
 from opdlm.eval.choice import option_letters
 
 GSM8K_FILES = ("gsm8k/test.jsonl", "gsm8k.jsonl")
@@ -55,7 +55,8 @@ def find_data_file(data_dir: str | Path, benchmark: str, candidates: tuple[str, 
 
 
 def _open_text(path: Path) -> io.TextIOBase:
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+    # decoded whole (benchmark files are small), so a file in another encoding fails with one line
+    return io.StringIO(read_text(path), newline="")
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
@@ -187,7 +188,7 @@ def _mmlu_csv_folder(folder: Path) -> list[Row]:
     rows = []
     for csv_path in sorted(folder.glob("*_test.csv")):
         subject = csv_path.name.removesuffix("_test.csv")
-        with csv_path.open(encoding="utf-8", newline="") as fh:
+        with _open_text(csv_path) as fh:
             for lineno, rec in enumerate(csv.reader(fh), 1):
                 if len(rec) != 6:
                     raise OpdlmError(f"{csv_path}:{lineno}: expected 6 columns (question, A, B, C, D, answer), got {len(rec)}")
@@ -225,7 +226,7 @@ def load_gpqa_diamond(data_dir: str | Path, seed: int = 0) -> list[Row]:
     path = find_data_file(data_dir, "gpqa_diamond", GPQA_DIAMOND_FILES)
     needed = ("Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
     rows = []
-    with path.open(encoding="utf-8", newline="") as fh:
+    with _open_text(path) as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in needed if c not in (reader.fieldnames or [])]
         if missing:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from opdlm.data.schema import Row
 from opdlm.errors import OpdlmError
+from opdlm.fsutil import read_text
 from opdlm.eval.benchmarks import Benchmark
 from opdlm.eval.sandbox import SandboxLimits, run_programs
 
@@ -108,31 +109,30 @@ def read_completions(path: str | Path, rows: list[Row]) -> tuple[list[Row], list
         raise OpdlmError(f"completions file not found: {path}")
     by_id = {row.id: row for row in rows}
     paired_rows, texts, seen = [], [], set()
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise OpdlmError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(rec, dict):
-                raise OpdlmError(f"{where}: expected a JSON object with an id and a completion")
-            task_id = next((str(rec[k]) for k in ID_KEYS if rec.get(k) is not None), None)
-            text = next((rec[k] for k in COMPLETION_KEYS if rec.get(k) is not None), None)
-            if task_id is None:
-                raise OpdlmError(f"{where}: missing task id (one of {', '.join(ID_KEYS)})")
-            if not isinstance(text, str):
-                raise OpdlmError(f"{where}: missing completion text (one of {', '.join(COMPLETION_KEYS)})")
-            if task_id not in by_id:
-                example = next(iter(by_id), "")
-                raise OpdlmError(f"{where}: unknown task id {task_id!r} for this benchmark (ids look like {example!r})")
-            if task_id in seen:
-                raise OpdlmError(f"{where}: task id {task_id!r} appears twice")
-            seen.add(task_id)
-            paired_rows.append(by_id[task_id])
-            texts.append(text)
+    for lineno, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise OpdlmError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(rec, dict):
+            raise OpdlmError(f"{where}: expected a JSON object with an id and a completion")
+        task_id = next((str(rec[k]) for k in ID_KEYS if rec.get(k) is not None), None)
+        text = next((rec[k] for k in COMPLETION_KEYS if rec.get(k) is not None), None)
+        if task_id is None:
+            raise OpdlmError(f"{where}: missing task id (one of {', '.join(ID_KEYS)})")
+        if not isinstance(text, str):
+            raise OpdlmError(f"{where}: missing completion text (one of {', '.join(COMPLETION_KEYS)})")
+        if task_id not in by_id:
+            example = next(iter(by_id), "")
+            raise OpdlmError(f"{where}: unknown task id {task_id!r} for this benchmark (ids look like {example!r})")
+        if task_id in seen:
+            raise OpdlmError(f"{where}: task id {task_id!r} appears twice")
+        seen.add(task_id)
+        paired_rows.append(by_id[task_id])
+        texts.append(text)
     if not texts:
         raise OpdlmError(f"completions file {path} has no lines")
     return paired_rows, texts

@@ -2,7 +2,8 @@
 
 The weights are unchanged; the tokenizer gains a mask token (reusing an unused padded embedding row
 when the embedding matrix is larger than the tokenizer, else resizing); ``config.json`` gains
-``block_size``, ``mask_token_id``, ``logit_shift`` and ``sampler_defaults``. The result is written
+``block_size``, ``mask_token_id``, ``logit_shift``, ``prompt_attention``, ``enable_thinking`` and
+``sampler_defaults``. The result is written
 to a temporary sibling directory and renamed into place only when complete.
 """
 
@@ -16,6 +17,7 @@ from opdlm import __version__
 from opdlm.config.sampler import SamplerConfig
 from opdlm.errors import OpdlmError, SourceError
 from opdlm.fsutil import atomic_dir
+from opdlm.models.geometry import check_prompt_attention
 from opdlm.models.sources import resolve_model_source
 
 MASK_TOKEN = "<|MASK|>"
@@ -24,15 +26,20 @@ SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2", "llama", "mistral")
 _WEIGHT_GLOBS = ("*.safetensors", "model.safetensors.index.json")
 
 
-def _check_architecture(src_dir: Path) -> dict:
+def _read_config(src_dir: Path) -> dict:
     try:
-        raw = json.loads((src_dir / "config.json").read_text())
+        return json.loads((src_dir / "config.json").read_text())
     except json.JSONDecodeError as exc:
         raise SourceError(f"{src_dir}/config.json is not valid JSON: {exc.msg} (line {exc.lineno})") from None
+
+
+def _check_architecture(src_dir: Path) -> dict:
+    raw = _read_config(src_dir)
     model_type = raw.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise SourceError(
             f"unsupported architecture {model_type!r} in {src_dir}/config.json; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            " (block-diffusion checkpoints to import: a2d-qwen3, sdar)"
         )
     return raw
 
@@ -52,28 +59,57 @@ def _mask_token_id(tokenizer) -> tuple[int, bool]:
 def convert_teacher(
     teacher: str | Path,
     out: str | Path,
-    block_size: int = 4,
+    block_size: int | None = None,
     logit_shift: bool = False,
     sampler: SamplerConfig | None = None,
     overwrite: bool = False,
+    prompt_attention: str = "block",
+    enable_thinking: bool = False,
+    notes: list[str] | None = None,
 ) -> Path:
     """Write a block-diffusion student converted from ``teacher`` to ``out``.
+
+    A ``teacher`` that is already a block-diffusion checkpoint in a released format (divelab's
+    ``a2d-qwen3``, JetAstra's ``sdar``) is imported instead (:mod:`opdlm.formats.importer`): same
+    weights, its declared block size and mask token, no remote code run.
 
     Args:
         teacher: a model source (local Hugging Face directory or a registered scheme).
         out: output directory; must not exist unless ``overwrite``.
-        block_size: B of the block-causal attention (>= 1).
+        block_size: B of the block-causal attention (>= 1); None means 4, or what an imported
+            checkpoint declares (a different explicit value then fails).
         logit_shift: position j-1 predicts token j (Fast-dLLM v2 style) instead of j predicting j.
         sampler: sampler defaults stored in ``config.json``; ``block_size`` is forced to match.
+        prompt_attention: ``block`` (the paper's: the prompt is bidirectional inside B-blocks counted
+            backwards from the response start) or ``causal``; an import must match its format's.
+        enable_thinking: the chat template's thinking mode for every prompt the student sees
+            (METHOD §6: false for the paper's non-thinking runs).
+        notes: when given, receives lines worth telling the user (what an import read from where).
 
     Returns:
         The absolute output path.
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    if not isinstance(block_size, int) or block_size < 1:
+    from opdlm.formats.importer import detect_format, import_checkpoint
+
+    if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
         raise OpdlmError(f"block_size must be an integer >= 1 (got {block_size!r})")
+    try:
+        check_prompt_attention(prompt_attention)
+    except ValueError as exc:
+        raise OpdlmError(str(exc)) from None
     src_dir = resolve_model_source(teacher, what="teacher")
+    fmt = detect_format(_read_config(src_dir), f"{src_dir}/config.json")
+    if fmt is not None:
+        path, lines = import_checkpoint(
+            src_dir, out, fmt, str(teacher), block_size, logit_shift, sampler, overwrite,
+            prompt_attention=prompt_attention, enable_thinking=enable_thinking,
+        )  # fmt: skip
+        if notes is not None:
+            notes.extend(lines)
+        return path
+    block_size = 4 if block_size is None else block_size
     _check_architecture(src_dir)
     sampler = (sampler or SamplerConfig()).with_overrides(block_size=block_size)
 
@@ -97,6 +133,8 @@ def convert_teacher(
         config.block_size = block_size
         config.mask_token_id = mask_id
         config.logit_shift = bool(logit_shift)
+        config.prompt_attention = prompt_attention
+        config.enable_thinking = bool(enable_thinking)
         config.sampler_defaults = sampler.model_dump()
         config.opdlm_version = __version__
         config.opdlm_converted_from = str(teacher)

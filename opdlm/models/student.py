@@ -1,7 +1,10 @@
 """Loading models and the student's block-causal forward.
 
 A converted student is an ordinary Hugging Face causal LM directory whose ``config.json`` carries
-``block_size``, ``mask_token_id``, ``logit_shift`` and ``sampler_defaults``. Its architecture is
+``block_size``, ``mask_token_id``, ``logit_shift``, ``prompt_attention`` (``block`` | ``causal``; a
+config.json without it is ``causal``, what students converted before the key existed were trained
+with), ``enable_thinking`` (the chat template's thinking mode every prompt is rendered with; absent
+= false) and ``sampler_defaults``. Its architecture is
 the teacher's, unchanged: the block-causal behaviour comes entirely from the 4-D masks and position
 ids built by :mod:`opdlm.models.geometry`, so no ``trust_remote_code`` is ever needed.
 """
@@ -15,15 +18,21 @@ import torch
 
 from opdlm.config.sampler import SamplerConfig
 from opdlm.errors import SourceError
-from opdlm.models.attention import attention_mask, check_backend, default_backend
-from opdlm.models.geometry import Geometry
+from opdlm.models.attention import BACKENDS, TEACHER_BACKENDS, attention_mask, check_backend, default_backend
+from opdlm.models.geometry import LEGACY_PROMPT_ATTENTION, Geometry, check_prompt_attention
 
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` -> cuda when present, else cpu."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise SourceError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SourceError(f"device {device!r} asked for, but this machine has no usable CUDA GPU; use --device cpu or auto")
+    return dev
 
 
 def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str = "cpu") -> torch.dtype:
@@ -39,9 +48,19 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str 
     return table[dtype]
 
 
+_RECONVERT = "convert the teacher again with `opdlm convert` (it registers a separate mask token)"
+
+
 @dataclass
 class StudentMeta:
-    """What the sampler and trainer need to know about a converted student."""
+    """What the sampler and trainer need to know about a converted student.
+
+    Attributes:
+        prompt_attention: ``block`` (prompt bidirectional inside B-blocks counted back from the
+            response start, the paper's) or ``causal``; see :mod:`opdlm.models.geometry`.
+        enable_thinking: the chat template's ``enable_thinking`` for every prompt this model sees
+            (:func:`opdlm.data.prompting.format_prompt`).
+    """
 
     block_size: int
     mask_token_id: int
@@ -49,6 +68,8 @@ class StudentMeta:
     eos_token_ids: list[int]
     pad_token_id: int
     sampler_defaults: SamplerConfig = field(default_factory=SamplerConfig)
+    prompt_attention: str = LEGACY_PROMPT_ATTENTION
+    enable_thinking: bool = False
 
     @classmethod
     def from_config(cls, config, tokenizer, where: str = "model") -> StudentMeta:
@@ -62,28 +83,74 @@ class StudentMeta:
         if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
             eos_ids.append(int(tokenizer.eos_token_id))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+        mask, rows = int(config.mask_token_id), config.get_text_config().vocab_size
+        if mask in eos_ids or mask == pad:
+            # the sampler would read every committed mask as the end of the text (or as padding)
+            raise SourceError(
+                f"{where}: mask_token_id {mask} is also its {'EOS' if mask in eos_ids else 'pad'} token; {_RECONVERT}"
+            )
+        if not 0 <= mask < rows:
+            raise SourceError(f"{where}: mask_token_id {mask} is outside its {rows}-row embedding; convert the teacher again")
         defaults = getattr(config, "sampler_defaults", None) or {}
+        prompt_attention = getattr(config, "prompt_attention", None) or LEGACY_PROMPT_ATTENTION
+        try:
+            check_prompt_attention(prompt_attention)
+        except ValueError as exc:
+            raise SourceError(f"{where}/config.json: {exc}") from None
+        enable_thinking = getattr(config, "enable_thinking", False)
+        if not isinstance(enable_thinking, bool):
+            raise SourceError(f"{where}/config.json: enable_thinking must be true or false (got {enable_thinking!r})")
         return cls(
             block_size=int(config.block_size),
-            mask_token_id=int(config.mask_token_id),
+            mask_token_id=mask,
             logit_shift=bool(getattr(config, "logit_shift", False)),
             eos_token_ids=eos_ids,
             pad_token_id=int(pad),
             sampler_defaults=SamplerConfig.model_validate({**defaults, "block_size": int(config.block_size)}),
+            prompt_attention=prompt_attention,
+            enable_thinking=enable_thinking,
         )
 
 
+def stored_sampler_defaults(path: str | Path) -> SamplerConfig:
+    """A converted student's stored sampler defaults, read from ``config.json`` without loading the model.
+
+    Lets a command validate its sampler options in a second, before a model load that may take minutes.
+    """
+    import json
+
+    from opdlm.models.sources import check_model_dir
+
+    path = check_model_dir(Path(path), "student")
+    try:
+        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{path}/config.json is not valid JSON: {exc}") from None
+    missing = [k for k in ("block_size", "mask_token_id") if raw.get(k) is None]
+    if missing:
+        raise SourceError(f"{path} is not a converted student (config.json lacks {', '.join(missing)}); run `opdlm convert` first")
+    eos = raw.get("eos_token_id")
+    if raw["mask_token_id"] in (eos if isinstance(eos, list) else [eos]):  # (the tokenizer's EOS is checked on load)
+        raise SourceError(f"{path}: mask_token_id {raw['mask_token_id']} is also its EOS token; {_RECONVERT}")
+    return SamplerConfig.model_validate({**(raw.get("sampler_defaults") or {}), "block_size": int(raw["block_size"])})
+
+
 def load_causal_lm(path: str | Path, device: str = "auto", dtype: str = "auto", backend: str | None = None):
-    """Load any causal LM directory with the chosen attention backend. Returns ``(model, tokenizer)``."""
+    """Load any causal LM directory with the chosen attention backend. Returns ``(model, tokenizer)``.
+
+    ``flash_attention_2`` is accepted here for plain causal use (the teacher); a student's block
+    masks need one of ``BACKENDS``.
+    """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
     dev = resolve_device(device)
-    backend = check_backend(backend or default_backend(dev))
+    backend = check_backend(backend or default_backend(dev), TEACHER_BACKENDS)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, dev), attn_implementation=backend)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: weights corrupt past their header
         raise SourceError(f"could not load model from {path}: {str(exc).splitlines()[0]}") from None
     model.to(dev).eval()
     return model, tokenizer
@@ -112,6 +179,8 @@ def load_student(path: str | Path, device: str = "auto", dtype: str = "auto", ba
     from opdlm.models.sources import check_model_dir
 
     path = check_model_dir(Path(path), "student")
+    if backend is not None:
+        check_backend(backend, BACKENDS)
     model, tokenizer = load_causal_lm(path, device, dtype, backend)
     meta = StudentMeta.from_config(model.config, tokenizer, where=str(path))
     return Student(model, tokenizer, meta, model.config._attn_implementation)

@@ -53,6 +53,31 @@ def make_client(max_attempts: int = 3):
     return boto3.client("s3", endpoint_url=endpoint_url(), config=config)
 
 
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, with one line, unless the bucket of ``uri`` answers.
+
+    Called before a pipeline starts, so an unreachable or misspelt artifact store is reported at once
+    instead of after the work it would have stored (and after every retry of every task).
+
+    Raises:
+        StorageError: the endpoint does not answer, the bucket does not exist, or access is denied.
+    """
+    import boto3
+    from botocore.config import Config
+
+    bucket, _ = parse_s3_uri(uri)
+    config = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=timeout_s, read_timeout=timeout_s)
+    client = boto3.client("s3", endpoint_url=endpoint_url(), config=config)
+    try:
+        client.head_bucket(Bucket=bucket)
+    except Exception as exc:  # connection refused, DNS, 403, 404: the store cannot take artifacts
+        where = endpoint_url() or "AWS"
+        raise StorageError(
+            f"artifact store {uri} is not reachable at {where}: {type(exc).__name__}: {str(exc).splitlines()[0]} "
+            "(check OPDLM_ARTIFACT_ROOT and MLFLOW_S3_ENDPOINT_URL)"
+        ) from None
+
+
 def sha256_of(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -52,13 +52,13 @@ def _describe(result: dict) -> str:
 
 def run_jobs(fn: Callable[[dict], dict], jobs: list[dict], workers: int, desc: str, progress: bool = True) -> list[dict]:
     """``[fn(job) for job in jobs]`` on up to ``workers`` processes, results in job order; finished jobs are not re-run."""
-    from tqdm.auto import tqdm
+    from opdlm.progress import progress as progress_bar
 
     if not jobs:
         return []
     results: list[dict | None] = [finished(job) for job in jobs]  # done by an earlier run: no process needed
     todo = [i for i, r in enumerate(results) if r is None]
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="job", disable=not progress)
+    bar = progress_bar(len(jobs), desc, "job", initial=len(jobs) - len(todo), enabled=progress)
     try:
         if workers <= 1 or len(todo) <= 1:
             for i in todo:

@@ -63,10 +63,10 @@ def build_model(config: BootstrapConfig, tokenizer):
 def lr_at(step: int, config: BootstrapConfig, time_fraction: float = 0.0) -> float:
     """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio``.
 
-    The decay runs over whichever is further along: the steps (``step / config.steps``) or the
-    time budget (``time_fraction`` = elapsed / ``max_seconds``). On a fast machine the schedule is
-    the plain step schedule (deterministic); on a slow or busy one it still anneals fully by the
-    deadline instead of being cut off at a high learning rate.
+    The decay runs over whichever is further along: the steps (``step / config.steps``) or, only
+    when an explicit ``max_seconds`` budget is set, the time (``time_fraction`` = elapsed /
+    ``max_seconds``), so a slow machine still anneals fully by that deadline. Without a budget (the
+    default) the schedule depends on the step alone: deterministic for a seed on any machine.
     """
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
@@ -76,7 +76,7 @@ def lr_at(step: int, config: BootstrapConfig, time_fraction: float = 0.0) -> flo
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
-def train(model, tokenizer, rows: list[Row], config: BootstrapConfig) -> dict:
+def train(model, tokenizer, rows: list[Row], config: BootstrapConfig, enable_thinking: bool = False) -> dict:
     """Supervised training on prompt + response + EOS with loss on the response only.
 
     Returns:
@@ -84,27 +84,28 @@ def train(model, tokenizer, rows: list[Row], config: BootstrapConfig) -> dict:
         "final_loss"}``: ``schedule_by_time`` says the machine was too slow for the steps, so the
         learning rate decayed over the time budget instead.
     """
-    from tqdm.auto import tqdm
+    from opdlm.progress import progress
 
-    examples = [encode_example(tokenizer, row) for row in rows]
+    examples = [encode_example(tokenizer, row, enable_thinking) for row in rows]
     schedule = batch_indices(len(examples), config.batch_size, config.steps, config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
     model.train()
     start, cpu_start, ema_loss, steps_done = time.perf_counter(), time.process_time(), None, 0
-    bar = tqdm(total=config.steps, desc="bootstrap teacher", disable=not config.progress, leave=False)
+    bar = progress(config.steps, "bootstrap teacher", "step", enabled=config.progress)
     ever_behind = False
+    budget = config.max_seconds  # None (the default): a fixed schedule, the same teacher on any machine
     for step, indices in enumerate(schedule):
         elapsed = time.perf_counter() - start
-        if elapsed >= config.max_seconds:
+        if budget is not None and elapsed >= budget:
             break
-        # Behind: at this pace the steps will not all fit the budget (judged from step 10 on, once the
-        # first steps' one-time costs are diluted). A run that keeps pace uses the plain step schedule,
-        # so it stays bit-for-bit reproducible; near the boundary both schedules nearly agree.
-        behind = step >= PACE_CHECK_FROM_STEP and elapsed / step * config.steps > config.max_seconds
+        # Behind (only under an explicit budget): at this pace the steps will not all fit it (judged
+        # from step 10 on, once the first steps' one-time costs are diluted). A run that keeps pace uses
+        # the plain step schedule, so it stays bit-for-bit reproducible.
+        behind = budget is not None and step >= PACE_CHECK_FROM_STEP and elapsed / step * config.steps > budget
         ever_behind |= behind
         input_ids_BT, labels_BT = collate([examples[i] for i in indices], tokenizer.pad_token_id)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config, elapsed / config.max_seconds if behind else 0.0)
+            group["lr"] = lr_at(step, config, elapsed / budget if behind else 0.0)
         # Right padding under a causal mask never reaches real tokens, and padded labels are ignored,
         # so no attention mask is passed (which keeps SDPA on its fast causal path).
         loss = model(input_ids=input_ids_BT, labels=labels_BT).loss
@@ -129,7 +130,7 @@ def train(model, tokenizer, rows: list[Row], config: BootstrapConfig) -> dict:
     }
 
 
-def evaluate_heldout(model, tokenizer, rows: list[Row], config: BootstrapConfig) -> dict:
+def evaluate_heldout(model, tokenizer, rows: list[Row], config: BootstrapConfig, enable_thinking: bool = False) -> dict:
     """Greedy autoregressive accuracy on ``rows`` (overall and per family).
 
     Returns:
@@ -143,7 +144,8 @@ def evaluate_heldout(model, tokenizer, rows: list[Row], config: BootstrapConfig)
     correct: dict[str, list[bool]] = {}
     for lo in range(0, len(rows), config.eval_batch_size):
         batch = rows[lo : lo + config.eval_batch_size]
-        prompts = encode_prompts(tokenizer, [format_prompt(tokenizer, r.question, r.domain) for r in batch])
+        texts = [format_prompt(tokenizer, r.question, r.domain, enable_thinking=enable_thinking) for r in batch]
+        prompts = encode_prompts(tokenizer, texts)
         texts = generate_autoregressive(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens).texts
         for row, text in zip(batch, texts):
             correct.setdefault(family_of(row), []).append(is_correct(text, row.answer))
@@ -156,13 +158,17 @@ def evaluate_heldout(model, tokenizer, rows: list[Row], config: BootstrapConfig)
     }
 
 
-def bootstrap_teacher(out_dir: str | Path, config: BootstrapConfig | None = None, overwrite: bool = False) -> dict:
+def bootstrap_teacher(
+    out_dir: str | Path, config: BootstrapConfig | None = None, overwrite: bool = False, enable_thinking: bool = False
+) -> dict:
     """Train, score and save the tiny teacher.
 
     Args:
         out_dir: output directory; must be absent or empty unless ``overwrite``. It appears only when
             everything succeeded (written to a temporary sibling, then renamed).
         config: bootstrap settings (default :class:`BootstrapConfig`).
+        enable_thinking: the chat template's thinking mode (the recipe's ``convert.enable_thinking``);
+            the suite tokenizer's template has no such variable, so it changes nothing there.
 
     Returns:
         The metrics also written to ``out_dir/bootstrap_metrics.json``: training steps and seconds,
@@ -185,9 +191,10 @@ def bootstrap_teacher(out_dir: str | Path, config: BootstrapConfig | None = None
                 "tokenizer_size": len(tokenizer),
                 "embedding_rows": model.config.vocab_size,
             }
-            metrics |= train(model, tokenizer, load_split("train", config.n_train, config.seed), config)
+            metrics |= train(model, tokenizer, load_split("train", config.n_train, config.seed), config, enable_thinking)
             if config.n_eval:
-                metrics |= evaluate_heldout(model, tokenizer, load_split("eval", config.n_eval, config.seed), config)
+                heldout = load_split("eval", config.n_eval, config.seed)
+                metrics |= evaluate_heldout(model, tokenizer, heldout, config, enable_thinking)
             metrics["config"] = config.model_dump()
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)

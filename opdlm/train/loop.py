@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from opdlm.config.recipe import Recipe
+from opdlm.errors import OpdlmError
 from opdlm.train import distributed
 from opdlm.train.batch import TrainingRows, make_rows, pad_step_maps, right_pad
 from opdlm.train.checkpoint import export_model
@@ -50,7 +51,7 @@ def collect_episodes(ctx: RunContext, pos: StagePosition, step: int) -> tuple[Ep
     cap = length_cap(pos.stage.length, pos.step_in_stage, block_size)
     indices = stream_indices(len(ctx.rows), step * cfg.prompts_per_rollout, cfg.prompts_per_rollout, ctx.seed)
     rows = [ctx.rows[i] for i in indices[ctx.rank :: ctx.world_size]]
-    prompts, kept = encode_rows(tok, rows, cfg.math_suffix, cfg.max_prompt_tokens)
+    prompts, kept = encode_rows(tok, rows, cfg.math_suffix, cfg.max_prompt_tokens, ctx.student.meta.enable_thinking)
     ctx.counters.skipped_prompts += len(rows) - len(kept)
     rows = [rows[i] for i in kept]
     caps = [domain_cap(cap, r.domain, pos.stage.domain_caps) for r in rows]
@@ -195,6 +196,17 @@ def _process_settings():
         torch.use_deterministic_algorithms(deterministic)
 
 
+def _check_trained_something(ctx: RunContext, end: int) -> None:
+    """A finished run that took no optimizer step trained nothing: fail rather than export the start weights."""
+    c = ctx.counters
+    if end == ctx.cfg.total_rollout_steps and c.optimizer_steps == 0:
+        raise OpdlmError(
+            f"the run took no optimizer step in its {end} rollout steps: {c.skipped_prompts} prompts were skipped "
+            f"(over train.max_prompt_tokens or without a response) and {c.skipped_rollouts} rollouts had no token to "
+            "learn from; nothing was exported (check the data and train.max_prompt_tokens)"
+        )
+
+
 def _train(recipe, out_dir, teacher, student, data, end, until_stage, loggers, console) -> Path:
     ctx = setup_run(recipe, out_dir, teacher, student, data)
     total = ctx.cfg.total_rollout_steps
@@ -212,6 +224,7 @@ def _train(recipe, out_dir, teacher, student, data, end, until_stage, loggers, c
             stage_end = step + 1 == total or stage_at(ctx.cfg.stages, step).index != stage_at(ctx.cfg.stages, step + 1).index
             if (step + 1) % ctx.cfg.checkpoint_every == 0 or stage_end:
                 checkpoint(ctx, metrics["block_size"])
+        _check_trained_something(ctx, end)
         last = final_checkpoint(ctx)
         if main_rank:
             export_model(last, ctx.out)

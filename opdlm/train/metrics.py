@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any, Protocol, TextIO, runtime_checkable
+
+from opdlm.progress import progress
 
 
 @runtime_checkable
@@ -25,32 +26,29 @@ class MetricLogger(Protocol):
 
 
 class ConsoleLogger:
-    """One line per logged step on stderr, with progress and a time estimate (long runs show progress)."""
+    """Training progress on stderr through :func:`opdlm.progress.progress` (a live bar on a terminal,
+    otherwise a line every ~10% or ~30 s), the latest step's headline metrics as its figures."""
 
     KEYS = ("loss", "length_cap", "rollout_tokens", "loss_tokens", "eos_rate", "tokens_per_step", "grad_norm", "lr")
 
-    def __init__(self, total_steps: int, every: int = 1, stream: TextIO | None = None):
-        self.total_steps, self.every, self.stream = total_steps, max(every, 1), stream or sys.stderr
-        self._start, self._first_step = time.monotonic(), None
+    def __init__(self, total_steps: int, stream: TextIO | None = None):
+        self.total_steps, self.stream = total_steps, stream or sys.stderr
+        self._bar = None
 
     def log_params(self, params: dict[str, Any]) -> None:
         shown = {k: params[k] for k in ("objective", "stages", "total_rollout_steps", "out") if k in params}
         print("train: " + ", ".join(f"{k}={v}" for k, v in shown.items()), file=self.stream, flush=True)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        if self._first_step is None:
-            self._first_step = step
-        done = step + 1
-        if done % self.every and done != self.total_steps:
-            return
-        elapsed = time.monotonic() - self._start
-        rate = elapsed / max(done - self._first_step, 1)
-        eta = rate * (self.total_steps - done)
-        parts = [f"{k}={_fmt(metrics[k])}" for k in self.KEYS if k in metrics]
+        if self._bar is None:  # created at the first step: a resumed run starts its count there
+            self._bar = progress(self.total_steps, "train", "step", initial=step, stream=self.stream)
         stage = metrics.get("stage_name", metrics.get("stage", ""))
-        print(f"[{done}/{self.total_steps} {stage} eta {eta:.0f}s] " + " ".join(parts), file=self.stream, flush=True)
+        self._bar.set_postfix({"stage": stage, **{k: _fmt(metrics[k]) for k in self.KEYS if k in metrics}})
+        self._bar.update(step + 1 - self._bar.n)
 
     def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
         self.stream.flush()
 
 

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from opdlm.config.train import TrainConfig
 from opdlm.data.schema import Row
 from opdlm.errors import OpdlmError, SourceError
 from opdlm.fsutil import atomic_write_text
-from opdlm.models.student import Student, load_causal_lm, load_student, resolve_device
+from opdlm.models.attention import resolve_teacher_backend
+from opdlm.models.student import Student, load_causal_lm, load_student, resolve_device, resolve_dtype
 from opdlm.train import distributed
 from opdlm.train.checkpoint import latest_checkpoint, read_train_state
 from opdlm.train.data import load_training_rows
@@ -123,22 +125,46 @@ def _check_out(out: Path, fingerprint: str) -> None:
         raise OpdlmError(f"output directory {out} is not empty and holds no opdlm training run; use a new --out")
 
 
-def _student_dir(ctx_out: Path, recipe: Recipe, teacher_src: str | None, student: str | None) -> Path:
-    """The student to start from: ``--student``, or the teacher converted into ``OUT/converted``."""
+def _student_dir(ctx_out: Path, recipe: Recipe, teacher_dir: Path | None, student: str | None) -> Path:
+    """The student to start from: ``--student``, or the teacher converted into ``OUT/converted``.
+
+    ``OUT/converted`` is derived from the teacher, so one whose weights do not read back (left by an
+    older version that copied a corrupt teacher unread) is converted again rather than reused.
+    """
+    from opdlm.models.sources import check_weight_files
+
     if student:
         return Path(student)
     converted = ctx_out / "converted"
     if (converted / "config.json").is_file():
-        return converted
-    if teacher_src is None:
+        try:
+            check_weight_files(converted, "converted student")
+            return converted
+        except SourceError:
+            pass
+    if teacher_dir is None:
         raise OpdlmError("no --student given and no teacher to convert")
     from opdlm.models.convert import convert_teacher
-    from opdlm.models.sources import resolve_model_source
 
     return convert_teacher(
-        resolve_model_source(teacher_src, "teacher"), converted, block_size=recipe.convert.block_size,
-        logit_shift=recipe.convert.logit_shift, sampler=recipe.sampler,
+        teacher_dir, converted, block_size=recipe.convert.block_size, logit_shift=recipe.convert.logit_shift,
+        sampler=recipe.sampler, prompt_attention=recipe.convert.prompt_attention,
+        enable_thinking=recipe.convert.enable_thinking, overwrite=True,
     )  # fmt: skip
+
+
+def _check_prompt_format(meta, recipe: Recipe, student_dir: Path) -> None:
+    """The student's stored prompt geometry and thinking mode must be the recipe's ``convert`` values."""
+    for key, stored, wanted in (
+        ("prompt_attention", meta.prompt_attention, recipe.convert.prompt_attention),
+        ("enable_thinking", meta.enable_thinking, recipe.convert.enable_thinking),
+    ):
+        if stored != wanted:
+            shown = (lambda v: str(v).lower() if isinstance(v, bool) else v)
+            raise OpdlmError(
+                f"{student_dir}: the student has {key}={shown(stored)} (config.json; absent = the pre-key default) "
+                f"but the recipe's convert.{key} is {shown(wanted)}; convert the teacher again or change the recipe"
+            )
 
 
 def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -147,15 +173,50 @@ def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | Non
     return None
 
 
-def _prepare_out(out: Path, fingerprint: str, recipe: Recipe, teacher_src: str | None, student: str | None) -> tuple[Path, Path | None]:
+def _prepare_out(out: Path, fingerprint: str, recipe: Recipe, teacher_dir: Path | None, student: str | None) -> tuple[Path, Path | None]:
     """Check/create the output folder; returns ``(student_dir_to_start_from, newest_checkpoint)`` (rank 0's job)."""
     _check_out(out, fingerprint)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt = latest_checkpoint(out / "checkpoints")
-    start_dir = ckpt if ckpt is not None else _student_dir(out, recipe, teacher_src, student)
+    start_dir = ckpt if ckpt is not None else _student_dir(out, recipe, teacher_dir, student)
+    out.mkdir(parents=True, exist_ok=True)
+    return start_dir, ckpt
+
+
+def _write_run_file(out: Path, fingerprint: str, recipe: Recipe) -> None:
+    """Mark ``out`` as this recipe's run, once its models have loaded (rank 0's job)."""
     if not (out / RUN_FILE).is_file():
         atomic_write_text(out / RUN_FILE, json.dumps({"fingerprint": fingerprint, "recipe": recipe.name}, indent=1))
-    return start_dir, ckpt
+
+
+def check_inputs(recipe: Recipe, rows: list[Row], teacher_dir: Path | None, student: str | None) -> None:
+    """Fail before anything is written unless the student to start from loads and some row can be trained on.
+
+    A row is skipped when its prompt exceeds ``train.max_prompt_tokens`` (or, for ``mdm_sft``, when it
+    has no response); a run whose every row is skipped would take no optimizer step and still say it
+    trained, so it is refused here with the numbers that explain it.
+    """
+    from transformers import AutoTokenizer
+
+    from opdlm.models.sources import check_model_dir
+    from opdlm.train.rollout import encode_rows
+
+    cfg = recipe.train
+    source = check_model_dir(Path(student), "student") if student else teacher_dir
+    if source is None:
+        raise OpdlmError("no --student given and no teacher to convert")
+    if cfg.objective == "mdm_sft" and not any(r.response for r in rows):
+        raise OpdlmError("train.objective mdm_sft needs rows with a response; none of the training rows has one")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"could not load the tokenizer from {source}: {str(exc).splitlines()[0]}") from None
+    prompts, kept = encode_rows(tokenizer, rows, cfg.math_suffix, cfg.max_prompt_tokens)
+    if not kept:
+        shortest = min((len(p) for p in encode_rows(tokenizer, rows, cfg.math_suffix, 10**12)[0]), default=0)
+        raise OpdlmError(
+            f"no training prompt fits train.max_prompt_tokens ({cfg.max_prompt_tokens}): all {len(rows)} are longer "
+            f"(the shortest has {shortest} tokens); raise train.max_prompt_tokens or pass other --data"
+        )
 
 
 def setup_run(
@@ -185,26 +246,40 @@ def setup_run(
     torch.manual_seed(seed)
     random.seed(seed)
 
+    # every input is checked before OUT is touched: a bad one leaves OUT exactly as it was
     rows = load_training_rows(recipe.data.source, data or recipe.data.path, cfg.num_prompts, seed)
     needs_teacher = cfg.objective == "opd"
     teacher_src = _teacher_source(recipe, teacher) if (needs_teacher or not student) else None
-    start_dir, ckpt = distributed.on_main(lambda: _prepare_out(out, fingerprint, recipe, teacher_src, student))
-
-    student_obj = load_student(start_dir, device=str(device), dtype="fp32", backend=cfg.attn_backend)
-    if cfg.gradient_checkpointing:
-        student_obj.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    teacher_model, teacher_backend = None, None
-    if needs_teacher:
+    teacher_dir = None
+    if teacher_src is not None:
         from opdlm.models.sources import resolve_model_source
 
-        teacher_dtype = "bf16" if _autocast_dtype(cfg, device) is not None else "fp32"
         teacher_dir = distributed.on_main(lambda: resolve_model_source(teacher_src, "teacher"))
-        # an offloaded teacher is loaded on the CPU: ZeRO-3 moves each layer to the device when it runs
-        teacher_device = "cpu" if cfg.teacher_offload else str(device)
-        teacher_model, _ = load_causal_lm(teacher_dir, teacher_device, teacher_dtype, cfg.attn_backend)
-        teacher_model.requires_grad_(False)
-        teacher_model.eval()
-        teacher_backend = teacher_model.config._attn_implementation
+    distributed.on_main(lambda: check_inputs(recipe, rows, teacher_dir, student))
+    distributed.on_main(lambda: _check_out(out, fingerprint))
+
+    created = not out.exists()
+    try:
+        start_dir, ckpt = distributed.on_main(lambda: _prepare_out(out, fingerprint, recipe, teacher_dir, student))
+        student_obj = load_student(start_dir, device=str(device), dtype="fp32", backend=cfg.attn_backend)
+        _check_prompt_format(student_obj.meta, recipe, start_dir)
+        teacher_model, teacher_backend = None, None
+        if needs_teacher:
+            teacher_dtype = "bf16" if _autocast_dtype(cfg, device) is not None else "fp32"
+            # an offloaded teacher is loaded on the CPU: ZeRO-3 moves each layer to the device when it runs
+            teacher_device = "cpu" if cfg.teacher_offload else str(device)
+            backend = resolve_teacher_backend(cfg.teacher_attn_backend, device, resolve_dtype(teacher_dtype), cfg.attn_backend)
+            teacher_model, _ = load_causal_lm(teacher_dir, teacher_device, teacher_dtype, backend)
+            teacher_model.requires_grad_(False)
+            teacher_model.eval()
+            teacher_backend = teacher_model.config._attn_implementation
+        distributed.on_main(lambda: _write_run_file(out, fingerprint, recipe))
+    except BaseException:
+        if created and rank == 0:  # a folder this call made holds nothing of the user's
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    if cfg.gradient_checkpointing:
+        student_obj.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     if cfg.deepspeed:
         from opdlm.train.deepspeed_engine import make_deepspeed_stepper

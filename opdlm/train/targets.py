@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from opdlm.models.attention import attention_mask
+from opdlm.models.attention import causal_padding_mask
 from opdlm.models.geometry import inference_geometry
 
 
@@ -30,7 +30,7 @@ def teacher_hidden_states(
         prompt_ids_BP: left-padded prompts.
         prompt_lens_B: true prompt lengths (each >= 1).
         response_BL: responses (right padding is harmless: causal attention never looks ahead).
-        backend: the teacher's attention backend.
+        backend: the teacher's attention backend (``flash_attention_2`` gets the 2-D padding mask).
 
     Returns:
         ``hidden_BLH``: row ``j`` is the state at index ``P + j - 1``.
@@ -41,7 +41,7 @@ def teacher_hidden_states(
     dtype = next(teacher.parameters()).dtype
     ids_BT = torch.cat([prompt_ids_BP, response_BL], dim=1)
     out = teacher.model(
-        input_ids=ids_BT, attention_mask=attention_mask(geom, backend, dtype), position_ids=geom.position_ids_BT,
+        input_ids=ids_BT, attention_mask=causal_padding_mask(geom, backend, dtype), position_ids=geom.position_ids_BT,
         use_cache=False,
     )  # fmt: skip
     return out.last_hidden_state[:, P - 1 : P + L - 1]
