@@ -199,6 +199,8 @@ def test_bad_model_arg_is_one_line_naming_it(world):
     with pytest.raises(ConfigError, match="treshold") as info:
         OpdlmLM.create_from_arg_string(f"pretrained={world['student']},treshold=0.9", {"batch_size": 1, "device": None})
     assert "lm-eval --model_args" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="converted with enable_thinking=false"):  # as `opdlm eval` refuses it
+        OpdlmLM(pretrained=str(world["student"]), enable_thinking=True, device="cpu")
 
 
 @pytest.fixture(scope="module")
