@@ -163,6 +163,25 @@ def test_cli_writes_results_with_speed_and_request_jsonl_beside_them(world, tmp_
     assert "acc" in capsys.readouterr().out  # lm-eval's own table
 
 
+def test_cli_teacher_runs_generation_and_loglikelihood_tasks(world, tmp_path):
+    """The teacher through the real command line: a generate_until and a multiple-choice task in one run."""
+    from opdlm.cli.main import main
+
+    out = tmp_path / "out.json"
+    code = main(["lm-eval", "--model", "opdlm", "--model_args", f"pretrained={world['teacher']}",
+                 "--tasks", TASK, MC_TASK, "--include_path", str(world["tasks"]), "--output_path", str(out),
+                 "--limit", "2"])  # fmt: skip
+    assert code == 0
+    (results_file,) = tmp_path.glob("out_*.json")
+    (requests_file,) = tmp_path.glob("out_opdlm_requests_*.jsonl")
+    results = json.loads(results_file.read_text())
+    assert set(results["results"]) == {TASK, MC_TASK}
+    assert 0.0 <= results["results"][MC_TASK]["acc,none"] <= 1.0
+    assert results["config"]["opdlm"]["model_kind"] == "causal_lm"
+    assert results["config"]["opdlm"]["tokens_per_step"] == 1.0  # autoregressive: one token per forward
+    assert len(requests_file.read_text().splitlines()) == 2  # generate_until requests only
+
+
 def test_student_refuses_loglikelihood_tasks_in_one_line(world, tasks):
     import lm_eval
 
@@ -180,6 +199,8 @@ def test_bad_model_arg_is_one_line_naming_it(world):
     with pytest.raises(ConfigError, match="treshold") as info:
         OpdlmLM.create_from_arg_string(f"pretrained={world['student']},treshold=0.9", {"batch_size": 1, "device": None})
     assert "lm-eval --model_args" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="converted with enable_thinking=false"):  # as `opdlm eval` refuses it
+        OpdlmLM(pretrained=str(world["student"]), enable_thinking=True, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -291,6 +312,24 @@ def test_pipeline_eval_stage_runs_recipe_lm_eval_tasks(world, tmp_path):
     assert (tmp_path / "student" / "lm_eval" / f"samples_{TASK}.jsonl").is_file()
     flat = lm_eval_metrics(tmp_path / "teacher-not-run", tmp_path / "student")
     assert set(flat) == {f"lm_eval/student/{TASK}/{k}" for k in ("acc", "acc_stderr", "tokens_per_step", "mean_forwards")}
+
+
+def test_lm_eval_command_without_the_extra_says_how_to_install(monkeypatch, capsys):
+    import sys
+
+    from opdlm.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "lm_eval._cli", None)  # as if lm-eval were not installed
+    assert main(["lm-eval", "--model", "opdlm", "--tasks", "gsm8k"]) == 2
+    assert "pip install 'opdlm[lmeval]'" in capsys.readouterr().err
+
+
+def test_flat_metrics_names_fit_mlflow():
+    from opdlm.lmeval.run import flat_metrics
+
+    results = {"results": {"gsm8k": {"alias": "gsm8k", "exact_match,strict-match": 0.5,
+                                     "exact_match_stderr,strict-match": "N/A", "acc,none": 1, "flag,none": True}}}  # fmt: skip
+    assert flat_metrics(results) == {"gsm8k": {"exact_match/strict-match": 0.5, "acc": 1.0}}
 
 
 def test_recipe_lm_eval_tasks_need_the_extra(monkeypatch):

@@ -39,7 +39,10 @@ class LmEvalModelArgs(StrictModel):
         True, description="Wrap each context as one user turn in the model's chat template, as `opdlm eval` does "
         "(skipped when lm-eval's --apply_chat_template already formatted it).",
     )
-    enable_thinking: bool = Field(False, description="Chat-template thinking mode (Qwen3); off by default.")
+    enable_thinking: bool | None = Field(
+        None, description="Chat-template thinking mode (Qwen3). None: a student's stored value (its config.json), "
+        "false for a causal LM, as in `opdlm eval`; a value a student was not converted with is refused.",
+    )
     batch_size: int = Field(16, ge=1, description="Requests decoded together (lm-eval's --batch_size; 'auto' = 16).")
     max_batch_size: int | None = Field(None, description="Accepted for lm-eval's CLI; unused.")
     seed: int = Field(0, description="Batch b samples with seed + b, as in `opdlm eval`.")

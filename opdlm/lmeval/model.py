@@ -44,7 +44,7 @@ class OpdlmLM(TemplateLM):
 
         self.args = parse_model_args(kwargs)
         self.runner = load_runner(self.args.pretrained, device=self.args.device, dtype=self.args.dtype,
-                                  backend=self.args.attn_backend)  # fmt: skip
+                                  backend=self.args.attn_backend, enable_thinking=self.args.enable_thinking)  # fmt: skip
         self.tokenizer = self.runner.tokenizer
         self.base_sampler = base_sampler(self.runner.sampler_defaults, self.args)
         self.requests: list[RequestSpeed] = []
@@ -72,11 +72,11 @@ class OpdlmLM(TemplateLM):
         return getattr(self.tokenizer, "chat_template", None) or ""
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        """lm-eval's ``--apply_chat_template`` path: the model's template, thinking per ``enable_thinking``."""
+        """lm-eval's ``--apply_chat_template`` path: the model's template in the model's thinking mode."""
         self._contexts_templated = True
         return self.tokenizer.apply_chat_template(
             chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
-            continue_final_message=not add_generation_prompt, enable_thinking=self.args.enable_thinking,
+            continue_final_message=not add_generation_prompt, enable_thinking=self.runner.enable_thinking,
         )  # fmt: skip
 
     def get_model_info(self) -> dict:
@@ -85,7 +85,7 @@ class OpdlmLM(TemplateLM):
             "opdlm": {
                 "model_kind": self.runner.kind,
                 "sampler": self.base_sampler.model_dump() if self.runner.kind == "student" else None,
-                "enable_thinking": self.args.enable_thinking,
+                "enable_thinking": self.runner.enable_thinking,
                 "requests_jsonl": self.args.requests_jsonl,
                 **aggregate(self.requests),
             }
@@ -94,12 +94,10 @@ class OpdlmLM(TemplateLM):
     # ---- generation -----------------------------------------------------------------------------
 
     def prompt_text(self, context: str) -> str:
-        """The prompt the model sees for an lm-eval context (``opdlm eval``'s :func:`format_prompt`)."""
-        from opdlm.data.prompting import format_prompt
-
+        """The prompt the model sees for an lm-eval context (``opdlm eval``'s prompt formatting and thinking mode)."""
         if self._contexts_templated or not self.args.chat_template:
             return context
-        return format_prompt(self.tokenizer, context, enable_thinking=self.args.enable_thinking)
+        return self.runner.format_prompt(context)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Decode every request (grouped by sampler settings and stop strings, batched by length).
@@ -112,14 +110,15 @@ class OpdlmLM(TemplateLM):
 
         groups: dict[str, list[int]] = {}
         settings = []
+        unknown: set[str] = set()
         for i, req in enumerate(requests):
-            context, gen_kwargs = req.args
-            unknown = sorted(set(gen_kwargs or {}) - _KNOWN_GEN_KWARGS)
-            if unknown:
-                log.warning("opdlm: ignoring gen_kwargs %s (not sampler settings)", unknown)
+            _, gen_kwargs = req.args
+            unknown |= set(gen_kwargs or {}) - _KNOWN_GEN_KWARGS
             cfg, stops = request_sampler(self.base_sampler, gen_kwargs)
             settings.append((cfg, stops))
             groups.setdefault(json.dumps([cfg.model_dump(), stops]), []).append(i)
+        if unknown:
+            log.warning("opdlm: ignoring gen_kwargs %s (not sampler settings)", sorted(unknown))
         answers: list[str | None] = [None] * len(requests)
         for members in groups.values():
             cfg, stops = settings[members[0]]

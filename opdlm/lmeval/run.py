@@ -20,7 +20,10 @@ SUMMARY_FILE = "lm_eval.json"
 FOLDER = "lm_eval"
 
 
-def model_args_for(model_dir: str | Path, config: EvalConfig, sampler: SamplerConfig | None, requests_jsonl: Path) -> dict:
+def model_args_for(
+    model_dir: str | Path, config: EvalConfig, sampler: SamplerConfig | None, requests_jsonl: Path,
+    enable_thinking: bool | None = None,
+) -> dict:  # fmt: skip
     """``--model_args`` equivalent to ``opdlm eval`` with ``config`` and ``sampler`` (the recipe's).
 
     Batch size and device travel as lm-eval's own ``batch_size`` / ``device`` arguments.
@@ -28,7 +31,8 @@ def model_args_for(model_dir: str | Path, config: EvalConfig, sampler: SamplerCo
     Every sampler field is passed, so a student decodes with the recipe's settings and a teacher
     with its temperature / top-k / top-p, as :func:`opdlm.eval.harness.sampler_config` does.
     """
-    args: dict = {"pretrained": str(model_dir), "seed": config.seed, "requests_jsonl": str(requests_jsonl)}
+    args: dict = {"pretrained": str(model_dir), "seed": config.seed, "requests_jsonl": str(requests_jsonl),
+                  "enable_thinking": enable_thinking}  # fmt: skip
     if sampler is not None:
         args.update({k: getattr(sampler, k) for k in SAMPLER_ARGS})
         args["max_gen_toks"] = sampler.max_new_tokens
@@ -60,12 +64,14 @@ def run_lm_eval(
     sampler: SamplerConfig | None,
     out_dir: str | Path,
     include_path: str | None = None,
+    enable_thinking: bool | None = None,
 ) -> dict:
     """Score ``model_dir`` on lm-eval ``tasks``; write lm-eval's results, samples and the request speeds.
 
     Writes ``OUT/lm_eval/results.json`` (lm-eval's own), ``OUT/lm_eval/samples_<task>.jsonl``,
     ``OUT/lm_eval/requests.jsonl`` (one line of speed per request) and, last,
     ``OUT/lm_eval.json``: ``{"metrics": {task: {metric: value}}, "speed": {...}}``.
+    ``enable_thinking`` is the recipe's ``convert.enable_thinking``, as for the built-in benchmarks.
 
     Raises:
         ConfigError: lm-eval is not installed, or a task name is unknown.
@@ -88,7 +94,7 @@ def run_lm_eval(
     if unknown:
         raise ConfigError(f"eval.lm_eval_tasks: unknown lm-eval task {unknown[0]!r} (see `lm-eval ls tasks`)")
     results = lm_eval.simple_evaluate(
-        model="opdlm", model_args=model_args_for(model_dir, config, sampler, folder / "requests.jsonl"),
+        model="opdlm", model_args=model_args_for(model_dir, config, sampler, folder / "requests.jsonl", enable_thinking),
         tasks=list(tasks), task_manager=manager, limit=config.limit, log_samples=True,
         batch_size=config.batch_size, device=config.device,
     )  # fmt: skip

@@ -186,7 +186,7 @@ def eval_model_stage(
         from opdlm.lmeval.run import run_lm_eval
 
         run_lm_eval(model_dir, recipe.eval.lm_eval_tasks, recipe.eval, recipe.sampler, out_dir,
-                    include_path=recipe.eval.lm_eval_include_path)  # fmt: skip
+                    include_path=recipe.eval.lm_eval_include_path, enable_thinking=recipe.convert.enable_thinking)  # fmt: skip
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
     return results
 
