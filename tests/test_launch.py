@@ -159,7 +159,7 @@ def test_training_env_sets_run_id_and_splits_threads():
 
 def test_opdlm_launch_dry_run_uses_the_recipe(tmp_path, capsys, monkeypatch):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("resources:\n  gpus_per_node: 2\n")
+    recipe.write_text("resources:\n  gpus_per_node: 2\ntrain:\n  stages: [{name: only, rollout_steps: 1}]\n")
     code = main(["launch", "--config", str(recipe), "--out", str(tmp_path / "o"), "--dry-run", "train.lr=1e-5"])
     assert code == 0
     argv = shlex.split(capsys.readouterr().out.strip())

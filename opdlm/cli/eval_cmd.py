@@ -34,7 +34,7 @@ def _eval_config(config: Path | None, overrides: list[str], flags: dict):
     if config is not None:
         from opdlm.config.recipe import load_recipe
 
-        recipe = load_recipe(config)
+        recipe = load_recipe(config, trains=False)  # only its eval, sampler and convert sections
         base, sampler, enable_thinking = recipe.eval.model_dump(), recipe.sampler, recipe.convert.enable_thinking
     data = apply_overrides(base, overrides)
     data.update({k: v for k, v in flags.items() if v is not None})

@@ -16,7 +16,9 @@ import sys
 import threading
 
 import typer
-from typer._click.exceptions import UsageError
+
+# typer >= 0.29 vendors its own click: its usage errors are these classes, not click.ClickException
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.exceptions import TyperException
 
 app = typer.Typer(
@@ -104,8 +106,6 @@ def _deepspeed_logs_to_stderr() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of raising it (handy in tests)."""
-    from typer._click.exceptions import NoArgsIsHelpError
-
     from opdlm.errors import Interrupted, OpdlmError
 
     _register()

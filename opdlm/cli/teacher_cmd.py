@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
     def bootstrap(
         out: Path = typer.Option(..., "--out", help="Output model directory (must not exist or be empty)."),
         overrides: list[str] = typer.Argument(None, help="key=value overrides of BootstrapConfig, e.g. steps=500 hidden_size=96."),
-        seconds: float = typer.Option(None, "--seconds", help="Training time budget in seconds (max_seconds)."),
+        seconds: float = typer.Option(None, "--seconds", help="Optional wall-clock budget in seconds (max_seconds; default none: a fixed step schedule, the same teacher on any machine)."),
         seed: int = typer.Option(None, "--seed", help="Seed of data, initialisation and batch order."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
         enable_thinking: bool = typer.Option(

@@ -85,17 +85,21 @@ class Recipe(StrictModel):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Machines and GPUs for training.")
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), trains: bool = True) -> Recipe:
     """Load and validate a recipe YAML with dotted overrides.
 
+    Args:
+        trains: the caller trains (or stages a training run) from it, so the recipe must list its
+            ``train.stages``; ``opdlm eval --config`` reads only the eval and sampler sections.
+
     Raises:
-        ConfigError: the file or an override does not validate, or the recipe does not say what it
-            trains: a file without ``train.stages`` (an empty file, a missing ``train:`` section) would
-            otherwise start the built-in defaults' long run, which nobody asked for.
+        ConfigError: the file or an override does not validate, or a recipe to train from does not
+            say what it trains: a file without ``train.stages`` (an empty file, a missing ``train:``
+            section) would otherwise start the built-in defaults' long run, which nobody asked for.
     """
     data = apply_overrides(load_yaml(path), list(overrides))
     train = data.get("train")
-    if not isinstance(train, dict) or not train.get("stages"):
+    if trains and (not isinstance(train, dict) or not train.get("stages")):
         what = "has no train section" if not isinstance(train, dict) else "has no train.stages"
         raise ConfigError(f"{path}: the recipe {what}; a recipe must list what it trains (see configs/tiny.yaml)")
     return validate_config(Recipe, data, source=str(path))
