@@ -140,3 +140,20 @@ def test_chat_template(tokenizer, tmp_path):
 
 def test_tokenizer_is_deterministic(tokenizer):
     assert build_tokenizer().get_vocab() == tokenizer.get_vocab()
+
+
+def test_readme_examples_are_held_out_suite_rows_with_the_answers_it_shows():
+    """The README's prompts are what the tiny model was trained to answer (a prompt outside the suite's
+    templates gets nonsense), taken from the held-out split, with the answers its comment names."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme[readme.index('model.predict({"prompt": [') :].split("```")[0]
+    prompts = re.findall(r'"([^"]+\.)"', block)
+    answers = re.findall(r"\\boxed\{(\w+)\}", block.split("right answers:")[1])
+    held_out = {r.question: r.answer for r in load_split("eval", 50)}
+    assert len(prompts) == len(answers) == 4 and set(prompts) <= set(held_out)
+    assert [held_out[p] for p in prompts] == answers
+    cli = re.search(r'opdlm generate --model STUDENT --prompt "([^"]+)"', readme).group(1)
+    assert cli in held_out

@@ -140,9 +140,12 @@ def evaluate_heldout(model, tokenizer, rows: list[Row], config: BootstrapConfig,
     from opdlm.data.synthetic import family_of, is_correct
     from opdlm.sampling.autoregressive import generate_autoregressive
 
+    from opdlm.progress import track
+
     start = time.perf_counter()
     correct: dict[str, list[bool]] = {}
-    for lo in range(0, len(rows), config.eval_batch_size):
+    starts = range(0, len(rows), config.eval_batch_size)
+    for lo in track(starts, "score teacher", "batch", enabled=config.progress):
         batch = rows[lo : lo + config.eval_batch_size]
         texts = [format_prompt(tokenizer, r.question, r.domain, enable_thinking=enable_thinking) for r in batch]
         prompts = encode_prompts(tokenizer, texts)
