@@ -44,3 +44,16 @@ def test_errors_are_one_line_and_nonzero(args, needle, tiny_teacher_dir, tiny_st
     err = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
     assert len(err) == 1 and needle in err[0], proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_train_refuses_a_student_with_another_prompt_geometry(tiny_teacher_dir, tmp_path, capsys):
+    from pathlib import Path
+
+    from opdlm.models.convert import convert_teacher
+
+    causal = convert_teacher(tiny_teacher_dir, tmp_path / "causal", block_size=4, prompt_attention="causal")
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    code = main(["train", "--config", str(config), "--out", str(tmp_path / "run"), "--student", str(causal),
+                 "--teacher", str(tiny_teacher_dir), "convert.prompt_attention=block"])  # fmt: skip
+    assert code == 2
+    assert "prompt_attention=causal" in capsys.readouterr().err

@@ -88,3 +88,38 @@ def test_existing_output_is_not_overwritten(tmp_path):
         convert_teacher(teacher, out)
     convert_teacher(teacher, out, block_size=2, overwrite=True)
     assert json.loads((out / "config.json").read_text())["block_size"] == 2
+
+
+def test_prompt_format_keys_round_trip_and_legacy_default(tiny_teacher_dir, tmp_path):
+    """config.json carries prompt_attention and enable_thinking; a student converted before the keys
+    existed loads as causal and non-thinking; a bad value is one clear line."""
+    from opdlm.errors import SourceError
+    from opdlm.models.student import load_student
+
+    out = convert_teacher(tiny_teacher_dir, tmp_path / "s", block_size=4, prompt_attention="causal", enable_thinking=True)
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["prompt_attention"], cfg["enable_thinking"]) == ("causal", True)
+    meta = load_student(out, device="cpu").meta
+    assert (meta.prompt_attention, meta.enable_thinking) == ("causal", True)
+    default = json.loads((convert_teacher(tiny_teacher_dir, tmp_path / "d", block_size=4) / "config.json").read_text())
+    assert (default["prompt_attention"], default["enable_thinking"]) == ("block", False)  # the paper's
+    for key in ("prompt_attention", "enable_thinking"):
+        cfg.pop(key)
+    (out / "config.json").write_text(json.dumps(cfg))
+    meta = load_student(out, device="cpu").meta
+    assert (meta.prompt_attention, meta.enable_thinking) == ("causal", False)
+    (out / "config.json").write_text(json.dumps({**cfg, "prompt_attention": "full"}))
+    with pytest.raises(SourceError, match="prompt_attention must be one of block, causal"):
+        load_student(out, device="cpu")
+    with pytest.raises(OpdlmError, match="prompt_attention must be one of"):
+        convert_teacher(tiny_teacher_dir, tmp_path / "bad", prompt_attention="full")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_eval_refuses_a_recipe_with_the_other_thinking_mode(tiny_student_dir):
+    from opdlm.errors import ConfigError
+    from opdlm.eval.runners import load_runner
+
+    assert load_runner(tiny_student_dir, device="cpu").enable_thinking is False
+    with pytest.raises(ConfigError, match="enable_thinking=false but the recipe's convert.enable_thinking is true"):
+        load_runner(tiny_student_dir, device="cpu", enable_thinking=True)
