@@ -51,8 +51,8 @@ def render_summary(run: PipelineRun, eval_record: dict, train_records: list[dict
     """The Markdown summary and the same facts as a dict."""
     mlflow_base, mlflow_cmd = mlflow_ui(run.tracking_uri)
     prefect_base, prefect_cmd = prefect_ui()
-    run_url = f"{mlflow_base}/#/experiments/{run.experiment_id}/runs/{run.parent_run_id}"
-    model_url = f"{mlflow_base}/#/models/{quote(reg['name'])}/versions/{reg['version']}"
+    run_url = tracking.ui_url(mlflow_base, f"experiments/{run.experiment_id}/runs/{run.parent_run_id}")
+    model_url = tracking.ui_url(mlflow_base, f"models/{quote(reg['name'])}/versions/{reg['version']}")
     flow_url = f"{prefect_base}/runs/flow-run/{run.flow_run_id}" if run.flow_run_id else None
     train_dir = Path(train_records[-1]["train_dir"])
     summary_file = train_dir / "train_summary.json"
@@ -69,7 +69,8 @@ def render_summary(run: PipelineRun, eval_record: dict, train_records: list[dict
               "", f"Registered **{reg['name']}** version **{reg['version']}** with alias(es) {', '.join(reg['aliases'])}. "
               f"Gate: {reg['gate']}", "",
               f"- MLflow run: [{run.parent_run_id}]({run_url})", f"- Model version: [{reg['name']} v{reg['version']}]({model_url})",
-              f"- Load it: `mlflow.pyfunc.load_model(\"models:/{reg['name']}@candidate\")`"]  # fmt: skip
+              f"- Load it: `mlflow.pyfunc.load_model(\"models:/{reg['name']}@candidate\")`",
+              f"- Serve it: `mlflow models serve -m models:/{reg['name']}@candidate -p 5001` (README: Serving the registered model)"]  # fmt: skip
     if flow_url:
         lines.append(f"- Prefect flow run: [{run.flow_run_id}]({flow_url})")
     if mlflow_cmd:

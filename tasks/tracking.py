@@ -24,6 +24,12 @@ STAGE_TAG = "opdlm.stage"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a parameter value
 PARAMS_PER_BATCH = 100
 METRICS_PER_BATCH = 1000
+PLOTS_DIR = "plots"  # the pipeline run's folder of figures (training curves, sweep Pareto fronts)
+# The experiment type MLflow's UI offers for this experiment ("Machine learning", not "GenAI apps").
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+# MLflow 3.17's UI takes its workflow (GenAI or model training) from this query parameter, falling
+# back to the browser's last choice and then GenAI; links we print carry it so they open training.
+UI_WORKFLOW_QUERY = "workflowType=machine_learning"
 
 
 def client_for(tracking_uri: str) -> MlflowClient:
@@ -38,8 +44,10 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
     default) when it does not exist."""
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if found.tags.get(EXPERIMENT_KIND_TAG) is None:
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return found.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
+    return client.create_experiment(name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
 
 def start_run(
@@ -51,6 +59,11 @@ def start_run(
         all_tags[PARENT_TAG] = parent_run_id
     run = client.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()})
     return run.info.run_id
+
+
+def ui_url(base: str, route: str) -> str:
+    """The MLflow UI address of ``route`` (``experiments/1/runs/<id>``), opening in model-training view."""
+    return f"{base.rstrip('/')}/#/{route}?{UI_WORKFLOW_QUERY}"
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
