@@ -1,8 +1,9 @@
 """The registered student as an MLflow pyfunc: ``predict`` generates text with the block sampler.
 
 Logged as code (MLflow's "models from code"): MLflow copies this file into the model and runs it when
-the model is loaded, so ``mlflow.pyfunc.load_model("models:/NAME@champion").predict(...)`` works in
-any process where ``opdlm`` is installed, with no pickled objects involved.
+the model is loaded; the model also carries the opdlm package (``code_paths``) and pinned
+requirements, so ``mlflow.pyfunc.load_model("models:/NAME@champion").predict(...)`` and ``mlflow
+models serve`` work in this environment or in one MLflow builds, with no pickled objects involved.
 
 Input: a DataFrame with a string column ``prompt`` (or ``{"prompt": [...]}``). Params (optional, defaults are
 the student's sampler settings): ``max_new_tokens``, ``threshold``, ``temperature``, ``seed``,
