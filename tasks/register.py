@@ -95,7 +95,9 @@ def _code_dir(tmp: Path) -> Path:
 
 
 def _rounded(value) -> str:
-    """A tag value as a person reads it: floats to 4 significant digits."""
+    """A tag value as a person reads it: floats to 4 significant digits, None as n/a."""
+    if value is None:
+        return "n/a"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 

@@ -24,11 +24,11 @@ STAGE_TAG = "opdlm.stage"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a parameter value
 PARAMS_PER_BATCH = 100
 METRICS_PER_BATCH = 1000
+NOTE_TAG = "mlflow.note.content"  # shown as a run's Description in the UI
 PLOTS_DIR = "plots"  # the pipeline run's folder of figures (training curves, sweep Pareto fronts)
-# The experiment type MLflow's UI offers for this experiment ("Machine learning", not "GenAI apps").
-EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 # MLflow 3.17's UI takes its workflow (GenAI or model training) from this query parameter, falling
-# back to the browser's last choice and then GenAI; links we print carry it so they open training.
+# back to the browser's last choice and then GenAI (the experiment tag mlflow.experimentKind is not
+# read by that build); links we print carry it so they open the model-training view.
 UI_WORKFLOW_QUERY = "workflowType=machine_learning"
 
 
@@ -44,10 +44,8 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
     default) when it does not exist."""
     found = client.get_experiment_by_name(name)
     if found is not None:
-        if found.tags.get(EXPERIMENT_KIND_TAG) is None:
-            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return found.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    return client.create_experiment(name, artifact_location=artifact_location)
 
 
 def start_run(
