@@ -25,8 +25,8 @@ SWEEP_FILE = "sweep.json"
 
 
 def _metric_name(bench: str, key: str) -> str:
-    """MLflow name of an evaluation number: the student's accuracy joins the key curves' section."""
-    return f"{KEY_SECTION}/{bench}/{key}" if key == "student_accuracy" else f"{bench}/{key}"
+    """MLflow name of an evaluation number: the student's accuracy joins the key curves (sections split at "/")."""
+    return f"{KEY_SECTION}/{bench}_{key}" if key == "student_accuracy" else f"{bench}/{key}"
 
 
 def _eval_output(run: PipelineRun, model_key: str, what: str) -> tuple[str, Path]:

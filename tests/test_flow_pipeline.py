@@ -106,7 +106,7 @@ def test_pipeline_runs_tracks_and_registers(pipeline):
     assert [d.dataset.digest for d in parent.inputs.dataset_inputs] == [md5]
     assert stages["data"].data.tags["dataset.md5"] == md5
     # eval numbers, the sweep's Pareto plot, training curves and the summary as artifacts
-    assert 0.0 <= parent.data.metrics["1_key/synthetic/student_accuracy"] <= 1.0
+    assert 0.0 <= parent.data.metrics["1_key/synthetic_student_accuracy"] <= 1.0
     assert "synthetic/teacher_accuracy" in parent.data.metrics
     sweep = [a.path for a in client.list_artifacts(stages["eval"].info.run_id, "eval/sweep/synthetic")]
     assert "eval/sweep/synthetic/sweep_pareto.png" in sweep
