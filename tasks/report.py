@@ -58,7 +58,7 @@ def render_summary(run: PipelineRun, eval_record: dict, train_records: list[dict
     train_dir = Path(train_records[-1]["train_dir"])
     summary_file = train_dir / "train_summary.json"
     train_summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    lines = [f"# opdlm run `{Path(run.run_dir).name}`", "", f"Recipe `{run.recipe_source}` {' '.join(run.overrides)}", "",
+    lines = [f"# opdlm run `{Path(run.run_dir).name}`", "",
              "| benchmark | student acc | teacher acc | retention | student tokens/step | teacher tokens/step |",
              "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     fmt = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
@@ -71,13 +71,14 @@ def render_summary(run: PipelineRun, eval_record: dict, train_records: list[dict
               f"Gate: {reg['gate']}", "",
               f"- MLflow run: [{run.parent_run_id}]({run_url}) (all runs: {runs_url})", f"- Model version: [{reg['name']} v{reg['version']}]({model_url})",
               f"- Load it: `mlflow.pyfunc.load_model(\"models:/{reg['name']}@candidate\")`",
-              f"- Serve it: `mlflow models serve -m models:/{reg['name']}@candidate -p 5001` (README: Serving the registered model)"]  # fmt: skip
+              f"- Serve it: `mlflow models serve -m models:/{reg['name']}@candidate -p 5001` (README: serving the registered model)"]  # fmt: skip
     if flow_url:
         lines.append(f"- Prefect flow run: [{run.flow_run_id}]({flow_url})")
     if mlflow_cmd:
         lines.append(f"- MLflow UI: `{mlflow_cmd}` then open the links above")
     if prefect_cmd:
         lines.append(f"- Prefect UI: `{prefect_cmd}` then open the flow run link")
+    lines += ["", f"Recipe `{run.recipe_source}` {' '.join(run.overrides)}"]  # last: overrides can be long
     facts = {
         "run_dir": run.run_dir, "tracking_uri": run.tracking_uri, "mlflow_run_id": run.parent_run_id,
         "mlflow_run_url": run_url, "mlflow_runs_url": runs_url, "model_name": reg["name"], "model_version": reg["version"], "aliases": reg["aliases"],
