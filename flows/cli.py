@@ -40,6 +40,8 @@ def print_summary(facts: dict) -> None:
     if facts.get("mlflow_ui_command"):
         echo(f"MLflow UI:        {facts['mlflow_ui_command']}")
     echo(f"                  {facts['mlflow_run_url']}")
+    if facts.get("mlflow_runs_url"):
+        echo(f"                  {facts['mlflow_runs_url']}")
     echo(f"                  {facts['model_url']}")
     if facts.get("flow_run_url"):
         if facts.get("prefect_ui_command"):

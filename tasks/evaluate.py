@@ -15,12 +15,18 @@ from prefect.cache_policies import NO_CACHE
 from opdlm.fsutil import atomic_write_text
 from opdlm.pipeline.keys import eval_key
 from opdlm.pipeline.stages import eval_metrics, eval_model_stage, lm_eval_metrics, sweep_stage
+from opdlm.pipeline.training_metrics import KEY_SECTION
 from tasks import tracking
 from tasks.caching import content_cache_key, run_cached
 from tasks.context import PipelineRun
 
 RESULTS_FILE = "results.json"
 SWEEP_FILE = "sweep.json"
+
+
+def _metric_name(bench: str, key: str) -> str:
+    """MLflow name of an evaluation number: the student's accuracy joins the key curves (sections split at "/")."""
+    return f"{KEY_SECTION}/{bench}_{key}" if key == "student_accuracy" else f"{bench}/{key}"
 
 
 def _eval_output(run: PipelineRun, model_key: str, what: str) -> tuple[str, Path]:
@@ -80,7 +86,7 @@ def evaluate(run_file: str, teacher_record: dict, train_record: dict) -> dict:
         teacher_results = json.loads(Path(teacher_file).read_text())
         student_results = json.loads(Path(student_file).read_text())
         metrics = eval_metrics(student_results, teacher_results)
-        flat = {f"{bench}/{k}": v for bench, m in metrics.items() for k, v in m.items() if v is not None}
+        flat = {_metric_name(bench, k): v for bench, m in metrics.items() for k, v in m.items() if v is not None}
         flat.update(lm_eval_metrics(Path(teacher_file).parent, Path(student_file).parent))  # eval.lm_eval_tasks
         for target in (run_id, run.parent_run_id):
             tracking.log_metrics(client, target, flat)
@@ -94,6 +100,9 @@ def evaluate(run_file: str, teacher_record: dict, train_record: dict) -> dict:
         for folder, name in ((Path(teacher_file).parent, "teacher"), (Path(student_file).parent, "student"), (Path(sweep_dir), "sweep")):
             with tracking.artifact_upload(f"the {name} evaluation"):
                 client.log_artifacts(run_id, str(folder), artifact_path=f"eval/{name}")
+        for bench in sweep_tables:  # the Pareto fronts on the pipeline run too, beside the training curves
+            tracking.log_artifacts(client, run.parent_run_id, list(Path(sweep_dir, bench).glob("*.png")),
+                                   artifact_path=f"{tracking.PLOTS_DIR}/{bench}")  # fmt: skip
         tracking.set_tags(client, run_id, {"cached": f"teacher={t_cached} student={s_cached} sweep={w_cached}"})
         for bench, m in metrics.items():
             logger.info("eval %s: student %.4f, teacher %s, retention %s, %.2f tokens/step", bench,

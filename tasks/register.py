@@ -10,9 +10,10 @@ pipeline's MLflow run) instead of registering a second one.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
-import yaml
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -28,10 +29,12 @@ from tasks.engine_exports import log_engine_exports
 from tasks.retry import retry_transient
 
 PYFUNC_FILE = Path(__file__).with_name("student_pyfunc.py")
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
 CANDIDATE, CHAMPION = "candidate", "champion"
 GATE_ACCURACY_TAG = "gate.accuracy"
 PIPELINE_RUN_TAG = "opdlm.pipeline_run"
 MAX_DESCRIPTION = 5000  # MLflow's limit on a model version description
+MODEL_CARD_FILE, RECIPE_FILE = "model_card.md", "recipe.yaml"
 
 
 def model_name(run: PipelineRun) -> str:
@@ -58,9 +61,67 @@ def _signature(sampler_defaults: dict):
 
 
 def _requirements() -> list[str]:
-    from importlib.metadata import version
+    """What the model's environment installs: opdlm's own dependencies (no extras) at the versions
+    this process runs, plus pandas. opdlm itself is not on a package index; it travels with the
+    model as code (:func:`_code_dir`)."""
+    from importlib.metadata import PackageNotFoundError, requires, version
 
-    return [f"{pkg}=={version(pkg)}" for pkg in ("opdlm", "torch", "transformers", "safetensors", "pandas")]
+    from packaging.requirements import Requirement
+
+    pyproject = SOURCE_ROOT / "pyproject.toml"
+    if pyproject.is_file():  # a source checkout: the dependencies of the code being shipped
+        import tomllib
+
+        declared = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    else:
+        declared = requires("opdlm") or []
+    names = [r.name for r in map(Requirement, declared) if r.marker is None or "extra" not in str(r.marker)]
+    pins = []
+    for name in [*names, "pandas"]:
+        try:  # a local version label (2.13.0+cpu) would tie the model to one build of torch
+            pins.append(f"{name}=={version(name).split('+')[0]}")
+        except PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def _code_dir(tmp: Path) -> Path:
+    """A copy of the ``opdlm`` package (without bytecode) for the model's ``code_paths``: MLflow puts
+    it on ``sys.path`` when the model loads, in this environment or a fresh one."""
+    import opdlm
+
+    out = tmp / "opdlm"
+    shutil.copytree(Path(opdlm.__file__).parent, out, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return out
+
+
+def _rounded(value) -> str:
+    """A tag value as a person reads it: floats to 4 significant digits, None as n/a."""
+    if value is None:
+        return "n/a"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def log_student_model(run_id: str, student_dir: str | Path, sampler_defaults: dict, metadata: dict):
+    """Log ``student_dir`` as the pyfunc model ``student`` of MLflow run ``run_id``; returns MLflow's ModelInfo.
+
+    The model carries what a fresh environment needs: the weights (artifact ``student``), the opdlm
+    code (``code_paths``) and pinned requirements, so ``mlflow models serve`` works with
+    ``--env-manager local`` and with the default virtualenv manager alike.
+    """
+    import mlflow
+    from mlflow.models import Model
+
+    # created first in the run's experiment: Model.log alone would file it under the default experiment
+    experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    logged = mlflow.initialize_logged_model(name="student", source_run_id=run_id, experiment_id=experiment_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        return Model.log(
+            artifact_path=None, name="student", flavor=mlflow.pyfunc, run_id=run_id, model_id=logged.model_id,
+            python_model=str(PYFUNC_FILE),
+            artifacts={"student": str(student_dir)}, code_paths=[str(_code_dir(Path(tmp)))],
+            signature=_signature(sampler_defaults), pip_requirements=_requirements(), metadata=metadata,
+        )  # fmt: skip
 
 
 def _champion_accuracy(client, name: str, benchmark: str) -> float | None:
@@ -95,7 +156,7 @@ def _card_facts(run, name, teacher_record, data_record, final_record, scores, ga
         code_version=run.code_version, training_tokens=int(train_summary.get("cumulative_train_tokens", 0)),
         rollout_steps=int(train_summary.get("rollout_step", final_record["rollout_step"])),
         flops=float(train_summary.get("flops", 0.0)), sampler_defaults=sampler, scores=scores, gate=gate_reason,
-        recipe_yaml=yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), mlflow_run_id=run.parent_run_id,
+        mlflow_run_id=run.parent_run_id,
     )  # fmt: skip
 
 
@@ -136,33 +197,31 @@ def register(run_file: str, teacher_record: dict, data_record: dict, final_recor
     student_dir.mkdir(parents=True, exist_ok=True)
     export_model(checkpoint, student_dir)  # model files only: no optimizer state in the registry
     sampler = json.loads((student_dir / "config.json").read_text()).get("sampler_defaults", recipe.sampler.model_dump())
+    shutil.copyfile(run.recipe_file, student_dir / RECIPE_FILE)  # the full recipe travels with the weights
     facts = _card_facts(run, name, teacher_record, data_record, final_record, metrics, decision.reason, train_summary, sampler)
     card = render_model_card(facts)
     atomic_write_text(student_dir / "README.md", card)
-    atomic_write_text(Path(run.run_dir) / "model_card.md", card)
+    atomic_write_text(Path(run.run_dir) / MODEL_CARD_FILE, card)
 
     with tracking.stage_run(client, run.experiment_id, run.parent_run_id, "register", run.tags()) as run_id:
         version = _existing_version(client, name, run.parent_run_id)
         if version is None:
-            with mlflow.start_run(run_id=run_id), tracking.artifact_upload(f"model {name} ({student_dir})"):
-                info = mlflow.pyfunc.log_model(
-                    name="student", python_model=str(PYFUNC_FILE), artifacts={"student": str(student_dir)},
-                    signature=_signature(sampler), pip_requirements=_requirements(),
-                    metadata={"teacher": teacher_record["source"], "data_md5": data_record["md5"],
-                              "code_version": run.code_version},
-                )  # fmt: skip
-                mlflow.log_artifact(str(Path(run.run_dir) / "model_card.md"))
-                log_engine_exports(student_dir, Path(run.run_dir) / "export", recipe.registry.export_formats)
+            # logged into the pipeline run, so the version's source run is the run a person opens
+            with tracking.artifact_upload(f"model {name} ({student_dir})"):
+                info = log_student_model(run.parent_run_id, student_dir, sampler, {
+                    "teacher": teacher_record["source"], "data_md5": data_record["md5"], "code_version": run.code_version})  # fmt: skip
+            tracking.log_artifacts(client, run.parent_run_id, [Path(run.run_dir) / MODEL_CARD_FILE])
+            log_engine_exports(run.parent_run_id, student_dir, Path(run.run_dir) / "export", recipe.registry.export_formats)
             tags = {
                 PIPELINE_RUN_TAG: run.parent_run_id, "gate.benchmark": bench, GATE_ACCURACY_TAG: student_acc,
                 "teacher_accuracy": teacher_acc, "retention": metrics[bench]["retention"],
                 "tokens_per_step": metrics[bench]["student_tokens_per_step"], "data_md5": data_record["md5"],
                 "teacher": teacher_record["source"], "code_version": run.code_version,
-                "training_tokens": train_summary.get("cumulative_train_tokens"),
+                "training_tokens": train_summary.get("cumulative_train_tokens"), "register_run": run_id,
             }  # fmt: skip
-            version = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in tags.items()})
-            short = card if len(card) <= MAX_DESCRIPTION else render_model_card(facts, include_recipe=False)
-            client.update_model_version(name, version.version, description=short[:MAX_DESCRIPTION])
+            tags = {k: _rounded(v) for k, v in tags.items()} | {GATE_ACCURACY_TAG: str(student_acc)}  # exact: the gate reads it
+            version = mlflow.register_model(info.model_uri, name, tags=tags)
+            client.update_model_version(name, version.version, description=card[:MAX_DESCRIPTION])
         client.set_registered_model_alias(name, CANDIDATE, version.version)
         if decision.promote:
             client.set_registered_model_alias(name, CHAMPION, version.version)

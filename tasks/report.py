@@ -52,13 +52,14 @@ def render_summary(run: PipelineRun, eval_record: dict, train_records: list[dict
     """The Markdown summary and the same facts as a dict."""
     mlflow_base, mlflow_cmd = mlflow_ui(run.tracking_uri)
     prefect_base, prefect_cmd = prefect_ui()
-    run_url = f"{mlflow_base}/#/experiments/{run.experiment_id}/runs/{run.parent_run_id}"
-    model_url = f"{mlflow_base}/#/models/{quote(reg['name'])}/versions/{reg['version']}"
+    runs_url = tracking.ui_url(mlflow_base, f"experiments/{run.experiment_id}/runs")
+    run_url = tracking.ui_url(mlflow_base, f"experiments/{run.experiment_id}/runs/{run.parent_run_id}")
+    model_url = tracking.ui_url(mlflow_base, f"models/{quote(reg['name'])}/versions/{reg['version']}")
     flow_url = f"{prefect_base}/runs/flow-run/{run.flow_run_id}" if run.flow_run_id else None
     train_dir = Path(train_records[-1]["train_dir"])
     summary_file = train_dir / "train_summary.json"
     train_summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    lines = [f"# opdlm run `{Path(run.run_dir).name}`", "", f"Recipe `{run.recipe_source}` {' '.join(run.overrides)}", "",
+    lines = [f"# opdlm run `{Path(run.run_dir).name}`", "",
              "| benchmark | student acc | teacher acc | retention | student tokens/step | teacher tokens/step |",
              "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     fmt = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
@@ -69,17 +70,19 @@ def render_summary(run: PipelineRun, eval_record: dict, train_records: list[dict
               f"{', '.join(r['stage'] for r in train_records)}; {train_summary.get('cumulative_train_tokens', '?')} training tokens.",
               "", f"Registered **{reg['name']}** version **{reg['version']}** with alias(es) {', '.join(reg['aliases'])}. "
               f"Gate: {reg['gate']}", "",
-              f"- MLflow run: [{run.parent_run_id}]({run_url})", f"- Model version: [{reg['name']} v{reg['version']}]({model_url})",
-              f"- Load it: `mlflow.pyfunc.load_model(\"models:/{reg['name']}@candidate\")`"]  # fmt: skip
+              f"- MLflow run: [{run.parent_run_id}]({run_url}) (all runs: {runs_url})", f"- Model version: [{reg['name']} v{reg['version']}]({model_url})",
+              f"- Load it: `mlflow.pyfunc.load_model(\"models:/{reg['name']}@candidate\")`",
+              f"- Serve it: `mlflow models serve -m models:/{reg['name']}@candidate -p 5001` (README: serving the registered model)"]  # fmt: skip
     if flow_url:
         lines.append(f"- Prefect flow run: [{run.flow_run_id}]({flow_url})")
     if mlflow_cmd:
         lines.append(f"- MLflow UI: `{mlflow_cmd}` then open the links above")
     if prefect_cmd:
         lines.append(f"- Prefect UI: `{prefect_cmd}` then open the flow run link")
+    lines += ["", f"Recipe `{run.recipe_source}` {' '.join(run.overrides)}"]  # last: overrides can be long
     facts = {
         "run_dir": run.run_dir, "tracking_uri": run.tracking_uri, "mlflow_run_id": run.parent_run_id,
-        "mlflow_run_url": run_url, "model_name": reg["name"], "model_version": reg["version"], "aliases": reg["aliases"],
+        "mlflow_run_url": run_url, "mlflow_runs_url": runs_url, "model_name": reg["name"], "model_version": reg["version"], "aliases": reg["aliases"],
         "model_url": model_url, "promoted": reg["promoted"], "gate": reg["gate"], "flow_run_id": run.flow_run_id,
         "flow_run_url": flow_url, "mlflow_ui_command": mlflow_cmd, "prefect_ui_command": prefect_cmd,
         "metrics": eval_record["metrics"], "training_tokens": train_summary.get("cumulative_train_tokens"),
@@ -102,7 +105,8 @@ def summarise(run_file: str, eval_record: dict, train_records: list[dict], regis
                              description=f"opdlm run {Path(run.run_dir).name}")  # fmt: skip
     client = tracking.client_for(run.tracking_uri)
     tracking.log_artifacts(client, run.parent_run_id, [Path(run.run_dir) / SUMMARY_MD])
-    tracking.set_tags(client, run.parent_run_id, {"model.name": register_record["name"], "model.version": register_record["version"]})
+    tracking.set_tags(client, run.parent_run_id, {"model.name": register_record["name"], "model.version": register_record["version"],
+                                                  tracking.NOTE_TAG: markdown})  # the run page's Description  # fmt: skip
     client.set_terminated(run.parent_run_id, status="FINISHED")
     logger.info("summary -> %s", Path(run.run_dir) / SUMMARY_MD)
     return facts

@@ -1,14 +1,17 @@
 """The registered student as an MLflow pyfunc: ``predict`` generates text with the block sampler.
 
 Logged as code (MLflow's "models from code"): MLflow copies this file into the model and runs it when
-the model is loaded, so ``mlflow.pyfunc.load_model("models:/NAME@champion").predict(...)`` works in
-any process where ``opdlm`` is installed, with no pickled objects involved.
+the model is loaded; the model also carries the opdlm package (``code_paths``) and pinned
+requirements, so ``mlflow.pyfunc.load_model("models:/NAME@champion").predict(...)`` and ``mlflow
+models serve`` work in this environment or in one MLflow builds, with no pickled objects involved.
 
 Input: a DataFrame with a string column ``prompt`` (or ``{"prompt": [...]}``). Params (optional, defaults are
 the student's sampler settings): ``max_new_tokens``, ``threshold``, ``temperature``, ``seed``,
 ``raw_prompt`` (skip the chat template; otherwise it is rendered in the student's stored
 ``enable_thinking`` mode). Output: a DataFrame with ``text``, ``tokens_per_step``,
-``num_tokens``, ``num_forwards`` and ``finished`` per prompt.
+``num_tokens``, ``num_forwards`` and ``finished`` per prompt. A bad param or an empty request raises
+an ``INVALID_PARAMETER_VALUE`` :class:`~mlflow.exceptions.MlflowException` with one line naming the
+value, which ``mlflow models serve`` answers as HTTP 400 (no stack trace).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
 STUDENT_ARTIFACT = "student"
@@ -36,6 +40,23 @@ def _prompts(model_input) -> list[str]:
     return prompts
 
 
+def _sampler_settings(defaults, params: dict):
+    """The sampler config and seed a request asks for; a bad value is one INVALID_PARAMETER_VALUE line."""
+    from pydantic import ValidationError
+
+    from opdlm.config.base import format_validation_error
+
+    seed = int(params.get("seed", 0))
+    if seed < 0:
+        raise MlflowException.invalid_parameter_value(f"params: seed: must be >= 0 (got {seed})")
+    try:
+        cfg = defaults.with_overrides(max_new_tokens=params.get("max_new_tokens"), threshold=params.get("threshold"),
+                                      temperature=params.get("temperature"))  # fmt: skip
+    except ValidationError as exc:
+        raise MlflowException.invalid_parameter_value(format_validation_error(exc, type(defaults), "params")) from None
+    return cfg, seed
+
+
 class StudentPyfunc(PythonModel):
     """Loads the converted student from the model's ``student`` artifact and decodes prompts."""
 
@@ -49,13 +70,12 @@ class StudentPyfunc(PythonModel):
 
         params = dict(params or {})
         texts = _prompts(model_input)
+        if not texts:
+            raise MlflowException.invalid_parameter_value('no prompts: send {"inputs": {"prompt": ["..."]}}')
+        cfg, seed = _sampler_settings(self.runner.sampler_defaults, params)
         if not params.get("raw_prompt", False):
             texts = [self.runner.format_prompt(t) for t in texts]
-        cfg = self.runner.sampler_defaults.with_overrides(
-            max_new_tokens=params.get("max_new_tokens"), threshold=params.get("threshold"),
-            temperature=params.get("temperature"),
-        )  # fmt: skip
-        out = self.runner.generate(encode_prompts(self.runner.tokenizer, texts), cfg, seed=int(params.get("seed", 0)))
+        out = self.runner.generate(encode_prompts(self.runner.tokenizer, texts), cfg, seed=seed)
         return pd.DataFrame({
             "text": out.texts, "tokens_per_step": [out.tokens_per_step(i) for i in range(len(out))],
             "num_tokens": [len(r) for r in out.response_ids], "num_forwards": out.num_forwards, "finished": out.finished,

@@ -24,6 +24,12 @@ STAGE_TAG = "opdlm.stage"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a parameter value
 PARAMS_PER_BATCH = 100
 METRICS_PER_BATCH = 1000
+NOTE_TAG = "mlflow.note.content"  # shown as a run's Description in the UI
+PLOTS_DIR = "plots"  # the pipeline run's folder of figures (training curves, sweep Pareto fronts)
+# MLflow 3.17's UI takes its workflow (GenAI or model training) from this query parameter, falling
+# back to the browser's last choice and then GenAI (the experiment tag mlflow.experimentKind is not
+# read by that build); links we print carry it so they open the model-training view.
+UI_WORKFLOW_QUERY = "workflowType=machine_learning"
 
 
 def client_for(tracking_uri: str) -> MlflowClient:
@@ -51,6 +57,11 @@ def start_run(
         all_tags[PARENT_TAG] = parent_run_id
     run = client.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()})
     return run.info.run_id
+
+
+def ui_url(base: str, route: str) -> str:
+    """The MLflow UI address of ``route`` (``experiments/1/runs/<id>``), opening in model-training view."""
+    return f"{base.rstrip('/')}/#/{route}?{UI_WORKFLOW_QUERY}"
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from opdlm.errors import OpdlmError
 from opdlm.pipeline.keys import train_key
 from opdlm.pipeline.plots import write_training_curves
 from opdlm.pipeline.stages import stage_steps, training_progress
-from opdlm.pipeline.training_metrics import read_metric_steps
+from opdlm.pipeline.training_metrics import read_metric_steps, stage_constants, tracked_metrics
 from opdlm.train.checkpoint import list_checkpoints
 from opdlm.train.launch import training_command, training_env
 from tasks import tracking
@@ -79,8 +79,9 @@ def run_training_stage(
         client = tracking.client_for(run.tracking_uri)
 
         def forward(steps):
+            tracked = [(step, tracked_metrics(m)) for step, m in steps]
             for run_id in mlflow_run_ids:
-                tracking.log_metric_steps(client, run_id, steps)
+                tracking.log_metric_steps(client, run_id, tracked)
 
         logger.info("train %s: steps %d..%d in %s\n$ %s", stage, start, end - 1, train_dir, " ".join(cmd))
         streamed = run_streaming(cmd, env, logger, name=f"training stage {stage!r}", metrics_path=train_dir / METRICS_FILE,
@@ -122,11 +123,14 @@ def train_stage(
         start, end = record["start_step"], record["rollout_step"]
         streamed = set() if cached else set(record["streamed_steps"])
         train_dir = Path(record["train_dir"])
-        missing = [(s, m) for s, m in read_metric_steps(train_dir / METRICS_FILE) if start <= s < end and s not in streamed]
+        lines = [(s, m) for s, m in read_metric_steps(train_dir / METRICS_FILE) if start <= s < end]
+        missing = [(s, tracked_metrics(m)) for s, m in lines if s not in streamed]
         for target in (run_id, run.parent_run_id):
             tracking.log_metric_steps(client, target, missing)
+        tracking.log_params(client, run_id, {"measured": stage_constants(lines)})  # settings, not curves
         tracking.set_tags(client, run_id, {"checkpoint_out": record["checkpoint"], "train_dir": str(train_dir), "cached": cached})
         csv_path, png_path = write_training_curves(train_dir / METRICS_FILE, Path(run.run_dir) / "plots")
         tracking.log_artifacts(client, run_id, [train_dir / SUMMARY_FILE, train_dir / "params.json", csv_path, png_path])
+        tracking.log_artifacts(client, run.parent_run_id, [csv_path, png_path], artifact_path=tracking.PLOTS_DIR)  # the curves so far
         logger.info("train %s: checkpoint %s%s", stage, record["checkpoint"], " (cached)" if cached else "")
     return record

@@ -116,24 +116,36 @@ def test_pipeline_runs_tracks_and_registers(pipeline):
     assert all(r.info.status == "FINISHED" for r in stages.values())
 
     # every training metric per step, with global rollout steps: the parent holds the whole curve
-    assert [m.step for m in client.get_metric_history(parent.info.run_id, "loss")] == [0, 1]
-    assert [m.step for m in client.get_metric_history(stages["train-full"].info.run_id, "loss")] == [1]
+    assert [m.step for m in client.get_metric_history(parent.info.run_id, "1_key/loss")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(stages["train-full"].info.run_id, "1_key/loss")] == [1]
+    # stage settings are params of the stage run, not flat metric series
+    assert stages["train-full"].data.params["measured.block_size"] == "4"
+    assert not {"block_size", "train/block_size", "optimizer_steps", "train/optimizer_steps"} & set(parent.data.metrics)
     # the dataset is logged with its DVC md5 as digest
     data_dir = next((pipeline.runs / "store").glob("data-*"))
     md5 = json.loads((data_dir / "train.jsonl.info.json").read_text())["md5"]
     assert [d.dataset.digest for d in parent.inputs.dataset_inputs] == [md5]
     assert stages["data"].data.tags["dataset.md5"] == md5
     # eval numbers, the sweep's Pareto plot, training curves and the summary as artifacts
-    assert 0.0 <= parent.data.metrics["synthetic/student_accuracy"] <= 1.0
+    assert 0.0 <= parent.data.metrics["1_key/synthetic_student_accuracy"] <= 1.0
     assert "synthetic/teacher_accuracy" in parent.data.metrics
     sweep = [a.path for a in client.list_artifacts(stages["eval"].info.run_id, "eval/sweep/synthetic")]
     assert "eval/sweep/synthetic/sweep_pareto.png" in sweep
     assert "train_curves.png" in [a.path for a in client.list_artifacts(stages["train-full"].info.run_id)]
-    assert {"recipe.yaml", "summary.md"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    # the pipeline run is the one place to look: summary, card, recipe, every plot and the model's lineage
+    assert {"recipe.yaml", "summary.md", "model_card.md"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "plots/train_curves.png" in [a.path for a in client.list_artifacts(parent.info.run_id, "plots")]
+    assert "plots/synthetic/sweep_pareto.png" in [a.path for a in client.list_artifacts(parent.info.run_id, "plots/synthetic")]
+    version = client.get_model_version(MODEL, "1")
+    assert version.run_id == parent.info.run_id and version.tags["register_run"] == stages["register"].info.run_id
+    assert version.tags["tokens_per_step"] == f"{parent.data.metrics['synthetic/student_tokens_per_step']:.4g}"
+    assert facts["mlflow_runs_url"].endswith(f"/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning")
+    assert facts["mlflow_run_url"].endswith(f"/runs/{parent.info.run_id}?workflowType=machine_learning")
     # the weights went to the S3 artifact store, and the model card names teacher, data digest and gate
     assert any(k.endswith("artifacts/student/model.safetensors") for k in s3_keys(pipeline.endpoint, BUCKET))
     card = client.get_model_version(MODEL, "1").description
     assert md5 in card and "builtin:tiny" in card and "Champion gate" in card
+    assert "## Recipe" not in card and len(card.splitlines()) < 40  # short: the recipe is a file
 
     from prefect.artifacts import Artifact
 
@@ -184,7 +196,7 @@ def test_rerun_is_cached_and_gate_keeps_a_better_champion(pipeline):
     stages = _runs(client, facts["mlflow_run_id"])
     # content-keyed caches: no stage repeated its work, and the curves were still logged
     assert all(stages[s].data.tags["cached"] == "True" for s in ("data", "teacher", "convert", "train-short", "train-full"))
-    assert [m.step for m in client.get_metric_history(facts["mlflow_run_id"], "loss")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(facts["mlflow_run_id"], "1_key/loss")] == [0, 1]
 
 
 def _fails_without_registering(pipeline, overrides, match):

@@ -250,7 +250,7 @@ def test_register_logs_each_export_as_an_artifact_or_a_refusal(student, tiny_stu
     # artifacts under tmp_path: a SQLite store's default artifact root is ./mlruns in the working directory
     mlflow.set_experiment(experiment_id=mlflow.create_experiment("exports", artifact_location=(tmp_path / "art").as_uri()))
     with mlflow.start_run() as run:
-        assert log_engine_exports(student, tmp_path / "ok", ["sglang", "lmdeploy"]) == {
+        assert log_engine_exports(run.info.run_id, student, tmp_path / "ok", ["sglang", "lmdeploy"]) == {
             "sglang": "export/sglang", "lmdeploy": "export/lmdeploy"}  # fmt: skip
     client = mlflow.MlflowClient()
     for fmt, settings in (("sglang", "dllm_algorithm.yaml"), ("lmdeploy", "lmdeploy_engine.json")):
@@ -258,7 +258,7 @@ def test_register_logs_each_export_as_an_artifact_or_a_refusal(student, tiny_stu
         assert {"config.json", "model.safetensors", "README.md", settings} <= names
     assert client.get_run(run.info.run_id).data.tags["export.lmdeploy"] == "export/lmdeploy"
     with mlflow.start_run() as run:
-        results = log_engine_exports(tiny_student_dir, tmp_path / "refused", ["sglang"])
+        results = log_engine_exports(run.info.run_id, tiny_student_dir, tmp_path / "refused", ["sglang"])
     assert results["sglang"].startswith("refused: mask_token_id")
     assert client.get_run(run.info.run_id).data.tags["export.sglang"] == results["sglang"]
     assert not client.list_artifacts(run.info.run_id)

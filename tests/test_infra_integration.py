@@ -209,7 +209,8 @@ def check_mlflow_and_s3(env: dict, flow_run_id: str) -> None:
 
     version = client.get_model_version_by_alias(name, "candidate")
     assert (version.name, version.version) == (name, pipeline_run.data.tags["model.version"])
-    register_run = client.get_run(version.run_id)
+    assert version.run_id == pipeline_run.info.run_id  # the version's source run is the pipeline run
+    register_run = client.get_run(version.tags["register_run"])
     assert register_run.info.status == "FINISHED"
     assert register_run.data.tags["mlflow.parentRunId"] == pipeline_run.info.run_id
 

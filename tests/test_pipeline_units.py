@@ -151,3 +151,16 @@ def test_flow_runs_start_named_after_the_recipe_file(monkeypatch):
 
     monkeypatch.setattr(prefect.runtime.flow_run, "parameters", {"recipe": "configs/qwen3-4b.yaml"}, raising=False)
     assert recipe_run_name() == "qwen3-4b"
+
+
+def test_tracked_metrics_put_key_curves_first_and_leave_stage_settings_out():
+    from opdlm.pipeline.training_metrics import stage_constants, tracked_metrics
+
+    line = {"grad_norm": 1.5, "loss": 0.07, "kl_by_block_position/0": 0.1, "block_size": 4.0, "optimizer_steps": 1.0,
+            "rollouts": 4.0, "stage": 0.0, "tokens_per_step": 1.5, "eos_rate": 0.5}  # fmt: skip
+    tracked = tracked_metrics(line)
+    assert list(tracked)[:2] == ["1_key/loss", "1_key/tokens_per_step"]
+    assert tracked["train/grad_norm"] == 1.5 and tracked["kl_by_block_position/0"] == 0.1
+    assert not any(k.endswith(("block_size", "optimizer_steps", "rollouts", "stage")) for k in tracked)
+    assert sorted({k.split("/")[0] for k in tracked})[0] == "1_key"  # the section MLflow shows first
+    assert stage_constants([(0, {"loss": 1.0}), (1, line)]) == {"stage": 0, "block_size": 4, "rollouts": 4, "optimizer_steps": 1}

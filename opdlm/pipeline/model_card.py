@@ -6,7 +6,6 @@ weights, from facts the pipeline gathered (nothing here reads files or talks to 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 
@@ -23,7 +22,7 @@ class ModelCardFacts:
         sampler_defaults: the sampler settings stored in the student's ``config.json``.
         scores: ``{benchmark: {student_accuracy, teacher_accuracy, retention, student_tokens_per_step, ...}}``.
         gate: the champion gate's reason line.
-        recipe_yaml: the resolved recipe (with overrides applied).
+        mlflow_run_id: the pipeline's MLflow run (the model's source run).
     """
 
     model_name: str
@@ -39,7 +38,6 @@ class ModelCardFacts:
     sampler_defaults: dict
     scores: dict[str, dict]
     gate: str
-    recipe_yaml: str
     mlflow_run_id: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -52,29 +50,21 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def render_model_card(facts: ModelCardFacts, include_recipe: bool = True) -> str:
-    """The card as Markdown (``include_recipe=False``: without the recipe, for length-limited fields)."""
+def render_model_card(facts: ModelCardFacts) -> str:
+    """The card as Markdown, short enough for a model version's description (the full recipe is the
+    ``recipe.yaml`` file beside the weights and in the pipeline run, not part of the card)."""
     lines = [
         f"# {facts.model_name}",
         "",
         "A block-diffusion language model distilled on-policy from an autoregressive teacher (opdlm).",
-        "It decodes with the block-diffusion sampler: `mlflow.pyfunc.load_model(uri).predict({'prompt': [...]})`.",
+        "It decodes with the block-diffusion sampler: `mlflow.pyfunc.load_model(uri).predict({'prompt': [...]})`,",
+        f"or serve it: `mlflow models serve -m models:/{facts.model_name}@champion`.",
         "",
-        "## Provenance",
+        "## Scores",
         "",
-        "| | |",
-        "| --- | --- |",
-        f"| teacher | `{facts.teacher}` (fingerprint `{facts.teacher_fingerprint}`) |",
-        f"| training data | `{facts.data_source}`, {facts.data_rows} rows, md5 `{facts.data_digest}` |",
-        f"| code version | `{facts.code_version}` |",
-        f"| training tokens | {facts.training_tokens:,} over {facts.rollout_steps} rollout steps ({facts.flops:.3g} FLOPs) |",
+        "| benchmark | student acc | teacher acc | retention | student tokens/step |",
+        "| --- | --- | --- | --- | --- |",
     ]
-    if facts.mlflow_run_id:
-        lines.append(f"| MLflow run | `{facts.mlflow_run_id}` |")
-    for key, value in facts.extra.items():
-        lines.append(f"| {key} | {_fmt(value)} |")
-    lines += ["", "## Scores", "", "| benchmark | student acc | teacher acc | retention | student tokens/step |",
-              "| --- | --- | --- | --- | --- |"]  # fmt: skip
     for name, s in facts.scores.items():
         lines.append(
             f"| {name} | {_fmt(s.get('student_accuracy'))} | {_fmt(s.get('teacher_accuracy'))} | "
@@ -82,10 +72,17 @@ def render_model_card(facts: ModelCardFacts, include_recipe: bool = True) -> str
         )
     lines += [
         "", f"Champion gate: {facts.gate}", "",
-        "## Sampler defaults", "", "```json", json.dumps(facts.sampler_defaults, indent=2, sort_keys=True), "```", "",
+        "## Provenance", "", "| | |", "| --- | --- |",
+        f"| teacher | `{facts.teacher}` (fingerprint `{facts.teacher_fingerprint}`) |",
+        f"| training data | `{facts.data_source}`, {facts.data_rows} rows, md5 `{facts.data_digest}` |",
+        f"| code version | `{facts.code_version}` |",
+        f"| training tokens | {facts.training_tokens:,} over {facts.rollout_steps} rollout steps ({facts.flops:.3g} FLOPs) |",
     ]  # fmt: skip
-    if include_recipe:
-        lines += ["## Recipe", "", "```yaml", facts.recipe_yaml.rstrip(), "```", ""]
-    else:
-        lines += ["The recipe is in the full card: `README.md` beside the weights, `model_card.md` in the MLflow run.", ""]
+    if facts.mlflow_run_id:
+        lines.append(f"| MLflow run | `{facts.mlflow_run_id}` (plots, summary, recipe) |")
+    for key, value in facts.extra.items():
+        lines.append(f"| {key} | {_fmt(value)} |")
+    sampler = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(facts.sampler_defaults.items()))
+    lines += ["", f"Sampler defaults: {sampler}.", "",
+              "Recipe: `recipe.yaml` beside the weights and in the MLflow run's artifacts.", ""]  # fmt: skip
     return "\n".join(lines)

@@ -54,3 +54,38 @@ def last_record(path: str | Path) -> dict:
         except json.JSONDecodeError:
             continue
     return {}
+
+
+# How a training line appears in a tracking service. The run page of MLflow sorts charts into
+# sections by the prefix before the first "/" (sections in code-point order, unprefixed ones last),
+# so the curves a person looks at first carry a prefix that sorts before any letter.
+KEY_SECTION = "1_key"
+KEY_CURVES = ("loss", "tokens_per_step", "mean_response_tokens", "length_cap")
+# Fields that are settings of a stage, not measurements: constant within a stage, so a tracking
+# service gets them once as parameters instead of as flat metric series.
+STAGE_CONSTANTS = ("stage", "block_size", "rollouts", "optimizer_steps")
+
+
+def tracked_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """One step's numbers under their tracking names, key curves first.
+
+    ``loss`` (the forward KL under OPD), tokens per step, rollout length and its cap go to section
+    ``1_key``; stage settings (:data:`STAGE_CONSTANTS`) are left out; other scalar fields go to
+    section ``train``; already sectioned names (``kl_by_block_position/0``) keep their section.
+    """
+    key = {f"{KEY_SECTION}/{k}": metrics[k] for k in KEY_CURVES if k in metrics}
+    rest = {}
+    for name, value in metrics.items():
+        if name in KEY_CURVES or name in STAGE_CONSTANTS:
+            continue
+        rest[name if "/" in name else f"train/{name}"] = value
+    return {**key, **rest}
+
+
+def stage_constants(steps: list[tuple[int, dict[str, float]]]) -> dict[str, int | float]:
+    """The stage settings (:data:`STAGE_CONSTANTS`) of the first step that has them, as plain numbers."""
+    for _, metrics in steps:
+        found = {k: metrics[k] for k in STAGE_CONSTANTS if k in metrics}
+        if found:
+            return {k: int(v) if float(v).is_integer() else v for k, v in found.items()}
+    return {}
