@@ -100,7 +100,7 @@ def naive_loss(student, teacher, mb, block_size: int) -> torch.Tensor:
     meta, backend = student.meta, student.backend
     P, L = mb.prompt_ids_BP.shape[1], mb.response_BL.shape[1]
     noisy = noisy_copy(mb.response_BL, mb.masked_BL, mb.lengths_B, meta.mask_token_id)
-    geom = training_geometry(mb.prompt_lens_B, P, L, block_size)
+    geom = training_geometry(mb.prompt_lens_B, P, L, block_size, meta.prompt_attention)
     ids = torch.cat([mb.prompt_ids_BP, mb.response_BL, noisy], dim=1)
     s_logits = student.model(input_ids=ids, attention_mask=attention_mask(geom, backend, torch.float32),
                              position_ids=geom.position_ids_BT, use_cache=False).logits  # fmt: skip

@@ -6,7 +6,8 @@ any process where ``opdlm`` is installed, with no pickled objects involved.
 
 Input: a DataFrame with a string column ``prompt`` (or ``{"prompt": [...]}``). Params (optional, defaults are
 the student's sampler settings): ``max_new_tokens``, ``threshold``, ``temperature``, ``seed``,
-``raw_prompt`` (skip the chat template). Output: a DataFrame with ``text``, ``tokens_per_step``,
+``raw_prompt`` (skip the chat template; otherwise it is rendered in the student's stored
+``enable_thinking`` mode). Output: a DataFrame with ``text``, ``tokens_per_step``,
 ``num_tokens``, ``num_forwards`` and ``finished`` per prompt.
 """
 
@@ -44,12 +45,12 @@ class StudentPyfunc(PythonModel):
         self.runner = load_runner(context.artifacts[STUDENT_ARTIFACT], device="auto")
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from opdlm.data.prompting import encode_prompts, format_prompt
+        from opdlm.data.prompting import encode_prompts
 
         params = dict(params or {})
         texts = _prompts(model_input)
         if not params.get("raw_prompt", False):
-            texts = [format_prompt(self.runner.tokenizer, t) for t in texts]
+            texts = [self.runner.format_prompt(t) for t in texts]
         cfg = self.runner.sampler_defaults.with_overrides(
             max_new_tokens=params.get("max_new_tokens"), threshold=params.get("threshold"),
             temperature=params.get("temperature"),

@@ -21,20 +21,24 @@ def _number_list(text: str | None, flag: str, kind: type = float) -> list | None
 
 
 def _eval_config(config: Path | None, overrides: list[str], flags: dict):
-    """The recipe's ``eval`` section (or the defaults), then ``key=value`` overrides, then the flags."""
+    """The recipe's ``eval`` section (or the defaults), then ``key=value`` overrides, then the flags.
+
+    Returns ``(eval_config, sampler, enable_thinking)``; the last two are None without a recipe
+    (a student then uses its stored thinking mode, a causal LM non-thinking).
+    """
     from opdlm.config.base import apply_overrides, validate_config
     from opdlm.config.eval import EvalConfig
 
     base: dict = {}
-    sampler = None
+    sampler, enable_thinking = None, None
     if config is not None:
         from opdlm.config.recipe import load_recipe
 
         recipe = load_recipe(config)
-        base, sampler = recipe.eval.model_dump(), recipe.sampler
+        base, sampler, enable_thinking = recipe.eval.model_dump(), recipe.sampler, recipe.convert.enable_thinking
     data = apply_overrides(base, overrides)
     data.update({k: v for k, v in flags.items() if v is not None})
-    return validate_config(EvalConfig, data, source="eval options"), sampler
+    return validate_config(EvalConfig, data, source="eval options"), sampler, enable_thinking
 
 
 def _summary(result) -> str:
@@ -84,7 +88,11 @@ def register(app: typer.Typer) -> None:
             "sweep_block_sizes": _number_list(block_sizes, "--block-sizes", int),
             "benchmarks": [benchmark] if benchmark else None,
         }  # fmt: skip
-        cfg, sampler = _eval_config(config, list(overrides or []), flags)
+        cfg, sampler, thinking = _eval_config(config, list(overrides or []), flags)
+        if thinking is None and teacher is not None:  # no recipe: the teacher gets the student's prompts
+            from opdlm.eval.runners import stored_enable_thinking
+
+            thinking = stored_enable_thinking(model)
         if teacher is not None and teacher_json is not None:
             raise ConfigError("give --teacher or --teacher-json, not both")
         if sweep:
@@ -99,7 +107,7 @@ def register(app: typer.Typer) -> None:
 
             for name in cfg.benchmarks:
                 target = out_dir / name if len(cfg.benchmarks) > 1 else out_dir
-                table = run_sweep(model, name, cfg, target, sampler=sampler, progress=progress)
+                table = run_sweep(model, name, cfg, target, sampler=sampler, progress=progress, enable_thinking=thinking)
                 for p in table:
                     mark = " *" if p["pareto"] else ""
                     typer.echo(f"{name} B={p['block_size']} threshold={p['threshold']:g}: accuracy {p['accuracy']:.4f}, "
@@ -117,11 +125,13 @@ def register(app: typer.Typer) -> None:
             teacher_result = teacher_loaded
             if teacher is not None:
                 teacher_target = target.with_name(target.name.removesuffix(".json") + ".teacher.json") if target else None
-                teacher_result = evaluate(teacher, name, cfg, sampler=sampler, json_out=teacher_target, progress=progress)
+                teacher_result = evaluate(
+                    teacher, name, cfg, sampler=sampler, json_out=teacher_target, progress=progress, enable_thinking=thinking
+                )  # fmt: skip
                 typer.echo(_summary(teacher_result))
             result = evaluate(
                 model, name, cfg, sampler=sampler, threshold=threshold, block_size=block_size, json_out=target,
-                teacher_result=teacher_result, progress=progress,
+                teacher_result=teacher_result, progress=progress, enable_thinking=thinking,
             )  # fmt: skip
             typer.echo(_summary(result))
             if target is not None:

@@ -25,8 +25,16 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device"),
         backend: str = typer.Option(None, "--attn", help="Attention backend: sdpa, eager or flex_attention."),
         as_json: bool = typer.Option(False, "--json", help="One JSON object per prompt."),
+        raw_prompt: bool = typer.Option(
+            False, "--raw-prompt", help="Tokenize --prompt as given, without the model's chat template."
+        ),
     ) -> None:
-        """Generate text block by block; prints text, or JSON with tokens_per_step and num_forwards."""
+        """Generate text block by block; prints text, or JSON with tokens_per_step and num_forwards.
+
+        Each ``--prompt`` is a user question rendered with the model's chat template in its stored
+        thinking mode (config.json ``enable_thinking``), exactly as in training and evaluation;
+        ``--raw-prompt`` sends the text as it is.
+        """
         import torch
 
         from opdlm.errors import ConfigError
@@ -49,7 +57,10 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(format_validation_error(exc, SamplerConfig, "generate options")) from None
             raise
         tok = student.tokenizer
-        prompts = [tok(p, add_special_tokens=False).input_ids for p in prompt]
+        from opdlm.data.prompting import encode_prompts, format_prompt
+
+        texts = prompt if raw_prompt else [format_prompt(tok, p, enable_thinking=student.meta.enable_thinking) for p in prompt]
+        prompts = encode_prompts(tok, texts)
         if any(not p for p in prompts):
             raise ConfigError("--prompt: a prompt encodes to zero tokens")
         gen = torch.Generator(device=student.device).manual_seed(seed)

@@ -17,6 +17,9 @@ def register(app: typer.Typer) -> None:
         seconds: float = typer.Option(None, "--seconds", help="Training time budget in seconds (max_seconds)."),
         seed: int = typer.Option(None, "--seed", help="Seed of data, initialisation and batch order."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
+        enable_thinking: bool = typer.Option(
+            False, "--enable-thinking/--no-enable-thinking", help="Chat template thinking mode (a recipe's convert.enable_thinking)."
+        ),
     ) -> None:
         """Train a Qwen3-architecture teacher on the synthetic suite; writes an ordinary HF model directory."""
         from opdlm.config.base import apply_overrides, validate_config
@@ -27,7 +30,7 @@ def register(app: typer.Typer) -> None:
 
         from opdlm.teacher.bootstrap import bootstrap_teacher
 
-        metrics = bootstrap_teacher(out, config, overwrite=overwrite)
+        metrics = bootstrap_teacher(out, config, overwrite=overwrite, enable_thinking=enable_thinking)
         accuracy = metrics.get("heldout_accuracy")
         shown = "not measured" if accuracy is None else f"{accuracy:.3f} on {metrics['n_eval']} held-out rows"
         typer.echo(

@@ -6,6 +6,7 @@ Each section is its own class in its own module; this file only composes them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -41,10 +42,25 @@ class TeacherConfig(StrictModel):
 
 
 class ConvertConfig(StrictModel):
-    """How the teacher becomes a student (METHOD §2)."""
+    """How the teacher becomes a student (METHOD §2) and how its prompts look (METHOD §6).
+
+    Every field is stamped into the student's config.json, so training, evaluation, ``opdlm
+    generate`` and serving read it from the model. ``enable_thinking`` lives here, once: the
+    teacher bootstrap and the teacher's evaluation read it from this section too.
+    """
 
     block_size: int = Field(4, ge=1, description="Block size B.")
     logit_shift: bool = Field(False, description="Position j-1 predicts token j (Fast-dLLM v2 style).")
+    prompt_attention: Literal["block", "causal"] = Field(
+        "block",
+        description="block: the prompt is bidirectional inside B-blocks counted back from the response start "
+        "(the paper's); causal: a plain causal prompt.",
+    )
+    enable_thinking: bool = Field(
+        False,
+        description="The chat template's enable_thinking for every prompt (false: Qwen3 non-thinking mode, "
+        "the paper's default; true for its thinking variants). Tokenizers without the variable ignore it.",
+    )
 
 
 class Recipe(StrictModel):

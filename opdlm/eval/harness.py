@@ -12,7 +12,7 @@ from pathlib import Path
 
 from opdlm.config.eval import EvalConfig
 from opdlm.config.sampler import SamplerConfig
-from opdlm.data.prompting import encode_prompts, format_prompt
+from opdlm.data.prompting import encode_prompts
 from opdlm.data.schema import Row
 from opdlm.errors import ConfigError, OpdlmError
 from opdlm.eval.benchmarks import Benchmark, get_benchmark, load_benchmark
@@ -58,11 +58,8 @@ def sampler_config(
 
 
 def build_prompts(runner: ModelRunner, benchmark: Benchmark, rows: list[Row]) -> list[str]:
-    """Prompt texts as the model sees them (chat template when the tokenizer has one)."""
-    return [
-        format_prompt(runner.tokenizer, benchmark.question_text(r), r.domain, math_suffix=benchmark.math_suffix)
-        for r in rows
-    ]
+    """Prompt texts as the model sees them (chat template, in the model's thinking mode, when it has one)."""
+    return [runner.format_prompt(benchmark.question_text(r), r.domain, math_suffix=benchmark.math_suffix) for r in rows]
 
 
 def _decode(runner: ModelRunner, prompts: list[str], cfg: SamplerConfig, batch_size: int, seed: int, progress: bool):
@@ -157,14 +154,17 @@ def read_result(path: str | Path) -> dict:
 
 
 def prepare(
-    model_dir: str | Path, benchmark: str, config: EvalConfig
+    model_dir: str | Path, benchmark: str, config: EvalConfig, enable_thinking: bool | None = None
 ) -> tuple[ModelRunner, Benchmark, list[Row]]:
-    """Check the sandbox (code benchmarks), load the rows, then the model (cheap failures first)."""
+    """Check the sandbox (code benchmarks), load the rows, then the model (cheap failures first).
+
+    ``enable_thinking``: the recipe's ``convert.enable_thinking`` (see :func:`load_runner`).
+    """
     bench = get_benchmark(benchmark)
     if bench.scorer == "code":
         check_sandbox(config.allow_unsandboxed)  # refuse before spending time on generation
     rows = load_benchmark(benchmark, config.data_dir, config.limit, config.seed)
-    return load_runner(model_dir, device=config.device), bench, rows
+    return load_runner(model_dir, device=config.device, enable_thinking=enable_thinking), bench, rows
 
 
 def evaluate(
@@ -178,6 +178,7 @@ def evaluate(
     json_out: str | Path | None = None,
     teacher_result: EvalResult | dict | None = None,
     progress: bool = False,
+    enable_thinking: bool | None = None,
 ) -> EvalResult:
     """Score the model in ``model_dir`` on ``benchmark``.
 
@@ -192,12 +193,14 @@ def evaluate(
             stored settings. ``threshold`` / ``block_size`` override either.
         json_out: when set, write the result there and the per-sample JSONL next to it.
         teacher_result: the teacher's result on the same benchmark; adds ``retention``.
+        enable_thinking: the recipe's ``convert.enable_thinking``; None: a student's stored value
+            (false for a causal LM). A student stored with the other value is refused.
 
     Returns:
         The run's :class:`EvalResult`.
     """
     config = config or EvalConfig()
-    runner, bench, rows = prepare(model_dir, benchmark, config)
+    runner, bench, rows = prepare(model_dir, benchmark, config, enable_thinking)
     max_new_tokens = config.max_new_tokens or (sampler.max_new_tokens if sampler else bench.max_new_tokens)
     cfg = sampler_config(runner, max_new_tokens, threshold, block_size, base=sampler)
     result, records = evaluate_rows(runner, bench, rows, config, cfg, progress=progress)

@@ -28,6 +28,13 @@ def is_student_dir(model_dir: str | Path) -> bool:
     return config.get("block_size") is not None and config.get("mask_token_id") is not None
 
 
+def stored_enable_thinking(model_dir: str | Path) -> bool | None:
+    """A student's stored ``enable_thinking`` (absent = false); None when ``model_dir`` is not a student."""
+    if not is_student_dir(model_dir):
+        return None
+    return bool(json.loads((Path(model_dir) / "config.json").read_text()).get("enable_thinking", False))
+
+
 @dataclass
 class ModelRunner:
     """A loaded model that turns prompt token ids into a :class:`SampleBatch`.
@@ -36,6 +43,8 @@ class ModelRunner:
         kind: ``student`` (block-diffusion sampler) or ``causal_lm`` (autoregressive decoding).
         tokenizer: the model's Hugging Face tokenizer.
         sampler_defaults: the student's stored sampler settings; None for a causal LM.
+        enable_thinking: the chat template's thinking mode for this model's prompts (a student's
+            from its config.json; a causal LM's from the recipe, default false).
     """
 
     kind: str
@@ -44,6 +53,13 @@ class ModelRunner:
     sampler_defaults: SamplerConfig | None
     _model: object
     _sampler: object | None
+    enable_thinking: bool = False
+
+    def format_prompt(self, question: str, domain: str | None = None, math_suffix: bool = False) -> str:
+        """The prompt text this model is given for ``question`` (its chat template and thinking mode)."""
+        from opdlm.data.prompting import format_prompt
+
+        return format_prompt(self.tokenizer, question, domain, math_suffix, self.enable_thinking)
 
     def generate(self, prompt_ids: list[list[int]], cfg: SamplerConfig, seed: int):
         """Decode one batch.
@@ -68,17 +84,39 @@ class ModelRunner:
         )  # fmt: skip
 
 
-def load_runner(model_dir: str | Path, device: str = "auto", dtype: str = "auto", backend: str | None = None) -> ModelRunner:
-    """Load ``model_dir`` as a student when it is one, otherwise as a plain causal LM."""
+def load_runner(
+    model_dir: str | Path, device: str = "auto", dtype: str = "auto", backend: str | None = None,
+    enable_thinking: bool | None = None,
+) -> ModelRunner:  # fmt: skip
+    """Load ``model_dir`` as a student when it is one, otherwise as a plain causal LM.
+
+    Args:
+        enable_thinking: the recipe's ``convert.enable_thinking`` (None: the student's stored value,
+            false for a causal LM). A student stored with the other value is refused: it would be
+            scored on prompts shaped unlike the ones it was trained on.
+
+    Raises:
+        ConfigError: ``enable_thinking`` disagrees with the student's config.json.
+    """
     model_dir = Path(model_dir)
     if is_student_dir(model_dir):
         from opdlm.models.student import load_student
         from opdlm.sampling.block_sampler import BlockDiffusionSampler
 
         student = load_student(model_dir, device=device, dtype=dtype, backend=backend)
+        stored = student.meta.enable_thinking
+        if enable_thinking is not None and enable_thinking != stored:
+            from opdlm.errors import ConfigError
+
+            raise ConfigError(
+                f"{model_dir}: the student was converted with enable_thinking={str(stored).lower()} but the recipe's "
+                f"convert.enable_thinking is {str(enable_thinking).lower()}"
+            )
         sampler = BlockDiffusionSampler(student)
-        return ModelRunner("student", model_dir, student.tokenizer, student.meta.sampler_defaults, student.model, sampler)
+        return ModelRunner(
+            "student", model_dir, student.tokenizer, student.meta.sampler_defaults, student.model, sampler, stored
+        )
     from opdlm.models.student import load_causal_lm
 
     model, tokenizer = load_causal_lm(model_dir, device=device, dtype=dtype, backend=backend)
-    return ModelRunner("causal_lm", model_dir, tokenizer, None, model, None)
+    return ModelRunner("causal_lm", model_dir, tokenizer, None, model, None, bool(enable_thinking))

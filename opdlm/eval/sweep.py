@@ -93,6 +93,7 @@ def sweep(
     *,
     sampler: SamplerConfig | None = None,
     progress: bool = False,
+    enable_thinking: bool | None = None,
 ) -> list[dict]:
     """Decode ``benchmark`` with the student in ``model_dir`` at every point of the sweep grid.
 
@@ -104,13 +105,14 @@ def sweep(
             result and per-sample JSONL under ``points/``.
         sampler: base decoding settings (default: the student's stored ones); every point uses
             dynamic remasking with its own threshold and block size.
+        enable_thinking: the recipe's ``convert.enable_thinking`` (None: the student's stored value).
 
     Returns:
         The table: one dict per point (fields of :class:`SweepPoint`), block size then threshold
         in grid order.
     """
     config = config or EvalConfig()
-    runner, bench, rows = prepare(model_dir, benchmark, config)
+    runner, bench, rows = prepare(model_dir, benchmark, config, enable_thinking)
     if runner.kind != "student":
         raise ConfigError(f"--sweep needs a converted student; {model_dir} is a plain causal LM (no threshold or block size)")
     max_new_tokens = config.max_new_tokens or (sampler.max_new_tokens if sampler else bench.max_new_tokens)

@@ -2,7 +2,8 @@
 
 The weights are unchanged; the tokenizer gains a mask token (reusing an unused padded embedding row
 when the embedding matrix is larger than the tokenizer, else resizing); ``config.json`` gains
-``block_size``, ``mask_token_id``, ``logit_shift`` and ``sampler_defaults``. The result is written
+``block_size``, ``mask_token_id``, ``logit_shift``, ``prompt_attention``, ``enable_thinking`` and
+``sampler_defaults``. The result is written
 to a temporary sibling directory and renamed into place only when complete.
 """
 
@@ -16,6 +17,7 @@ from opdlm import __version__
 from opdlm.config.sampler import SamplerConfig
 from opdlm.errors import OpdlmError, SourceError
 from opdlm.fsutil import atomic_dir
+from opdlm.models.geometry import check_prompt_attention
 from opdlm.models.sources import resolve_model_source
 
 MASK_TOKEN = "<|MASK|>"
@@ -56,6 +58,8 @@ def convert_teacher(
     logit_shift: bool = False,
     sampler: SamplerConfig | None = None,
     overwrite: bool = False,
+    prompt_attention: str = "block",
+    enable_thinking: bool = False,
 ) -> Path:
     """Write a block-diffusion student converted from ``teacher`` to ``out``.
 
@@ -65,6 +69,10 @@ def convert_teacher(
         block_size: B of the block-causal attention (>= 1).
         logit_shift: position j-1 predicts token j (Fast-dLLM v2 style) instead of j predicting j.
         sampler: sampler defaults stored in ``config.json``; ``block_size`` is forced to match.
+        prompt_attention: ``block`` (the paper's: the prompt is bidirectional inside B-blocks counted
+            backwards from the response start) or ``causal``.
+        enable_thinking: the chat template's thinking mode for every prompt the student sees
+            (METHOD §6: false for the paper's non-thinking runs).
 
     Returns:
         The absolute output path.
@@ -73,6 +81,10 @@ def convert_teacher(
 
     if not isinstance(block_size, int) or block_size < 1:
         raise OpdlmError(f"block_size must be an integer >= 1 (got {block_size!r})")
+    try:
+        check_prompt_attention(prompt_attention)
+    except ValueError as exc:
+        raise OpdlmError(str(exc)) from None
     src_dir = resolve_model_source(teacher, what="teacher")
     _check_architecture(src_dir)
     sampler = (sampler or SamplerConfig()).with_overrides(block_size=block_size)
@@ -97,6 +109,8 @@ def convert_teacher(
         config.block_size = block_size
         config.mask_token_id = mask_id
         config.logit_shift = bool(logit_shift)
+        config.prompt_attention = prompt_attention
+        config.enable_thinking = bool(enable_thinking)
         config.sampler_defaults = sampler.model_dump()
         config.opdlm_version = __version__
         config.opdlm_converted_from = str(teacher)

@@ -1,7 +1,10 @@
 """Loading models and the student's block-causal forward.
 
 A converted student is an ordinary Hugging Face causal LM directory whose ``config.json`` carries
-``block_size``, ``mask_token_id``, ``logit_shift`` and ``sampler_defaults``. Its architecture is
+``block_size``, ``mask_token_id``, ``logit_shift``, ``prompt_attention`` (``block`` | ``causal``; a
+config.json without it is ``causal``, what students converted before the key existed were trained
+with), ``enable_thinking`` (the chat template's thinking mode every prompt is rendered with; absent
+= false) and ``sampler_defaults``. Its architecture is
 the teacher's, unchanged: the block-causal behaviour comes entirely from the 4-D masks and position
 ids built by :mod:`opdlm.models.geometry`, so no ``trust_remote_code`` is ever needed.
 """
@@ -16,7 +19,7 @@ import torch
 from opdlm.config.sampler import SamplerConfig
 from opdlm.errors import SourceError
 from opdlm.models.attention import BACKENDS, TEACHER_BACKENDS, attention_mask, check_backend, default_backend
-from opdlm.models.geometry import Geometry
+from opdlm.models.geometry import LEGACY_PROMPT_ATTENTION, Geometry, check_prompt_attention
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -41,7 +44,14 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str 
 
 @dataclass
 class StudentMeta:
-    """What the sampler and trainer need to know about a converted student."""
+    """What the sampler and trainer need to know about a converted student.
+
+    Attributes:
+        prompt_attention: ``block`` (prompt bidirectional inside B-blocks counted back from the
+            response start, the paper's) or ``causal``; see :mod:`opdlm.models.geometry`.
+        enable_thinking: the chat template's ``enable_thinking`` for every prompt this model sees
+            (:func:`opdlm.data.prompting.format_prompt`).
+    """
 
     block_size: int
     mask_token_id: int
@@ -49,6 +59,8 @@ class StudentMeta:
     eos_token_ids: list[int]
     pad_token_id: int
     sampler_defaults: SamplerConfig = field(default_factory=SamplerConfig)
+    prompt_attention: str = LEGACY_PROMPT_ATTENTION
+    enable_thinking: bool = False
 
     @classmethod
     def from_config(cls, config, tokenizer, where: str = "model") -> StudentMeta:
@@ -63,6 +75,14 @@ class StudentMeta:
             eos_ids.append(int(tokenizer.eos_token_id))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
         defaults = getattr(config, "sampler_defaults", None) or {}
+        prompt_attention = getattr(config, "prompt_attention", None) or LEGACY_PROMPT_ATTENTION
+        try:
+            check_prompt_attention(prompt_attention)
+        except ValueError as exc:
+            raise SourceError(f"{where}/config.json: {exc}") from None
+        enable_thinking = getattr(config, "enable_thinking", False)
+        if not isinstance(enable_thinking, bool):
+            raise SourceError(f"{where}/config.json: enable_thinking must be true or false (got {enable_thinking!r})")
         return cls(
             block_size=int(config.block_size),
             mask_token_id=int(config.mask_token_id),
@@ -70,6 +90,8 @@ class StudentMeta:
             eos_token_ids=eos_ids,
             pad_token_id=int(pad),
             sampler_defaults=SamplerConfig.model_validate({**defaults, "block_size": int(config.block_size)}),
+            prompt_attention=prompt_attention,
+            enable_thinking=enable_thinking,
         )
 
 

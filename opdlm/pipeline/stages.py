@@ -78,7 +78,7 @@ def teacher_stage(recipe: Recipe, out_dir: str | Path | None = None) -> Path:
             raise OpdlmError("teacher builtin:tiny is bootstrapped into a folder: give the teacher stage an output folder")
         from opdlm.teacher import bootstrap_teacher
 
-        bootstrap_teacher(out_dir, recipe.teacher.bootstrap, overwrite=True)
+        bootstrap_teacher(out_dir, recipe.teacher.bootstrap, overwrite=True, enable_thinking=recipe.convert.enable_thinking)
         return Path(out_dir).absolute()
     from opdlm.models.sources import resolve_model_source
 
@@ -107,7 +107,9 @@ def bootstrap_command(recipe: Recipe, out_dir: str | Path, python: str | None = 
 
     settings = recipe.teacher.bootstrap.model_dump(mode="json")
     overrides = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in settings.items()]
-    return [python or sys.executable, "-m", "opdlm.cli.main", "teacher", "bootstrap", "--out", str(out_dir), "--overwrite", *overrides]
+    thinking = "--enable-thinking" if recipe.convert.enable_thinking else "--no-enable-thinking"
+    return [python or sys.executable, "-m", "opdlm.cli.main", "teacher", "bootstrap", "--out", str(out_dir), "--overwrite",
+            thinking, *overrides]  # fmt: skip
 
 
 def convert_stage(recipe: Recipe, teacher_dir: str | Path, out_dir: str | Path) -> Path:
@@ -116,7 +118,8 @@ def convert_stage(recipe: Recipe, teacher_dir: str | Path, out_dir: str | Path) 
 
     return convert_teacher(
         teacher_dir, out_dir, block_size=recipe.convert.block_size, logit_shift=recipe.convert.logit_shift,
-        sampler=recipe.sampler, overwrite=True,
+        sampler=recipe.sampler, overwrite=True, prompt_attention=recipe.convert.prompt_attention,
+        enable_thinking=recipe.convert.enable_thinking,
     )  # fmt: skip
 
 
@@ -170,6 +173,7 @@ def eval_model_stage(
         result = evaluate(
             model_dir, name, recipe.eval, sampler=recipe.sampler, json_out=out_dir / f"{name}.json",
             teacher_result=(teacher_results or {}).get(name), progress=True,
+            enable_thinking=recipe.convert.enable_thinking,
         )  # fmt: skip
         results[name] = result.to_dict()
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
@@ -187,7 +191,10 @@ def sweep_stage(recipe: Recipe, student_dir: str | Path, out_dir: str | Path) ->
     from opdlm.eval.sweep import sweep
 
     return {
-        name: sweep(student_dir, name, recipe.eval, Path(out_dir) / name, sampler=recipe.sampler, progress=True)
+        name: sweep(
+            student_dir, name, recipe.eval, Path(out_dir) / name, sampler=recipe.sampler, progress=True,
+            enable_thinking=recipe.convert.enable_thinking,
+        )  # fmt: skip
         for name in recipe.eval.benchmarks
     }
 

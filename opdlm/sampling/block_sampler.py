@@ -73,7 +73,8 @@ class BlockDiffusionSampler:
         prompt_ids, prompt_lens = left_pad(prompts, meta.pad_token_id)
         P = prompt_ids.shape[1]
         ids = torch.cat([prompt_ids, torch.full((n, L), meta.mask_token_id, dtype=torch.long)], 1).to(device)
-        geom = inference_geometry(prompt_lens.to(device), P, L, B)
+        # the prompt is prefilled with the model's own prompt geometry (the first forward of block 0)
+        geom = inference_geometry(prompt_lens.to(device), P, L, B, meta.prompt_attention)
         eos_ids = torch.tensor(meta.eos_token_ids, device=device)
         target_L = torch.arange(L, device=device) < cfg.max_new_tokens
         schedule = torch.tensor(transfer_schedule(B, cfg.denoise_steps_per_block), device=device)

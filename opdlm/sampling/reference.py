@@ -26,7 +26,7 @@ def reference_generate(student: Student, prompt: list[int], cfg: SamplerConfig) 
     L = math.ceil(cfg.max_new_tokens / B) * B
     P = len(prompt)
     ids = torch.tensor([prompt + [meta.mask_token_id] * L], device=device)
-    geom = inference_geometry(torch.tensor([P], device=device), P, L, B)
+    geom = inference_geometry(torch.tensor([P], device=device), P, L, B, meta.prompt_attention)
     eos_ids = torch.tensor(meta.eos_token_ids, device=device)
     target = torch.arange(L, device=device) < cfg.max_new_tokens
     schedule = transfer_schedule(B, cfg.denoise_steps_per_block)

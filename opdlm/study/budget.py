@@ -75,11 +75,11 @@ def truncate_stages(stages: list[CurriculumStage], steps: int) -> list[Curriculu
     return out
 
 
-def _step_rows(cfg: TrainConfig, rows: list[Row], tokenizer, seed: int, step: int) -> list[Row]:
+def _step_rows(cfg: TrainConfig, rows: list[Row], tokenizer, seed: int, step: int, enable_thinking: bool) -> list[Row]:
     """The rows rollout step ``step`` draws, minus those whose prompt the trainer would skip."""
     indices = stream_indices(len(rows), step * cfg.prompts_per_rollout, cfg.prompts_per_rollout, seed)
     drawn = [rows[i] for i in indices]
-    _, kept = encode_rows(tokenizer, drawn, cfg.math_suffix, cfg.max_prompt_tokens)
+    _, kept = encode_rows(tokenizer, drawn, cfg.math_suffix, cfg.max_prompt_tokens, enable_thinking)
     return [drawn[i] for i in kept]
 
 
@@ -89,7 +89,9 @@ def _step_caps(cfg: TrainConfig, step: int, drawn: list[Row]) -> list[int]:
     return [domain_cap(cap, r.domain, pos.stage.domain_caps) for r in drawn]
 
 
-def mdm_step_tokens(cfg: TrainConfig, rows: list[Row], tokenizer, eos_id: int, seed: int) -> Iterator[int]:
+def mdm_step_tokens(
+    cfg: TrainConfig, rows: list[Row], tokenizer, eos_id: int, seed: int, enable_thinking: bool = False
+) -> Iterator[int]:
     """Exact training tokens of each mdm_sft rollout step (ground truth + EOS, cut at the cap)."""
     full_length: dict[str, int] = {}
 
@@ -100,26 +102,32 @@ def mdm_step_tokens(cfg: TrainConfig, rows: list[Row], tokenizer, eos_id: int, s
 
     step = 0
     while True:
-        drawn = [r for r in _step_rows(cfg, rows, tokenizer, seed, step) if r.response]
+        drawn = [r for r in _step_rows(cfg, rows, tokenizer, seed, step, enable_thinking) if r.response]
         yield sum(length(r, c) for r, c in zip(drawn, _step_caps(cfg, step, drawn)))
         step += 1
 
 
-def opd_step_tokens(cfg: TrainConfig, rows: list[Row], tokenizer, seed: int, fill: float) -> Iterator[float]:
+def opd_step_tokens(
+    cfg: TrainConfig, rows: list[Row], tokenizer, seed: int, fill: float, enable_thinking: bool = False
+) -> Iterator[float]:
     """Estimated OPD rollout tokens of each step: ``fill`` x the sum of its prompts' length caps."""
     step = 0
     while True:
-        drawn = _step_rows(cfg, rows, tokenizer, seed, step)
+        drawn = _step_rows(cfg, rows, tokenizer, seed, step, enable_thinking)
         yield fill * sum(_step_caps(cfg, step, drawn))
         step += 1
 
 
 def plan_steps(
-    cfg: TrainConfig, rows: list[Row], tokenizer, eos_id: int, seed: int, budget: float, fill: float, max_steps: int = 100_000
+    cfg: TrainConfig, rows: list[Row], tokenizer, eos_id: int, seed: int, budget: float, fill: float, max_steps: int = 100_000,
+    enable_thinking: bool = False,
 ) -> tuple[int, float]:
-    """``(rollout_steps, planned_tokens)`` for an arm of ``cfg.objective`` to spend ``budget`` tokens."""
+    """``(rollout_steps, planned_tokens)`` for an arm of ``cfg.objective`` to spend ``budget`` tokens.
+
+    ``enable_thinking``: the recipe's ``convert.enable_thinking`` (prompt lengths decide which rows are kept).
+    """
     if cfg.objective == "mdm_sft":
-        tokens: Iterator[float] = mdm_step_tokens(cfg, rows, tokenizer, eos_id, seed)
+        tokens: Iterator[float] = mdm_step_tokens(cfg, rows, tokenizer, eos_id, seed, enable_thinking)
     else:
-        tokens = opd_step_tokens(cfg, rows, tokenizer, seed, fill)
+        tokens = opd_step_tokens(cfg, rows, tokenizer, seed, fill, enable_thinking)
     return steps_for_budget(tokens, budget, max_steps)

@@ -101,15 +101,21 @@ def run_reference(job: dict) -> dict:
     quiet_libraries()
     recipe = Recipe.model_validate(job["recipe"])
     _threads(recipe.train.num_threads)
-    teacher = evaluate(job["teacher"], BENCHMARK, recipe.eval, sampler=recipe.sampler, json_out=folder / "teacher.json")
+    thinking = recipe.convert.enable_thinking
+    teacher = evaluate(
+        job["teacher"], BENCHMARK, recipe.eval, sampler=recipe.sampler, json_out=folder / "teacher.json",
+        enable_thinking=thinking,
+    )  # fmt: skip
     converted = folder / "converted"
     if not (converted / "config.json").is_file():
         convert_teacher(
             job["teacher"], converted, block_size=recipe.convert.block_size, logit_shift=recipe.convert.logit_shift,
-            sampler=recipe.sampler, overwrite=True,
+            sampler=recipe.sampler, overwrite=True, prompt_attention=recipe.convert.prompt_attention,
+            enable_thinking=recipe.convert.enable_thinking,
         )  # fmt: skip
     untrained = evaluate(
-        converted, BENCHMARK, recipe.eval, sampler=recipe.sampler, json_out=folder / "untrained.json", teacher_result=teacher
+        converted, BENCHMARK, recipe.eval, sampler=recipe.sampler, json_out=folder / "untrained.json", teacher_result=teacher,
+        enable_thinking=thinking,
     )
     result = {
         "fingerprint": fingerprint, "teacher": job["teacher"], "teacher_result": teacher.to_dict(),
@@ -150,7 +156,7 @@ def run_arm(job: dict) -> dict:
         raise OpdlmError(f"arm {job['arm']['arm_id']}: training stopped at step {summary.get('rollout_step')} of {summary.get('total_rollout_steps')}")
     evaluated = evaluate(
         model_dir, BENCHMARK, recipe.eval, sampler=recipe.sampler, json_out=folder / "eval.json",
-        teacher_result=job["teacher_result"],
+        teacher_result=job["teacher_result"], enable_thinking=recipe.convert.enable_thinking,
     )  # fmt: skip
     result = {
         "fingerprint": fingerprint, **job["arm"], "rollout_steps": job["rollout_steps"],

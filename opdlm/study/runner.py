@@ -72,7 +72,10 @@ class Planner:
         cfg = recipe.train
         seed = cfg.seed if cfg.seed is not None else recipe.seed
         eos_id = self.tokenizer.eos_token_id  # only the count matters: every response gets one EOS
-        return plan_steps(cfg, self.rows(recipe, seed), self.tokenizer, eos_id, seed, budget, self.fill)
+        return plan_steps(
+            cfg, self.rows(recipe, seed), self.tokenizer, eos_id, seed, budget, self.fill,
+            enable_thinking=recipe.convert.enable_thinking,
+        )  # fmt: skip
 
 
 def _arm_jobs(arms: list[Arm], spec: StudyFile, planner: Planner, out: Path, teacher_dir: Path, teacher_result: dict) -> list[dict]:

@@ -76,7 +76,7 @@ def lr_at(step: int, config: BootstrapConfig, time_fraction: float = 0.0) -> flo
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
-def train(model, tokenizer, rows: list[Row], config: BootstrapConfig) -> dict:
+def train(model, tokenizer, rows: list[Row], config: BootstrapConfig, enable_thinking: bool = False) -> dict:
     """Supervised training on prompt + response + EOS with loss on the response only.
 
     Returns:
@@ -86,7 +86,7 @@ def train(model, tokenizer, rows: list[Row], config: BootstrapConfig) -> dict:
     """
     from tqdm.auto import tqdm
 
-    examples = [encode_example(tokenizer, row) for row in rows]
+    examples = [encode_example(tokenizer, row, enable_thinking) for row in rows]
     schedule = batch_indices(len(examples), config.batch_size, config.steps, config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
     model.train()
@@ -129,7 +129,7 @@ def train(model, tokenizer, rows: list[Row], config: BootstrapConfig) -> dict:
     }
 
 
-def evaluate_heldout(model, tokenizer, rows: list[Row], config: BootstrapConfig) -> dict:
+def evaluate_heldout(model, tokenizer, rows: list[Row], config: BootstrapConfig, enable_thinking: bool = False) -> dict:
     """Greedy autoregressive accuracy on ``rows`` (overall and per family).
 
     Returns:
@@ -143,7 +143,8 @@ def evaluate_heldout(model, tokenizer, rows: list[Row], config: BootstrapConfig)
     correct: dict[str, list[bool]] = {}
     for lo in range(0, len(rows), config.eval_batch_size):
         batch = rows[lo : lo + config.eval_batch_size]
-        prompts = encode_prompts(tokenizer, [format_prompt(tokenizer, r.question, r.domain) for r in batch])
+        texts = [format_prompt(tokenizer, r.question, r.domain, enable_thinking=enable_thinking) for r in batch]
+        prompts = encode_prompts(tokenizer, texts)
         texts = generate_autoregressive(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens).texts
         for row, text in zip(batch, texts):
             correct.setdefault(family_of(row), []).append(is_correct(text, row.answer))
@@ -156,13 +157,17 @@ def evaluate_heldout(model, tokenizer, rows: list[Row], config: BootstrapConfig)
     }
 
 
-def bootstrap_teacher(out_dir: str | Path, config: BootstrapConfig | None = None, overwrite: bool = False) -> dict:
+def bootstrap_teacher(
+    out_dir: str | Path, config: BootstrapConfig | None = None, overwrite: bool = False, enable_thinking: bool = False
+) -> dict:
     """Train, score and save the tiny teacher.
 
     Args:
         out_dir: output directory; must be absent or empty unless ``overwrite``. It appears only when
             everything succeeded (written to a temporary sibling, then renamed).
         config: bootstrap settings (default :class:`BootstrapConfig`).
+        enable_thinking: the chat template's thinking mode (the recipe's ``convert.enable_thinking``);
+            the suite tokenizer's template has no such variable, so it changes nothing there.
 
     Returns:
         The metrics also written to ``out_dir/bootstrap_metrics.json``: training steps and seconds,
@@ -185,9 +190,10 @@ def bootstrap_teacher(out_dir: str | Path, config: BootstrapConfig | None = None
                 "tokenizer_size": len(tokenizer),
                 "embedding_rows": model.config.vocab_size,
             }
-            metrics |= train(model, tokenizer, load_split("train", config.n_train, config.seed), config)
+            metrics |= train(model, tokenizer, load_split("train", config.n_train, config.seed), config, enable_thinking)
             if config.n_eval:
-                metrics |= evaluate_heldout(model, tokenizer, load_split("eval", config.n_eval, config.seed), config)
+                heldout = load_split("eval", config.n_eval, config.seed)
+                metrics |= evaluate_heldout(model, tokenizer, heldout, config, enable_thinking)
             metrics["config"] = config.model_dump()
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)

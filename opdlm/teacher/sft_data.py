@@ -23,11 +23,12 @@ class Example(NamedTuple):
     prompt_len: int
 
 
-def encode_example(tokenizer, row: Row) -> Example:
+def encode_example(tokenizer, row: Row, enable_thinking: bool = False) -> Example:
     """Tokenise ``row`` as prompt + response + EOS; the row must carry a reference ``response``."""
     if not row.response:
         raise ValueError(f"row {row.id or row.question[:40]!r} has no reference response to train on")
-    prompt = tokenizer(format_prompt(tokenizer, row.question, row.domain), add_special_tokens=False).input_ids
+    text = format_prompt(tokenizer, row.question, row.domain, enable_thinking=enable_thinking)
+    prompt = tokenizer(text, add_special_tokens=False).input_ids
     response = tokenizer(row.response, add_special_tokens=False).input_ids
     return Example(prompt + response + [tokenizer.eos_token_id], len(prompt))
 

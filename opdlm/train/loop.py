@@ -50,7 +50,7 @@ def collect_episodes(ctx: RunContext, pos: StagePosition, step: int) -> tuple[Ep
     cap = length_cap(pos.stage.length, pos.step_in_stage, block_size)
     indices = stream_indices(len(ctx.rows), step * cfg.prompts_per_rollout, cfg.prompts_per_rollout, ctx.seed)
     rows = [ctx.rows[i] for i in indices[ctx.rank :: ctx.world_size]]
-    prompts, kept = encode_rows(tok, rows, cfg.math_suffix, cfg.max_prompt_tokens)
+    prompts, kept = encode_rows(tok, rows, cfg.math_suffix, cfg.max_prompt_tokens, ctx.student.meta.enable_thinking)
     ctx.counters.skipped_prompts += len(rows) - len(kept)
     rows = [rows[i] for i in kept]
     caps = [domain_cap(cap, r.domain, pos.stage.domain_caps) for r in rows]

@@ -35,7 +35,7 @@ def microbatch_loss(ctx: RunContext, mb: TrainingRows, block_size: int) -> tuple
     with ctx.autocast():
         hidden_BLH = student_hidden_states(
             model, mb.prompt_ids_BP, mb.prompt_lens_B, mb.response_BL, noisy_BL, block_size, meta.logit_shift,
-            ctx.student.backend,
+            ctx.student.backend, meta.prompt_attention,
         )  # fmt: skip
         student_NH = hidden_BLH[row_N, col_N]
         if ctx.cfg.objective == "opd":

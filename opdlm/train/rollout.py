@@ -39,9 +39,15 @@ class Episodes:
     tokens_per_step: float = 0.0
 
 
-def encode_rows(tokenizer, rows: list[Row], math_suffix: bool, max_prompt_tokens: int) -> tuple[list[list[int]], list[int]]:
-    """Prompt ids of the rows that fit ``max_prompt_tokens``; returns ``(prompts, kept_row_positions)``."""
-    texts = [format_prompt(tokenizer, r.question, r.domain, math_suffix) for r in rows]
+def encode_rows(
+    tokenizer, rows: list[Row], math_suffix: bool, max_prompt_tokens: int, enable_thinking: bool = False
+) -> tuple[list[list[int]], list[int]]:
+    """Prompt ids of the rows that fit ``max_prompt_tokens``; returns ``(prompts, kept_row_positions)``.
+
+    ``enable_thinking`` is the student's (``StudentMeta.enable_thinking``, from the recipe's
+    ``convert.enable_thinking``); the teacher's targets read these same prompt ids.
+    """
+    texts = [format_prompt(tokenizer, r.question, r.domain, math_suffix, enable_thinking) for r in rows]
     ids = encode_prompts(tokenizer, texts)
     kept = [i for i, p in enumerate(ids) if 0 < len(p) <= max_prompt_tokens]
     return [ids[i] for i in kept], kept

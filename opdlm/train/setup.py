@@ -138,8 +138,23 @@ def _student_dir(ctx_out: Path, recipe: Recipe, teacher_src: str | None, student
 
     return convert_teacher(
         resolve_model_source(teacher_src, "teacher"), converted, block_size=recipe.convert.block_size,
-        logit_shift=recipe.convert.logit_shift, sampler=recipe.sampler,
+        logit_shift=recipe.convert.logit_shift, sampler=recipe.sampler, prompt_attention=recipe.convert.prompt_attention,
+        enable_thinking=recipe.convert.enable_thinking,
     )  # fmt: skip
+
+
+def _check_prompt_format(meta, recipe: Recipe, student_dir: Path) -> None:
+    """The student's stored prompt geometry and thinking mode must be the recipe's ``convert`` values."""
+    for key, stored, wanted in (
+        ("prompt_attention", meta.prompt_attention, recipe.convert.prompt_attention),
+        ("enable_thinking", meta.enable_thinking, recipe.convert.enable_thinking),
+    ):
+        if stored != wanted:
+            shown = (lambda v: str(v).lower() if isinstance(v, bool) else v)
+            raise OpdlmError(
+                f"{student_dir}: the student has {key}={shown(stored)} (config.json; absent = the pre-key default) "
+                f"but the recipe's convert.{key} is {shown(wanted)}; convert the teacher again or change the recipe"
+            )
 
 
 def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -192,6 +207,7 @@ def setup_run(
     start_dir, ckpt = distributed.on_main(lambda: _prepare_out(out, fingerprint, recipe, teacher_src, student))
 
     student_obj = load_student(start_dir, device=str(device), dtype="fp32", backend=cfg.attn_backend)
+    _check_prompt_format(student_obj.meta, recipe, start_dir)
     if cfg.gradient_checkpointing:
         student_obj.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     teacher_model, teacher_backend = None, None

@@ -34,6 +34,7 @@ def student_hidden_states(
     block_size: int,
     logit_shift: bool,
     backend: str,
+    prompt_attention: str = "causal",
 ) -> torch.Tensor:
     """Final hidden states predicting each response position of the noisy copy.
 
@@ -46,12 +47,13 @@ def student_hidden_states(
         block_size: B.
         logit_shift: output ``j - 1`` predicts ``j`` instead of ``j`` predicting ``j``.
         backend: attention backend of ``model``.
+        prompt_attention: the student's ``block`` or ``causal`` prompt (``StudentMeta.prompt_attention``).
 
     Returns:
         ``hidden_BLH`` with gradient; apply ``model.get_output_embeddings()`` to get logits.
     """
     P, L = prompt_ids_BP.shape[1], clean_BL.shape[1]
-    geom = training_geometry(prompt_lens_B, P, L, block_size)
+    geom = training_geometry(prompt_lens_B, P, L, block_size, prompt_attention)
     dtype = next(model.parameters()).dtype
     ids_BT = torch.cat([prompt_ids_BP, clean_BL, noisy_BL], dim=1)
     out = model.model(
