@@ -5,7 +5,7 @@ never stops at the first failure (a failed section prints FAILED and its error, 
 
 1. CUDA, GPU and package versions;
 2. FlexAttention vs SDPA parity: student logits on the training layout ``[prompt | clean | noisy]``
-   (left-padded prompts) and the sampler's tokens and step maps at temperature 0, block sizes 1, 4, 8
+   (left-padded, block-structured prompts) and the sampler's tokens and step maps at temperature 0, block sizes 1, 4, 8
    (fp32, a 2-layer model of Qwen3-0.6B's width);
 3. the frozen teacher's causal forward: time and logits of flash_attention_2 vs flex vs sdpa;
 4. sampler throughput (tokens/s, tokens per step) at batch 1, 32 and 128 with rollouts of 512 tokens
@@ -137,7 +137,8 @@ class Models:
 
         if model.config._attn_implementation != backend:
             model.set_attn_implementation(backend)
-        meta = StudentMeta(block_size, self.mask_id, False, [self.tok.eos_token_id] if stop_at_eos else [], self.tok.pad_token_id)
+        eos = [self.tok.eos_token_id] if stop_at_eos else []
+        meta = StudentMeta(block_size, self.mask_id, False, eos, self.tok.pad_token_id, prompt_attention="block")
         return Student(model, self.tok, meta, backend)
 
     def prompts(self, n: int, lo: int, hi: int, seed: int = 0) -> list[list[int]]:
@@ -191,7 +192,7 @@ def section_parity(args, models: Models) -> None:
         for backend in ("sdpa", "flex_attention"):
             s = models.student(model, backend, bs)
             with torch.no_grad():
-                logits[backend] = student_logits(s.model, *batch, bs, False, backend).float()
+                logits[backend] = student_logits(s.model, *batch, bs, False, backend, "block").float()
         diff = (logits["flex_attention"] - logits["sdpa"]).abs().max().item()
         cfg = SamplerConfig(block_size=bs, denoise_steps_per_block=bs, remasking="dynamic", threshold=0.9,
                             temperature=0.0, max_new_tokens=new_tokens)  # fmt: skip
@@ -337,7 +338,7 @@ def section_opd_step(args, models: Models, clock: Clock) -> None:
             absolute = f", {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB allocated at peak" if dev.type == "cuda" else ""
             # the models' own work: teacher body forward, student body forward + backward (same masks, inputs)
             noisy = noisy_copy(mb.response_BL, mb.masked_BL, mb.lengths_B, student.meta.mask_token_id)
-            s_geom = training_geometry(mb.prompt_lens_B, P, L, 4)
+            s_geom = training_geometry(mb.prompt_lens_B, P, L, 4, student.meta.prompt_attention)
             t_geom = inference_geometry(mb.prompt_lens_B, P, L, 1)
             t_mask, masks = timed(lambda: (attention_mask(s_geom, backend, torch.float32),
                                            causal_padding_mask(t_geom, teacher_backend, torch.bfloat16)), dev)  # fmt: skip
