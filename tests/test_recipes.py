@@ -11,8 +11,10 @@ from opdlm.config.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "configs").glob("*.yaml"))
-PAPER = {"qwen3-0.6b": ("Qwen3-0.6B", "full"), "qwen3-1.7b": ("Qwen3-1.7B", "full"), "qwen3-4b": ("Qwen3-4B", "top_k"),
-         "qwen3-8b": ("Qwen3-8B", "top_k"), "qwen3-4b-math": ("Qwen3-4B", "top_k")}  # fmt: skip
+# name -> (teacher, KL, thinking): the reference's launchers (divelab/OPDLM scripts/) and METHOD §4-6
+PAPER = {"qwen3-0.6b": ("Qwen3-0.6B", "full", False), "qwen3-1.7b": ("Qwen3-1.7B", "full", False),
+         "qwen3-4b": ("Qwen3-4B", "top_k", False), "qwen3-8b": ("Qwen3-8B", "top_k", False),
+         "qwen3-4b-math": ("Qwen3-4B", "full", False), "qwen3-4b-math-thinking": ("Qwen3-4B", "full", True)}  # fmt: skip
 
 
 def _is_study(path: Path) -> bool:
@@ -43,12 +45,14 @@ def test_recipe_validates_and_its_header_has_the_launch_command(path):
 
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_paper_recipes_carry_the_paper_values(name):
-    model, kl = PAPER[name]
+    model, kl, thinking = PAPER[name]
     r = load_recipe(REPO / "configs" / f"{name}.yaml")
     header = (REPO / "configs" / f"{name}.yaml").read_text()
     assert r.teacher.source == f"hf://Qwen/{model}" and f"--teacher hf://Qwen/{model}" in header
     t = r.train
     assert (t.kl, t.kl_top_k if t.kl == "top_k" else 16) == (kl, 16)
+    assert (r.convert.prompt_attention, r.convert.enable_thinking, r.convert.logit_shift) == ("block", thinking, False)
+    assert t.max_prompt_tokens == 2000 and t.math_suffix
     assert (t.rollout.block_size, t.rollout.denoise_steps_per_block, t.rollout.remasking) == (4, 4, "dynamic")
     assert (t.rollout.threshold, t.rollout.temperature) == (0.9, 1.0)
     assert (t.prompts_per_rollout, t.optimizer_steps_per_rollout) == (128, 16)
@@ -56,8 +60,12 @@ def test_paper_recipes_carry_the_paper_values(name):
     assert t.precision == "bf16" and t.gradient_checkpointing and t.exclude_eos_from_loss
     assert t.state_selection == "one_per_block" and t.deepspeed and r.resources.gpus_per_node == 8
     (stage,) = t.stages
-    if name.endswith("math"):
+    if name.endswith("math-thinking"):
+        assert (stage.length.start, stage.length.end, stage.length.ramp_steps) == (100, 8000, 200)
+        assert stage.rollout_steps == 625 and stage.domain_caps["math"] >= 8000
+    elif name.endswith("math"):
         assert (stage.length.start, stage.length.end, stage.length.ramp_steps) == (100, 2000, 100)
+        assert stage.rollout_steps == 625
     else:
         assert stage.rollout_steps == 483
         assert (stage.length.start, stage.length.end, stage.length.ramp_steps) == (100, 4000, 100)
