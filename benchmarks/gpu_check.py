@@ -47,13 +47,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-QWEN3_0_6B = dict(
-    hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-    head_dim=128, vocab_size=151_936, max_position_embeddings=40_960, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
-    tie_word_embeddings=True,
-)  # fmt: skip
-SMOKE_SHAPE = dict(QWEN3_0_6B, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, head_dim=16, vocab_size=512)  # fmt: skip
+QWEN3_0_6B_LAYERS = 28
+# --smoke: the same architecture scaled down until it runs in seconds anywhere
+SMOKE_SHAPE = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                   vocab_size=512, num_hidden_layers=2)  # fmt: skip
 PAPER_TOKENS_PER_STEP = 1.9  # METHOD §3: threshold 0.9 at B=4
 
 
@@ -114,6 +111,7 @@ class Models:
     """Random Qwen3-shaped models (built in memory, never downloaded) and their student wrappers."""
 
     def __init__(self, shape: dict, device: torch.device):
+        """``shape``: overrides of Qwen3-0.6B's config (empty: the real widths, 151,936 rows)."""
         from opdlm.testing.tiny import build_char_tokenizer
 
         self.shape, self.device = shape, device
@@ -123,10 +121,13 @@ class Models:
     def causal_lm(self, layers: int | None, dtype: torch.dtype, backend: str, seed: int = 0):
         import transformers
 
-        cfg = transformers.Qwen3Config(
-            **dict(self.shape, num_hidden_layers=layers or self.shape["num_hidden_layers"]),
-            pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id, bos_token_id=self.tok.bos_token_id,
-        )  # fmt: skip
+        from opdlm.testing.qwen3 import qwen3_06b_config  # the one home of Qwen3-0.6B's shapes
+
+        cfg = qwen3_06b_config(layers or self.shape.get("num_hidden_layers", QWEN3_0_6B_LAYERS))
+        for key, value in self.shape.items():
+            if key != "num_hidden_layers":
+                setattr(cfg, key, value)
+        cfg.pad_token_id, cfg.eos_token_id, cfg.bos_token_id = self.tok.pad_token_id, self.tok.eos_token_id, self.tok.bos_token_id
         torch.manual_seed(seed)
         with torch.device(self.device):
             model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=backend)
@@ -303,7 +304,7 @@ def section_opd_step(args, models: Models, clock: Clock) -> None:
     from opdlm.train.student_forward import noisy_copy
 
     dev = models.device
-    backend = "flex_attention"
+    backend = "flex_attention" if dev.type == "cuda" else "sdpa"  # torch has no FlexAttention backward on CPU
     rows, P = (8, 128) if not args.smoke else (2, 8)
     lengths = (2048, 4000) if not args.smoke else (32, 64)
     cfg = TrainConfig(precision="bf16", gradient_checkpointing=True, micro_batch_size=rows, kl_chunk_size=1024)
@@ -380,7 +381,7 @@ def main() -> None:
     if device.type != "cuda" and not args.smoke:
         raise SystemExit("gpu_check needs a CUDA device (or --smoke for a tiny run anywhere)")
     torch.backends.cuda.matmul.allow_tf32 = False  # parity is measured in true fp32
-    models = Models(SMOKE_SHAPE if args.smoke else QWEN3_0_6B, device)
+    models = Models(SMOKE_SHAPE if args.smoke else {}, device)
     clock = Clock(args.budget_s if args.budget_s is not None else (float("inf") if args.smoke else 450.0))
     speedups: dict[int, tuple[float, float]] = {}
     sections = [

@@ -90,12 +90,10 @@ def build_models(root: Path, hidden: int, full_width_layers: int | None = None) 
     else:
         import transformers
 
-        cfg = transformers.Qwen3Config(
-            vocab_size=QWEN3_VOCAB, hidden_size=QWEN3_0_6B_HIDDEN, intermediate_size=3072, num_hidden_layers=full_width_layers,
-            num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40_960,
-            rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
-        )  # fmt: skip
+        from opdlm.testing.qwen3 import qwen3_06b_config
+
+        cfg = qwen3_06b_config(full_width_layers)
+        cfg.pad_token_id, cfg.eos_token_id, cfg.bos_token_id = tok.pad_token_id, tok.eos_token_id, tok.bos_token_id
         torch.manual_seed(0)
         transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(root / "teacher")
         tok.save_pretrained(root / "teacher")
