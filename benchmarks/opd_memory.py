@@ -43,6 +43,7 @@ import torch
 QWEN3_VOCAB = 151_936
 VARIANTS = ("naive", "chunked", "chunked_top16")
 QWEN3_0_6B_LAYERS, QWEN3_0_6B_HIDDEN = 28, 1024
+QWEN3_0_6B_LAYER_PARAMS = 1024 * (2048 + 1024 + 1024) + 2048 * 1024 + 3 * 1024 * 3072  # q, k, v, o, MLP
 CURRICULUM_END = 4000  # METHOD §5: 100 -> 4000 tokens
 
 
@@ -251,26 +252,32 @@ def sweep(args) -> None:
     print(f"one OPD step (trainer's chunked full-vocabulary KL, chunk {args.chunk}, gradient checkpointing, fp32), "
           f"Qwen3-0.6B width with {args.layers} of its {QWEN3_0_6B_LAYERS} layers, vocabulary {QWEN3_VOCAB:,}, "
           f"{args.rows} row(s) x ({args.prompt_len} prompt + L response), SDPA, device {device}")  # fmt: skip
-    print(f"{'L':>6}{'peak above resident (GiB)':>28}{'per rollout token (KiB)':>26}{'loss positions':>16}")
+    print(f"{'L':>6}{'peak above resident (GiB)':>28}{'peak per rollout token (KiB)':>31}{'loss positions':>16}")
     xs = torch.tensor(lengths, dtype=torch.float64)
     ys = torch.tensor([r["peak_bytes"] for r in results], dtype=torch.float64)
     for L, r in zip(lengths, results):
-        print(f"{L:>6}{r['peak_bytes'] / 2**30:>28.2f}{r['peak_bytes'] / (args.rows * L) / 2**10:>26.1f}{r['loss_positions']:>16}")
+        print(f"{L:>6}{r['peak_bytes'] / 2**30:>28.2f}{r['peak_bytes'] / (args.rows * L) / 2**10:>31.1f}{r['loss_positions']:>16}")
     line = torch.linalg.lstsq(torch.stack([torch.ones_like(xs), xs], 1), ys[:, None]).solution.flatten()
     parabola = torch.linalg.lstsq(torch.stack([torch.ones_like(xs), xs, xs**2], 1), ys[:, None]).solution.flatten()
-    at_end_line = float(line[0] + line[1] * CURRICULUM_END)
-    at_end_parabola = float(parabola[0] + parabola[1] * CURRICULUM_END + parabola[2] * CURRICULUM_END**2)
+    intercept, slope_per_row = float(line[0]), float(line[1]) / args.rows
     T_end = args.prompt_len + 2 * CURRICULUM_END
-    missing_layers = max(QWEN3_0_6B_LAYERS - args.layers, 0) * T_end * QWEN3_0_6B_HIDDEN * 4 * args.rows
-    print(f"slope {float(line[1]) / 2**10:.1f} KiB per rollout token (per {args.rows} row(s)), intercept "
-          f"{float(line[0]) / 2**30:.2f} GiB")  # fmt: skip
-    print(f"extrapolated to L={CURRICULUM_END}: {at_end_line / 2**30:.2f} GiB (line; linear-memory attention) .. "
-          f"{at_end_parabola / 2**30:.2f} GiB (parabola; dense SDPA scores), plus {missing_layers / 2**30:.2f} GiB of "
-          f"checkpointed inputs of the other {QWEN3_0_6B_LAYERS - args.layers} layers")  # fmt: skip
-    per_row = (at_end_line + missing_layers) / args.rows
-    print(f"opd_step_peak_gib_per_row_at_4000: {per_row / 2**30:.2f} (target: <= 15.8; 8 rows next to the 0.6B "
-          "fp32 weights, gradients, AdamW state and bf16 teacher on one 141 GB H200; line estimate, 28 layers)")
-
+    others = max(QWEN3_0_6B_LAYERS - args.layers, 0)
+    # the other layers' checkpointed inputs (fp32 hidden states, per row) and their gradients (per step)
+    missing_per_row = others * T_end * QWEN3_0_6B_HIDDEN * 4
+    missing_grads = others * QWEN3_0_6B_LAYER_PARAMS * 4
+    print(f"line: {intercept / 2**30:.2f} GiB per step (output-head gradient, AdamW temporaries) + "
+          f"{slope_per_row / 2**10:.1f} KiB per rollout token per row")  # fmt: skip
+    at_end = intercept + slope_per_row * CURRICULUM_END * args.rows
+    curved = float(parabola[2]) > 0
+    upper = float(parabola[0] + parabola[1] * CURRICULUM_END + parabola[2] * CURRICULUM_END**2) if curved else None
+    print(f"extrapolated to L={CURRICULUM_END} ({args.rows} row(s), {args.layers} layers): {at_end / 2**30:.2f} GiB on the line"
+          + (f", {upper / 2**30:.2f} GiB on the parabola (quadratic attention scores)" if curved else ", no curvature measured")
+          + f"; the other {others} layers add {missing_per_row / 2**30:.2f} GiB per row of checkpointed inputs and "
+          f"{missing_grads / 2**30:.2f} GiB of gradients")  # fmt: skip
+    rows_gpu = 8  # the paper's micro-batch
+    full = intercept + missing_grads + rows_gpu * (slope_per_row * CURRICULUM_END + missing_per_row)
+    print(f"opd_step_peak_gib_at_4000_for_8_rows: {full / 2**30:.1f} (target: <= 131; one H200's 139 GiB less the 0.6B "
+          "fp32 weights and AdamW state and the bf16 teacher; 28 layers, line estimate)")
 
 if __name__ == "__main__":
     main()
