@@ -30,6 +30,7 @@ Needs, beyond a stock CUDA PyTorch (>= 2.5, for FlexAttention):
 Usage:
     python benchmarks/gpu_check.py                # the full check on cuda
     python benchmarks/gpu_check.py --smoke        # tiny shapes, runs anywhere (CPU: eager flex)
+    python benchmarks/gpu_check.py --sections 1,5 # only some sections (a rerun after a fix)
 """
 
 from __future__ import annotations
@@ -376,7 +377,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny shapes (minutes on CPU): checks the script, not the GPU")
     ap.add_argument("--budget-s", type=float, help="skip expensive pieces once this much time is spent (default: 450 on cuda)")
+    ap.add_argument("--sections", default="1,2,3,4,5", help="which sections to run (1 versions .. 5 OPD step), e.g. 1,4")
     args = ap.parse_args()
+    chosen = {int(x) for x in args.sections.split(",")}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda" and not args.smoke:
         raise SystemExit("gpu_check needs a CUDA device (or --smoke for a tiny run anywhere)")
@@ -392,7 +395,9 @@ def main() -> None:
         ("OPD step: time, peak memory, model fraction", lambda: section_opd_step(args, models, clock)),
     ]
     with eager_flex_on_cpu(device):
-        for title, run in sections:
+        for number, (title, run) in enumerate(sections, 1):
+            if number not in chosen:
+                continue
             print(f"== {title} ({time.perf_counter() - clock.start:.0f} s elapsed)", flush=True)
             try:
                 run()
