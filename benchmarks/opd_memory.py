@@ -15,8 +15,18 @@ measured step (forward, backward, AdamW). Memory is the step's peak above what w
 it (CPU: the process's resident-set high-water mark, reset through ``/proc/self/clear_refs``; CUDA:
 ``max_memory_allocated``). The three losses are printed too: full chunked and naive must agree.
 
+With ``--lengths 512,1024,2048`` it measures instead the trainer's own step (``chunked``) of a
+Qwen3-0.6B-shaped student and teacher (full width: hidden 1024, 16/8 heads, head_dim 128, MLP 3072,
+vocabulary 151,936; ``--layers`` decoder layers, 2 by default so that it fits a shared CPU box) with
+gradient checkpointing, at each rollout length, and reports peak memory per rollout token. A
+least-squares line through those peaks gives the curriculum's end (4000 tokens): the line is the
+estimate where attention memory is linear in length (flash/flex kernels on GPU); a parabola through
+them is the upper estimate for CPU SDPA, which materialises the ``(T, T)`` scores. The missing
+layers add their checkpointed inputs, ``(28 - layers) x T x hidden x 4`` bytes per row, printed too.
+
 Usage:
     python benchmarks/opd_memory.py [--rows 4] [--prompt-len 16] [--response-len 128] [--hidden 64]
+    python benchmarks/opd_memory.py --lengths 512,1024,2048 [--rows 1] [--layers 2] [--prompt-len 128]
 """
 
 from __future__ import annotations
@@ -32,6 +42,9 @@ import torch
 
 QWEN3_VOCAB = 151_936
 VARIANTS = ("naive", "chunked", "chunked_top16")
+QWEN3_0_6B_LAYERS, QWEN3_0_6B_HIDDEN = 28, 1024
+QWEN3_0_6B_LAYER_PARAMS = 1024 * (2048 + 1024 + 1024) + 2048 * 1024 + 3 * 1024 * 3072  # q, k, v, o, MLP
+CURRICULUM_END = 4000  # METHOD §5: 100 -> 4000 tokens
 
 
 def _rss_kib(field: str) -> int:
@@ -63,13 +76,29 @@ class PeakMeter:
         return _rss_kib("VmHWM") * 1024 - self.base
 
 
-def build_models(root: Path, hidden: int) -> tuple[Path, Path]:
-    """A random Qwen3 teacher with 151,936 embedding rows (tiny hidden size) and its converted student."""
+def build_models(root: Path, hidden: int, full_width_layers: int | None = None) -> tuple[Path, Path]:
+    """A random Qwen3 teacher with 151,936 embedding rows and its converted student.
+
+    ``full_width_layers`` None: tiny hidden size ``hidden``, 2 layers. Otherwise Qwen3-0.6B's width
+    with that many layers.
+    """
     from opdlm.models.convert import convert_teacher
     from opdlm.testing.tiny import build_char_tokenizer, make_tiny_causal_lm
 
     tok = build_char_tokenizer()
-    teacher = make_tiny_causal_lm(root / "teacher", "qwen3", padded_rows=QWEN3_VOCAB - len(tok), hidden_size=hidden, num_layers=2)
+    if full_width_layers is None:
+        teacher = make_tiny_causal_lm(root / "teacher", "qwen3", padded_rows=QWEN3_VOCAB - len(tok), hidden_size=hidden, num_layers=2)
+    else:
+        import transformers
+
+        from opdlm.testing.qwen3 import qwen3_06b_config
+
+        cfg = qwen3_06b_config(full_width_layers)
+        cfg.pad_token_id, cfg.eos_token_id, cfg.bos_token_id = tok.pad_token_id, tok.eos_token_id, tok.bos_token_id
+        torch.manual_seed(0)
+        transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(root / "teacher")
+        tok.save_pretrained(root / "teacher")
+        teacher = root / "teacher"
     student = convert_teacher(teacher, root / "student", block_size=4)
     return teacher, student
 
@@ -130,8 +159,10 @@ def run_variant(variant: str, student_dir: Path, teacher_dir: Path, args) -> dic
     student = load_student(student_dir, device=str(device), dtype="fp32", backend="sdpa")
     teacher, _ = load_causal_lm(teacher_dir, str(device), "fp32", "sdpa")
     teacher.requires_grad_(False)
+    if args.lengths:  # the per-length sweep measures the recipes' setting: gradient checkpointing on
+        student.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     kl = {"kl": "top_k", "kl_top_k": 16} if variant == "chunked_top16" else {"kl": "full"}
-    cfg = TrainConfig(kl_chunk_size=args.chunk, micro_batch_size=args.rows, **kl)
+    cfg = TrainConfig(kl_chunk_size=args.chunk, micro_batch_size=args.rows, gradient_checkpointing=bool(args.lengths), **kl)
     stepper = TorchStepper(student.model, cfg)
     ctx = RunContext(Recipe(train=cfg), cfg, Path("."), student, teacher, "sdpa", [], stepper, 0, device, None, "")
     mb = make_batch(student, args.rows, args.prompt_len, args.response_len, 4).to(device)
@@ -159,12 +190,17 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=64, help="tiny hidden size: the vocabulary dominates memory")
     ap.add_argument("--chunk", type=int, default=128, help="train.kl_chunk_size of the chunked variants")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--lengths", help="comma-separated rollout lengths: the per-token sweep of the trainer's step")
+    ap.add_argument("--layers", type=int, default=2, help="--lengths: decoder layers of the 0.6B-wide model")
     ap.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # child process
     ap.add_argument("--models", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.variant:
         print(json.dumps(run_variant(args.variant, args.models / "student", args.models / "teacher", args)))
+        return
+    if args.lengths:
+        sweep(args)
         return
     with tempfile.TemporaryDirectory() as tmp:
         build_models(Path(tmp), args.hidden)
@@ -189,6 +225,59 @@ def main() -> None:
     ratio = first["peak_bytes"] / results["chunked"]["peak_bytes"]
     print(f"opd_step_peak_memory_ratio: {ratio:.2f} (target: >= 3.0; naive full-vocab KL / chunked full-vocab KL)")
 
+
+def _child(variant: str, models: str, argv: list[str]) -> dict:
+    cmd = [sys.executable, __file__, "--variant", variant, "--models", models, *argv]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def sweep(args) -> None:
+    """Peak memory of the trainer's step per rollout token at each of ``args.lengths``, extrapolated to 4000."""
+    lengths = [int(x) for x in args.lengths.split(",")]
+    if len(lengths) < 3:
+        raise SystemExit("--lengths needs at least three lengths (a line and a parabola are fitted)")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        build_models(Path(tmp), args.hidden, full_width_layers=args.layers)
+        for L in lengths:
+            argv = ["--rows", str(args.rows), "--prompt-len", str(args.prompt_len), "--response-len", str(L),
+                    "--chunk", str(args.chunk), "--threads", str(args.threads), "--lengths", args.lengths,
+                    "--layers", str(args.layers)]  # fmt: skip
+            results.append(_child("chunked", tmp, argv))
+            print(f"  L={L}: peak {results[-1]['peak_bytes'] / 2**30:.2f} GiB", flush=True)
+    device = results[0]["device"]
+    print(f"one OPD step (trainer's chunked full-vocabulary KL, chunk {args.chunk}, gradient checkpointing, fp32), "
+          f"Qwen3-0.6B width with {args.layers} of its {QWEN3_0_6B_LAYERS} layers, vocabulary {QWEN3_VOCAB:,}, "
+          f"{args.rows} row(s) x ({args.prompt_len} prompt + L response), SDPA, device {device}")  # fmt: skip
+    print(f"{'L':>6}{'peak above resident (GiB)':>28}{'peak per rollout token (KiB)':>31}{'loss positions':>16}")
+    xs = torch.tensor(lengths, dtype=torch.float64)
+    ys = torch.tensor([r["peak_bytes"] for r in results], dtype=torch.float64)
+    for L, r in zip(lengths, results):
+        print(f"{L:>6}{r['peak_bytes'] / 2**30:>28.2f}{r['peak_bytes'] / (args.rows * L) / 2**10:>31.1f}{r['loss_positions']:>16}")
+    line = torch.linalg.lstsq(torch.stack([torch.ones_like(xs), xs], 1), ys[:, None]).solution.flatten()
+    parabola = torch.linalg.lstsq(torch.stack([torch.ones_like(xs), xs, xs**2], 1), ys[:, None]).solution.flatten()
+    intercept, slope_per_row = float(line[0]), float(line[1]) / args.rows
+    T_end = args.prompt_len + 2 * CURRICULUM_END
+    others = max(QWEN3_0_6B_LAYERS - args.layers, 0)
+    # the other layers' checkpointed inputs (fp32 hidden states, per row) and their gradients (per step)
+    missing_per_row = others * T_end * QWEN3_0_6B_HIDDEN * 4
+    missing_grads = others * QWEN3_0_6B_LAYER_PARAMS * 4
+    print(f"line: {intercept / 2**30:.2f} GiB per step (output-head gradient, AdamW temporaries) + "
+          f"{slope_per_row / 2**10:.1f} KiB per rollout token per row")  # fmt: skip
+    at_end = intercept + slope_per_row * CURRICULUM_END * args.rows
+    curved = float(parabola[2]) > 0
+    upper = float(parabola[0] + parabola[1] * CURRICULUM_END + parabola[2] * CURRICULUM_END**2) if curved else None
+    print(f"extrapolated to L={CURRICULUM_END} ({args.rows} row(s), {args.layers} layers): {at_end / 2**30:.2f} GiB on the line"
+          + (f", {upper / 2**30:.2f} GiB on the parabola (quadratic attention scores)" if curved else ", no curvature measured")
+          + f"; the other {others} layers add {missing_per_row / 2**30:.2f} GiB per row of checkpointed inputs and "
+          f"{missing_grads / 2**30:.2f} GiB of gradients")  # fmt: skip
+    rows_gpu = 8  # the paper's micro-batch
+    full = intercept + missing_grads + rows_gpu * (slope_per_row * CURRICULUM_END + missing_per_row)
+    print(f"opd_step_peak_gib_at_4000_for_8_rows: {full / 2**30:.1f} (target: <= 131; one H200's 139 GiB less the 0.6B "
+          "fp32 weights and AdamW state and the bf16 teacher; 28 layers, line estimate)")
 
 if __name__ == "__main__":
     main()

@@ -39,18 +39,18 @@ def eager_flex(monkeypatch):
 
 @pytest.fixture(scope="module")
 def students(tiny_teacher_dir, tmp_path_factory):
-    """The tiny teacher converted at each block size, loaded under both backends."""
+    """The tiny teacher converted at each block size (block-structured prompts), under both backends."""
     root = tmp_path_factory.mktemp("flex")
     out = {}
     for bs in BLOCK_SIZES:
-        path = convert_teacher(tiny_teacher_dir, root / f"b{bs}", block_size=bs)
+        path = convert_teacher(tiny_teacher_dir, root / f"b{bs}", block_size=bs, prompt_attention="block")
         out[bs] = {b: load_student(path, device="cpu", dtype="fp32", backend=b) for b in ("sdpa", "flex_attention")}
     return out
 
 
 @pytest.mark.parametrize("block_size", BLOCK_SIZES)
 def test_training_layout_logits_flex_equal_sdpa(students, eager_flex, block_size):
-    """``[left-padded prompt | clean | noisy]`` student logits agree to float rounding."""
+    """``[left-padded block prompt | clean | noisy]`` student logits agree to float rounding."""
     g = torch.Generator().manual_seed(block_size)
     P, L = 6, 16
     prompt_lens = torch.tensor([6, 3, 1])
@@ -61,7 +61,9 @@ def test_training_layout_logits_flex_equal_sdpa(students, eager_flex, block_size
     noisy = torch.where(torch.rand(3, L, generator=g) < 0.5, torch.full_like(clean, mask_id), clean)
     with torch.no_grad():
         logits = {
-            b: student_logits(s.model, prompts, prompt_lens, clean, noisy, block_size, s.meta.logit_shift, b)
+            b: student_logits(
+                s.model, prompts, prompt_lens, clean, noisy, block_size, s.meta.logit_shift, b, s.meta.prompt_attention
+            )
             for b, s in students[block_size].items()
         }
     torch.testing.assert_close(logits["flex_attention"], logits["sdpa"], rtol=1e-4, atol=1e-5)
@@ -69,12 +71,13 @@ def test_training_layout_logits_flex_equal_sdpa(students, eager_flex, block_size
 
 @pytest.mark.parametrize("block_size", BLOCK_SIZES)
 def test_sampler_tokens_and_step_maps_flex_equal_sdpa(students, eager_flex, block_size):
-    """Temperature 0, left-padded prompts of different lengths: identical tokens and step maps."""
+    """Temperature 0, left-padded block prompts of different lengths (partial first blocks): same tokens and step maps."""
     prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
     cfg = SamplerConfig(
         block_size=block_size, denoise_steps_per_block=block_size, remasking="dynamic", threshold=0.9,
         temperature=0.0, max_new_tokens=8,
     )  # fmt: skip
+    assert students[block_size]["flex_attention"].meta.prompt_attention == "block"
     out = {b: BlockDiffusionSampler(s).generate(prompts, cfg, decode_text=False) for b, s in students[block_size].items()}
     assert out["flex_attention"].response_ids == out["sdpa"].response_ids
     assert out["flex_attention"].step_map == out["sdpa"].step_map
