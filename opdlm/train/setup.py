@@ -210,9 +210,11 @@ def check_inputs(recipe: Recipe, rows: list[Row], teacher_dir: Path | None, stud
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as exc:
         raise SourceError(f"could not load the tokenizer from {source}: {str(exc).splitlines()[0]}") from None
-    prompts, kept = encode_rows(tokenizer, rows, cfg.math_suffix, cfg.max_prompt_tokens)
+    # the student's thinking mode must equal the recipe's (checked once it loads), so the recipe's counts here
+    thinking = recipe.convert.enable_thinking
+    prompts, kept = encode_rows(tokenizer, rows, cfg.math_suffix, cfg.max_prompt_tokens, thinking)
     if not kept:
-        shortest = min((len(p) for p in encode_rows(tokenizer, rows, cfg.math_suffix, 10**12)[0]), default=0)
+        shortest = min((len(p) for p in encode_rows(tokenizer, rows, cfg.math_suffix, 10**12, thinking)[0]), default=0)
         raise OpdlmError(
             f"no training prompt fits train.max_prompt_tokens ({cfg.max_prompt_tokens}): all {len(rows)} are longer "
             f"(the shortest has {shortest} tokens); raise train.max_prompt_tokens or pass other --data"
