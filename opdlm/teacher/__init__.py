@@ -9,8 +9,10 @@ from opdlm.teacher.config import BootstrapConfig
 __all__ = ["BootstrapConfig", "bootstrap_teacher"]
 
 
-def bootstrap_teacher(out_dir, config: BootstrapConfig | None = None, overwrite: bool = False) -> dict:
+def bootstrap_teacher(
+    out_dir, config: BootstrapConfig | None = None, overwrite: bool = False, enable_thinking: bool = False
+) -> dict:
     """See :func:`opdlm.teacher.bootstrap.bootstrap_teacher`."""
     from opdlm.teacher.bootstrap import bootstrap_teacher as _bootstrap
 
-    return _bootstrap(out_dir, config, overwrite=overwrite)
+    return _bootstrap(out_dir, config, overwrite=overwrite, enable_thinking=enable_thinking)
