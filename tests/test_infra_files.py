@@ -220,7 +220,7 @@ def test_sbatch_renders_one_deepspeed_launch_per_node(tmp_path):
     for shim in shims.iterdir():
         shim.chmod(0o755)
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("name: t\n")
+    recipe.write_text("name: t\ntrain:\n  stages: [{name: s, rollout_steps: 1}]\n")  # a recipe must say what it trains
     out = tmp_path / "out"
     env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}", "SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "8",
            "SLURM_JOB_NODELIST": "gpu-[a-b]", "SLURM_JOB_ID": "77", "OPDLM_PYTHON": sys.executable,
