@@ -13,6 +13,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks import tracking
 from tasks.context import PipelineRun
 from tasks.report import mlflow_ui
 
@@ -25,9 +26,9 @@ def artifact_key(run: PipelineRun, what: str) -> str:
 
 
 def mlflow_run_url(run: PipelineRun) -> str:
-    """The MLflow UI page of the run's parent run."""
+    """The MLflow UI page of the run's parent run (the same URL the run's summary prints)."""
     base, _ = mlflow_ui(run.tracking_uri)
-    return f"{base}/#/experiments/{run.experiment_id}/runs/{run.parent_run_id}"
+    return tracking.ui_url(base, f"experiments/{run.experiment_id}/runs/{run.parent_run_id}")
 
 
 def flow_run_labels(run: PipelineRun) -> tuple[str, list[str]]:
