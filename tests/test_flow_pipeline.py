@@ -154,7 +154,7 @@ def test_pipeline_runs_tracks_and_registers(pipeline):
     link = Artifact.get("opdlm-tiny-mlflow-run")
     assert facts["mlflow_run_url"] in link.data  # a link artifact (Prefect stores it as markdown)
     scores = Artifact.get("opdlm-tiny-scores")
-    assert scores.type == "table" and f'{parent.data.metrics["synthetic/student_accuracy"]:.4g}' in scores.data
+    assert scores.type == "table" and f'{parent.data.metrics["1_key/synthetic_student_accuracy"]:.4g}' in scores.data
 
     # the flow run is named after the recipe and tagged with it and the MLflow run id
     flow_run_id = state.state_details.flow_run_id
