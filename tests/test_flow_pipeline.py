@@ -195,7 +195,8 @@ def test_rerun_is_cached_and_gate_keeps_a_better_champion(pipeline):
     assert _alias(client, "champion") == "1"
     stages = _runs(client, facts["mlflow_run_id"])
     # content-keyed caches: no stage repeated its work, and the curves were still logged
-    assert all(stages[s].data.tags["cached"] == "True" for s in ("data", "teacher", "convert", "train-short", "train-full"))
+    cached = ("data", "teacher", "convert", "train-short", "train-full")
+    assert {s: stages[s].data.tags["cached"] for s in cached} == dict.fromkeys(cached, "True")
     assert [m.step for m in client.get_metric_history(facts["mlflow_run_id"], "1_key/loss")] == [0, 1]
 
 

@@ -60,6 +60,9 @@ def test_train_key_changes_with_training_inputs_only():
     assert keys.train_key(_recipe(registry={"min_retention": 0.5}), "student", "md5", "teacher") == base
     assert keys.train_key(_recipe(seed=1), "student", "md5", "teacher") != base
     assert keys.train_key(_recipe(), "student", "other-md5", "teacher") != base
+    quiet = _recipe(teacher={"bootstrap": {"progress": False}})  # display only: the same run
+    assert keys.train_key(quiet, "student", "md5", "teacher") == base
+    assert keys.train_key(_recipe(teacher={"bootstrap": {"steps": 700}}), "student", "md5", "teacher") != base
     assert keys.teacher_key(_recipe()) == keys.teacher_key(_recipe(teacher={"bootstrap": {"progress": False}}))
     assert keys.teacher_key(_recipe(teacher={"source": "hf://Qwen/Qwen3-0.6B"})) is None
 

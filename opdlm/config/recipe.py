@@ -41,6 +41,14 @@ class TeacherConfig(StrictModel):
         default_factory=BootstrapConfig, description="builtin:tiny only: how `opdlm teacher bootstrap` trains it."
     )
 
+    def weights_settings(self) -> dict:
+        """The settings that decide the teacher's weights: everything but display (``bootstrap.progress``).
+
+        Cache keys and training-folder fingerprints hash this, so turning progress output on or off
+        never makes a finished run look like a different one.
+        """
+        return self.model_dump(mode="json", exclude={"bootstrap": {"progress"}})
+
 
 class ConvertConfig(StrictModel):
     """How the teacher becomes a student (METHOD §2) and how its prompts look (METHOD §6).

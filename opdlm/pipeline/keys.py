@@ -40,7 +40,7 @@ def teacher_key(recipe: Recipe) -> str | None:
     which need no work beyond resolving them."""
     if teacher_source(recipe) != BUILTIN_TEACHER:
         return None
-    return config_hash("teacher", BUILTIN_TEACHER, recipe.teacher.bootstrap.model_dump(exclude={"progress"}))
+    return config_hash("teacher", BUILTIN_TEACHER, recipe.teacher.weights_settings()["bootstrap"])
 
 
 def convert_key(recipe: Recipe, teacher_fingerprint: str) -> str:
@@ -52,7 +52,7 @@ def train_key(recipe: Recipe, student_key: str, data_md5: str, teacher_fingerpri
     """Key of a training run (shared by its curriculum stages): student, data, teacher and every recipe
     section the trainer fingerprints its output folder by (train, seed, convert, data, teacher), so a
     folder found under this key always belongs to the same training run."""
-    sections = [recipe.train, recipe.seed, recipe.convert, recipe.data, recipe.teacher]
+    sections = [recipe.train, recipe.seed, recipe.convert, recipe.data, recipe.teacher.weights_settings()]
     return config_hash("train", student_key, data_md5, teacher_fingerprint, sections, training_seed(recipe))
 
 

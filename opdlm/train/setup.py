@@ -95,7 +95,7 @@ def run_fingerprint(recipe: Recipe, teacher: str | None, student: str | None, da
     """A hash of what determines the trained weights (paths by value as given)."""
     blob = {
         "train": recipe.train.model_dump(mode="json"), "seed": recipe.seed, "convert": recipe.convert.model_dump(),
-        "data": recipe.data.model_dump(), "teacher": recipe.teacher.model_dump(),
+        "data": recipe.data.model_dump(), "teacher": recipe.teacher.weights_settings(),
         "overrides": {"teacher": teacher, "student": student, "data": data},
     }  # fmt: skip
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
