@@ -33,15 +33,23 @@ def main(argv: list[str]) -> int:
     config = validate_config(BootstrapConfig, apply_overrides({"num_threads": threads}, argv), source="benchmark")
     with tempfile.TemporaryDirectory() as tmp:
         metrics = bootstrap_teacher(Path(tmp) / "teacher", config)
-    print(f"model: Qwen3, hidden {config.hidden_size}, {config.num_layers} layers, {metrics['parameters']:,} parameters "
-          f"({metrics['embedding_rows']} embedding rows for {metrics['tokenizer_size']} tokenizer ids)")  # fmt: skip
-    print(f"training: {metrics['steps_done']}/{config.steps} steps in {metrics['train_seconds']:.1f} s wall, "
-          f"{metrics['train_cpu_seconds']:.1f} s CPU on {threads} thread(s) (stopped by time budget: "
-          f"{metrics['stopped_by_time']}), final loss {metrics['final_loss']}")  # fmt: skip
-    print(f"held-out evaluation: {metrics['n_eval']} rows in {metrics['eval_seconds']:.1f} s; by family: "
-          + ", ".join(f"{k} {v:.3f}" for k, v in metrics["heldout_accuracy_by_family"].items()))  # fmt: skip
+    print(
+        f"model: Qwen3, hidden {config.hidden_size}, {config.num_layers} layers, {metrics['parameters']:,} parameters "
+        f"({metrics['embedding_rows']} embedding rows for {metrics['tokenizer_size']} tokenizer ids)"
+    )
+    print(
+        f"training: {metrics['steps_done']}/{config.steps} steps in {metrics['train_seconds']:.1f} s wall, "
+        f"{metrics['train_cpu_seconds']:.1f} s CPU on {threads} thread(s) (stopped by time budget: "
+        f"{metrics['stopped_by_time']}), final loss {metrics['final_loss']}"
+    )
+    print(
+        f"held-out evaluation: {metrics['n_eval']} rows in {metrics['eval_seconds']:.1f} s; by family: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in metrics["heldout_accuracy_by_family"].items())
+    )
     accuracy = metrics["heldout_accuracy"]
-    print(f"teacher_heldout_accuracy: {accuracy:.3f} (target: >= {TARGET_ACCURACY:.2f} within {TARGET_SECONDS} s of training)")
+    print(
+        f"teacher_heldout_accuracy: {accuracy:.3f} (target: >= {TARGET_ACCURACY:.2f} within {TARGET_SECONDS} s of training)"
+    )
     return 0 if accuracy >= TARGET_ACCURACY and metrics["train_seconds"] <= TARGET_SECONDS else 1
 
 

@@ -39,17 +39,22 @@ def main(argv: list[str]) -> int:
     recipe = load_recipe(args.config, [f"eval.limit={args.limit}"] if args.limit else [])
     config = recipe.eval.model_copy(update={"device": "cpu"})
     with tempfile.TemporaryDirectory() as tmp:
-        student = args.student or convert_teacher(args.teacher, Path(tmp) / "student", block_size=recipe.convert.block_size)
+        student = args.student or convert_teacher(
+            args.teacher, Path(tmp) / "student", block_size=recipe.convert.block_size
+        )
         timings = {}
         for name, model_dir in (("teacher", args.teacher), ("student", student)):
             start = time.perf_counter()
-            result = evaluate(model_dir, "synthetic", config, sampler=recipe.sampler,
-                              teacher_result=timings.get("teacher_result"))  # fmt: skip
+            result = evaluate(
+                model_dir, "synthetic", config, sampler=recipe.sampler, teacher_result=timings.get("teacher_result")
+            )
             timings[name] = time.perf_counter() - start
             timings[f"{name}_result"] = result
-            print(f"{name}: {result.n} rows in {timings[name]:.1f} s (generation {result.generation_s:.1f} s), "
-                  f"accuracy {result.accuracy:.3f}, {result.tokens_per_step:.2f} tokens/step, "
-                  f"mean length {result.mean_length:.1f}, {result.tokens_per_second:.0f} tokens/s")  # fmt: skip
+            print(
+                f"{name}: {result.n} rows in {timings[name]:.1f} s (generation {result.generation_s:.1f} s), "
+                f"accuracy {result.accuracy:.3f}, {result.tokens_per_step:.2f} tokens/step, "
+                f"mean length {result.mean_length:.1f}, {result.tokens_per_second:.0f} tokens/s"
+            )
     total = timings["teacher"] + timings["student"]
     retention = timings["student_result"].retention
     print(f"retention: {retention if retention is not None else 'undefined'}")

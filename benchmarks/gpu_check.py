@@ -41,7 +41,6 @@ import statistics
 import sys
 import time
 import traceback
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -50,8 +49,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 QWEN3_0_6B_LAYERS = 28
 # --smoke: the same architecture scaled down until it runs in seconds anywhere
-SMOKE_SHAPE = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                   vocab_size=512, num_hidden_layers=2)  # fmt: skip
+SMOKE_SHAPE = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    vocab_size=512,
+    num_hidden_layers=2,
+)
 PAPER_TOKENS_PER_STEP = 1.9  # METHOD §3: threshold 0.9 at B=4
 
 
@@ -128,7 +134,11 @@ class Models:
         for key, value in self.shape.items():
             if key != "num_hidden_layers":
                 setattr(cfg, key, value)
-        cfg.pad_token_id, cfg.eos_token_id, cfg.bos_token_id = self.tok.pad_token_id, self.tok.eos_token_id, self.tok.bos_token_id
+        cfg.pad_token_id, cfg.eos_token_id, cfg.bos_token_id = (
+            self.tok.pad_token_id,
+            self.tok.eos_token_id,
+            self.tok.bos_token_id,
+        )
         torch.manual_seed(seed)
         with torch.device(self.device):
             model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=backend)
@@ -196,17 +206,26 @@ def section_parity(args, models: Models) -> None:
             with torch.no_grad():
                 logits[backend] = student_logits(s.model, *batch, bs, False, backend, "block").float()
         diff = (logits["flex_attention"] - logits["sdpa"]).abs().max().item()
-        cfg = SamplerConfig(block_size=bs, denoise_steps_per_block=bs, remasking="dynamic", threshold=0.9,
-                            temperature=0.0, max_new_tokens=new_tokens)  # fmt: skip
+        cfg = SamplerConfig(
+            block_size=bs,
+            denoise_steps_per_block=bs,
+            remasking="dynamic",
+            threshold=0.9,
+            temperature=0.0,
+            max_new_tokens=new_tokens,
+        )
         prompts = models.prompts(4, 3, 12, seed=bs)
-        outs = {b: BlockDiffusionSampler(models.student(model, b, bs)).generate(prompts, cfg, decode_text=False)
-                for b in ("sdpa", "flex_attention")}  # fmt: skip
+        outs = {
+            b: BlockDiffusionSampler(models.student(model, b, bs)).generate(prompts, cfg, decode_text=False)
+            for b in ("sdpa", "flex_attention")
+        }
         same_tokens = outs["flex_attention"].response_ids == outs["sdpa"].response_ids
         same_steps = outs["flex_attention"].step_map == outs["sdpa"].step_map
         verdict = "ok" if diff < 1e-3 and same_tokens and same_steps else "MISMATCH"
-        print(f"block size {bs}: training-layout logits max|flex - sdpa| {diff:.2e}; sampler tokens equal {same_tokens}, "
-              f"step maps equal {same_steps} ({new_tokens} tokens x {len(prompts)} prompts) -> {verdict}")  # fmt: skip
-    del model
+        print(
+            f"block size {bs}: training-layout logits max|flex - sdpa| {diff:.2e}; sampler tokens equal {same_tokens}, "
+            f"step maps equal {same_steps} ({new_tokens} tokens x {len(prompts)} prompts) -> {verdict}"
+        )
 
 
 def section_teacher(args, models: Models, clock: Clock) -> None:
@@ -220,7 +239,9 @@ def section_teacher(args, models: Models, clock: Clock) -> None:
     head = model.get_output_embeddings()
     backends = ["sdpa", "flex_attention", FLASH]
     ref = None
-    print(f"teacher forward over {rows} rows x ({P} prompt + {L} response), bf16, {model.config.num_hidden_layers} layers")
+    print(
+        f"teacher forward over {rows} rows x ({P} prompt + {L} response), bf16, {model.config.num_hidden_layers} layers"
+    )
     for backend in backends:
         if backend == FLASH and (why := flash_unavailable_reason(models.device, dtype)):
             print(f"  {backend:<18} skipped: {why}")
@@ -243,7 +264,6 @@ def section_teacher(args, models: Models, clock: Clock) -> None:
         except Exception as exc:  # one backend failing must not hide the others
             print(f"  {backend:<18} FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     model.set_attn_implementation("sdpa")
-    del model
 
 
 def section_sampler(args, models: Models, clock: Clock, results: dict) -> None:
@@ -256,9 +276,11 @@ def section_sampler(args, models: Models, clock: Clock, results: dict) -> None:
     model = models.causal_lm(None, torch.bfloat16, "sdpa", seed=3)
     cfg = paper_rollout_sampler().with_overrides(max_new_tokens=new_tokens)
     lo, hi = (64, 128) if not args.smoke else (3, 9)
-    print(f"random Qwen3-0.6B-shaped model ({model.config.num_hidden_layers} layers, bf16), rollouts of {new_tokens} tokens "
-          f"(EOS ignored), sampler B={cfg.block_size}, {cfg.denoise_steps_per_block} steps/block, {cfg.remasking} "
-          f"threshold {cfg.threshold}, temperature {cfg.temperature}; prompts {lo}-{hi} tokens")  # fmt: skip
+    print(
+        f"random Qwen3-0.6B-shaped model ({model.config.num_hidden_layers} layers, bf16), rollouts of {new_tokens} tokens "
+        f"(EOS ignored), sampler B={cfg.block_size}, {cfg.denoise_steps_per_block} steps/block, {cfg.remasking} "
+        f"threshold {cfg.threshold}, temperature {cfg.temperature}; prompts {lo}-{hi} tokens"
+    )
     for n in batches:
         prompts = models.prompts(n, lo, hi, seed=n)
         line = f"  batch {n:3d}:"
@@ -270,7 +292,9 @@ def section_sampler(args, models: Models, clock: Clock, results: dict) -> None:
                 gen = torch.Generator(device=models.device)
                 warm = cfg.with_overrides(max_new_tokens=min(8 * cfg.block_size, new_tokens))
                 sampler.generate(prompts, warm, gen.manual_seed(0), decode_text=False)  # compiles flex for this batch
-                t, out = timed(lambda: sampler.generate(prompts, cfg, gen.manual_seed(1), decode_text=False), models.device)
+                t, out = timed(
+                    lambda: sampler.generate(prompts, cfg, gen.manual_seed(1), decode_text=False), models.device
+                )
                 tokens = sum(map(len, out.response_ids))
                 steps = sum(out.num_steps(i) for i in range(len(out)))
                 rows[backend] = (t, tokens, tokens / max(steps, 1), steps / len(out))
@@ -289,7 +313,6 @@ def section_sampler(args, models: Models, clock: Clock, results: dict) -> None:
         except Exception as exc:
             line += f" FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         print(line, flush=True)
-    del model
 
 
 def section_opd_step(args, models: Models, clock: Clock) -> None:
@@ -315,11 +338,14 @@ def section_opd_step(args, models: Models, clock: Clock) -> None:
     teacher_backend = resolve_teacher_backend(cfg.teacher_attn_backend, dev, torch.bfloat16, backend)
     teacher = models.causal_lm(None, torch.bfloat16, teacher_backend, seed=4).requires_grad_(False)
     stepper = TorchStepper(student_model, cfg)
-    ctx = RunContext(Recipe(train=cfg), cfg, Path("."), student, teacher, teacher_backend, [], stepper, 0, dev,
-                     torch.bfloat16, "")  # fmt: skip
-    print(f"one OPD step: {rows} rows x ({P} prompt + L response), student fp32 master + bf16 autocast with gradient "
-          f"checkpointing ({backend}), teacher bf16 ({teacher_backend}), full-vocabulary KL in chunks of "
-          f"{cfg.kl_chunk_size}, AdamW")  # fmt: skip
+    ctx = RunContext(
+        Recipe(train=cfg), cfg, Path("."), student, teacher, teacher_backend, [], stepper, 0, dev, torch.bfloat16, ""
+    )
+    print(
+        f"one OPD step: {rows} rows x ({P} prompt + L response), student fp32 master + bf16 autocast with gradient "
+        f"checkpointing ({backend}), teacher bf16 ({teacher_backend}), full-vocabulary KL in chunks of "
+        f"{cfg.kl_chunk_size}, AdamW"
+    )
     for L in lengths:
         try:
             clock.check(60, f"OPD step at L={L}")
@@ -337,35 +363,49 @@ def section_opd_step(args, models: Models, clock: Clock) -> None:
             meter.start()
             t_step, loss = timed(step, dev)
             peak = meter.peak()
-            absolute = f", {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB allocated at peak" if dev.type == "cuda" else ""
+            absolute = (
+                f", {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB allocated at peak" if dev.type == "cuda" else ""
+            )
             # the models' own work: teacher body forward, student body forward + backward (same masks, inputs)
             noisy = noisy_copy(mb.response_BL, mb.masked_BL, mb.lengths_B, student.meta.mask_token_id)
             s_geom = training_geometry(mb.prompt_lens_B, P, L, 4, student.meta.prompt_attention)
             t_geom = inference_geometry(mb.prompt_lens_B, P, L, 1)
-            t_mask, masks = timed(lambda: (attention_mask(s_geom, backend, torch.float32),
-                                           causal_padding_mask(t_geom, teacher_backend, torch.bfloat16)), dev)  # fmt: skip
+            t_mask, masks = timed(
+                lambda: (
+                    attention_mask(s_geom, backend, torch.float32),
+                    causal_padding_mask(t_geom, teacher_backend, torch.bfloat16),
+                ),
+                dev,
+            )
             s_ids = torch.cat([mb.prompt_ids_BP, mb.response_BL, noisy], 1)
             t_ids = torch.cat([mb.prompt_ids_BP, mb.response_BL], 1)
 
             def teacher_body():
                 with torch.no_grad(), ctx.autocast():
-                    return teacher.model(input_ids=t_ids, attention_mask=masks[1], position_ids=t_geom.position_ids_BT, use_cache=False)
+                    return teacher.model(
+                        input_ids=t_ids, attention_mask=masks[1], position_ids=t_geom.position_ids_BT, use_cache=False
+                    )
 
             def student_body():
                 with ctx.autocast():
-                    h = student_model.model(input_ids=s_ids, attention_mask=masks[0], position_ids=s_geom.position_ids_BT,
-                                            use_cache=False).last_hidden_state  # fmt: skip
+                    h = student_model.model(
+                        input_ids=s_ids, attention_mask=masks[0], position_ids=s_geom.position_ids_BT, use_cache=False
+                    ).last_hidden_state
                 h.float().square().mean().backward()
                 student_model.zero_grad(set_to_none=True)
 
             t_teacher, _ = timed(teacher_body, dev)
             t_student, _ = timed(student_body, dev)
             model_s = t_teacher + t_student
-            print(f"  L={L:5d}: step {t_step:6.2f} s, peak {peak / 2**30:6.2f} GiB above resident{absolute}, "
-                  f"{int(mb.loss_BL.sum())} loss tokens, loss {loss:.4f}")  # fmt: skip
-            print(f"           models' own forwards + backward {model_s:6.2f} s = {model_s / t_step:5.1%} of the step "
-                  f"(teacher body {t_teacher:.2f} s, student body fwd+bwd {t_student:.2f} s); overhead "
-                  f"{t_step - model_s:.2f} s (masks {t_mask:.2f} s, heads + KL chunks, AdamW, glue)")  # fmt: skip
+            print(
+                f"  L={L:5d}: step {t_step:6.2f} s, peak {peak / 2**30:6.2f} GiB above resident{absolute}, "
+                f"{int(mb.loss_BL.sum())} loss tokens, loss {loss:.4f}"
+            )
+            print(
+                f"           models' own forwards + backward {model_s:6.2f} s = {model_s / t_step:5.1%} of the step "
+                f"(teacher body {t_teacher:.2f} s, student body fwd+bwd {t_student:.2f} s); overhead "
+                f"{t_step - model_s:.2f} s (masks {t_mask:.2f} s, heads + KL chunks, AdamW, glue)"
+            )
         except Exception as exc:
             print(f"  L={L:5d}: FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         finally:
@@ -376,8 +416,12 @@ def section_opd_step(args, models: Models, clock: Clock) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny shapes (minutes on CPU): checks the script, not the GPU")
-    ap.add_argument("--budget-s", type=float, help="skip expensive pieces once this much time is spent (default: 450 on cuda)")
-    ap.add_argument("--sections", default="1,2,3,4,5", help="which sections to run (1 versions .. 5 OPD step), e.g. 1,4")
+    ap.add_argument(
+        "--budget-s", type=float, help="skip expensive pieces once this much time is spent (default: 450 on cuda)"
+    )
+    ap.add_argument(
+        "--sections", default="1,2,3,4,5", help="which sections to run (1 versions .. 5 OPD step), e.g. 1,4"
+    )
     args = ap.parse_args()
     chosen = {int(x) for x in args.sections.split(",")}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -410,8 +454,10 @@ def main() -> None:
     top = max(speedups) if speedups else None
     if top is not None:
         per_step = speedups[top][1]
-        print(f"projected speedup at batch {top} and {PAPER_TOKENS_PER_STEP} tokens/step (a trained student): "
-              f"{per_step * PAPER_TOKENS_PER_STEP:.2f}x (HF time per token / sampler time per step = {per_step:.2f})")  # fmt: skip
+        print(
+            f"projected speedup at batch {top} and {PAPER_TOKENS_PER_STEP} tokens/step (a trained student): "
+            f"{per_step * PAPER_TOKENS_PER_STEP:.2f}x (HF time per token / sampler time per step = {per_step:.2f})"
+        )
     value = f"{speedups[128][0]:.2f}" if 128 in speedups else "n/a (the batch-128 run failed or was skipped)"
     print(f"gpu_rollout_speedup_vs_hf_at_128: {value} (target: >= 2.0)")
 

@@ -87,7 +87,9 @@ def build_models(root: Path, hidden: int, full_width_layers: int | None = None) 
 
     tok = build_char_tokenizer()
     if full_width_layers is None:
-        teacher = make_tiny_causal_lm(root / "teacher", "qwen3", padded_rows=QWEN3_VOCAB - len(tok), hidden_size=hidden, num_layers=2)
+        teacher = make_tiny_causal_lm(
+            root / "teacher", "qwen3", padded_rows=QWEN3_VOCAB - len(tok), hidden_size=hidden, num_layers=2
+        )
     else:
         import transformers
 
@@ -117,7 +119,9 @@ def make_batch(student, rows: int, prompt_len: int, response_len: int, block_siz
     lengths = torch.full((rows,), response_len)
     masked = select_one_per_block(step_map, lengths, block_size, g)
     loss_mask = response_loss_mask(responses, lengths, student.meta.eos_token_ids, exclude_eos=True)
-    return make_rows(prompts, responses.tolist(), torch.arange(rows), masked, loss_mask, student.meta.pad_token_id, block_size)
+    return make_rows(
+        prompts, responses.tolist(), torch.arange(rows), masked, loss_mask, student.meta.pad_token_id, block_size
+    )
 
 
 def naive_loss(student, teacher, mb, block_size: int) -> torch.Tensor:
@@ -131,14 +135,21 @@ def naive_loss(student, teacher, mb, block_size: int) -> torch.Tensor:
     noisy = noisy_copy(mb.response_BL, mb.masked_BL, mb.lengths_B, meta.mask_token_id)
     geom = training_geometry(mb.prompt_lens_B, P, L, block_size, meta.prompt_attention)
     ids = torch.cat([mb.prompt_ids_BP, mb.response_BL, noisy], dim=1)
-    s_logits = student.model(input_ids=ids, attention_mask=attention_mask(geom, backend, torch.float32),
-                             position_ids=geom.position_ids_BT, use_cache=False).logits  # fmt: skip
+    s_logits = student.model(
+        input_ids=ids,
+        attention_mask=attention_mask(geom, backend, torch.float32),
+        position_ids=geom.position_ids_BT,
+        use_cache=False,
+    ).logits
     s_logp = torch.log_softmax(s_logits.float(), -1)[:, prediction_rows(P, L, block_size, meta.logit_shift, noisy=True)]
     with torch.no_grad():
         tgeom = inference_geometry(mb.prompt_lens_B, P, L, block_size=1)
-        t_logits = teacher(input_ids=torch.cat([mb.prompt_ids_BP, mb.response_BL], 1),
-                           attention_mask=attention_mask(tgeom, backend, torch.float32),
-                           position_ids=tgeom.position_ids_BT, use_cache=False).logits  # fmt: skip
+        t_logits = teacher(
+            input_ids=torch.cat([mb.prompt_ids_BP, mb.response_BL], 1),
+            attention_mask=attention_mask(tgeom, backend, torch.float32),
+            position_ids=tgeom.position_ids_BT,
+            use_cache=False,
+        ).logits
         t_logp = torch.log_softmax(t_logits.float(), -1)[:, P - 1 : P + L - 1]
     kl_BL = (t_logp.exp() * (t_logp - s_logp)).sum(-1)
     w = mb.loss_BL.float()
@@ -162,7 +173,9 @@ def run_variant(variant: str, student_dir: Path, teacher_dir: Path, args) -> dic
     if args.lengths:  # the per-length sweep measures the recipes' setting: gradient checkpointing on
         student.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     kl = {"kl": "top_k", "kl_top_k": 16} if variant == "chunked_top16" else {"kl": "full"}
-    cfg = TrainConfig(kl_chunk_size=args.chunk, micro_batch_size=args.rows, gradient_checkpointing=bool(args.lengths), **kl)
+    cfg = TrainConfig(
+        kl_chunk_size=args.chunk, micro_batch_size=args.rows, gradient_checkpointing=bool(args.lengths), **kl
+    )
     stepper = TorchStepper(student.model, cfg)
     ctx = RunContext(Recipe(train=cfg), cfg, Path("."), student, teacher, "sdpa", [], stepper, 0, device, None, "")
     mb = make_batch(student, args.rows, args.prompt_len, args.response_len, 4).to(device)
@@ -178,8 +191,13 @@ def run_variant(variant: str, student_dir: Path, teacher_dir: Path, args) -> dic
     meter = PeakMeter(device)
     meter.start()
     loss = step()
-    return {"variant": variant, "peak_bytes": meter.peak(), "loss": loss, "device": device.type,
-            "loss_positions": int(mb.loss_BL.sum())}  # fmt: skip
+    return {
+        "variant": variant,
+        "peak_bytes": meter.peak(),
+        "loss": loss,
+        "device": device.type,
+        "loss_positions": int(mb.loss_BL.sum()),
+    }
 
 
 def main() -> None:
@@ -212,9 +230,11 @@ def main() -> None:
                 raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
             results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
     first = results["naive"]
-    print(f"one OPD step, vocabulary {QWEN3_VOCAB:,}, hidden {args.hidden}, {args.rows} rows x "
-          f"({args.prompt_len} prompt + {args.response_len} response), {first['loss_positions']} loss positions, "
-          f"device {first['device']}")  # fmt: skip
+    print(
+        f"one OPD step, vocabulary {QWEN3_VOCAB:,}, hidden {args.hidden}, {args.rows} rows x "
+        f"({args.prompt_len} prompt + {args.response_len} response), {first['loss_positions']} loss positions, "
+        f"device {first['device']}"
+    )
     print(f"{'variant':<16}{'peak above resident (MiB)':>28}{'loss':>14}")
     for r in results.values():
         print(f"{r['variant']:<16}{r['peak_bytes'] / 2**20:>28.1f}{r['loss']:>14.6f}")
@@ -243,20 +263,37 @@ def sweep(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         build_models(Path(tmp), args.hidden, full_width_layers=args.layers)
         for L in lengths:
-            argv = ["--rows", str(args.rows), "--prompt-len", str(args.prompt_len), "--response-len", str(L),
-                    "--chunk", str(args.chunk), "--threads", str(args.threads), "--lengths", args.lengths,
-                    "--layers", str(args.layers)]  # fmt: skip
+            argv = [
+                "--rows",
+                str(args.rows),
+                "--prompt-len",
+                str(args.prompt_len),
+                "--response-len",
+                str(L),
+                "--chunk",
+                str(args.chunk),
+                "--threads",
+                str(args.threads),
+                "--lengths",
+                args.lengths,
+                "--layers",
+                str(args.layers),
+            ]
             results.append(_child("chunked", tmp, argv))
             print(f"  L={L}: peak {results[-1]['peak_bytes'] / 2**30:.2f} GiB", flush=True)
     device = results[0]["device"]
-    print(f"one OPD step (trainer's chunked full-vocabulary KL, chunk {args.chunk}, gradient checkpointing, fp32), "
-          f"Qwen3-0.6B width with {args.layers} of its {QWEN3_0_6B_LAYERS} layers, vocabulary {QWEN3_VOCAB:,}, "
-          f"{args.rows} row(s) x ({args.prompt_len} prompt + L response), SDPA, device {device}")  # fmt: skip
+    print(
+        f"one OPD step (trainer's chunked full-vocabulary KL, chunk {args.chunk}, gradient checkpointing, fp32), "
+        f"Qwen3-0.6B width with {args.layers} of its {QWEN3_0_6B_LAYERS} layers, vocabulary {QWEN3_VOCAB:,}, "
+        f"{args.rows} row(s) x ({args.prompt_len} prompt + L response), SDPA, device {device}"
+    )
     print(f"{'L':>6}{'peak above resident (GiB)':>28}{'peak per rollout token (KiB)':>31}{'loss positions':>16}")
     xs = torch.tensor(lengths, dtype=torch.float64)
     ys = torch.tensor([r["peak_bytes"] for r in results], dtype=torch.float64)
     for L, r in zip(lengths, results):
-        print(f"{L:>6}{r['peak_bytes'] / 2**30:>28.2f}{r['peak_bytes'] / (args.rows * L) / 2**10:>31.1f}{r['loss_positions']:>16}")
+        print(
+            f"{L:>6}{r['peak_bytes'] / 2**30:>28.2f}{r['peak_bytes'] / (args.rows * L) / 2**10:>31.1f}{r['loss_positions']:>16}"
+        )
     line = torch.linalg.lstsq(torch.stack([torch.ones_like(xs), xs], 1), ys[:, None]).solution.flatten()
     parabola = torch.linalg.lstsq(torch.stack([torch.ones_like(xs), xs, xs**2], 1), ys[:, None]).solution.flatten()
     intercept, slope_per_row = float(line[0]), float(line[1]) / args.rows
@@ -265,19 +302,30 @@ def sweep(args) -> None:
     # the other layers' checkpointed inputs (fp32 hidden states, per row) and their gradients (per step)
     missing_per_row = others * T_end * QWEN3_0_6B_HIDDEN * 4
     missing_grads = others * QWEN3_0_6B_LAYER_PARAMS * 4
-    print(f"line: {intercept / 2**30:.2f} GiB per step (output-head gradient, AdamW temporaries) + "
-          f"{slope_per_row / 2**10:.1f} KiB per rollout token per row")  # fmt: skip
+    print(
+        f"line: {intercept / 2**30:.2f} GiB per step (output-head gradient, AdamW temporaries) + "
+        f"{slope_per_row / 2**10:.1f} KiB per rollout token per row"
+    )
     at_end = intercept + slope_per_row * CURRICULUM_END * args.rows
     curved = float(parabola[2]) > 0
     upper = float(parabola[0] + parabola[1] * CURRICULUM_END + parabola[2] * CURRICULUM_END**2) if curved else None
-    print(f"extrapolated to L={CURRICULUM_END} ({args.rows} row(s), {args.layers} layers): {at_end / 2**30:.2f} GiB on the line"
-          + (f", {upper / 2**30:.2f} GiB on the parabola (quadratic attention scores)" if curved else ", no curvature measured")
-          + f"; the other {others} layers add {missing_per_row / 2**30:.2f} GiB per row of checkpointed inputs and "
-          f"{missing_grads / 2**30:.2f} GiB of gradients")  # fmt: skip
+    print(
+        f"extrapolated to L={CURRICULUM_END} ({args.rows} row(s), {args.layers} layers): {at_end / 2**30:.2f} GiB on the line"
+        + (
+            f", {upper / 2**30:.2f} GiB on the parabola (quadratic attention scores)"
+            if curved
+            else ", no curvature measured"
+        )
+        + f"; the other {others} layers add {missing_per_row / 2**30:.2f} GiB per row of checkpointed inputs and "
+        f"{missing_grads / 2**30:.2f} GiB of gradients"
+    )
     rows_gpu = 8  # the paper's micro-batch
     full = intercept + missing_grads + rows_gpu * (slope_per_row * CURRICULUM_END + missing_per_row)
-    print(f"opd_step_peak_gib_at_4000_for_8_rows: {full / 2**30:.1f} (target: <= 131; one H200's 139 GiB less the 0.6B "
-          "fp32 weights and AdamW state and the bf16 teacher; 28 layers, line estimate)")
+    print(
+        f"opd_step_peak_gib_at_4000_for_8_rows: {full / 2**30:.1f} (target: <= 131; one H200's 139 GiB less the 0.6B "
+        "fp32 weights and AdamW state and the bf16 teacher; 28 layers, line estimate)"
+    )
+
 
 if __name__ == "__main__":
     main()

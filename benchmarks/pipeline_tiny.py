@@ -46,13 +46,26 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="opdlm-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     env = {
-        **os.environ, "OPDLM_RUNS_DIR": str(work / "runs"), "OPDLM_CACHE": str(work / "cache"),
-        "PREFECT_HOME": str(work / "prefect"), "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "true",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }  # fmt: skip
+        **os.environ,
+        "OPDLM_RUNS_DIR": str(work / "runs"),
+        "OPDLM_CACHE": str(work / "cache"),
+        "PREFECT_HOME": str(work / "prefect"),
+        "HF_HUB_OFFLINE": "1",
+        "DO_NOT_TRACK": "true",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("PREFECT_API_URL", None)
-    cmd = [sys.executable, "-m", "opdlm.cli.main", "pipeline", "--recipe", str(ROOT / "configs" / "tiny.yaml"), *args.overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "opdlm.cli.main",
+        "pipeline",
+        "--recipe",
+        str(ROOT / "configs" / "tiny.yaml"),
+        *args.overrides,
+    ]
     print(f"$ {' '.join(cmd)}\n  (runs folder {work / 'runs'}, {os.cpu_count()} CPU cores)", flush=True)
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
@@ -63,17 +76,26 @@ def main() -> None:
     summary = json.loads(max((work / "runs").glob("*/*/summary.json"), key=lambda p: p.stat().st_mtime).read_text())
     m = summary["metrics"]["synthetic"]
     print(proc.stdout.strip())
-    print(f"student accuracy {m['student_accuracy']:.3f}, teacher accuracy {m['teacher_accuracy']:.3f} "
-          f"on {m['n']} held-out synthetic rows")  # fmt: skip
+    print(
+        f"student accuracy {m['student_accuracy']:.3f}, teacher accuracy {m['teacher_accuracy']:.3f} "
+        f"on {m['n']} held-out synthetic rows"
+    )
     retention = m["retention"]
     print(f"retention {retention if retention is None else round(retention, 3)} (target: >= 0.90)")
     print(f"student tokens per step {m['student_tokens_per_step']:.2f} (target: > 1.5)")
-    print(f"training tokens {summary['training_tokens']}, rollout steps {summary['rollout_steps']}, "
-          f"registered {summary['model_name']} v{summary['model_version']} {summary['aliases']}")  # fmt: skip
-    counted = subprocess.run([sys.executable, "-c", COUNT_LOGS, summary["flow_run_id"]], env=env,
-                             capture_output=True, text=True)  # fmt: skip
-    lines = counted.stdout.strip().splitlines()[-1] if counted.returncode == 0 else f"not read ({counted.stderr[-300:]})"
-    print(f"prefect stored log lines {lines} (target: < 300); console lines {len(proc.stdout.splitlines()) + len(proc.stderr.splitlines())}")
+    print(
+        f"training tokens {summary['training_tokens']}, rollout steps {summary['rollout_steps']}, "
+        f"registered {summary['model_name']} v{summary['model_version']} {summary['aliases']}"
+    )
+    counted = subprocess.run(
+        [sys.executable, "-c", COUNT_LOGS, summary["flow_run_id"]], env=env, capture_output=True, text=True
+    )
+    lines = (
+        counted.stdout.strip().splitlines()[-1] if counted.returncode == 0 else f"not read ({counted.stderr[-300:]})"
+    )
+    print(
+        f"prefect stored log lines {lines} (target: < 300); console lines {len(proc.stdout.splitlines()) + len(proc.stderr.splitlines())}"
+    )
     print(f"pipeline_tiny_minutes: {minutes:.2f} (target: < 10)")
 
 

@@ -50,7 +50,9 @@ def _default_paths() -> tuple[Path, Path]:
     """The newest `make run` student (runs/tiny/<run>/student) and the teacher it was converted from."""
     found = sorted(Path("runs").glob("tiny/*/student/config.json"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise SystemExit("no trained student found under runs/tiny/: run `make run` first or pass --student and --teacher")
+        raise SystemExit(
+            "no trained student found under runs/tiny/: run `make run` first or pass --student and --teacher"
+        )
     student = found[-1].parent
     teacher = json.loads(found[-1].read_text()).get("opdlm_converted_from")
     if not teacher or not Path(teacher).is_dir():
@@ -79,11 +81,15 @@ def main() -> None:
     student = load_student(student_dir, device="cpu", dtype="fp32")
     teacher, tok = load_causal_lm(teacher_dir or student_dir, device="cpu", dtype="fp32")
     prompts = encode_prompts(tok, [format_prompt(tok, r.question) for r in load_split("eval", n=16)])
-    no_eos = BlockDiffusionSampler(dataclasses.replace(student, meta=dataclasses.replace(student.meta, eos_token_ids=[])))
+    no_eos = BlockDiffusionSampler(
+        dataclasses.replace(student, meta=dataclasses.replace(student.meta, eos_token_ids=[]))
+    )
     with_eos = BlockDiffusionSampler(student)
 
     def cfg(n: int) -> SamplerConfig:
-        return SamplerConfig(block_size=4, denoise_steps_per_block=4, remasking="dynamic", threshold=0.9, max_new_tokens=n)
+        return SamplerConfig(
+            block_size=4, denoise_steps_per_block=4, remasking="dynamic", threshold=0.9, max_new_tokens=n
+        )
 
     def ar(batch, n, stop):
         return generate_autoregressive(teacher, tok, batch, n, decode_text=False, stop_at_eos=stop)
@@ -96,8 +102,9 @@ def main() -> None:
     runs = [(p, n) for p, n in zip(prompts, lengths)]
     block_s, ar_s, outs, _ = _time_pair(
         lambda: [no_eos.generate([p], cfg(n), decode_text=False) for p, n in runs],
-        lambda: [ar([p], n, False) for p, n in runs], args.repeats,
-    )  # fmt: skip
+        lambda: [ar([p], n, False) for p, n in runs],
+        args.repeats,
+    )
     forwards = sum(o.num_forwards[0] for o in outs)
     ratios["answer_b1"] = ar_s / block_s
     print(
@@ -109,8 +116,9 @@ def main() -> None:
     # batch 16 to EOS
     block_s, ar_s, block_out, ar_out = _time_pair(
         lambda: with_eos.generate(prompts, cfg(args.new_tokens), decode_text=False),
-        lambda: ar(prompts, args.new_tokens, True), args.repeats,
-    )  # fmt: skip
+        lambda: ar(prompts, args.new_tokens, True),
+        args.repeats,
+    )
     ratios["eos_b16"] = ar_s / block_s
     print(
         f"batch 16, to EOS (student {sum(map(len, block_out.response_ids))} tokens, teacher "

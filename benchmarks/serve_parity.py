@@ -121,16 +121,26 @@ def main() -> None:
     student = load_student(resolve_model_source(args.model, "student"), device="cuda")
     sampler = student.meta.sampler_defaults.with_overrides(temperature=0.0, max_new_tokens=args.max_new_tokens)
     out = args.out or Path(tempfile.mkdtemp(prefix="serve-parity-")) / args.format
-    overrides = {"temperature": 0.0, "remasking": sampler.remasking, "threshold": sampler.threshold,
-                 "denoise_steps_per_block": sampler.denoise_steps_per_block}  # fmt: skip
+    overrides = {
+        "temperature": 0.0,
+        "remasking": sampler.remasking,
+        "threshold": sampler.threshold,
+        "denoise_steps_per_block": sampler.denoise_steps_per_block,
+    }
     export_dir, notes = export_student(args.model, out, args.format, overrides, overwrite=True)
     summary = json.loads((export_dir / "export.json").read_text())
     port = args.port or (30000 if args.format == "sglang" else 23333)
-    command = summary["launch"].replace("--port 30000", f"--port {port}").replace("--server-port 23333", f"--server-port {port}")
+    command = (
+        summary["launch"]
+        .replace("--port 30000", f"--port {port}")
+        .replace("--server-port 23333", f"--server-port {port}")
+    )
 
     tok = student.tokenizer
     rows = load_split("eval", n=args.prompts)
-    prompts = encode_prompts(tok, [format_prompt(tok, r.question, enable_thinking=student.meta.enable_thinking) for r in rows])
+    prompts = encode_prompts(
+        tok, [format_prompt(tok, r.question, enable_thinking=student.meta.enable_thinking) for r in rows]
+    )
     eos = set(student.meta.eos_token_ids)
     batch = BlockDiffusionSampler(student).generate(prompts, sampler, generator=torch.Generator("cuda").manual_seed(0))
     ours = [_until_eos(list(r["token_ids"]), eos) for r in batch.records()]
@@ -144,7 +154,12 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         _wait_ready(base, args.format, proc, args.ready_timeout, log)
         theirs = [
-            _until_eos(_output_ids(args.format, _post(base + "/generate", _request(args.format, ids, args.max_new_tokens)), tok), eos)
+            _until_eos(
+                _output_ids(
+                    args.format, _post(base + "/generate", _request(args.format, ids, args.max_new_tokens)), tok
+                ),
+                eos,
+            )
             for ids in prompts
         ]
     finally:

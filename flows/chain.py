@@ -41,5 +41,7 @@ def run_until(run_file: str, last: str) -> dict:
     records["evaluate"] = evaluate(run_file, records["teacher"], train_records[-1])
     if last == "evaluate":
         return records
-    records["register"] = register(run_file, records["teacher"], records["data"], train_records[-1], records["evaluate"])
+    records["register"] = register(
+        run_file, records["teacher"], records["data"], train_records[-1], records["evaluate"]
+    )
     return records

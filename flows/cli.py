@@ -31,10 +31,14 @@ def print_summary(facts: dict) -> None:
     echo = typer.echo
     for bench, m in facts["metrics"].items():
         retention = "n/a" if m["retention"] is None else f"{m['retention']:.3f}"
-        echo(f"{bench}: student {m['student_accuracy']:.3f}, teacher {m['teacher_accuracy']:.3f}, retention {retention}, "
-             f"{m['student_tokens_per_step']:.2f} tokens/step")  # fmt: skip
-    echo(f"registered model: {facts['model_name']} version {facts['model_version']} ({', '.join(facts['aliases'])}); "
-         f"gate: {facts['gate']}")  # fmt: skip
+        echo(
+            f"{bench}: student {m['student_accuracy']:.3f}, teacher {m['teacher_accuracy']:.3f}, retention {retention}, "
+            f"{m['student_tokens_per_step']:.2f} tokens/step"
+        )
+    echo(
+        f"registered model: {facts['model_name']} version {facts['model_version']} ({', '.join(facts['aliases'])}); "
+        f"gate: {facts['gate']}"
+    )
     echo(f"run folder:       {facts['run_dir']}")
     echo(f"MLflow run:       {facts['mlflow_run_id']} in {facts['tracking_uri']}")
     if facts.get("mlflow_ui_command"):
@@ -63,8 +67,12 @@ def check_artifact_store() -> None:
 def register(app: typer.Typer) -> None:
     @app.command("pipeline")
     def pipeline(
-        recipe: str = typer.Option("configs/tiny.yaml", "--recipe", help="Recipe YAML, or a shipped recipe's name (tiny, qwen3-4b, ...)."),
-        overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. train.stages.0.rollout_steps=5 eval.limit=50."),
+        recipe: str = typer.Option(
+            "configs/tiny.yaml", "--recipe", help="Recipe YAML, or a shipped recipe's name (tiny, qwen3-4b, ...)."
+        ),
+        overrides: list[str] = typer.Argument(
+            None, help="Dotted overrides, e.g. train.stages.0.rollout_steps=5 eval.limit=50."
+        ),
     ) -> None:
         """Run data -> teacher -> convert -> curriculum OPD -> eval -> register as a Prefect flow tracked in MLflow."""
         import os

@@ -14,8 +14,13 @@ from tasks.prepare import prepare_run
 from tasks.report import close_failed_runs, summarise
 
 
-@flow(name="opdlm-pipeline", flow_run_name=recipe_run_name, log_prints=True,
-      on_failure=[close_failed_runs], on_crashed=[close_failed_runs])  # fmt: skip
+@flow(
+    name="opdlm-pipeline",
+    flow_run_name=recipe_run_name,
+    log_prints=True,
+    on_failure=[close_failed_runs],
+    on_crashed=[close_failed_runs],
+)
 def pipeline_flow(recipe: str = "configs/tiny.yaml", overrides: list[str] = []) -> dict:  # noqa: B006 (Prefect shows the default)
     """The whole pipeline for ``recipe`` with dotted ``overrides``; returns the run summary.
 

@@ -25,9 +25,16 @@ MODES = ("bar", "lines", "off")
 
 
 def progress(
-    total: int | None, desc: str, unit: str = "it", *, enabled: bool = True, initial: int = 0,
-    stream: TextIO | None = None, every_fraction: float = EVERY_FRACTION, every_seconds: float = EVERY_SECONDS,
-):  # fmt: skip
+    total: int | None,
+    desc: str,
+    unit: str = "it",
+    *,
+    enabled: bool = True,
+    initial: int = 0,
+    stream: TextIO | None = None,
+    every_fraction: float = EVERY_FRACTION,
+    every_seconds: float = EVERY_SECONDS,
+):
     """A progress reporter for a loop of ``total`` units (``None``: unknown).
 
     Args:
@@ -50,8 +57,16 @@ def progress(
         from tqdm.auto import tqdm
 
         return tqdm(total=total, desc=desc, unit=unit, initial=initial, file=stream, dynamic_ncols=True)
-    return LineProgress(total, desc, unit, initial=initial, stream=stream, silent=mode == "off",
-                        every_fraction=every_fraction, every_seconds=every_seconds)  # fmt: skip
+    return LineProgress(
+        total,
+        desc,
+        unit,
+        initial=initial,
+        stream=stream,
+        silent=mode == "off",
+        every_fraction=every_fraction,
+        every_seconds=every_seconds,
+    )
 
 
 def track(items: Iterable[T], desc: str, unit: str = "it", *, total: int | None = None, **kwargs) -> Iterator[T]:
@@ -77,8 +92,18 @@ def _mode(stream: TextIO, enabled: bool) -> str:
 class LineProgress:
     """tqdm's figures as plain lines, at most every ``every_fraction`` of the total or ``every_seconds``."""
 
-    def __init__(self, total: int | None, desc: str, unit: str, *, initial: int, stream: TextIO, silent: bool,
-                 every_fraction: float, every_seconds: float):  # fmt: skip
+    def __init__(
+        self,
+        total: int | None,
+        desc: str,
+        unit: str,
+        *,
+        initial: int,
+        stream: TextIO,
+        silent: bool,
+        every_fraction: float,
+        every_seconds: float,
+    ):
         self.total, self.desc, self.unit, self.n, self.stream, self.silent = total, desc, unit, initial, stream, silent
         self.every_n = max(1, round(total * every_fraction)) if total else None
         self.every_seconds = every_seconds
@@ -115,8 +140,17 @@ class LineProgress:
         from tqdm import tqdm
 
         rate = (self.n - self._initial) / elapsed if elapsed > 0 else None
-        return tqdm.format_meter(self.n, self.total, elapsed, ncols=0, prefix=self.desc, unit=self.unit,
-                                 postfix=self.postfix or None, rate=rate, initial=self._initial)  # fmt: skip
+        return tqdm.format_meter(
+            self.n,
+            self.total,
+            elapsed,
+            ncols=0,
+            prefix=self.desc,
+            unit=self.unit,
+            postfix=self.postfix or None,
+            rate=rate,
+            initial=self._initial,
+        )
 
     def _emit(self, now: float) -> None:
         self._last_n, self._last_time = self.n, now

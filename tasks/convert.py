@@ -19,8 +19,11 @@ def _output(run: PipelineRun, teacher_record: dict) -> tuple[str, Path]:
     return key, run.store("convert", key) / "config.json"
 
 
-@task(name="build-student", cache_key_fn=content_cache_key("convert", lambda run, p: _output(run, p["teacher_record"])[0]),
-      persist_result=True)  # fmt: skip
+@task(
+    name="build-student",
+    cache_key_fn=content_cache_key("convert", lambda run, p: _output(run, p["teacher_record"])[0]),
+    persist_result=True,
+)
 def build_student(run_file: str, teacher_record: dict) -> dict:
     """Convert the teacher into the store (reused by content key). Returns ``{"path", "key"}``."""
     run = PipelineRun.load(run_file)
@@ -38,9 +41,18 @@ def convert(run_file: str, teacher_record: dict) -> dict:
     recipe = run.recipe()
     client = tracking.client_for(run.tracking_uri)
     with tracking.stage_run(client, run.experiment_id, run.parent_run_id, "convert", run.tags()) as run_id:
-        record, cached = run_cached(build_student, run_file, teacher_record, output=lambda r: Path(r["path"]) / "config.json")
-        tracking.log_params(client, run_id, {"convert": recipe.convert.model_dump(mode="json"),
-                                             "sampler": recipe.sampler.model_dump(mode="json"), "path": record["path"]})  # fmt: skip
+        record, cached = run_cached(
+            build_student, run_file, teacher_record, output=lambda r: Path(r["path"]) / "config.json"
+        )
+        tracking.log_params(
+            client,
+            run_id,
+            {
+                "convert": recipe.convert.model_dump(mode="json"),
+                "sampler": recipe.sampler.model_dump(mode="json"),
+                "path": record["path"],
+            },
+        )
         tracking.set_tags(client, run_id, {"student.key": record["key"], "cached": cached})
         logger.info("converted student -> %s%s", record["path"], " (cached)" if cached else "")
     return record

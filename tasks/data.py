@@ -27,8 +27,14 @@ def _output(run: PipelineRun) -> tuple[str | None, Path | None]:
     return key, (run.store("data", key) / (DATA_FILE + ".info.json")) if key else None
 
 
-@task(name="download-data", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
-      cache_key_fn=content_cache_key("data", lambda run, params: _output(run)[0]), persist_result=True)  # fmt: skip
+@task(
+    name="download-data",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=retry_transient,
+    cache_key_fn=content_cache_key("data", lambda run, params: _output(run)[0]),
+    persist_result=True,
+)
 def download_data(run_file: str) -> dict:
     """Publish the recipe's data as normalised JSONL (reused when its content key is already published).
 
@@ -75,8 +81,12 @@ def data(run_file: str) -> dict:
         info, cached = run_cached(download_data, run_file, output=lambda r: r["path"])
         tracking.log_params(client, run_id, {"source": data_source(run.recipe()), "path": info["path"]})
         tracking.log_metrics(client, run_id, {"rows": info["n_rows"]})
-        tracking.set_tags(client, run_id, {"dataset.md5": info["md5"], "dataset.sha256": info["sha256"], "cached": cached})
+        tracking.set_tags(
+            client, run_id, {"dataset.md5": info["md5"], "dataset.sha256": info["sha256"], "cached": cached}
+        )
         log_dataset(client, run_id, info, f"{run.recipe().name}-train")
         log_dataset(client, run.parent_run_id, info, f"{run.recipe().name}-train")
-        logger.info("data: %d rows, md5 %s%s -> %s", info["n_rows"], info["md5"], " (cached)" if cached else "", info["path"])
+        logger.info(
+            "data: %d rows, md5 %s%s -> %s", info["n_rows"], info["md5"], " (cached)" if cached else "", info["path"]
+        )
     return info

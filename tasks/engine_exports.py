@@ -13,7 +13,9 @@ from pathlib import Path
 MAX_TAG = 5000  # MLflow's limit on a tag value
 
 
-def log_engine_exports(run_id: str, student_dir: str | Path, out_root: str | Path, formats: list[str]) -> dict[str, str]:
+def log_engine_exports(
+    run_id: str, student_dir: str | Path, out_root: str | Path, formats: list[str]
+) -> dict[str, str]:
     """Export ``student_dir`` for each engine in ``formats`` and log it to MLflow run ``run_id``.
 
     Returns:

@@ -35,10 +35,14 @@ def _eval_output(run: PipelineRun, model_key: str, what: str) -> tuple[str, Path
     return key, run.store(f"eval-{what}", key) / marker
 
 
-@task(name="eval-model",
-      cache_key_fn=content_cache_key("eval", lambda run, p: _eval_output(run, p["model_key"], p["what"])[0]),
-      persist_result=True)  # fmt: skip
-def eval_model(run_file: str, what: str, model_dir: str, model_key: str, teacher_results_file: str | None = None) -> str:
+@task(
+    name="eval-model",
+    cache_key_fn=content_cache_key("eval", lambda run, p: _eval_output(run, p["model_key"], p["what"])[0]),
+    persist_result=True,
+)
+def eval_model(
+    run_file: str, what: str, model_dir: str, model_key: str, teacher_results_file: str | None = None
+) -> str:
     """Score ``model_dir`` (``what``: teacher or student) on every benchmark; returns the results file."""
     run = PipelineRun.load(run_file)
     _, results_file = _eval_output(run, model_key, what)
@@ -48,9 +52,11 @@ def eval_model(run_file: str, what: str, model_dir: str, model_key: str, teacher
     return str(results_file)
 
 
-@task(name="eval-sweep",
-      cache_key_fn=content_cache_key("sweep", lambda run, p: _eval_output(run, p["model_key"], "sweep")[0]),
-      persist_result=True)  # fmt: skip
+@task(
+    name="eval-sweep",
+    cache_key_fn=content_cache_key("sweep", lambda run, p: _eval_output(run, p["model_key"], "sweep")[0]),
+    persist_result=True,
+)
 def eval_sweep(run_file: str, model_dir: str, model_key: str) -> str:
     """Threshold x block-size sweep of the student with its Pareto plot; returns the sweep folder."""
     run = PipelineRun.load(run_file)
@@ -81,8 +87,9 @@ def evaluate(run_file: str, teacher_record: dict, train_record: dict) -> dict:
         student_file, s_cached = run_cached(
             eval_model, run_file, "student", student_dir, student_key, teacher_file, output=lambda r: r
         )
-        sweep_dir, w_cached = run_cached(eval_sweep, run_file, student_dir, student_key,
-                                         output=lambda r: Path(r) / "sweep_done.json")  # fmt: skip
+        sweep_dir, w_cached = run_cached(
+            eval_sweep, run_file, student_dir, student_key, output=lambda r: Path(r) / "sweep_done.json"
+        )
         teacher_results = json.loads(Path(teacher_file).read_text())
         student_results = json.loads(Path(student_file).read_text())
         metrics = eval_metrics(student_results, teacher_results)
@@ -92,19 +99,49 @@ def evaluate(run_file: str, teacher_record: dict, train_record: dict) -> dict:
             tracking.log_metrics(client, target, flat)
         sweep_tables = json.loads((Path(sweep_dir) / "sweep_done.json").read_text())
         for bench, table in sweep_tables.items():
-            tracking.log_metric_steps(client, run_id, [
-                (i, {f"sweep/{bench}/accuracy": p["accuracy"], f"sweep/{bench}/tokens_per_step": p["tokens_per_step"],
-                     f"sweep/{bench}/threshold": p["threshold"], f"sweep/{bench}/block_size": p["block_size"]})
-                for i, p in enumerate(table)
-            ])  # fmt: skip
-        for folder, name in ((Path(teacher_file).parent, "teacher"), (Path(student_file).parent, "student"), (Path(sweep_dir), "sweep")):
+            tracking.log_metric_steps(
+                client,
+                run_id,
+                [
+                    (
+                        i,
+                        {
+                            f"sweep/{bench}/accuracy": p["accuracy"],
+                            f"sweep/{bench}/tokens_per_step": p["tokens_per_step"],
+                            f"sweep/{bench}/threshold": p["threshold"],
+                            f"sweep/{bench}/block_size": p["block_size"],
+                        },
+                    )
+                    for i, p in enumerate(table)
+                ],
+            )
+        for folder, name in (
+            (Path(teacher_file).parent, "teacher"),
+            (Path(student_file).parent, "student"),
+            (Path(sweep_dir), "sweep"),
+        ):
             with tracking.artifact_upload(f"the {name} evaluation"):
                 client.log_artifacts(run_id, str(folder), artifact_path=f"eval/{name}")
         for bench in sweep_tables:  # the Pareto fronts on the pipeline run too, beside the training curves
-            tracking.log_artifacts(client, run.parent_run_id, list(Path(sweep_dir, bench).glob("*.png")),
-                                   artifact_path=f"{tracking.PLOTS_DIR}/{bench}")  # fmt: skip
+            tracking.log_artifacts(
+                client,
+                run.parent_run_id,
+                list(Path(sweep_dir, bench).glob("*.png")),
+                artifact_path=f"{tracking.PLOTS_DIR}/{bench}",
+            )
         tracking.set_tags(client, run_id, {"cached": f"teacher={t_cached} student={s_cached} sweep={w_cached}"})
         for bench, m in metrics.items():
-            logger.info("eval %s: student %.4f, teacher %s, retention %s, %.2f tokens/step", bench,
-                        m["student_accuracy"], m["teacher_accuracy"], m["retention"], m["student_tokens_per_step"])  # fmt: skip
-    return {"metrics": metrics, "student_results": student_file, "teacher_results": teacher_file, "sweep_dir": sweep_dir}
+            logger.info(
+                "eval %s: student %.4f, teacher %s, retention %s, %.2f tokens/step",
+                bench,
+                m["student_accuracy"],
+                m["teacher_accuracy"],
+                m["retention"],
+                m["student_tokens_per_step"],
+            )
+    return {
+        "metrics": metrics,
+        "student_results": student_file,
+        "teacher_results": teacher_file,
+        "sweep_dir": sweep_dir,
+    }

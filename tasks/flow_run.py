@@ -17,7 +17,14 @@ from tasks import tracking
 from tasks.context import PipelineRun
 from tasks.report import mlflow_ui
 
-SCORE_COLUMNS = ("student_accuracy", "teacher_accuracy", "retention", "student_tokens_per_step", "teacher_tokens_per_step", "n")
+SCORE_COLUMNS = (
+    "student_accuracy",
+    "teacher_accuracy",
+    "retention",
+    "student_tokens_per_step",
+    "teacher_tokens_per_step",
+    "n",
+)
 
 
 def artifact_key(run: PipelineRun, what: str) -> str:
@@ -57,8 +64,12 @@ def label_flow_run(run_file: str) -> str:
             existing = client.read_flow_run(run.flow_run_id).tags  # a deployment's own tags stay
             client.update_flow_run(run.flow_run_id, name=name, tags=sorted({*existing, *tags}))
     url = mlflow_run_url(run)
-    create_link_artifact(link=url, link_text=f"MLflow run {Path(run.run_dir).name}", key=artifact_key(run, "mlflow-run"),
-                         description="The MLflow parent run: params, metrics, curves, artifacts and stage runs.")  # fmt: skip
+    create_link_artifact(
+        link=url,
+        link_text=f"MLflow run {Path(run.run_dir).name}",
+        key=artifact_key(run, "mlflow-run"),
+        description="The MLflow parent run: params, metrics, curves, artifacts and stage runs.",
+    )
     get_run_logger().info("flow run %s, tags %s; MLflow run %s", name, ", ".join(tags), url)
     return url
 
@@ -69,9 +80,13 @@ def publish_scores(run_file: str, eval_record: dict) -> list[dict]:
     from prefect.artifacts import create_table_artifact
 
     run = PipelineRun.load(run_file)
-    rows = [{"benchmark": bench, **{k: _round(m.get(k)) for k in SCORE_COLUMNS}} for bench, m in eval_record["metrics"].items()]
-    create_table_artifact(table=rows, key=artifact_key(run, "scores"),
-                          description=f"Student vs teacher, run {Path(run.run_dir).name}")  # fmt: skip
+    rows = [
+        {"benchmark": bench, **{k: _round(m.get(k)) for k in SCORE_COLUMNS}}
+        for bench, m in eval_record["metrics"].items()
+    ]
+    create_table_artifact(
+        table=rows, key=artifact_key(run, "scores"), description=f"Student vs teacher, run {Path(run.run_dir).name}"
+    )
     return rows
 
 

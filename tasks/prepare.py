@@ -24,8 +24,7 @@ def _flow_run_id() -> str | None:
     return str(flow_run.id) if flow_run.id else None
 
 
-@task(name="prepare-run", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE,
-      retry_condition_fn=retry_transient)  # fmt: skip
+@task(name="prepare-run", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
 def prepare_run(recipe: str, overrides: list[str]) -> str:
     """Validate ``recipe`` + ``overrides``, write the resolved recipe into a new run folder, start the
     MLflow parent run (params = the whole recipe, flattened). Returns the run file's path."""
@@ -51,8 +50,13 @@ def _open_run(recipe: str, overrides: list[str], resolved, runs, run_dir) -> str
     experiment_id = tracking.ensure_experiment(client, f"opdlm-{resolved.name}", layout.artifact_root())
     flow_run_id = _flow_run_id()
     code = layout.code_version()
-    tags = {"opdlm.recipe": str(recipe), "opdlm.overrides": " ".join(overrides), "opdlm.code_version": code,
-            "opdlm.run_dir": str(run_dir), "mlflow.source.git.commit": code.removesuffix("+dirty")}  # fmt: skip
+    tags = {
+        "opdlm.recipe": str(recipe),
+        "opdlm.overrides": " ".join(overrides),
+        "opdlm.code_version": code,
+        "opdlm.run_dir": str(run_dir),
+        "mlflow.source.git.commit": code.removesuffix("+dirty"),
+    }
     if flow_run_id:
         tags[tracking.FLOW_RUN_TAG] = flow_run_id
     parent = tracking.start_run(client, experiment_id, run_dir.name, tags=tags)
@@ -60,10 +64,17 @@ def _open_run(recipe: str, overrides: list[str], resolved, runs, run_dir) -> str
     with tracking.artifact_upload(str(recipe_file)):
         client.log_artifact(parent, str(recipe_file))
     run = PipelineRun(
-        runs_dir=str(runs), run_dir=str(run_dir), recipe_file=str(recipe_file), recipe_source=str(recipe),
-        overrides=list(overrides), tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
-        code_version=code, flow_run_id=flow_run_id,
-    )  # fmt: skip
+        runs_dir=str(runs),
+        run_dir=str(run_dir),
+        recipe_file=str(recipe_file),
+        recipe_source=str(recipe),
+        overrides=list(overrides),
+        tracking_uri=uri,
+        experiment_id=experiment_id,
+        parent_run_id=parent,
+        code_version=code,
+        flow_run_id=flow_run_id,
+    )
     path = run.save()
     logger.info("run folder %s, MLflow run %s (%s)", run_dir, parent, uri)
     return path

@@ -26,7 +26,13 @@ class ProcessCrashed(RuntimeError):
 
 
 def run_streaming(
-    cmd: list[str], env: dict, logger, *, name: str, metrics_path: Path | None = None, steps: range | None = None,
+    cmd: list[str],
+    env: dict,
+    logger,
+    *,
+    name: str,
+    metrics_path: Path | None = None,
+    steps: range | None = None,
     forward=None,
 ) -> set[int]:
     """Run ``cmd`` with its output in the task's log; forward new ``metrics_path`` lines whose step is
@@ -41,9 +47,14 @@ def run_streaming(
     # per refresh; opdlm's own loops report through opdlm.progress, a line every ~10% or ~30 s.
     env = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", **env}
     proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
         start_new_session=True,  # its own process group: cancelling the task stops torchrun's ranks too
-    )  # fmt: skip
+    )
 
     def pump() -> None:
         for line in proc.stdout:

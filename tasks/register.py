@@ -48,16 +48,25 @@ def _signature(sampler_defaults: dict):
 
     return ModelSignature(
         inputs=Schema([ColSpec("string", "prompt")]),
-        outputs=Schema([ColSpec("string", "text"), ColSpec("double", "tokens_per_step"), ColSpec("long", "num_tokens"),
-                        ColSpec("long", "num_forwards"), ColSpec("boolean", "finished")]),
-        params=ParamSchema([
-            ParamSpec("max_new_tokens", "long", int(sampler_defaults["max_new_tokens"])),
-            ParamSpec("threshold", "double", float(sampler_defaults["threshold"])),
-            ParamSpec("temperature", "double", float(sampler_defaults["temperature"])),
-            ParamSpec("seed", "long", 0),
-            ParamSpec("raw_prompt", "boolean", False),
-        ]),
-    )  # fmt: skip
+        outputs=Schema(
+            [
+                ColSpec("string", "text"),
+                ColSpec("double", "tokens_per_step"),
+                ColSpec("long", "num_tokens"),
+                ColSpec("long", "num_forwards"),
+                ColSpec("boolean", "finished"),
+            ]
+        ),
+        params=ParamSchema(
+            [
+                ParamSpec("max_new_tokens", "long", int(sampler_defaults["max_new_tokens"])),
+                ParamSpec("threshold", "double", float(sampler_defaults["threshold"])),
+                ParamSpec("temperature", "double", float(sampler_defaults["temperature"])),
+                ParamSpec("seed", "long", 0),
+                ParamSpec("raw_prompt", "boolean", False),
+            ]
+        ),
+    )
 
 
 def _requirements() -> list[str]:
@@ -117,11 +126,18 @@ def log_student_model(run_id: str, student_dir: str | Path, sampler_defaults: di
     logged = mlflow.initialize_logged_model(name="student", source_run_id=run_id, experiment_id=experiment_id)
     with tempfile.TemporaryDirectory() as tmp:
         return Model.log(
-            artifact_path=None, name="student", flavor=mlflow.pyfunc, run_id=run_id, model_id=logged.model_id,
+            artifact_path=None,
+            name="student",
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            model_id=logged.model_id,
             python_model=str(PYFUNC_FILE),
-            artifacts={"student": str(student_dir)}, code_paths=[str(_code_dir(Path(tmp)))],
-            signature=_signature(sampler_defaults), pip_requirements=_requirements(), metadata=metadata,
-        )  # fmt: skip
+            artifacts={"student": str(student_dir)},
+            code_paths=[str(_code_dir(Path(tmp)))],
+            signature=_signature(sampler_defaults),
+            pip_requirements=_requirements(),
+            metadata=metadata,
+        )
 
 
 def _champion_accuracy(client, name: str, benchmark: str) -> float | None:
@@ -148,19 +164,31 @@ def _existing_version(client, name: str, parent_run_id: str):
     return found[0] if found else None
 
 
-def _card_facts(run, name, teacher_record, data_record, final_record, scores, gate_reason, train_summary, sampler) -> ModelCardFacts:
+def _card_facts(
+    run, name, teacher_record, data_record, final_record, scores, gate_reason, train_summary, sampler
+) -> ModelCardFacts:
     recipe = run.recipe()
     return ModelCardFacts(
-        model_name=name, teacher=teacher_record["source"], teacher_fingerprint=teacher_record["fingerprint"],
-        data_source=data_source(recipe), data_digest=data_record["md5"], data_rows=data_record["n_rows"],
-        code_version=run.code_version, training_tokens=int(train_summary.get("cumulative_train_tokens", 0)),
+        model_name=name,
+        teacher=teacher_record["source"],
+        teacher_fingerprint=teacher_record["fingerprint"],
+        data_source=data_source(recipe),
+        data_digest=data_record["md5"],
+        data_rows=data_record["n_rows"],
+        code_version=run.code_version,
+        training_tokens=int(train_summary.get("cumulative_train_tokens", 0)),
         rollout_steps=int(train_summary.get("rollout_step", final_record["rollout_step"])),
-        flops=float(train_summary.get("flops", 0.0)), sampler_defaults=sampler, scores=scores, gate=gate_reason,
+        flops=float(train_summary.get("flops", 0.0)),
+        sampler_defaults=sampler,
+        scores=scores,
+        gate=gate_reason,
         mlflow_run_id=run.parent_run_id,
-    )  # fmt: skip
+    )
 
 
-@task(name="register", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+@task(
+    name="register", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient, cache_policy=NO_CACHE
+)
 def register(run_file: str, teacher_record: dict, data_record: dict, final_record: dict, eval_record: dict) -> dict:
     """Stage 6: register the student, write its card, set ``candidate`` and (gate passing) ``champion``.
 
@@ -180,13 +208,17 @@ def register(run_file: str, teacher_record: dict, data_record: dict, final_recor
     train_summary_path = Path(final_record["train_dir"]) / "train_summary.json"
     train_summary = json.loads(train_summary_path.read_text()) if train_summary_path.is_file() else {}
     if not train_summary.get("finished") or final_record["rollout_step"] != recipe.train.total_rollout_steps:
-        raise OpdlmError(f"training in {final_record['train_dir']} did not finish every curriculum stage; not registering")
+        raise OpdlmError(
+            f"training in {final_record['train_dir']} did not finish every curriculum stage; not registering"
+        )
     verify_checkpoint(checkpoint)
     metrics = eval_record["metrics"]
     bench = recipe.registry.gate_benchmark
     if bench not in metrics or metrics[bench]["teacher_accuracy"] is None:
-        raise OpdlmError(f"registry.gate_benchmark {bench!r} was not scored for student and teacher "
-                         f"(eval.benchmarks: {', '.join(recipe.eval.benchmarks)}); not registering")  # fmt: skip
+        raise OpdlmError(
+            f"registry.gate_benchmark {bench!r} was not scored for student and teacher "
+            f"(eval.benchmarks: {', '.join(recipe.eval.benchmarks)}); not registering"
+        )
 
     name = model_name(run)
     client = tracking.client_for(run.tracking_uri)
@@ -198,7 +230,9 @@ def register(run_file: str, teacher_record: dict, data_record: dict, final_recor
     export_model(checkpoint, student_dir)  # model files only: no optimizer state in the registry
     sampler = json.loads((student_dir / "config.json").read_text()).get("sampler_defaults", recipe.sampler.model_dump())
     shutil.copyfile(run.recipe_file, student_dir / RECIPE_FILE)  # the full recipe travels with the weights
-    facts = _card_facts(run, name, teacher_record, data_record, final_record, metrics, decision.reason, train_summary, sampler)
+    facts = _card_facts(
+        run, name, teacher_record, data_record, final_record, metrics, decision.reason, train_summary, sampler
+    )
     card = render_model_card(facts)
     atomic_write_text(student_dir / "README.md", card)
     atomic_write_text(Path(run.run_dir) / MODEL_CARD_FILE, card)
@@ -208,18 +242,36 @@ def register(run_file: str, teacher_record: dict, data_record: dict, final_recor
         if version is None:
             # logged into the pipeline run, so the version's source run is the run a person opens
             with tracking.artifact_upload(f"model {name} ({student_dir})"):
-                info = log_student_model(run.parent_run_id, student_dir, sampler, {
-                    "teacher": teacher_record["source"], "data_md5": data_record["md5"], "code_version": run.code_version})  # fmt: skip
+                info = log_student_model(
+                    run.parent_run_id,
+                    student_dir,
+                    sampler,
+                    {
+                        "teacher": teacher_record["source"],
+                        "data_md5": data_record["md5"],
+                        "code_version": run.code_version,
+                    },
+                )
             tracking.log_artifacts(client, run.parent_run_id, [Path(run.run_dir) / MODEL_CARD_FILE])
-            log_engine_exports(run.parent_run_id, student_dir, Path(run.run_dir) / "export", recipe.registry.export_formats)
+            log_engine_exports(
+                run.parent_run_id, student_dir, Path(run.run_dir) / "export", recipe.registry.export_formats
+            )
             tags = {
-                PIPELINE_RUN_TAG: run.parent_run_id, "gate.benchmark": bench, GATE_ACCURACY_TAG: student_acc,
-                "teacher_accuracy": teacher_acc, "retention": metrics[bench]["retention"],
-                "tokens_per_step": metrics[bench]["student_tokens_per_step"], "data_md5": data_record["md5"],
-                "teacher": teacher_record["source"], "code_version": run.code_version,
-                "training_tokens": train_summary.get("cumulative_train_tokens"), "register_run": run_id,
-            }  # fmt: skip
-            tags = {k: _rounded(v) for k, v in tags.items()} | {GATE_ACCURACY_TAG: str(student_acc)}  # exact: the gate reads it
+                PIPELINE_RUN_TAG: run.parent_run_id,
+                "gate.benchmark": bench,
+                GATE_ACCURACY_TAG: student_acc,
+                "teacher_accuracy": teacher_acc,
+                "retention": metrics[bench]["retention"],
+                "tokens_per_step": metrics[bench]["student_tokens_per_step"],
+                "data_md5": data_record["md5"],
+                "teacher": teacher_record["source"],
+                "code_version": run.code_version,
+                "training_tokens": train_summary.get("cumulative_train_tokens"),
+                "register_run": run_id,
+            }
+            tags = {k: _rounded(v) for k, v in tags.items()} | {
+                GATE_ACCURACY_TAG: str(student_acc)
+            }  # exact: the gate reads it
             version = mlflow.register_model(info.model_uri, name, tags=tags)
             client.update_model_version(name, version.version, description=card[:MAX_DESCRIPTION])
         client.set_registered_model_alias(name, CANDIDATE, version.version)
@@ -228,8 +280,19 @@ def register(run_file: str, teacher_record: dict, data_record: dict, final_recor
         aliases = [CANDIDATE] + ([CHAMPION] if decision.promote else [])
         tracking.log_params(client, run_id, {"model_name": name, "version": version.version})
         tracking.set_tags(client, run_id, {"gate.reason": decision.reason, "aliases": ",".join(aliases)})
-        tracking.log_metrics(client, run_id, {"gate.promoted": float(decision.promote),
-                                              "gate.required_accuracy": decision.required_accuracy})  # fmt: skip
-        logger.info("registered %s version %s (%s); gate: %s", name, version.version, ", ".join(aliases), decision.reason)
-    return {"name": name, "version": str(version.version), "aliases": aliases, "promoted": decision.promote,
-            "gate": decision.reason, "model_uri": f"models:/{name}/{version.version}"}  # fmt: skip
+        tracking.log_metrics(
+            client,
+            run_id,
+            {"gate.promoted": float(decision.promote), "gate.required_accuracy": decision.required_accuracy},
+        )
+        logger.info(
+            "registered %s version %s (%s); gate: %s", name, version.version, ", ".join(aliases), decision.reason
+        )
+    return {
+        "name": name,
+        "version": str(version.version),
+        "aliases": aliases,
+        "promoted": decision.promote,
+        "gate": decision.reason,
+        "model_uri": f"models:/{name}/{version.version}",
+    }

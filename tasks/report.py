@@ -59,20 +59,31 @@ def render_summary(run: PipelineRun, eval_record: dict, train_records: list[dict
     train_dir = Path(train_records[-1]["train_dir"])
     summary_file = train_dir / "train_summary.json"
     train_summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    lines = [f"# opdlm run `{Path(run.run_dir).name}`", "",
-             "| benchmark | student acc | teacher acc | retention | student tokens/step | teacher tokens/step |",
-             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        f"# opdlm run `{Path(run.run_dir).name}`",
+        "",
+        "| benchmark | student acc | teacher acc | retention | student tokens/step | teacher tokens/step |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     fmt = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
     for bench, m in eval_record["metrics"].items():
-        lines.append(f"| {bench} | {fmt(m['student_accuracy'])} | {fmt(m['teacher_accuracy'])} | {fmt(m['retention'])} | "
-                     f"{fmt(m['student_tokens_per_step'])} | {fmt(m['teacher_tokens_per_step'])} |")  # fmt: skip
-    lines += ["", f"Training: {train_summary.get('rollout_step', '?')} rollout steps over stages "
-              f"{', '.join(r['stage'] for r in train_records)}; {train_summary.get('cumulative_train_tokens', '?')} training tokens.",
-              "", f"Registered **{reg['name']}** version **{reg['version']}** with alias(es) {', '.join(reg['aliases'])}. "
-              f"Gate: {reg['gate']}", "",
-              f"- MLflow run: [{run.parent_run_id}]({run_url}) (all runs: {runs_url})", f"- Model version: [{reg['name']} v{reg['version']}]({model_url})",
-              f"- Load it: `mlflow.pyfunc.load_model(\"models:/{reg['name']}@candidate\")`",
-              f"- Serve it: `mlflow models serve -m models:/{reg['name']}@candidate -p 5001` (README: serving the registered model)"]  # fmt: skip
+        lines.append(
+            f"| {bench} | {fmt(m['student_accuracy'])} | {fmt(m['teacher_accuracy'])} | {fmt(m['retention'])} | "
+            f"{fmt(m['student_tokens_per_step'])} | {fmt(m['teacher_tokens_per_step'])} |"
+        )
+    lines += [
+        "",
+        f"Training: {train_summary.get('rollout_step', '?')} rollout steps over stages "
+        f"{', '.join(r['stage'] for r in train_records)}; {train_summary.get('cumulative_train_tokens', '?')} training tokens.",
+        "",
+        f"Registered **{reg['name']}** version **{reg['version']}** with alias(es) {', '.join(reg['aliases'])}. "
+        f"Gate: {reg['gate']}",
+        "",
+        f"- MLflow run: [{run.parent_run_id}]({run_url}) (all runs: {runs_url})",
+        f"- Model version: [{reg['name']} v{reg['version']}]({model_url})",
+        f'- Load it: `mlflow.pyfunc.load_model("models:/{reg["name"]}@candidate")`',
+        f"- Serve it: `mlflow models serve -m models:/{reg['name']}@candidate -p 5001` (README: serving the registered model)",
+    ]
     if flow_url:
         lines.append(f"- Prefect flow run: [{run.flow_run_id}]({flow_url})")
     if mlflow_cmd:
@@ -81,13 +92,26 @@ def render_summary(run: PipelineRun, eval_record: dict, train_records: list[dict
         lines.append(f"- Prefect UI: `{prefect_cmd}` then open the flow run link")
     lines += ["", f"Recipe `{run.recipe_source}` {' '.join(run.overrides)}"]  # last: overrides can be long
     facts = {
-        "run_dir": run.run_dir, "tracking_uri": run.tracking_uri, "mlflow_run_id": run.parent_run_id,
-        "mlflow_run_url": run_url, "mlflow_runs_url": runs_url, "model_name": reg["name"], "model_version": reg["version"], "aliases": reg["aliases"],
-        "model_url": model_url, "promoted": reg["promoted"], "gate": reg["gate"], "flow_run_id": run.flow_run_id,
-        "flow_run_url": flow_url, "mlflow_ui_command": mlflow_cmd, "prefect_ui_command": prefect_cmd,
-        "metrics": eval_record["metrics"], "training_tokens": train_summary.get("cumulative_train_tokens"),
-        "rollout_steps": train_summary.get("rollout_step"), "sweep_dir": eval_record["sweep_dir"],
-    }  # fmt: skip
+        "run_dir": run.run_dir,
+        "tracking_uri": run.tracking_uri,
+        "mlflow_run_id": run.parent_run_id,
+        "mlflow_run_url": run_url,
+        "mlflow_runs_url": runs_url,
+        "model_name": reg["name"],
+        "model_version": reg["version"],
+        "aliases": reg["aliases"],
+        "model_url": model_url,
+        "promoted": reg["promoted"],
+        "gate": reg["gate"],
+        "flow_run_id": run.flow_run_id,
+        "flow_run_url": flow_url,
+        "mlflow_ui_command": mlflow_cmd,
+        "prefect_ui_command": prefect_cmd,
+        "metrics": eval_record["metrics"],
+        "training_tokens": train_summary.get("cumulative_train_tokens"),
+        "rollout_steps": train_summary.get("rollout_step"),
+        "sweep_dir": eval_record["sweep_dir"],
+    }
     return "\n".join(lines) + "\n", facts
 
 
@@ -101,12 +125,22 @@ def summarise(run_file: str, eval_record: dict, train_records: list[dict], regis
     markdown, facts = render_summary(run, eval_record, train_records, register_record)
     atomic_write_text(Path(run.run_dir) / SUMMARY_MD, markdown)
     atomic_write_text(Path(run.run_dir) / SUMMARY_JSON, json.dumps(facts, indent=2) + "\n")
-    create_markdown_artifact(markdown=markdown, key=f"opdlm-{run.recipe().name}-summary".lower().replace("_", "-"),
-                             description=f"opdlm run {Path(run.run_dir).name}")  # fmt: skip
+    create_markdown_artifact(
+        markdown=markdown,
+        key=f"opdlm-{run.recipe().name}-summary".lower().replace("_", "-"),
+        description=f"opdlm run {Path(run.run_dir).name}",
+    )
     client = tracking.client_for(run.tracking_uri)
     tracking.log_artifacts(client, run.parent_run_id, [Path(run.run_dir) / SUMMARY_MD])
-    tracking.set_tags(client, run.parent_run_id, {"model.name": register_record["name"], "model.version": register_record["version"],
-                                                  tracking.NOTE_TAG: markdown})  # the run page's Description  # fmt: skip
+    tracking.set_tags(
+        client,
+        run.parent_run_id,
+        {
+            "model.name": register_record["name"],
+            "model.version": register_record["version"],
+            tracking.NOTE_TAG: markdown,
+        },
+    )  # the run page's Description
     client.set_terminated(run.parent_run_id, status="FINISHED")
     logger.info("summary -> %s", Path(run.run_dir) / SUMMARY_MD)
     return facts

@@ -36,7 +36,9 @@ def _prompts(model_input) -> list[str]:
         values = model_input["prompt" if "prompt" in model_input.columns else model_input.columns[0]].tolist()
     prompts: list[str] = []
     for value in values:  # schema enforcement turns {"prompt": [a, b]} into one row holding the array
-        prompts.extend(str(v) for v in value) if isinstance(value, list | tuple | np.ndarray) else prompts.append(str(value))
+        prompts.extend(str(v) for v in value) if isinstance(value, list | tuple | np.ndarray) else prompts.append(
+            str(value)
+        )
     return prompts
 
 
@@ -50,8 +52,11 @@ def _sampler_settings(defaults, params: dict):
     if seed < 0:
         raise MlflowException.invalid_parameter_value(f"params: seed: must be >= 0 (got {seed})")
     try:
-        cfg = defaults.with_overrides(max_new_tokens=params.get("max_new_tokens"), threshold=params.get("threshold"),
-                                      temperature=params.get("temperature"))  # fmt: skip
+        cfg = defaults.with_overrides(
+            max_new_tokens=params.get("max_new_tokens"),
+            threshold=params.get("threshold"),
+            temperature=params.get("temperature"),
+        )
     except ValidationError as exc:
         raise MlflowException.invalid_parameter_value(format_validation_error(exc, type(defaults), "params")) from None
     return cfg, seed
@@ -76,10 +81,15 @@ class StudentPyfunc(PythonModel):
         if not params.get("raw_prompt", False):
             texts = [self.runner.format_prompt(t) for t in texts]
         out = self.runner.generate(encode_prompts(self.runner.tokenizer, texts), cfg, seed=seed)
-        return pd.DataFrame({
-            "text": out.texts, "tokens_per_step": [out.tokens_per_step(i) for i in range(len(out))],
-            "num_tokens": [len(r) for r in out.response_ids], "num_forwards": out.num_forwards, "finished": out.finished,
-        })  # fmt: skip
+        return pd.DataFrame(
+            {
+                "text": out.texts,
+                "tokens_per_step": [out.tokens_per_step(i) for i in range(len(out))],
+                "num_tokens": [len(r) for r in out.response_ids],
+                "num_forwards": out.num_forwards,
+                "finished": out.finished,
+            }
+        )
 
 
 mlflow.models.set_model(StudentPyfunc())

@@ -26,8 +26,14 @@ def _output(run: PipelineRun) -> tuple[str | None, Path | None]:
     return key, (run.store("teacher", key) / "config.json") if key else None
 
 
-@task(name="build-teacher", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
-      cache_key_fn=content_cache_key("teacher", lambda run, params: _output(run)[0]), persist_result=True)  # fmt: skip
+@task(
+    name="build-teacher",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=retry_transient,
+    cache_key_fn=content_cache_key("teacher", lambda run, params: _output(run)[0]),
+    persist_result=True,
+)
 def build_teacher(run_file: str) -> dict:
     """Bootstrap ``builtin:tiny`` into the store with ``opdlm teacher bootstrap`` (reused by content key),
     or resolve any other source (downloaded to its cache when remote).
@@ -68,7 +74,11 @@ def teacher(run_file: str) -> dict:
         metrics_file = Path(record["path"]) / BOOTSTRAP_METRICS
         if metrics_file.is_file():
             found = json.loads(metrics_file.read_text())
-            tracking.log_metrics(client, run_id, {k: v for k, v in found.items() if isinstance(v, int | float) and not isinstance(v, bool)})
+            tracking.log_metrics(
+                client,
+                run_id,
+                {k: v for k, v in found.items() if isinstance(v, int | float) and not isinstance(v, bool)},
+            )
             tracking.log_artifacts(client, run_id, [metrics_file])
         logger.info("teacher %s -> %s%s", record["source"], record["path"], " (cached)" if cached else "")
     return record

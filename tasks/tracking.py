@@ -100,7 +100,9 @@ def artifact_upload(what: str) -> Iterator[None]:
         raise
     except Exception as exc:
         first = (str(exc).splitlines() or [""])[0]
-        raise StorageError(f"upload of {what} to the MLflow artifact store failed: {type(exc).__name__}: {first}") from exc
+        raise StorageError(
+            f"upload of {what} to the MLflow artifact store failed: {type(exc).__name__}: {first}"
+        ) from exc
 
 
 def log_artifacts(client: MlflowClient, run_id: str, paths: list[str | Path], artifact_path: str | None = None) -> None:
@@ -109,7 +111,9 @@ def log_artifacts(client: MlflowClient, run_id: str, paths: list[str | Path], ar
     for p in map(Path, paths):
         with artifact_upload(str(p)):
             if p.is_dir():
-                client.log_artifacts(run_id, str(p), artifact_path=f"{artifact_path}/{p.name}" if artifact_path else p.name)
+                client.log_artifacts(
+                    run_id, str(p), artifact_path=f"{artifact_path}/{p.name}" if artifact_path else p.name
+                )
             elif p.is_file():
                 client.log_artifact(run_id, str(p), artifact_path=artifact_path)
 

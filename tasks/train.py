@@ -52,8 +52,7 @@ def _stage_checkpoint(train_dir: Path, end: int) -> Path:
     return found[0]
 
 
-@task(name="train-stage-process",
-      cache_key_fn=content_cache_key("train", _stage_key), persist_result=True)  # fmt: skip
+@task(name="train-stage-process", cache_key_fn=content_cache_key("train", _stage_key), persist_result=True)
 def run_training_stage(
     run_file: str, stage: str, teacher_record: dict, student_record: dict, data_record: dict, mlflow_run_ids: list[str]
 ) -> dict:
@@ -70,12 +69,21 @@ def run_training_stage(
     resumed_at = training_progress(train_dir)
     if resumed_at < end:
         cmd = training_command(
-            run.recipe_file, train_dir, resources=recipe.resources, teacher=teacher_record["path"],
-            student=student_record["path"], data=data_record["path"], until_stage=stage,
+            run.recipe_file,
+            train_dir,
+            resources=recipe.resources,
+            teacher=teacher_record["path"],
+            student=student_record["path"],
+            data=data_record["path"],
+            until_stage=stage,
             deepspeed_config=recipe.train.deepspeed,
-        )  # fmt: skip
-        env = training_env(os.environ, mlflow_run_id=mlflow_run_ids[0] if mlflow_run_ids else None,
-                           resources=recipe.resources, parent_run_id=run.parent_run_id)  # fmt: skip
+        )
+        env = training_env(
+            os.environ,
+            mlflow_run_id=mlflow_run_ids[0] if mlflow_run_ids else None,
+            resources=recipe.resources,
+            parent_run_id=run.parent_run_id,
+        )
         client = tracking.client_for(run.tracking_uri)
 
         def forward(steps):
@@ -84,22 +92,44 @@ def run_training_stage(
                 tracking.log_metric_steps(client, run_id, tracked)
 
         logger.info("train %s: steps %d..%d in %s\n$ %s", stage, start, end - 1, train_dir, " ".join(cmd))
-        streamed = run_streaming(cmd, env, logger, name=f"training stage {stage!r}", metrics_path=train_dir / METRICS_FILE,
-                                 steps=range(start, end), forward=forward)  # fmt: skip
+        streamed = run_streaming(
+            cmd,
+            env,
+            logger,
+            name=f"training stage {stage!r}",
+            metrics_path=train_dir / METRICS_FILE,
+            steps=range(start, end),
+            forward=forward,
+        )
     checkpoint = _stage_checkpoint(train_dir, end)
     return {
-        "stage": stage, "train_dir": str(train_dir), "checkpoint": str(checkpoint), "rollout_step": end,
-        "start_step": start, "resumed_at": resumed_at, "streamed_steps": sorted(streamed),
+        "stage": stage,
+        "train_dir": str(train_dir),
+        "checkpoint": str(checkpoint),
+        "rollout_step": end,
+        "start_step": start,
+        "resumed_at": resumed_at,
+        "streamed_steps": sorted(streamed),
         "key": train_dir.name.removeprefix("train-"),
-    }  # fmt: skip
+    }
 
 
-@task(name="train-stage", task_run_name="train-{stage}", retries=1, retry_delay_seconds=5,
-      retry_condition_fn=retry_transient, cache_policy=NO_CACHE)  # fmt: skip
+@task(
+    name="train-stage",
+    task_run_name="train-{stage}",
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_transient,
+    cache_policy=NO_CACHE,
+)
 def train_stage(
-    run_file: str, stage: str, teacher_record: dict, student_record: dict, data_record: dict,
+    run_file: str,
+    stage: str,
+    teacher_record: dict,
+    student_record: dict,
+    data_record: dict,
     checkpoint_in: str | None = None,
-) -> dict:  # fmt: skip
+) -> dict:
     """Stage 4 (one task per curriculum stage): checkpoint in, checkpoint out, as a nested MLflow run.
 
     Args:
@@ -115,9 +145,17 @@ def train_stage(
     client = tracking.client_for(run.tracking_uri)
     stage_cfg = next(s for s in recipe.train.stages if s.name == stage)
     with tracking.stage_run(client, run.experiment_id, run.parent_run_id, f"train-{stage}", run.tags()) as run_id:
-        tracking.log_params(client, run_id, {"stage": stage_cfg.model_dump(mode="json"), "checkpoint_in": checkpoint_in})
+        tracking.log_params(
+            client, run_id, {"stage": stage_cfg.model_dump(mode="json"), "checkpoint_in": checkpoint_in}
+        )
         record, cached = run_cached(
-            run_training_stage, run_file, stage, teacher_record, student_record, data_record, [run_id, run.parent_run_id],
+            run_training_stage,
+            run_file,
+            stage,
+            teacher_record,
+            student_record,
+            data_record,
+            [run_id, run.parent_run_id],
             output=lambda r: r["checkpoint"],
         )
         start, end = record["start_step"], record["rollout_step"]
@@ -128,9 +166,15 @@ def train_stage(
         for target in (run_id, run.parent_run_id):
             tracking.log_metric_steps(client, target, missing)
         tracking.log_params(client, run_id, {"measured": stage_constants(lines)})  # settings, not curves
-        tracking.set_tags(client, run_id, {"checkpoint_out": record["checkpoint"], "train_dir": str(train_dir), "cached": cached})
+        tracking.set_tags(
+            client, run_id, {"checkpoint_out": record["checkpoint"], "train_dir": str(train_dir), "cached": cached}
+        )
         csv_path, png_path = write_training_curves(train_dir / METRICS_FILE, Path(run.run_dir) / "plots")
-        tracking.log_artifacts(client, run_id, [train_dir / SUMMARY_FILE, train_dir / "params.json", csv_path, png_path])
-        tracking.log_artifacts(client, run.parent_run_id, [csv_path, png_path], artifact_path=tracking.PLOTS_DIR)  # the curves so far
+        tracking.log_artifacts(
+            client, run_id, [train_dir / SUMMARY_FILE, train_dir / "params.json", csv_path, png_path]
+        )
+        tracking.log_artifacts(
+            client, run.parent_run_id, [csv_path, png_path], artifact_path=tracking.PLOTS_DIR
+        )  # the curves so far
         logger.info("train %s: checkpoint %s%s", stage, record["checkpoint"], " (cached)" if cached else "")
     return record

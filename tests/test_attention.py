@@ -9,7 +9,9 @@ from opdlm.models.student import block_forward, load_causal_lm
 
 def _forward(model, ids, B, backend, prompt_len, prompt_attention="causal"):
     n = ids.shape[0]
-    geom = inference_geometry(torch.tensor([prompt_len] * n), prompt_len, ids.shape[1] - prompt_len, B, prompt_attention)
+    geom = inference_geometry(
+        torch.tensor([prompt_len] * n), prompt_len, ids.shape[1] - prompt_len, B, prompt_attention
+    )
     return block_forward(model, ids, geom, backend, 0, ids.shape[1])
 
 
@@ -68,7 +70,10 @@ def test_probe_block_prompt_pattern(tiny_teacher_dir, backend):
     P, B = 7, 4
     ids = torch.randint(5, 90, (1, P + 8), generator=torch.Generator().manual_seed(4)).to(device)
     base = _forward(model, ids, B, backend, P, "block")
-    changed = lambda out, pos: not torch.allclose(out[0, pos], base[0, pos], atol=1e-6)
+
+    def changed(out, pos):
+        return not torch.allclose(out[0, pos], base[0, pos], atol=1e-6)
+
     # a later prompt token changes earlier prompt outputs of its own block, never an earlier block's
     out = _forward(model, _bump(ids, 5), B, backend, P, "block")
     assert changed(out, 3) and changed(out, 4)

@@ -38,7 +38,9 @@ def _batch(student, rows=3, prompt_len=5, response_len=12, block_size=4):
     masked = select_one_per_block(step_map, lengths, block_size, g)
     loss_mask = response_loss_mask(responses, lengths, student.meta.eos_token_ids, exclude_eos=True)
     resp = [r[:n].tolist() for r, n in zip(responses, lengths)]
-    return make_rows(prompts, resp, torch.arange(rows), masked[:, :response_len], loss_mask, student.meta.pad_token_id, block_size)
+    return make_rows(
+        prompts, resp, torch.arange(rows), masked[:, :response_len], loss_mask, student.meta.pad_token_id, block_size
+    )
 
 
 def _context(student_dir: Path, teacher_dir: Path, precision: str, chunk: int = 5) -> RunContext:
@@ -49,9 +51,19 @@ def _context(student_dir: Path, teacher_dir: Path, precision: str, chunk: int = 
     teacher, _ = load_causal_lm(teacher_dir, "cpu", "bf16" if bf16 else "fp32", "sdpa")
     teacher.requires_grad_(False)
     return RunContext(
-        Recipe(train=cfg), cfg, Path("."), student, teacher, "sdpa", [], TorchStepper(student.model, cfg), 0,
-        torch.device("cpu"), torch.bfloat16 if bf16 else None, "",
-    )  # fmt: skip
+        Recipe(train=cfg),
+        cfg,
+        Path("."),
+        student,
+        teacher,
+        "sdpa",
+        [],
+        TorchStepper(student.model, cfg),
+        0,
+        torch.device("cpu"),
+        torch.bfloat16 if bf16 else None,
+        "",
+    )
 
 
 def _step(ctx: RunContext, rows):
@@ -87,17 +99,25 @@ def test_bf16_run_with_flash_requested_falls_back_resumes_and_exports(tiny_teach
     from safetensors.torch import load_file
 
     from opdlm.config.recipe import load_recipe
-    from opdlm.sampling.block_sampler import BlockDiffusionSampler
     from opdlm.config.sampler import SamplerConfig
+    from opdlm.sampling.block_sampler import BlockDiffusionSampler
     from opdlm.train.loop import train
 
     repo = Path(__file__).resolve().parents[1]
     stages = "[{name: short, rollout_steps: 1, length: {start: 8, end: 8}}, {name: full, rollout_steps: 1, length: {start: 8, end: 8}}]"
-    recipe = load_recipe(repo / "configs" / "tiny.yaml", [
-        "train.prompts_per_rollout=2", "train.optimizer_steps_per_rollout=1", "train.micro_batch_size=2",
-        "train.num_prompts=8", f"train.stages={stages}", "train.precision=bf16", "train.gradient_checkpointing=true",
-        "train.teacher_attn_backend=flash_attention_2",
-    ])  # fmt: skip
+    recipe = load_recipe(
+        repo / "configs" / "tiny.yaml",
+        [
+            "train.prompts_per_rollout=2",
+            "train.optimizer_steps_per_rollout=1",
+            "train.micro_batch_size=2",
+            "train.num_prompts=8",
+            f"train.stages={stages}",
+            "train.precision=bf16",
+            "train.gradient_checkpointing=true",
+            "train.teacher_attn_backend=flash_attention_2",
+        ],
+    )
     out = tmp_path / "run"
     with pytest.warns(RuntimeWarning, match="flash_attention_2 cannot run.*uses sdpa instead"):
         train(recipe, out, teacher=str(tiny_teacher_dir), until_stage="short", console=False)

@@ -11,8 +11,19 @@ from opdlm.teacher import BootstrapConfig, bootstrap_teacher
 from opdlm.teacher.bootstrap import METRICS_FILE, lr_at, padded_vocab_rows
 from opdlm.teacher.sft_data import IGNORE_INDEX, batch_indices, collate, encode_example
 
-TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, steps=12, warmup_steps=2,
-            batch_size=8, n_train=64, n_eval=8, max_new_tokens=16, progress=False)  # fmt: skip
+TINY = dict(
+    hidden_size=32,
+    num_layers=1,
+    num_heads=2,
+    intermediate_size=64,
+    steps=12,
+    warmup_steps=2,
+    batch_size=8,
+    n_train=64,
+    n_eval=8,
+    max_new_tokens=16,
+    progress=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -152,5 +163,8 @@ def test_default_schedule_ignores_the_clock(short_run, tmp_path, monkeypatch):
     metrics = bootstrap_teacher(tmp_path / "loaded", BootstrapConfig(**TINY))
     monkeypatch.setattr(bootstrap.time, "perf_counter", time.perf_counter)
     assert metrics["steps_done"] == TINY["steps"] and not metrics["stopped_by_time"] and not metrics["schedule_by_time"]
-    ref, loaded = load_file(str(short_run[0] / "model.safetensors")), load_file(str(tmp_path / "loaded" / "model.safetensors"))
+    ref, loaded = (
+        load_file(str(short_run[0] / "model.safetensors")),
+        load_file(str(tmp_path / "loaded" / "model.safetensors")),
+    )
     assert all(ref[k].equal(loaded[k]) for k in ref)

@@ -17,8 +17,22 @@ def test_convert_then_generate_json(tiny_teacher_dir, tmp_path, capsys):
     out = tmp_path / "student"
     assert main(["convert", "--teacher", str(tiny_teacher_dir), "--out", str(out), "--block-size", "4"]) == 0
     assert "converted" in capsys.readouterr().out
-    code = main(["generate", "--model", str(out), "--prompt", "Hello", "--prompt", "1+1=", "--max-new-tokens", "8",
-                 "--threshold", "0.5", "--json"])  # fmt: skip
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(out),
+            "--prompt",
+            "Hello",
+            "--prompt",
+            "1+1=",
+            "--max-new-tokens",
+            "8",
+            "--threshold",
+            "0.5",
+            "--json",
+        ]
+    )
     assert code == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert len(lines) == 2
@@ -30,8 +44,14 @@ def test_convert_then_generate_json(tiny_teacher_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["convert", "--teacher", "/nonexistent/dir", "--out", "{tmp}/o"], "teacher directory /nonexistent/dir does not exist"),
-        (["convert", "--teacher", "{teacher}", "--out", "{tmp}/o", "--block-size", "0"], "block_size must be an integer >= 1"),
+        (
+            ["convert", "--teacher", "/nonexistent/dir", "--out", "{tmp}/o"],
+            "teacher directory /nonexistent/dir does not exist",
+        ),
+        (
+            ["convert", "--teacher", "{teacher}", "--out", "{tmp}/o", "--block-size", "0"],
+            "block_size must be an integer >= 1",
+        ),
         (["generate", "--model", "{teacher}", "--prompt", "x"], "is not a converted student"),
         (["generate", "--model", "{student}", "--prompt", "x", "--threshold", "2"], "threshold"),
         (["generate", "--model", "{student}", "--prompt", "x", "--steps-per-block", "9"], "must be <= block_size"),
@@ -53,7 +73,19 @@ def test_train_refuses_a_student_with_another_prompt_geometry(tiny_teacher_dir, 
 
     causal = convert_teacher(tiny_teacher_dir, tmp_path / "causal", block_size=4, prompt_attention="causal")
     config = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-    code = main(["train", "--config", str(config), "--out", str(tmp_path / "run"), "--student", str(causal),
-                 "--teacher", str(tiny_teacher_dir), "convert.prompt_attention=block"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "run"),
+            "--student",
+            str(causal),
+            "--teacher",
+            str(tiny_teacher_dir),
+            "convert.prompt_attention=block",
+        ]
+    )
     assert code == 2
     assert "prompt_attention=causal" in capsys.readouterr().err

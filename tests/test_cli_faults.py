@@ -24,15 +24,27 @@ from opdlm.cli.main import main
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
 STAGES = "[{name: short, rollout_steps: 2, length: {start: 8, end: 8}}]"
-FAST = ["train.prompts_per_rollout=4", "train.optimizer_steps_per_rollout=1", "train.micro_batch_size=2",
-        "train.num_prompts=16", "train.checkpoint_every=1", f"train.stages={STAGES}"]  # fmt: skip
+FAST = [
+    "train.prompts_per_rollout=4",
+    "train.optimizer_steps_per_rollout=1",
+    "train.micro_batch_size=2",
+    "train.num_prompts=16",
+    "train.checkpoint_every=1",
+    f"train.stages={STAGES}",
+]
 LONG = [*FAST, "train.stages=[{name: long, rollout_steps: 500, length: {start: 8, end: 8}}]"]
 
 
 def cli(*args, env_extra: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "opdlm.cli.main", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300, **kwargs)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "opdlm.cli.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        **kwargs,
+    )
 
 
 def one_error_line(err: str) -> str:
@@ -56,7 +68,10 @@ def truncate(path: Path) -> None:
         (["convert", "--teacher", "x"], "Missing option '--out'"),  # missing option
         (["conver", "--teacher", "x"], "No such command 'conver'"),  # unknown command
         (["convert", "--teecher", "x", "--out", "y"], "No such option: --teecher"),  # misspelt option
-        (["convert", "--teacher", "x", "--out", "y", "--block-size", "four"], "Invalid value for '--block-size'"),  # bad value
+        (
+            ["convert", "--teacher", "x", "--out", "y", "--block-size", "four"],
+            "Invalid value for '--block-size'",
+        ),  # bad value
         (["train", "--config"], "requires an argument"),
         (["stage", "nope"], "No such command 'nope'"),
     ],
@@ -76,8 +91,20 @@ def test_usage_errors_are_one_line_and_exit_2(args, needle, tmp_path):
 def test_interrupted_train_exits_130_and_says_how_to_resume(sig, tiny_teacher_dir, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "opdlm.cli.main", "train", "--config", str(TINY), "--out", str(out),
-           "--teacher", str(tiny_teacher_dir), "--quiet", *LONG]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "opdlm.cli.main",
+        "train",
+        "--config",
+        str(TINY),
+        "--out",
+        str(out),
+        "--teacher",
+        str(tiny_teacher_dir),
+        "--quiet",
+        *LONG,
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None and not list((out / "checkpoints").glob("step-*")):
@@ -121,7 +148,9 @@ def truncated_teacher(tiny_teacher_dir, tmp_path) -> Path:
     return bad
 
 
-def test_truncated_weights_are_refused_before_anything_is_written(truncated_teacher, tiny_student_dir, tmp_path, capsys):
+def test_truncated_weights_are_refused_before_anything_is_written(
+    truncated_teacher, tiny_student_dir, tmp_path, capsys
+):
     bad_student = tmp_path / "bad-student"
     shutil.copytree(tiny_student_dir, bad_student)
     truncate(bad_student / "model.safetensors")
@@ -159,8 +188,14 @@ def test_train_with_a_bad_teacher_leaves_an_existing_out_as_it_was(truncated_tea
 # --- recipes must say what they train ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text,needle", [("", "has no train section"), ("name: x\nseed: 1\n", "has no train section"),
-                                         ("train:\n  lr: 1.0e-4\n", "has no train.stages")])  # fmt: skip
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("", "has no train section"),
+        ("name: x\nseed: 1\n", "has no train section"),
+        ("train:\n  lr: 1.0e-4\n", "has no train.stages"),
+    ],
+)
 def test_a_recipe_without_train_stages_is_refused(text, needle, tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(text)
@@ -175,8 +210,19 @@ def test_a_recipe_without_train_stages_is_refused(text, needle, tmp_path, capsys
 
 def test_training_on_nothing_is_refused_before_out_is_made(tiny_teacher_dir, tmp_path, capsys):
     out = tmp_path / "o"
-    code = main(["train", "--config", str(TINY), "--out", str(out), "--teacher", str(tiny_teacher_dir), *FAST,
-                 "train.max_prompt_tokens=2"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--config",
+            str(TINY),
+            "--out",
+            str(out),
+            "--teacher",
+            str(tiny_teacher_dir),
+            *FAST,
+            "train.max_prompt_tokens=2",
+        ]
+    )
     assert code == 2
     line = one_error_line(capsys.readouterr().err)
     assert "no training prompt fits train.max_prompt_tokens (2): all 16 are longer" in line
@@ -191,8 +237,15 @@ def test_a_run_that_took_no_optimizer_step_fails_and_exports_nothing(tiny_teache
     from opdlm.train.loop import train
 
     monkeypatch.setattr(setup, "check_inputs", lambda *a: None)
-    with pytest.raises(OpdlmError, match="the run took no optimizer step in its 2 rollout steps: 8 prompts were skipped"):
-        train(load_recipe(TINY, [*FAST, "train.max_prompt_tokens=2"]), tmp_path / "o", teacher=str(tiny_teacher_dir), console=False)
+    with pytest.raises(
+        OpdlmError, match="the run took no optimizer step in its 2 rollout steps: 8 prompts were skipped"
+    ):
+        train(
+            load_recipe(TINY, [*FAST, "train.max_prompt_tokens=2"]),
+            tmp_path / "o",
+            teacher=str(tiny_teacher_dir),
+            console=False,
+        )
     assert not (tmp_path / "o" / "train_summary.json").exists() and not (tmp_path / "o" / "model.safetensors").exists()
 
 
@@ -216,8 +269,12 @@ def test_generate_checks_its_options_before_loading_the_model(tiny_student_dir, 
         raise AssertionError("the model was loaded before the options were checked")
 
     monkeypatch.setattr(student, "load_student", never)
-    for flags, needle in [(["--threshold", "2"], "threshold"), (["--steps-per-block", "9"], "must be <= block_size"),
-                          (["--attn", "nope"], "unknown attention backend"), (["--device", "tpu9"], "device")]:  # fmt: skip
+    for flags, needle in [
+        (["--threshold", "2"], "threshold"),
+        (["--steps-per-block", "9"], "must be <= block_size"),
+        (["--attn", "nope"], "unknown attention backend"),
+        (["--device", "tpu9"], "device"),
+    ]:
         assert main(["generate", "--model", str(tiny_student_dir), "--prompt", "x", *flags]) == 2
         assert needle in one_error_line(capsys.readouterr().err)
 
@@ -227,10 +284,17 @@ def test_generate_checks_its_options_before_loading_the_model(tiny_student_dir, 
 
 def test_pipeline_with_an_unreachable_s3_artifact_root_fails_at_once(tmp_path):
     """Checked before Prefect starts: one line, exit 2, in seconds, no run folder and no retries."""
-    env = {"OPDLM_ARTIFACT_ROOT": "s3://opdlm-artifacts/mlflow", "MLFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:9",
-           "OPDLM_RUNS_DIR": str(tmp_path / "runs"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns.db"}  # fmt: skip
+    env = {
+        "OPDLM_ARTIFACT_ROOT": "s3://opdlm-artifacts/mlflow",
+        "MLFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:9",
+        "OPDLM_RUNS_DIR": str(tmp_path / "runs"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns.db",
+    }
     start = time.monotonic()
     proc = cli("pipeline", "--recipe", TINY, env_extra=env)
     line = one_error_line(proc.stderr)
-    assert proc.returncode == 2 and "artifact store s3://opdlm-artifacts/mlflow is not reachable at http://127.0.0.1:9" in line
+    assert (
+        proc.returncode == 2
+        and "artifact store s3://opdlm-artifacts/mlflow is not reachable at http://127.0.0.1:9" in line
+    )
     assert time.monotonic() - start < 60 and not (tmp_path / "runs").exists()

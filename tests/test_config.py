@@ -9,7 +9,9 @@ from opdlm.errors import ConfigError
 
 
 def test_dotted_overrides_parse_yaml_values():
-    data = apply_overrides({"sampler": {"threshold": 0.9}}, ["sampler.threshold=0.5", "seed=3", "name=x", "convert.logit_shift=true"])
+    data = apply_overrides(
+        {"sampler": {"threshold": 0.9}}, ["sampler.threshold=0.5", "seed=3", "name=x", "convert.logit_shift=true"]
+    )
     recipe = validate_config(Recipe, data)
     assert recipe.sampler.threshold == 0.5 and recipe.seed == 3 and recipe.convert.logit_shift is True
 

@@ -96,7 +96,9 @@ def test_prompt_format_keys_round_trip_and_legacy_default(tiny_teacher_dir, tmp_
     from opdlm.errors import SourceError
     from opdlm.models.student import load_student
 
-    out = convert_teacher(tiny_teacher_dir, tmp_path / "s", block_size=4, prompt_attention="causal", enable_thinking=True)
+    out = convert_teacher(
+        tiny_teacher_dir, tmp_path / "s", block_size=4, prompt_attention="causal", enable_thinking=True
+    )
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["prompt_attention"], cfg["enable_thinking"]) == ("causal", True)
     meta = load_student(out, device="cpu").meta

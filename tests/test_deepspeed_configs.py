@@ -51,16 +51,24 @@ def test_deepspeed_parses_config(path, world_size, monkeypatch):
     assert cfg.train_batch_size == cfg.train_micro_batch_size_per_gpu * cfg.gradient_accumulation_steps * world_size
     stage = re.match(r"zero(\d)", path.stem)
     if stage:  # the file name promises a ZeRO stage
-        assert cfg.zero_optimization_stage == int(stage.group(1)), f"{path.name} configures stage {cfg.zero_optimization_stage}"
+        assert cfg.zero_optimization_stage == int(stage.group(1)), (
+            f"{path.name} configures stage {cfg.zero_optimization_stage}"
+        )
 
 
 def test_parser_rejects_a_broken_config(monkeypatch):
     """The check above can fail: an inconsistent batch-size triple is refused by the same parser."""
     with pytest.raises(AssertionError):
-        parse_as_deepspeed({"train_batch_size": 7, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2},
-                           1, monkeypatch)  # fmt: skip
+        parse_as_deepspeed(
+            {"train_batch_size": 7, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2},
+            1,
+            monkeypatch,
+        )
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match="stage3_prefetch_bucket"):  # a misspelt ZeRO key
-        parse_as_deepspeed({"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3, "stage3_prefetch_bucket": 1}},
-                           1, monkeypatch)  # fmt: skip
+        parse_as_deepspeed(
+            {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3, "stage3_prefetch_bucket": 1}},
+            1,
+            monkeypatch,
+        )

@@ -35,8 +35,21 @@ def _env() -> dict[str, str]:
 
 
 def _train_cli(out: Path, teacher: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "opdlm.cli.main", "train", "--config", str(TINY), "--out", str(out), "--teacher",
-           str(teacher), "--quiet", *OVERRIDES, *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "opdlm.cli.main",
+        "train",
+        "--config",
+        str(TINY),
+        "--out",
+        str(out),
+        "--teacher",
+        str(teacher),
+        "--quiet",
+        *OVERRIDES,
+        *extra,
+    ]
     return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
 
 

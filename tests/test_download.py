@@ -13,7 +13,10 @@ from opdlm.errors import OpdlmError
 def test_jsonl_with_field_map(tmp_path):
     src = tmp_path / "opdlm_train.jsonl"
     src.write_text(
-        "\n".join(json.dumps({"question": f"q{i}", "ground_truth_answer": i, "domain": "math", "source": "paper"}) for i in range(5))
+        "\n".join(
+            json.dumps({"question": f"q{i}", "ground_truth_answer": i, "domain": "math", "source": "paper"})
+            for i in range(5)
+        )
     )
     info = download_dataset(str(src), tmp_path / "out" / "train.jsonl", field_map={"answer": "ground_truth_answer"})
     rows = read_rows(info.path)
@@ -24,7 +27,11 @@ def test_jsonl_with_field_map(tmp_path):
 
 def test_json_list_and_csv(tmp_path):
     j = tmp_path / "d.json"
-    j.write_text(json.dumps([{"question": "a", "answer": "1", "domain": "math", "source": "s", "tests": ["assert 1", "assert 2"]}]))
+    j.write_text(
+        json.dumps(
+            [{"question": "a", "answer": "1", "domain": "math", "source": "s", "tests": ["assert 1", "assert 2"]}]
+        )
+    )
     assert read_rows(download_dataset(str(j), tmp_path / "a.jsonl").path)[0].tests == "assert 1\nassert 2"
     c = tmp_path / "d.csv"
     with c.open("w", newline="") as fh:
@@ -37,7 +44,9 @@ def test_json_list_and_csv(tmp_path):
 
 def test_bad_row_names_file_and_line_and_publishes_nothing(tmp_path):
     src = tmp_path / "bad.jsonl"
-    src.write_text('{"question": "ok", "answer": "1", "domain": "math", "source": "s"}\n{"question": "", "answer": "1", "domain": "math", "source": "s"}\n')
+    src.write_text(
+        '{"question": "ok", "answer": "1", "domain": "math", "source": "s"}\n{"question": "", "answer": "1", "domain": "math", "source": "s"}\n'
+    )
     out = tmp_path / "out.jsonl"
     with pytest.raises(OpdlmError, match=r"bad.jsonl:2: field 'question'"):
         download_dataset(str(src), out)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from test_pipeline_support import SMALL, moto_s3, s3_keys
 
 from opdlm.config.base import apply_overrides
@@ -88,7 +87,10 @@ def test_dvc_repro_then_noop_then_s3_remote(repo):
     weights = runs / "student" / "model.safetensors"
     digest = _sha(weights)
     with moto_s3("opdlm-data") as (endpoint, _server):
-        env = {**env, **{k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}}
+        env = {
+            **env,
+            **{k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")},
+        }
         for command in _readme_remote_commands(repo, endpoint):  # the README's remote line, as typed
             _run(command, repo, env)
         assert len(s3_keys(endpoint, "opdlm-data", "dvc/")) >= 5

@@ -11,7 +11,7 @@ import pytest
 from opdlm.config.eval import EvalConfig
 from opdlm.errors import ConfigError, OpdlmError
 from opdlm.eval.benchmarks import get_benchmark, load_benchmark
-from opdlm.eval.harness import evaluate, evaluate_rows, read_result, samples_path_for, sampler_config
+from opdlm.eval.harness import evaluate, evaluate_rows, read_result, sampler_config, samples_path_for
 from opdlm.eval.metrics import EvalResult
 from opdlm.eval.runners import ModelRunner, is_student_dir
 from opdlm.eval.sweep import pareto_flags, sweep
@@ -76,8 +76,15 @@ def test_student_and_causal_lm_share_the_harness(tiny_student_dir, tiny_teacher_
     teacher = evaluate(tiny_teacher_dir, "synthetic", config, json_out=tmp_path / "teacher.json")
     assert teacher.model_kind == "causal_lm" and teacher.n == 3 and teacher.sampler is None
     assert teacher.tokens_per_step == 1.0 and teacher.mean_forwards == pytest.approx(teacher.mean_length, abs=1e-6)
-    student = evaluate(tiny_student_dir, "synthetic", config, threshold=0.5, block_size=2,
-                       teacher_result=read_result(tmp_path / "teacher.json"), json_out=tmp_path / "student.json")  # fmt: skip
+    student = evaluate(
+        tiny_student_dir,
+        "synthetic",
+        config,
+        threshold=0.5,
+        block_size=2,
+        teacher_result=read_result(tmp_path / "teacher.json"),
+        json_out=tmp_path / "student.json",
+    )
     assert student.model_kind == "student" and student.sampler["remasking"] == "dynamic"
     assert student.sampler["threshold"] == 0.5 and student.sampler["block_size"] == 2
     assert student.tokens_per_step >= 1.0 and student.mean_length <= 8
@@ -85,18 +92,36 @@ def test_student_and_causal_lm_share_the_harness(tiny_student_dir, tiny_teacher_
     saved = json.loads((tmp_path / "student.json").read_text())
     assert saved["samples_path"] == str(tmp_path / "student.samples.jsonl")
     samples = [json.loads(x) for x in (tmp_path / "student.samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 3 and {"id", "prompt", "completion", "correct", "tokens_per_step", "num_forwards"} <= samples[0].keys()
+    assert (
+        len(samples) == 3
+        and {"id", "prompt", "completion", "correct", "tokens_per_step", "num_forwards"} <= samples[0].keys()
+    )
     assert [s["id"] for s in samples] == [r.id for r in load_benchmark("synthetic", FIXTURES, limit=3)]
 
 
 def test_retention_is_student_over_teacher():
     from opdlm.eval.metrics import with_retention
 
-    base = dict(model="s", model_kind="student", n=10, correct=8, accuracy=0.8, tokens_per_step=2.0, mean_forwards=5.0,
-                total_forwards=50, tokens_per_second=1.0, mean_length=10.0, finished_rate=1.0, generation_s=1.0,
-                max_new_tokens=8, seed=0)  # fmt: skip
+    base = dict(
+        model="s",
+        model_kind="student",
+        n=10,
+        correct=8,
+        accuracy=0.8,
+        tokens_per_step=2.0,
+        mean_forwards=5.0,
+        total_forwards=50,
+        tokens_per_second=1.0,
+        mean_length=10.0,
+        finished_rate=1.0,
+        generation_s=1.0,
+        max_new_tokens=8,
+        seed=0,
+    )
     student = EvalResult(benchmark="synthetic", **base)
-    assert with_retention(replace(student), {"benchmark": "synthetic", "accuracy": 0.9, "model": "t"}).retention == pytest.approx(0.8 / 0.9, abs=1e-6)
+    assert with_retention(
+        replace(student), {"benchmark": "synthetic", "accuracy": 0.9, "model": "t"}
+    ).retention == pytest.approx(0.8 / 0.9, abs=1e-6)
     assert with_retention(replace(student), {"benchmark": "synthetic", "accuracy": 0.0}).retention is None
     with pytest.raises(ValueError, match="teacher result is for benchmark 'gsm8k'"):
         with_retention(replace(student), {"benchmark": "gsm8k", "accuracy": 0.5})
@@ -133,7 +158,10 @@ def test_sweep_writes_table_plot_and_points(tiny_student_dir, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
     for point in table:
         result = json.loads(Path(point["result_path"]).read_text())
-        assert result["sampler"]["threshold"] == point["threshold"] and result["sampler"]["block_size"] == point["block_size"]
+        assert (
+            result["sampler"]["threshold"] == point["threshold"]
+            and result["sampler"]["block_size"] == point["block_size"]
+        )
         assert Path(samples_path_for(point["result_path"])).is_file()
 
 
@@ -168,8 +196,22 @@ def test_cli_eval_with_teacher_reports_retention(tiny_student_dir, tiny_teacher_
     from opdlm.cli.main import main
 
     out = tmp_path / "run" / "synthetic.json"
-    args = ["eval", "--model", str(tiny_student_dir), "--teacher", str(tiny_teacher_dir), "--benchmark", "synthetic",
-            "--limit", "2", "--max-new-tokens", "8", "--json-out", str(out), "--no-progress"]  # fmt: skip
+    args = [
+        "eval",
+        "--model",
+        str(tiny_student_dir),
+        "--teacher",
+        str(tiny_teacher_dir),
+        "--benchmark",
+        "synthetic",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--json-out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "[causal_lm]" in printed and "[student]" in printed and "retention" in printed
@@ -179,8 +221,22 @@ def test_cli_eval_with_teacher_reports_retention(tiny_student_dir, tiny_teacher_
     assert teacher["model_kind"] == "causal_lm" and result["teacher_accuracy"] == teacher["accuracy"]
     # The teacher's JSON from that run gives retention to a later student-only run.
     again = tmp_path / "again.json"
-    args = ["eval", "--model", str(tiny_student_dir), "--teacher-json", str(tmp_path / "run" / "synthetic.teacher.json"),
-            "--benchmark", "synthetic", "--limit", "2", "--max-new-tokens", "8", "--json-out", str(again), "--no-progress"]  # fmt: skip
+    args = [
+        "eval",
+        "--model",
+        str(tiny_student_dir),
+        "--teacher-json",
+        str(tmp_path / "run" / "synthetic.teacher.json"),
+        "--benchmark",
+        "synthetic",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--json-out",
+        str(again),
+        "--no-progress",
+    ]
     assert main(args) == 0
     assert json.loads(again.read_text())["teacher_accuracy"] == teacher["accuracy"]
 
@@ -194,7 +250,21 @@ def test_cli_eval_reads_the_recipe_eval_section(tiny_student_dir, tmp_path, caps
         "sampler:\n  remasking: static\n  max_new_tokens: 8\n"
     )
     out_dir = tmp_path / "results"
-    assert main(["eval", "--config", str(recipe), "--model", str(tiny_student_dir), "--out-dir", str(out_dir), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--config",
+                str(recipe),
+                "--model",
+                str(tiny_student_dir),
+                "--out-dir",
+                str(out_dir),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     result = json.loads((out_dir / "gsm8k.json").read_text())
     assert result["n"] == 2 and result["sampler"]["remasking"] == "static" and result["max_new_tokens"] == 8
     assert "gsm8k: accuracy" in capsys.readouterr().out
@@ -203,8 +273,23 @@ def test_cli_eval_reads_the_recipe_eval_section(tiny_student_dir, tmp_path, caps
 def test_cli_sweep(tiny_student_dir, tmp_path, capsys):
     from opdlm.cli.main import main
 
-    args = ["eval", "--model", str(tiny_student_dir), "--benchmark", "synthetic", "--sweep", "--thresholds", "1.0,0.7",
-            "--block-sizes", "4", "--out-dir", str(tmp_path), "--no-progress", "limit=2", "max_new_tokens=8"]  # fmt: skip
+    args = [
+        "eval",
+        "--model",
+        str(tiny_student_dir),
+        "--benchmark",
+        "synthetic",
+        "--sweep",
+        "--thresholds",
+        "1.0,0.7",
+        "--block-sizes",
+        "4",
+        "--out-dir",
+        str(tmp_path),
+        "--no-progress",
+        "limit=2",
+        "max_new_tokens=8",
+    ]
     assert main(args) == 0
     assert len(json.loads((tmp_path / "sweep.json").read_text())["points"]) == 2
     assert (tmp_path / "sweep_pareto.png").is_file() and "Pareto" in capsys.readouterr().out
@@ -220,7 +305,10 @@ def test_cli_sweep(tiny_student_dir, tmp_path, capsys):
         (["--benchmark", "synthetic", "--teacher-json", "/nonexistent.json"], "result file not found"),
         (["--benchmark", "synthetic", "--thresholds", "a,b", "--sweep", "--out-dir", "/tmp"], "--thresholds"),
         (["--benchmark", "synthetic", "lmit=3"], "did you mean 'limit'"),
-        (["--benchmark", "synthetic", "--sweep", "--block-sizes", "4.5", "--out-dir", "/tmp"], "comma-separated integers"),
+        (
+            ["--benchmark", "synthetic", "--sweep", "--block-sizes", "4.5", "--out-dir", "/tmp"],
+            "comma-separated integers",
+        ),
         (["--benchmark", "synthetic", "--sweep", "--threshold", "0.9", "--out-dir", "/tmp"], "--thresholds"),
     ],
 )

@@ -74,11 +74,17 @@ def test_sampler_tokens_and_step_maps_flex_equal_sdpa(students, eager_flex, bloc
     """Temperature 0, left-padded block prompts of different lengths (partial first blocks): same tokens and step maps."""
     prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
     cfg = SamplerConfig(
-        block_size=block_size, denoise_steps_per_block=block_size, remasking="dynamic", threshold=0.9,
-        temperature=0.0, max_new_tokens=8,
-    )  # fmt: skip
+        block_size=block_size,
+        denoise_steps_per_block=block_size,
+        remasking="dynamic",
+        threshold=0.9,
+        temperature=0.0,
+        max_new_tokens=8,
+    )
     assert students[block_size]["flex_attention"].meta.prompt_attention == "block"
-    out = {b: BlockDiffusionSampler(s).generate(prompts, cfg, decode_text=False) for b, s in students[block_size].items()}
+    out = {
+        b: BlockDiffusionSampler(s).generate(prompts, cfg, decode_text=False) for b, s in students[block_size].items()
+    }
     assert out["flex_attention"].response_ids == out["sdpa"].response_ids
     assert out["flex_attention"].step_map == out["sdpa"].step_map
     assert out["flex_attention"].num_forwards == out["sdpa"].num_forwards

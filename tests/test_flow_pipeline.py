@@ -38,8 +38,12 @@ def pipeline(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("pipeline")
     with moto_s3(BUCKET) as (endpoint, server):
-        env = {"OPDLM_RUNS_DIR": str(root / "runs"), "MLFLOW_S3_ENDPOINT_URL": endpoint,
-               "OPDLM_ARTIFACT_ROOT": f"s3://{BUCKET}/mlflow", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+        env = {
+            "OPDLM_RUNS_DIR": str(root / "runs"),
+            "MLFLOW_S3_ENDPOINT_URL": endpoint,
+            "OPDLM_ARTIFACT_ROOT": f"s3://{BUCKET}/mlflow",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
         old = {k: os.environ.get(k) for k in [*env, "MLFLOW_TRACKING_URI"]}
         os.environ.update(env)
         os.environ.pop("MLFLOW_TRACKING_URI", None)  # the default: SQLite in the runs folder
@@ -48,8 +52,13 @@ def pipeline(tmp_path_factory):
                 with prefect_test_harness(server_startup_timeout=60):
                     from flows.pipeline import pipeline_flow
 
-                    yield SimpleNamespace(flow=pipeline_flow, runs=root / "runs", endpoint=endpoint, server=server,
-                                          uri=f"sqlite:///{root / 'runs' / 'mlruns.db'}")  # fmt: skip
+                    yield SimpleNamespace(
+                        flow=pipeline_flow,
+                        runs=root / "runs",
+                        endpoint=endpoint,
+                        server=server,
+                        uri=f"sqlite:///{root / 'runs' / 'mlruns.db'}",
+                    )
         finally:
             for k, v in old.items():
                 os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
@@ -90,7 +99,9 @@ def _flow_run_logs(flow_run_id) -> list[str]:
     found, page = [], 200
     with get_client(sync_client=True) as client:
         while True:
-            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=page, offset=len(found))
+            logs = client.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=page, offset=len(found)
+            )
             found += [log.message for log in logs]
             if len(logs) < page:
                 return found
@@ -135,11 +146,15 @@ def test_pipeline_runs_tracks_and_registers(pipeline):
     # the pipeline run is the one place to look: summary, card, recipe, every plot and the model's lineage
     assert {"recipe.yaml", "summary.md", "model_card.md"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "plots/train_curves.png" in [a.path for a in client.list_artifacts(parent.info.run_id, "plots")]
-    assert "plots/synthetic/sweep_pareto.png" in [a.path for a in client.list_artifacts(parent.info.run_id, "plots/synthetic")]
+    assert "plots/synthetic/sweep_pareto.png" in [
+        a.path for a in client.list_artifacts(parent.info.run_id, "plots/synthetic")
+    ]
     version = client.get_model_version(MODEL, "1")
     assert version.run_id == parent.info.run_id and version.tags["register_run"] == stages["register"].info.run_id
     assert version.tags["tokens_per_step"] == f"{parent.data.metrics['synthetic/student_tokens_per_step']:.4g}"
-    assert facts["mlflow_runs_url"].endswith(f"/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning")
+    assert facts["mlflow_runs_url"].endswith(
+        f"/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning"
+    )
     assert facts["mlflow_run_url"].endswith(f"/runs/{parent.info.run_id}?workflowType=machine_learning")
     # the weights went to the S3 artifact store, and the model card names teacher, data digest and gate
     assert any(k.endswith("artifacts/student/model.safetensors") for k in s3_keys(pipeline.endpoint, BUCKET))
@@ -154,7 +169,7 @@ def test_pipeline_runs_tracks_and_registers(pipeline):
     link = Artifact.get("opdlm-tiny-mlflow-run")
     assert facts["mlflow_run_url"] in link.data  # a link artifact (Prefect stores it as markdown)
     scores = Artifact.get("opdlm-tiny-scores")
-    assert scores.type == "table" and f'{parent.data.metrics["1_key/synthetic_student_accuracy"]:.4g}' in scores.data
+    assert scores.type == "table" and f"{parent.data.metrics['1_key/synthetic_student_accuracy']:.4g}" in scores.data
 
     # the flow run is named after the recipe and tagged with it and the MLflow run id
     flow_run_id = state.state_details.flow_run_id
@@ -181,7 +196,11 @@ def test_pipeline_runs_tracks_and_registers(pipeline):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd="/")
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(out["text"]) == 2 and all(n <= 8 for n in out["num_tokens"]) and all(t >= 1.0 for t in out["tokens_per_step"])
+    assert (
+        len(out["text"]) == 2
+        and all(n <= 8 for n in out["num_tokens"])
+        and all(t >= 1.0 for t in out["tokens_per_step"])
+    )
 
 
 def test_rerun_is_cached_and_gate_keeps_a_better_champion(pipeline):
@@ -212,12 +231,14 @@ def test_malformed_rows_fail_naming_file_and_line(pipeline, tmp_path):
     bad = tmp_path / "prompts.jsonl"
     good = {"question": "1+1=", "answer": "2", "domain": "math", "source": "test"}
     bad.write_text(json.dumps(good) + "\n" + json.dumps({"answer": "3", "domain": "math", "source": "t"}) + "\n")
-    _fails_without_registering(pipeline, [f"data.source={bad}"], rf"prompts.jsonl:2: field 'question'")
+    _fails_without_registering(pipeline, [f"data.source={bad}"], r"prompts.jsonl:2: field 'question'")
     assert not list((pipeline.runs / "store").glob("data-*/.train.jsonl*"))  # no half-written output
 
 
 def test_missing_teacher_fails_clearly(pipeline, tmp_path):
-    _fails_without_registering(pipeline, [f"teacher.source={tmp_path / 'no-such-teacher'}"], "teacher directory .* does not exist")
+    _fails_without_registering(
+        pipeline, [f"teacher.source={tmp_path / 'no-such-teacher'}"], "teacher directory .* does not exist"
+    )
 
 
 def test_unreachable_s3_source_is_retried_then_fails(pipeline, monkeypatch):
@@ -226,7 +247,9 @@ def test_unreachable_s3_source_is_retried_then_fails(pipeline, monkeypatch):
     monkeypatch.setattr(tasks.data.download_data, "retries", 1)  # one task retry shows the behaviour; saves time
     monkeypatch.setattr(tasks.data.download_data, "retry_delay_seconds", [0])
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    _fails_without_registering(pipeline, ["data.source=s3://opdlm-data/prompts.jsonl"], "download of s3://opdlm-data/prompts.jsonl failed")
+    _fails_without_registering(
+        pipeline, ["data.source=s3://opdlm-data/prompts.jsonl"], "download of s3://opdlm-data/prompts.jsonl failed"
+    )
 
 
 def test_s3_outage_during_registration_publishes_nothing(pipeline, monkeypatch):
@@ -247,6 +270,8 @@ def test_s3_outage_during_registration_publishes_nothing(pipeline, monkeypatch):
         pipeline.flow(recipe=str(RECIPE), overrides=SMALL)
     assert _versions(client) == before
     assert _alias(client, "candidate") == before[-1]
-    failed = client.search_runs([client.get_experiment_by_name("opdlm-tiny").experiment_id],
-                                filter_string="attributes.run_name = 'register' and attributes.status = 'FAILED'")  # fmt: skip
+    failed = client.search_runs(
+        [client.get_experiment_by_name("opdlm-tiny").experiment_id],
+        filter_string="attributes.run_name = 'register' and attributes.status = 'FAILED'",
+    )
     assert failed  # the failed flow closed its MLflow runs

@@ -63,7 +63,12 @@ def test_import_round_trip_is_byte_for_byte(fmt, models, tmp_path, capsys):
     assert sha(out / "model.safetensors") == sha(src / "model.safetensors")
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model_type"] == "qwen3" and cfg["architectures"] == ["Qwen3ForCausalLM"] and "auto_map" not in cfg
-    assert (cfg["block_size"], cfg["mask_token_id"], cfg["logit_shift"], cfg["prompt_attention"]) == (4, MASK_ID, False, "block")
+    assert (cfg["block_size"], cfg["mask_token_id"], cfg["logit_shift"], cfg["prompt_attention"]) == (
+        4,
+        MASK_ID,
+        False,
+        "block",
+    )
     assert cfg["opdlm_imported_format"] == fmt
     assert not list(out.glob("*.py"))  # no remote code travels with the student
     tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
@@ -131,8 +136,16 @@ def _extra_weight(src, dst):
 @pytest.mark.parametrize(
     "fmt,make,needle",
     [
-        ("divelab", lambda s, d: _edit_config(s, d, lambda c: c.pop("num_key_value_heads")), "num_key_value_heads is missing"),
-        ("sdar", lambda s, d: _edit_config(s, d, lambda c: c.update(architectures=["SDARMoeForCausalLM"])), "architectures[0]"),
+        (
+            "divelab",
+            lambda s, d: _edit_config(s, d, lambda c: c.pop("num_key_value_heads")),
+            "num_key_value_heads is missing",
+        ),
+        (
+            "sdar",
+            lambda s, d: _edit_config(s, d, lambda c: c.update(architectures=["SDARMoeForCausalLM"])),
+            "architectures[0]",
+        ),
         ("sdar", lambda s, d: _edit_config(s, d, lambda c: c.update(model_type="sdar_moe")), "model_type 'sdar_moe'"),
         ("sdar", lambda s, d: _edit_config(s, d, lambda c: c.update(mask_token_id=5)), "mask_token_id is 5"),
         ("divelab", lambda s, d: _edit_config(s, d, lambda c: c.update(use_sliding_window=True)), "use_sliding_window"),
@@ -182,19 +195,30 @@ def test_every_field_each_engine_reads_is_present_with_the_right_value(student, 
     theta = student_cfg["rope_parameters"]["rope_theta"]
     for engine in (sglang.ENGINE, lmdeploy.ENGINE):
         out = tmp_path / engine.name
-        assert main(["export", "--model", str(student), "--format", engine.name, "--out", str(out),
-                     "--remasking", "static"]) == 0  # fmt: skip
+        assert (
+            main(
+                ["export", "--model", str(student), "--format", engine.name, "--out", str(out), "--remasking", "static"]
+            )
+            == 0
+        )
         cfg = json.loads((out / "config.json").read_text())
         assert field_problems(cfg, engine) == []
         assert cfg["architectures"] == ["SDARForCausalLM"] and cfg["rope_theta"] == theta
         assert cfg["use_sliding_window"] is False and cfg["vocab_size"] > engine.mask_id
     assert json.loads((tmp_path / "lmdeploy" / "config.json").read_text())["model_type"] == "sdar"
-    assert json.loads((tmp_path / "sglang" / "config.json").read_text())["model_type"] == "qwen3"  # no remote code needed
-    assert yaml.safe_load((tmp_path / "sglang" / "dllm_algorithm.yaml").read_text()) == {"block_size": 4, "threshold": 1.0}
+    assert (
+        json.loads((tmp_path / "sglang" / "config.json").read_text())["model_type"] == "qwen3"
+    )  # no remote code needed
+    assert yaml.safe_load((tmp_path / "sglang" / "dllm_algorithm.yaml").read_text()) == {
+        "block_size": 4,
+        "threshold": 1.0,
+    }
     assert json.loads((tmp_path / "lmdeploy" / "lmdeploy_engine.json").read_text()) == {
-        "dllm_block_length": 4, "dllm_denoising_steps": 4, "dllm_unmasking_strategy": "low_confidence_static",
+        "dllm_block_length": 4,
+        "dllm_denoising_steps": 4,
+        "dllm_unmasking_strategy": "low_confidence_static",
         "dllm_confidence_threshold": 0.9,
-    }  # fmt: skip
+    }
     # the table check itself can fail: LMDeploy reads a missing use_sliding_window as true
     broken = {k: v for k, v in engine_config(student_cfg, lmdeploy.ENGINE).items() if k != "use_sliding_window"}
     assert any("use_sliding_window" in p for p in field_problems(broken, lmdeploy.ENGINE))
@@ -220,8 +244,9 @@ def shifted_student(models):
         ("student", "vllm", [], "not an export format"),
     ],
 )
-def test_export_refuses_what_the_engine_would_mis_serve(which, fmt, extra, needle, student, shifted_student,
-                                                         tiny_student_dir, tmp_path, capsys):  # fmt: skip
+def test_export_refuses_what_the_engine_would_mis_serve(
+    which, fmt, extra, needle, student, shifted_student, tiny_student_dir, tmp_path, capsys
+):
     src = {"char": tiny_student_dir, "shifted": shifted_student, "student": student}[which]
     out = tmp_path / "export"
     assert main(["export", "--model", str(src), "--format", fmt, "--out", str(out), *extra]) == 2
@@ -237,7 +262,9 @@ def test_pipeline_convert_stage_starts_from_a_released_checkpoint(models, tmp_pa
     recipe = Recipe.model_validate({"convert": {"student_source": str(models["sdar"]), "enable_thinking": True}})
     out = convert_stage(recipe, models["teacher"], tmp_path / "student")
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["opdlm_imported_format"] == "sdar" and cfg["enable_thinking"] is True and cfg["prompt_attention"] == "block"
+    assert (
+        cfg["opdlm_imported_format"] == "sdar" and cfg["enable_thinking"] is True and cfg["prompt_attention"] == "block"
+    )
     assert sha(out / "model.safetensors") == sha(models["sdar"] / "model.safetensors")
 
 
@@ -248,10 +275,14 @@ def test_register_logs_each_export_as_an_artifact_or_a_refusal(student, tiny_stu
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns.db")
     # artifacts under tmp_path: a SQLite store's default artifact root is ./mlruns in the working directory
-    mlflow.set_experiment(experiment_id=mlflow.create_experiment("exports", artifact_location=(tmp_path / "art").as_uri()))
+    mlflow.set_experiment(
+        experiment_id=mlflow.create_experiment("exports", artifact_location=(tmp_path / "art").as_uri())
+    )
     with mlflow.start_run() as run:
         assert log_engine_exports(run.info.run_id, student, tmp_path / "ok", ["sglang", "lmdeploy"]) == {
-            "sglang": "export/sglang", "lmdeploy": "export/lmdeploy"}  # fmt: skip
+            "sglang": "export/sglang",
+            "lmdeploy": "export/lmdeploy",
+        }
     client = mlflow.MlflowClient()
     for fmt, settings in (("sglang", "dllm_algorithm.yaml"), ("lmdeploy", "lmdeploy_engine.json")):
         names = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run.info.run_id, f"export/{fmt}")}
@@ -271,8 +302,12 @@ def test_serve_parity_says_in_one_line_why_it_cannot_run_here(tiny_student_dir):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: serve_parity would really run")
     script = Path(__file__).parents[1] / "benchmarks" / "serve_parity.py"
-    proc = subprocess.run([sys.executable, str(script), "--model", str(tiny_student_dir), "--format", "sglang"],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(script), "--model", str(tiny_student_dir), "--format", "sglang"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.strip().count("\n") == 0 and "needs a CUDA GPU" in proc.stderr and "not run" in proc.stderr
 
@@ -283,15 +318,50 @@ def test_train_and_eval_start_from_an_imported_checkpoint(models, tmp_path, caps
     imported = tmp_path / "imported"
     assert main(["convert", "--teacher", str(models["divelab"]), "--out", str(imported)]) == 0
     out = tmp_path / "trained"
-    one_step = ["train.prompts_per_rollout=2", "train.optimizer_steps_per_rollout=1", "train.micro_batch_size=2",
-                "train.num_prompts=8", "train.stages=[{name: one, rollout_steps: 1, length: {start: 8, end: 8}}]"]  # fmt: skip
+    one_step = [
+        "train.prompts_per_rollout=2",
+        "train.optimizer_steps_per_rollout=1",
+        "train.micro_batch_size=2",
+        "train.num_prompts=8",
+        "train.stages=[{name: one, rollout_steps: 1, length: {start: 8, end: 8}}]",
+    ]
     tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-    assert main(["train", "--config", str(tiny), "--out", str(out), "--teacher", str(models["teacher"]),
-                 "--student", str(imported), "--quiet", *one_step]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(tiny),
+                "--out",
+                str(out),
+                "--teacher",
+                str(models["teacher"]),
+                "--student",
+                str(imported),
+                "--quiet",
+                *one_step,
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["mask_token_id"], cfg["block_size"], cfg["prompt_attention"]) == (MASK_ID, 4, "block")
     assert sha(out / "model.safetensors") != sha(imported / "model.safetensors")  # it trained
     capsys.readouterr()
-    assert main(["eval", "--model", str(out), "--benchmark", "synthetic", "--limit", "2", "--json-out",
-                 str(tmp_path / "eval.json")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(out),
+                "--benchmark",
+                "synthetic",
+                "--limit",
+                "2",
+                "--json-out",
+                str(tmp_path / "eval.json"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "eval.json").is_file()

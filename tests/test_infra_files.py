@@ -54,8 +54,10 @@ def test_compose_has_the_stack_with_health_checks_and_ordered_start():
         test = services[name]["healthcheck"]["test"]
         assert test[0] in ("CMD", "CMD-SHELL") and len(test) > 1, name
     deps = {name: svc.get("depends_on", {}) for name, svc in services.items()}
-    assert deps["mlflow"] == {"postgres": {"condition": "service_healthy"},
-                              "create-buckets": {"condition": "service_completed_successfully"}}  # fmt: skip
+    assert deps["mlflow"] == {
+        "postgres": {"condition": "service_healthy"},
+        "create-buckets": {"condition": "service_completed_successfully"},
+    }
     assert deps["prefect-server"]["postgres"]["condition"] == "service_healthy"
     assert deps["prefect-worker"]["prefect-server"]["condition"] == "service_healthy"
     assert deps["prefect-worker"]["mlflow"]["condition"] == "service_healthy"
@@ -77,7 +79,9 @@ def test_compose_wires_postgres_and_s3_into_mlflow_and_prefect():
     assert worker["environment"]["OPDLM_REPO_DIR"] == "/opt/opdlm"
     assert "WORKDIR /opt/opdlm" in (INFRA / "docker" / "worker.Dockerfile").read_text()
     bucket_args = services["create-buckets"]["command"]
-    assert "${OPDLM_ARTIFACT_BUCKET:-opdlm-artifacts}" in bucket_args and "${OPDLM_DATA_BUCKET:-opdlm-data}" in bucket_args
+    assert (
+        "${OPDLM_ARTIFACT_BUCKET:-opdlm-artifacts}" in bucket_args and "${OPDLM_DATA_BUCKET:-opdlm-data}" in bucket_args
+    )
     for svc in services.values():  # published on the loopback address unless BIND_ADDRESS says otherwise
         for port in svc.get("ports", []):
             assert port.startswith("${BIND_ADDRESS:-127.0.0.1}:"), port
@@ -128,12 +132,20 @@ def test_docker_compose_config_accepts_the_file(tmp_path):
     client = _compose_client()
     if client is None:
         pytest.skip("no docker compose client on this machine (the file is checked by parsing above)")
-    ok = subprocess.run([*client, "-f", str(COMPOSE), "--env-file", str(filled_env_file(tmp_path)), "config", "-q"],
-                        capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    ok = subprocess.run(
+        [*client, "-f", str(COMPOSE), "--env-file", str(filled_env_file(tmp_path)), "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert ok.returncode == 0, ok.stderr
     # Without the secrets the stack refuses to start, naming the missing value.
-    missing = subprocess.run([*client, "-f", str(COMPOSE), "--env-file", str(ENV_EXAMPLE), "config", "-q"],
-                             capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    missing = subprocess.run(
+        [*client, "-f", str(COMPOSE), "--env-file", str(ENV_EXAMPLE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert missing.returncode != 0 and "set " in missing.stderr and "in infra/.env" in missing.stderr
 
 
@@ -172,8 +184,14 @@ def test_base_job_template_validates_and_renders_gpu_requests():
     defaults = {k: v["default"] for k, v in variables["properties"].items() if "default" in v}
     jsonschema.validate(defaults, variables)
 
-    values = {**defaults, "gpus": 8, "name": "run-1", "command": "prefect flow-run execute",
-              "env": {"OPDLM_RUNS_DIR": "/runs"}, "labels": {"app": "opdlm"}}  # fmt: skip
+    values = {
+        **defaults,
+        "gpus": 8,
+        "name": "run-1",
+        "command": "prefect flow-run execute",
+        "env": {"OPDLM_RUNS_DIR": "/runs"},
+        "labels": {"app": "opdlm"},
+    }
     job = apply_values(template["job_configuration"], values)["job_manifest"]
     assert job["kind"] == "Job" and job["metadata"]["namespace"] == "opdlm"
     pod = job["spec"]["template"]["spec"]
@@ -216,18 +234,32 @@ def test_sbatch_renders_one_deepspeed_launch_per_node(tmp_path):
     (shims / "srun").write_text(
         "#!/bin/bash\nwhile [[ $1 == -* ]]; do shift; done\n"
         'for i in $(seq 0 $((SLURM_JOB_NUM_NODES - 1))); do SLURM_NODEID=$i "$@" || exit $?; done\n'
-    )  # fmt: skip
+    )
     for shim in shims.iterdir():
         shim.chmod(0o755)
     recipe = tmp_path / "r.yaml"
     recipe.write_text("name: t\ntrain:\n  stages: [{name: s, rollout_steps: 1}]\n")  # a recipe must say what it trains
     out = tmp_path / "out"
-    env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}", "SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "8",
-           "SLURM_JOB_NODELIST": "gpu-[a-b]", "SLURM_JOB_ID": "77", "OPDLM_PYTHON": sys.executable,
-           "OPDLM_LAUNCH_DRY_RUN": "1", "OPDLM_UNTIL_STAGE": "short"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{shims}:{os.environ['PATH']}",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_GPUS_ON_NODE": "8",
+        "SLURM_JOB_NODELIST": "gpu-[a-b]",
+        "SLURM_JOB_ID": "77",
+        "OPDLM_PYTHON": sys.executable,
+        "OPDLM_LAUNCH_DRY_RUN": "1",
+        "OPDLM_UNTIL_STAGE": "short",
+    }
     env.pop("NODE_RANK", None)
-    proc = subprocess.run(["bash", str(INFRA / "slurm" / "train.sbatch"), str(recipe), str(out), "train.lr=2e-5"],
-                          env=env, cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", str(INFRA / "slurm" / "train.sbatch"), str(recipe), str(out), "train.lr=2e-5"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (out / "hostfile-77").read_text() == "gpu-a slots=8\ngpu-b slots=8\n"
     commands = [line for line in proc.stdout.splitlines() if "deepspeed.launcher.runner" in line]
@@ -271,11 +303,17 @@ def test_stop_signals_exactly_what_start_recorded(tmp_path):
         (state / "pids" / "mlflow.pid").write_text(f"{ours.pid} {_start_time(ours.pid)}\n")
         # A pid file whose process has another start time (the pid was reused) must not be signalled.
         (state / "pids" / "prefect.pid").write_text(f"{stranger.pid} 1\n")
-        status = subprocess.run(["bash", str(INFRA / "local" / "status.sh")], env=_stack_env(state),
-                                capture_output=True, text=True)  # fmt: skip
+        status = subprocess.run(
+            ["bash", str(INFRA / "local" / "status.sh")], env=_stack_env(state), capture_output=True, text=True
+        )
         assert status.returncode == 1 and re.search(rf"mlflow\s+pid {ours.pid}", status.stdout)
-        stop = subprocess.run(["bash", str(INFRA / "local" / "stop.sh")], env=_stack_env(state),
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        stop = subprocess.run(
+            ["bash", str(INFRA / "local" / "stop.sh")],
+            env=_stack_env(state),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert stop.returncode == 0, stop.stderr
         assert ours.wait(timeout=10) == -signal.SIGTERM
         assert stranger.poll() is None, "stop.sh signalled a process it did not start"
@@ -295,10 +333,16 @@ def test_start_fails_clearly_when_a_port_is_taken(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        env = {**_stack_env(tmp_path / "state"), "S3_PORT": str(port), "OPDLM_PYTHON": sys.executable,
-               "OPDLM_RUNS_DIR": str(tmp_path / "runs")}  # fmt: skip
+        env = {
+            **_stack_env(tmp_path / "state"),
+            "S3_PORT": str(port),
+            "OPDLM_PYTHON": sys.executable,
+            "OPDLM_RUNS_DIR": str(tmp_path / "runs"),
+        }
         t0 = time.monotonic()
-        proc = subprocess.run(["bash", str(INFRA / "local" / "start.sh")], env=env, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            ["bash", str(INFRA / "local" / "start.sh")], env=env, capture_output=True, text=True, timeout=120
+        )
     assert proc.returncode == 1
     assert f"port {port} on 127.0.0.1 is taken by another program (set S3_PORT)" in proc.stderr
     assert time.monotonic() - t0 < 60 and not list((tmp_path / "state" / "pids").iterdir())
@@ -311,8 +355,13 @@ def test_create_buckets_is_idempotent(monkeypatch):
     server.start()
     try:
         host, port = server.get_host_and_port()
-        env = {**os.environ, "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+        env = {
+            **os.environ,
+            "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
         script = [sys.executable, str(INFRA / "scripts" / "create_buckets.py"), "art", "data"]
         first = subprocess.run(script, env=env, capture_output=True, text=True, timeout=60)
         second = subprocess.run(script, env=env, capture_output=True, text=True, timeout=60)

@@ -163,7 +163,11 @@ def test_deploy_and_run_tiny_pipeline_on_the_local_stack(stack):
     assert deploy.returncode == 0, f"prefect deploy failed:\n{deploy.stdout}\n{deploy.stderr}"
 
     params = json.dumps({"recipe": RECIPE, "overrides": TINY_OVERRIDES})
-    run = sh([sys.executable, "-m", "prefect", "--no-prompt", "deployment", "run", DEPLOYMENT, "--params", params], env, timeout=120)
+    run = sh(
+        [sys.executable, "-m", "prefect", "--no-prompt", "deployment", "run", DEPLOYMENT, "--params", params],
+        env,
+        timeout=120,
+    )
     assert run.returncode == 0, f"prefect deployment run failed:\n{run.stdout}\n{run.stderr}"
     found = re.search(r"UUID:\s*([0-9a-f-]{36})", run.stdout)
     assert found, f"no flow run id in:\n{run.stdout}"
@@ -215,9 +219,12 @@ def check_mlflow_and_s3(env: dict, flow_run_id: str) -> None:
     assert register_run.data.tags["mlflow.parentRunId"] == pipeline_run.info.run_id
 
     s3 = boto3.client(
-        "s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_DEFAULT_REGION"],
-    )  # fmt: skip
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL_S3"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
 
     def s3_keys(uri: str) -> list[str]:
         assert uri.startswith("s3://"), f"artifacts at {uri}, not in the S3 store"

@@ -20,8 +20,15 @@ TRAIN = ["train", "--config", "r.yaml", "--out", "runs/x"]
 
 
 def cmd(resources: dict, env: dict | None = None, deepspeed: str | None = None, **kw) -> list[str]:
-    return training_command("r.yaml", "runs/x", resources=ResourcesConfig(**resources), python=PY,
-                            deepspeed_config=deepspeed, env=env or {}, **kw)  # fmt: skip
+    return training_command(
+        "r.yaml",
+        "runs/x",
+        resources=ResourcesConfig(**resources),
+        python=PY,
+        deepspeed_config=deepspeed,
+        env=env or {},
+        **kw,
+    )
 
 
 def split_at_train_module(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -44,9 +51,24 @@ def assert_train_args_parse(train_args: list[str]) -> dict:
 
 
 def test_python_launcher_passes_every_option_through():
-    argv = cmd({}, teacher="builtin:tiny", student="s", data="d.jsonl", until_stage="warmup", overrides=["train.lr=1e-5"])
-    assert argv == [PY, "-m", "opdlm.cli.main", *TRAIN, "--teacher", "builtin:tiny", "--student", "s", "--data", "d.jsonl",
-                    "--until-stage", "warmup", "train.lr=1e-5"]  # fmt: skip
+    argv = cmd(
+        {}, teacher="builtin:tiny", student="s", data="d.jsonl", until_stage="warmup", overrides=["train.lr=1e-5"]
+    )
+    assert argv == [
+        PY,
+        "-m",
+        "opdlm.cli.main",
+        *TRAIN,
+        "--teacher",
+        "builtin:tiny",
+        "--student",
+        "s",
+        "--data",
+        "d.jsonl",
+        "--until-stage",
+        "warmup",
+        "train.lr=1e-5",
+    ]
     params = assert_train_args_parse(argv[3:])
     assert params["until_stage"] == "warmup" and list(params["overrides"]) == ["train.lr=1e-5"]
 
@@ -119,8 +141,18 @@ def test_deepspeed_multi_node_per_node_and_head():
     [
         ({"nodes": 2, "gpus_per_node": 8}, {}, None, "MASTER_ADDR is not set but torchrun on resources.nodes=2"),
         ({"nodes": 2, "gpus_per_node": 8}, {}, "z.json", "resources.hostfile is not set but deepspeed on 2 nodes"),
-        ({"nodes": 2, "gpus_per_node": 8, "hostfile": "h"}, {"MASTER_ADDR": "a"}, "z.json", "NODE_RANK (or SLURM_NODEID) is not set"),
-        ({"nodes": 2, "gpus_per_node": 8, "hostfile": "h"}, {"MASTER_ADDR": "a", "NODE_RANK": "2"}, "z.json", "NODE_RANK 2 is out of range"),
+        (
+            {"nodes": 2, "gpus_per_node": 8, "hostfile": "h"},
+            {"MASTER_ADDR": "a"},
+            "z.json",
+            "NODE_RANK (or SLURM_NODEID) is not set",
+        ),
+        (
+            {"nodes": 2, "gpus_per_node": 8, "hostfile": "h"},
+            {"MASTER_ADDR": "a", "NODE_RANK": "2"},
+            "z.json",
+            "NODE_RANK 2 is out of range",
+        ),
         ({"gpus_per_node": 2, "launcher": "deepspeed"}, {}, None, "train.deepspeed is not set"),
     ],
 )
@@ -133,9 +165,15 @@ def test_unlaunchable_resources_fail_in_one_line(resources, env, deepspeed, need
 @pytest.mark.parametrize(
     "resources,needle",
     [
-        ({"gpus_per_node": 4, "launcher": "python"}, "launcher 'python' runs one process but nodes=1 x processes per node=4"),
+        (
+            {"gpus_per_node": 4, "launcher": "python"},
+            "launcher 'python' runs one process but nodes=1 x processes per node=4",
+        ),
         ({"launcher": "deepspeed"}, "launcher 'deepspeed' needs gpus_per_node >= 1"),
-        ({"nodes": 2, "launcher": "torchrun", "node_launch": "head"}, "node_launch 'head' needs the deepspeed launcher"),
+        (
+            {"nodes": 2, "launcher": "torchrun", "node_launch": "head"},
+            "node_launch 'head' needs the deepspeed launcher",
+        ),
         ({"gpus_per_node": -1}, "resources.gpus_per_node: Input should be greater than or equal to 0"),
         ({"gpus_per_node": 8, "processes_per_node": 4}, "processes_per_node (4) must equal gpus_per_node (8)"),
     ],
@@ -148,13 +186,21 @@ def test_bad_resources_in_a_recipe_fail_in_one_line(resources, needle):
 
 def test_training_env_sets_run_id_and_splits_threads():
     res = ResourcesConfig(gpus_per_node=4)
-    env = training_env({"PATH": "/bin", "MLFLOW_RUN_ID": "stale"}, mlflow_run_id="abc123", resources=res,
-                       parent_run_id="parent9", cpu_count=32)  # fmt: skip
+    env = training_env(
+        {"PATH": "/bin", "MLFLOW_RUN_ID": "stale"},
+        mlflow_run_id="abc123",
+        resources=res,
+        parent_run_id="parent9",
+        cpu_count=32,
+    )
     assert env["MLFLOW_RUN_ID"] == "abc123" and env["MLFLOW_PARENT_RUN_ID"] == "parent9" and env["PATH"] == "/bin"
     assert env["OMP_NUM_THREADS"] == "8" and env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
-    kept = training_env({"OMP_NUM_THREADS": "2", "MLFLOW_RUN_ID": "stale"}, mlflow_run_id=None,
-                        resources=ResourcesConfig(), cpu_count=2)  # fmt: skip
-    assert kept["OMP_NUM_THREADS"] == "2" and "MLFLOW_RUN_ID" not in kept and "TORCH_NCCL_ASYNC_ERROR_HANDLING" not in kept
+    kept = training_env(
+        {"OMP_NUM_THREADS": "2", "MLFLOW_RUN_ID": "stale"}, mlflow_run_id=None, resources=ResourcesConfig(), cpu_count=2
+    )
+    assert (
+        kept["OMP_NUM_THREADS"] == "2" and "MLFLOW_RUN_ID" not in kept and "TORCH_NCCL_ASYNC_ERROR_HANDLING" not in kept
+    )
 
 
 def test_opdlm_launch_dry_run_uses_the_recipe(tmp_path, capsys, monkeypatch):
@@ -177,13 +223,21 @@ def test_torchrun_command_trains_with_two_cpu_ranks(tiny_teacher_dir, tmp_path):
     import subprocess
 
     repo = Path(__file__).resolve().parents[1]
-    overrides = ["train.device=cpu", "train.num_threads=1", "train.prompts_per_rollout=2", "train.optimizer_steps_per_rollout=1",
-                 "train.micro_batch_size=1", "train.warmup_rollout_steps=0", "train.rollout.max_new_tokens=4",
-                 "train.stages=[{name: only, rollout_steps: 1, length: {start: 4, end: 4, ramp_steps: 1}}]"]  # fmt: skip
+    overrides = [
+        "train.device=cpu",
+        "train.num_threads=1",
+        "train.prompts_per_rollout=2",
+        "train.optimizer_steps_per_rollout=1",
+        "train.micro_batch_size=1",
+        "train.warmup_rollout_steps=0",
+        "train.rollout.max_new_tokens=4",
+        "train.stages=[{name: only, rollout_steps: 1, length: {start: 4, end: 4, ramp_steps: 1}}]",
+    ]
     resources = ResourcesConfig(processes_per_node=2)
     out = tmp_path / "out"
-    argv = training_command(repo / "configs" / "tiny.yaml", out, resources=resources, teacher=str(tiny_teacher_dir),
-                            overrides=overrides)  # fmt: skip
+    argv = training_command(
+        repo / "configs" / "tiny.yaml", out, resources=resources, teacher=str(tiny_teacher_dir), overrides=overrides
+    )
     env = training_env(os.environ, mlflow_run_id=None, resources=resources)
     proc = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

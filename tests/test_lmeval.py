@@ -119,11 +119,19 @@ def test_python_api_scores_equal_opdlm_eval_and_logs_speed(world, tasks, tmp_pat
     model_dir = world[kind]
     requests = tmp_path / "requests.jsonl"
     results = lm_eval.simple_evaluate(
-        model="opdlm", model_args={"pretrained": str(model_dir), "batch_size": 2, "device": "cpu",
-                                   "requests_jsonl": str(requests), **sampler},
-        tasks=[TASK], task_manager=tasks, log_samples=True,
+        model="opdlm",
+        model_args={
+            "pretrained": str(model_dir),
+            "batch_size": 2,
+            "device": "cpu",
+            "requests_jsonl": str(requests),
+            **sampler,
+        },
+        tasks=[TASK],
+        task_manager=tasks,
+        log_samples=True,
         gen_kwargs="do_sample=true" if "temperature" in sampler else None,
-    )  # fmt: skip
+    )
     ref, records = _opdlm_eval(model_dir, tmp_path / "ref.json", **(sampler if kind == "student" else {}))
 
     samples = sorted(results["samples"][TASK], key=lambda s: s["doc_id"])
@@ -146,9 +154,25 @@ def test_cli_writes_results_with_speed_and_request_jsonl_beside_them(world, tmp_
     from opdlm.cli.main import main
 
     out = tmp_path / "out"
-    code = main(["lm-eval", "--model", "opdlm", "--model_args", f"pretrained={world['student']},threshold=0.5",
-                 "--tasks", TASK, "--include_path", str(world["tasks"]), "--output_path", str(out),
-                 "--batch_size", "2", "--limit", "2"])  # fmt: skip
+    code = main(
+        [
+            "lm-eval",
+            "--model",
+            "opdlm",
+            "--model_args",
+            f"pretrained={world['student']},threshold=0.5",
+            "--tasks",
+            TASK,
+            "--include_path",
+            str(world["tasks"]),
+            "--output_path",
+            str(out),
+            "--batch_size",
+            "2",
+            "--limit",
+            "2",
+        ]
+    )
     assert code == 0
     (results_file,) = out.rglob("results_*.json")
     (requests_file,) = out.rglob("opdlm_requests_*.jsonl")
@@ -168,9 +192,24 @@ def test_cli_teacher_runs_generation_and_loglikelihood_tasks(world, tmp_path):
     from opdlm.cli.main import main
 
     out = tmp_path / "out.json"
-    code = main(["lm-eval", "--model", "opdlm", "--model_args", f"pretrained={world['teacher']}",
-                 "--tasks", TASK, MC_TASK, "--include_path", str(world["tasks"]), "--output_path", str(out),
-                 "--limit", "2"])  # fmt: skip
+    code = main(
+        [
+            "lm-eval",
+            "--model",
+            "opdlm",
+            "--model_args",
+            f"pretrained={world['teacher']}",
+            "--tasks",
+            TASK,
+            MC_TASK,
+            "--include_path",
+            str(world["tasks"]),
+            "--output_path",
+            str(out),
+            "--limit",
+            "2",
+        ]
+    )
     assert code == 0
     (results_file,) = tmp_path.glob("out_*.json")
     (requests_file,) = tmp_path.glob("out_opdlm_requests_*.jsonl")
@@ -188,8 +227,13 @@ def test_student_refuses_loglikelihood_tasks_in_one_line(world, tasks):
     from opdlm.lmeval.model import STUDENT_LOGLIKELIHOOD_ERROR
 
     with pytest.raises(ConfigError) as info:
-        lm_eval.simple_evaluate(model="opdlm", model_args={"pretrained": str(world["student"]), "device": "cpu"},
-                                tasks=[MC_TASK], task_manager=tasks, limit=1)  # fmt: skip
+        lm_eval.simple_evaluate(
+            model="opdlm",
+            model_args={"pretrained": str(world["student"]), "device": "cpu"},
+            tasks=[MC_TASK],
+            task_manager=tasks,
+            limit=1,
+        )
     assert str(info.value) == STUDENT_LOGLIKELIHOOD_ERROR and "\n" not in str(info.value)
 
 
@@ -301,17 +345,26 @@ def test_pipeline_eval_stage_runs_recipe_lm_eval_tasks(world, tmp_path):
     from opdlm.pipeline.stages import eval_model_stage, lm_eval_metrics
 
     repo = Path(__file__).resolve().parents[1]
-    recipe = load_recipe(repo / "configs" / "tiny.yaml", [
-        "eval.limit=2", "eval.max_new_tokens=8", "eval.batch_size=2", "eval.device=cpu",
-        f"eval.lm_eval_tasks=[{TASK}]", f"eval.lm_eval_include_path={world['tasks']}",
-    ])  # fmt: skip
+    recipe = load_recipe(
+        repo / "configs" / "tiny.yaml",
+        [
+            "eval.limit=2",
+            "eval.max_new_tokens=8",
+            "eval.batch_size=2",
+            "eval.device=cpu",
+            f"eval.lm_eval_tasks=[{TASK}]",
+            f"eval.lm_eval_include_path={world['tasks']}",
+        ],
+    )
     results = eval_model_stage(recipe, world["student"], tmp_path / "student")
     assert set(results) == set(recipe.eval.benchmarks)  # the built-in results are unchanged in shape
     summary = json.loads((tmp_path / "student" / "lm_eval.json").read_text())
     assert summary["speed"]["sampler"]["threshold"] == recipe.sampler.threshold
     assert (tmp_path / "student" / "lm_eval" / f"samples_{TASK}.jsonl").is_file()
     flat = lm_eval_metrics(tmp_path / "teacher-not-run", tmp_path / "student")
-    assert set(flat) == {f"lm_eval/student/{TASK}/{k}" for k in ("acc", "acc_stderr", "tokens_per_step", "mean_forwards")}
+    assert set(flat) == {
+        f"lm_eval/student/{TASK}/{k}" for k in ("acc", "acc_stderr", "tokens_per_step", "mean_forwards")
+    }
 
 
 def test_lm_eval_command_without_the_extra_says_how_to_install(monkeypatch, capsys):
@@ -327,8 +380,17 @@ def test_lm_eval_command_without_the_extra_says_how_to_install(monkeypatch, caps
 def test_flat_metrics_names_fit_mlflow():
     from opdlm.lmeval.run import flat_metrics
 
-    results = {"results": {"gsm8k": {"alias": "gsm8k", "exact_match,strict-match": 0.5,
-                                     "exact_match_stderr,strict-match": "N/A", "acc,none": 1, "flag,none": True}}}  # fmt: skip
+    results = {
+        "results": {
+            "gsm8k": {
+                "alias": "gsm8k",
+                "exact_match,strict-match": 0.5,
+                "exact_match_stderr,strict-match": "N/A",
+                "acc,none": 1,
+                "flag,none": True,
+            }
+        }
+    }
     assert flat_metrics(results) == {"gsm8k": {"exact_match/strict-match": 0.5, "acc": 1.0}}
 
 
@@ -340,4 +402,3 @@ def test_recipe_lm_eval_tasks_need_the_extra(monkeypatch):
     with pytest.raises(ValueError, match=r"opdlm\[lmeval\]"):
         EvalConfig(lm_eval_tasks=["gsm8k"])
     assert EvalConfig().lm_eval_tasks == []
-

@@ -58,7 +58,9 @@ def test_gpqa_shuffle_is_seeded_and_keeps_the_gold_option():
     for row in first:
         letter_line = next(line for line in row.question.splitlines() if line.startswith(f"{row.answer}. "))
         assert letter_line.split(". ", 1)[1] in ("photon", "-1", "mitochondrion")
-    assert [r.question for r in first] != [r.question for r in other] or [r.answer for r in first] != [r.answer for r in other]
+    assert [r.question for r in first] != [r.question for r in other] or [r.answer for r in first] != [
+        r.answer for r in other
+    ]
     assert first[0].id == "gpqa_diamond/recFixture0001"
 
 
@@ -101,14 +103,39 @@ def _write(path: Path, text: str) -> Path:
 @pytest.mark.parametrize(
     "name,rel,content,needle",
     [
-        ("gsm8k", "gsm8k/test.jsonl", '{"question": "q", "answer": "no marker"}\n', "test.jsonl:1: field 'answer' has no '#### N'"),
-        ("gsm8k", "gsm8k/test.jsonl", '{"question": "q", "answer": "#### 1"}\n{broken\n', "test.jsonl:2: not valid JSON"),
+        (
+            "gsm8k",
+            "gsm8k/test.jsonl",
+            '{"question": "q", "answer": "no marker"}\n',
+            "test.jsonl:1: field 'answer' has no '#### N'",
+        ),
+        (
+            "gsm8k",
+            "gsm8k/test.jsonl",
+            '{"question": "q", "answer": "#### 1"}\n{broken\n',
+            "test.jsonl:2: not valid JSON",
+        ),
         ("math500", "math500/test.jsonl", '{"problem": "p"}\n', "test.jsonl:1: missing field 'answer'"),
         ("math500", "math500/test.jsonl", "\n", "no records"),
         ("mmlu", "mmlu/test/x_test.csv", "q,a,b,c,d,E\n", "answer column must be A-D"),
-        ("mmlu", "mmlu/test.jsonl", '{"question": "q", "choices": ["a", "b"], "answer": 5}\n', "answer index 5 is out of range"),
-        ("mmlu_pro", "mmlu_pro/test.jsonl", '{"question": "q", "options": ["a", "b"], "answer": "C"}\n', "is not one of the 2 option letters"),
-        ("gpqa_diamond", "gpqa/gpqa_diamond.csv", "Question,Correct Answer\nq,a\n", "missing column 'Incorrect Answer 1'"),
+        (
+            "mmlu",
+            "mmlu/test.jsonl",
+            '{"question": "q", "choices": ["a", "b"], "answer": 5}\n',
+            "answer index 5 is out of range",
+        ),
+        (
+            "mmlu_pro",
+            "mmlu_pro/test.jsonl",
+            '{"question": "q", "options": ["a", "b"], "answer": "C"}\n',
+            "is not one of the 2 option letters",
+        ),
+        (
+            "gpqa_diamond",
+            "gpqa/gpqa_diamond.csv",
+            "Question,Correct Answer\nq,a\n",
+            "missing column 'Incorrect Answer 1'",
+        ),
         ("mbpp", "mbpp/mbpp.jsonl", '{"task_id": 11, "text": "t", "test_list": []}\n', "field 'test_list' is empty"),
         ("aime24", "aime24/test.jsonl", '{"problem": "  ", "answer": "1"}\n', "field 'question'"),
     ],

@@ -10,16 +10,28 @@ from collections.abc import Iterator
 # The tiny recipe at test size: a 2-layer teacher bootstrapped for 30 steps, one rollout step per
 # curriculum stage, ten eval rows, a two-point sweep.
 SMALL = [
-    "teacher.bootstrap.steps=30", "teacher.bootstrap.warmup_steps=3", "teacher.bootstrap.n_train=300",
-    "teacher.bootstrap.n_eval=0", "teacher.bootstrap.progress=false", "teacher.bootstrap.hidden_size=32",
-    "teacher.bootstrap.intermediate_size=64", "teacher.bootstrap.num_layers=2", "teacher.bootstrap.num_threads=1",
-    "train.num_prompts=64", "train.prompts_per_rollout=4", "train.optimizer_steps_per_rollout=1",
-    "train.micro_batch_size=4", "train.num_threads=1",
+    "teacher.bootstrap.steps=30",
+    "teacher.bootstrap.warmup_steps=3",
+    "teacher.bootstrap.n_train=300",
+    "teacher.bootstrap.n_eval=0",
+    "teacher.bootstrap.progress=false",
+    "teacher.bootstrap.hidden_size=32",
+    "teacher.bootstrap.intermediate_size=64",
+    "teacher.bootstrap.num_layers=2",
+    "teacher.bootstrap.num_threads=1",
+    "train.num_prompts=64",
+    "train.prompts_per_rollout=4",
+    "train.optimizer_steps_per_rollout=1",
+    "train.micro_batch_size=4",
+    "train.num_threads=1",
     # two one-step stages whatever configs/tiny.yaml lists, so the tests below can name them
     "train.stages=[{name: short, rollout_steps: 1, length: {start: 8, end: 8}}, "
     "{name: full, rollout_steps: 1, length: {start: 8, end: 16, ramp_steps: 1}}]",
-    "eval.limit=10", "eval.batch_size=10", "eval.sweep_thresholds=[1.0,0.8]", "sampler.max_new_tokens=24",
-]  # fmt: skip
+    "eval.limit=10",
+    "eval.batch_size=10",
+    "eval.sweep_thresholds=[1.0,0.8]",
+    "sampler.max_new_tokens=24",
+]
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 

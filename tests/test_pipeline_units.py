@@ -51,7 +51,9 @@ def test_data_key_is_content_keyed(tmp_path):
     f.write_text(f.read_text() + f.read_text())
     assert keys.data_key(_recipe(data={"source": str(f)})) != k1  # same path, new bytes: new key
     assert keys.data_key(_recipe(data={"source": "s3://bucket/rows.jsonl"})) is None  # remote: never cached
-    assert keys.data_key(_recipe()) != keys.data_key(_recipe(train={"num_prompts": 10, "stages": [{"name": "a", "rollout_steps": 1}]}))
+    assert keys.data_key(_recipe()) != keys.data_key(
+        _recipe(train={"num_prompts": 10, "stages": [{"name": "a", "rollout_steps": 1}]})
+    )
 
 
 def test_train_key_changes_with_training_inputs_only():
@@ -79,7 +81,9 @@ def test_stage_steps_and_progress(tmp_path):
 
 def test_metrics_replay_skips_partial_lines_and_strings(tmp_path):
     f = tmp_path / "metrics.jsonl"
-    f.write_text('{"step": 0, "loss": 1.5, "stage_name": "a", "grad_norm": NaN}\n{"step": 1, "loss": 1.0, "eos_rate": 1}\n{"step": 2, "lo')
+    f.write_text(
+        '{"step": 0, "loss": 1.5, "stage_name": "a", "grad_norm": NaN}\n{"step": 1, "loss": 1.0, "eos_rate": 1}\n{"step": 2, "lo'
+    )
     assert read_metric_steps(f) == [(0, {"loss": 1.5}), (1, {"loss": 1.0, "eos_rate": 1.0})]
     assert read_metric_steps(f, after_step=0) == [(1, {"loss": 1.0, "eos_rate": 1.0})]
     assert read_metric_steps(tmp_path / "missing.jsonl") == []
@@ -114,11 +118,17 @@ def test_mlflow_params_are_flattened():
     assert flat["eval.benchmarks"] == ["synthetic"] and "registry.min_retention" in flat
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["pipeline", "--recipe", "no-such-recipe"], "error: unknown recipe 'no-such-recipe'"),
-    (["pipeline", "--recipe", "configs/tiny.yaml", "train.lrr=1e-3"], "unknown key 'train.lrr'; did you mean 'lr'?"),
-    (["pipeline", "--recipe", "configs/tiny.yaml", "train.lr"], "must look like key=value"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["pipeline", "--recipe", "no-such-recipe"], "error: unknown recipe 'no-such-recipe'"),
+        (
+            ["pipeline", "--recipe", "configs/tiny.yaml", "train.lrr=1e-3"],
+            "unknown key 'train.lrr'; did you mean 'lr'?",
+        ),
+        (["pipeline", "--recipe", "configs/tiny.yaml", "train.lr"], "must look like key=value"),
+    ],
+)
 def test_pipeline_cli_rejects_bad_input_before_starting(args, message):
     proc = subprocess.run([sys.executable, "-m", "opdlm.cli.main", *args], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr
@@ -132,7 +142,13 @@ def test_prefect_yaml_deploys_the_pipeline_flow():
     root = Path(__file__).resolve().parents[1]
     spec = yaml.safe_load((root / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {"opdlm-tiny", "opdlm-qwen3-0.6b", "opdlm-qwen3-1.7b", "opdlm-qwen3-4b", "opdlm-qwen3-8b"}
+    assert set(deployments) == {
+        "opdlm-tiny",
+        "opdlm-qwen3-0.6b",
+        "opdlm-qwen3-1.7b",
+        "opdlm-qwen3-4b",
+        "opdlm-qwen3-8b",
+    }
     tiny = deployments["opdlm-tiny"]
     assert tiny["work_pool"]["name"] == "opdlm-process" and tiny["schedules"][0]["cron"] == "0 3 * * 1"
     for name, d in deployments.items():
@@ -159,11 +175,25 @@ def test_flow_runs_start_named_after_the_recipe_file(monkeypatch):
 def test_tracked_metrics_put_key_curves_first_and_leave_stage_settings_out():
     from opdlm.pipeline.training_metrics import stage_constants, tracked_metrics
 
-    line = {"grad_norm": 1.5, "loss": 0.07, "kl_by_block_position/0": 0.1, "block_size": 4.0, "optimizer_steps": 1.0,
-            "rollouts": 4.0, "stage": 0.0, "tokens_per_step": 1.5, "eos_rate": 0.5}  # fmt: skip
+    line = {
+        "grad_norm": 1.5,
+        "loss": 0.07,
+        "kl_by_block_position/0": 0.1,
+        "block_size": 4.0,
+        "optimizer_steps": 1.0,
+        "rollouts": 4.0,
+        "stage": 0.0,
+        "tokens_per_step": 1.5,
+        "eos_rate": 0.5,
+    }
     tracked = tracked_metrics(line)
     assert list(tracked)[:2] == ["1_key/loss", "1_key/tokens_per_step"]
     assert tracked["train/grad_norm"] == 1.5 and tracked["kl_by_block_position/0"] == 0.1
     assert not any(k.endswith(("block_size", "optimizer_steps", "rollouts", "stage")) for k in tracked)
     assert sorted({k.split("/")[0] for k in tracked})[0] == "1_key"  # the section MLflow shows first
-    assert stage_constants([(0, {"loss": 1.0}), (1, line)]) == {"stage": 0, "block_size": 4, "rollouts": 4, "optimizer_steps": 1}
+    assert stage_constants([(0, {"loss": 1.0}), (1, line)]) == {
+        "stage": 0,
+        "block_size": 4,
+        "rollouts": 4,
+        "optimizer_steps": 1,
+    }

@@ -57,8 +57,12 @@ def test_terminal_gets_a_live_bar_and_disabled_prints_nothing(monkeypatch):
 def test_a_loop_piped_to_a_parent_writes_few_lines():
     """What a Prefect task reads from a training subprocess: one line per tenth, not per refresh."""
     code = "from opdlm.progress import track\nfor _ in track(range(500), 'loop', 'step'): pass\n"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={"PATH": "", "PYTHONPATH": ":".join(sys.path)})  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "", "PYTHONPATH": ":".join(sys.path)},
+    )
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stderr.splitlines()) == 10 and "\r" not in proc.stderr
-

@@ -60,12 +60,25 @@ def test_prompts_follow_the_thinking_mode(qwen3_tokenizer_dir):
     assert off.endswith(GENERATION_PROMPT + EMPTY_THINK) and "\\boxed{}" in off
     assert on.endswith(GENERATION_PROMPT) and "<think>" not in on
     ids = tok(off, add_special_tokens=False).input_ids
-    assert ids[-8:] == [198, 151_644, 77_091, 198, THINK_ID, 271, END_THINK_ID, 271]  # ...assistant\n<think>\n\n</think>\n\n
+    assert ids[-8:] == [
+        198,
+        151_644,
+        77_091,
+        198,
+        THINK_ID,
+        271,
+        END_THINK_ID,
+        271,
+    ]  # ...assistant\n<think>\n\n</think>\n\n
     # a tokenizer whose template has no such variable is unaffected
     from opdlm.data.tokenizer import build_tokenizer
 
     tiny = build_tokenizer(["Sort"])
-    assert format_prompt(tiny, "Sort b a", enable_thinking=True) == format_prompt(tiny, "Sort b a") == "<|user|>Sort b a<|assistant|>"
+    assert (
+        format_prompt(tiny, "Sort b a", enable_thinking=True)
+        == format_prompt(tiny, "Sort b a")
+        == "<|user|>Sort b a<|assistant|>"
+    )
 
 
 def test_im_end_stops_the_sampler(qwen3_student):
@@ -94,11 +107,37 @@ def test_im_end_stops_the_sampler(qwen3_student):
 
 
 def test_generate_applies_the_models_chat_template(qwen3_student, capsys):
-    code = main(["generate", "--model", str(qwen3_student), "--prompt", "Hi", "--max-new-tokens", "4", "--device", "cpu", "--json"])
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(qwen3_student),
+            "--prompt",
+            "Hi",
+            "--max-new-tokens",
+            "4",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
     assert code == 0
     templated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    code = main(["generate", "--model", str(qwen3_student), "--prompt", "Hi", "--max-new-tokens", "4", "--device", "cpu",
-                 "--json", "--raw-prompt"])  # fmt: skip
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(qwen3_student),
+            "--prompt",
+            "Hi",
+            "--max-new-tokens",
+            "4",
+            "--device",
+            "cpu",
+            "--json",
+            "--raw-prompt",
+        ]
+    )
     assert code == 0
     raw = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert templated["token_ids"] != raw["token_ids"]  # same seed: only the prompt differs
@@ -110,18 +149,39 @@ def test_generate_applies_the_models_chat_template(qwen3_student, capsys):
 def test_opd_train_on_the_paper_recipe_at_full_vocabulary(qwen3_06b_shaped, tmp_path):
     """Two OPD rollout steps of configs/qwen3-0.6b.yaml on CPU at vocabulary 151,936, checkpointed."""
     data = tmp_path / "rows.jsonl"
-    rows = [{"question": q, "answer": a, "domain": "math", "source": "test"}
-            for q, a in [("What is 2+3?", "5"), ("What is 7-4?", "3"), ("What is 2*6?", "12"), ("What is 9/3?", "3")]]  # fmt: skip
+    rows = [
+        {"question": q, "answer": a, "domain": "math", "source": "test"}
+        for q, a in [("What is 2+3?", "5"), ("What is 7-4?", "3"), ("What is 2*6?", "12"), ("What is 9/3?", "3")]
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
     overrides = [
-        "train.device=cpu", "train.precision=fp32", "train.deepspeed=null", "train.prompts_per_rollout=2",
-        "train.optimizer_steps_per_rollout=1", "train.micro_batch_size=2", "train.keep_checkpoints=1",
-        "train.checkpoint_every=100", "train.deterministic=true",
+        "train.device=cpu",
+        "train.precision=fp32",
+        "train.deepspeed=null",
+        "train.prompts_per_rollout=2",
+        "train.optimizer_steps_per_rollout=1",
+        "train.micro_batch_size=2",
+        "train.keep_checkpoints=1",
+        "train.checkpoint_every=100",
+        "train.deterministic=true",
         "train.stages=[{name: main, rollout_steps: 2, length: {start: 8, end: 8, ramp_steps: 0}}]",
     ]
-    code = main(["train", "--config", str(REPO / "configs" / "qwen3-0.6b.yaml"), "--out", str(out),
-                 "--teacher", str(qwen3_06b_shaped), "--data", str(data), "--quiet", *overrides])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--config",
+            str(REPO / "configs" / "qwen3-0.6b.yaml"),
+            "--out",
+            str(out),
+            "--teacher",
+            str(qwen3_06b_shaped),
+            "--data",
+            str(data),
+            "--quiet",
+            *overrides,
+        ]
+    )
     assert code == 0
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["rollout_step"] == 2 and summary["finished"]

@@ -38,8 +38,20 @@ def real_shape(qwen3_06b_shaped, tmp_path_factory):
 
 def _context(student, teacher, chunk: int) -> RunContext:
     cfg = TrainConfig(gradient_checkpointing=True, kl_chunk_size=chunk, micro_batch_size=2, precision="fp32")
-    return RunContext(Recipe(train=cfg), cfg, Path("."), student, teacher, "sdpa", [], TorchStepper(student.model, cfg), 0,
-                      torch.device("cpu"), None, "")  # fmt: skip
+    return RunContext(
+        Recipe(train=cfg),
+        cfg,
+        Path("."),
+        student,
+        teacher,
+        "sdpa",
+        [],
+        TorchStepper(student.model, cfg),
+        0,
+        torch.device("cpu"),
+        None,
+        "",
+    )
 
 
 @pytest.mark.slow  # ~1 min of CPU at the full 151,936-row vocabulary (two forward/backward passes); CI runs it
@@ -49,8 +61,10 @@ def test_convert_sample_and_one_chunked_opd_step(real_shape):
     student, teacher = real_shape
     meta = student.meta
     assert (meta.mask_token_id, meta.prompt_attention, student.model.config.vocab_size) == (151_669, "block", 151_936)
-    rows = [Row(question="What is 2+3?", answer="5", domain="math", source="t"),
-            Row(question="Name a prime number.", answer="2", domain="math", source="t")]  # fmt: skip
+    rows = [
+        Row(question="What is 2+3?", answer="5", domain="math", source="t"),
+        Row(question="Name a prime number.", answer="2", domain="math", source="t"),
+    ]
     prompts, kept = encode_rows(student.tokenizer, rows, True, 2000, meta.enable_thinking)
     assert kept == [0, 1] and len(prompts[0]) != len(prompts[1])  # left padding and a partial first prompt block
     cfg = paper_rollout_sampler().with_overrides(max_new_tokens=12)
@@ -61,7 +75,9 @@ def test_convert_sample_and_one_chunked_opd_step(real_shape):
 
     response_BL, lengths_B = right_pad(episodes.responses, meta.pad_token_id)
     loss_mask_BL = response_loss_mask(response_BL, lengths_B, meta.eos_token_ids, True)
-    masked_RL, source_R = select_states(pad_step_maps(episodes.step_maps, 12), lengths_B, 4, "one_per_block", torch.Generator().manual_seed(1))
+    masked_RL, source_R = select_states(
+        pad_step_maps(episodes.step_maps, 12), lengths_B, 4, "one_per_block", torch.Generator().manual_seed(1)
+    )
     batch = make_rows(episodes.prompts, episodes.responses, source_R, masked_RL, loss_mask_BL, meta.pad_token_id, 4)
     n_loss = int(batch.loss_BL.sum())
     assert n_loss > 6  # several chunks of 3 below
@@ -74,7 +90,11 @@ def test_convert_sample_and_one_chunked_opd_step(real_shape):
         loss, stats = microbatch_loss(ctx, batch, 4)
         ctx.stepper.backward(loss)
         losses[chunk] = float(loss.detach())
-        grads[chunk] = {n: p.grad.clone() for n, p in student.model.named_parameters() if "layers.0." in n or n.endswith("model.norm.weight")}
+        grads[chunk] = {
+            n: p.grad.clone()
+            for n, p in student.model.named_parameters()
+            if "layers.0." in n or n.endswith("model.norm.weight")
+        }
         assert stats["tokens"] == n_loss
     assert losses[3] > 0 and torch.isfinite(torch.tensor(losses[3]))
     assert losses[3] == pytest.approx(losses[10_000], rel=1e-5)

@@ -12,9 +12,14 @@ from opdlm.config.recipe import load_recipe
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "configs").glob("*.yaml"))
 # name -> (teacher, KL, thinking): the reference's launchers (divelab/OPDLM scripts/) and METHOD §4-6
-PAPER = {"qwen3-0.6b": ("Qwen3-0.6B", "full", False), "qwen3-1.7b": ("Qwen3-1.7B", "full", False),
-         "qwen3-4b": ("Qwen3-4B", "top_k", False), "qwen3-8b": ("Qwen3-8B", "top_k", False),
-         "qwen3-4b-math": ("Qwen3-4B", "full", False), "qwen3-4b-math-thinking": ("Qwen3-4B", "full", True)}  # fmt: skip
+PAPER = {
+    "qwen3-0.6b": ("Qwen3-0.6B", "full", False),
+    "qwen3-1.7b": ("Qwen3-1.7B", "full", False),
+    "qwen3-4b": ("Qwen3-4B", "top_k", False),
+    "qwen3-8b": ("Qwen3-8B", "top_k", False),
+    "qwen3-4b-math": ("Qwen3-4B", "full", False),
+    "qwen3-4b-math-thinking": ("Qwen3-4B", "full", True),
+}
 
 
 def _is_study(path: Path) -> bool:
@@ -70,7 +75,11 @@ def test_paper_recipes_carry_the_paper_values(name):
         assert stage.rollout_steps == 483
         assert (stage.length.start, stage.length.end, stage.length.ramp_steps) == (100, 4000, 100)
         assert {k: stage.domain_caps[k] for k in ("math", "code", "chat", "science")} == {
-            "math": 4096, "code": 2048, "chat": 2048, "science": 1024}  # fmt: skip
+            "math": 4096,
+            "code": 2048,
+            "chat": 2048,
+            "science": 1024,
+        }
     assert (r.sampler.remasking, r.sampler.temperature, r.sampler.block_size) == ("static", 0.0, 4)
 
 

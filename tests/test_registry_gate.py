@@ -33,16 +33,40 @@ def test_gate_can_ignore_the_champion_and_explains_itself():
 
 def test_model_card_states_provenance_and_scores_in_a_screenful():
     facts = ModelCardFacts(
-        model_name="opdlm-tiny", teacher="builtin:tiny", teacher_fingerprint="abc123", data_source="builtin:synthetic",
-        data_digest="d41d8cd98f00b204e9800998ecf8427e", data_rows=64, code_version="0123abc", training_tokens=12_345,
-        rollout_steps=20, flops=1.5e12, sampler_defaults={"block_size": 4, "threshold": 0.9, "max_new_tokens": 256},
-        scores={"synthetic": {"student_accuracy": 0.9545454545454545, "teacher_accuracy": 0.97, "retention": 0.9840674789128398,
-                              "student_tokens_per_step": 1.8}},
-        gate="synthetic: promoted", mlflow_run_id="r123",
-    )  # fmt: skip
+        model_name="opdlm-tiny",
+        teacher="builtin:tiny",
+        teacher_fingerprint="abc123",
+        data_source="builtin:synthetic",
+        data_digest="d41d8cd98f00b204e9800998ecf8427e",
+        data_rows=64,
+        code_version="0123abc",
+        training_tokens=12_345,
+        rollout_steps=20,
+        flops=1.5e12,
+        sampler_defaults={"block_size": 4, "threshold": 0.9, "max_new_tokens": 256},
+        scores={
+            "synthetic": {
+                "student_accuracy": 0.9545454545454545,
+                "teacher_accuracy": 0.97,
+                "retention": 0.9840674789128398,
+                "student_tokens_per_step": 1.8,
+            }
+        },
+        gate="synthetic: promoted",
+        mlflow_run_id="r123",
+    )
     card = render_model_card(facts)
-    for text in ("builtin:tiny", "d41d8cd98f00b204e9800998ecf8427e", "0123abc", "12,345", "threshold=0.9",
-                 "| synthetic | 0.9545 | 0.97 | 0.9841 | 1.8 |", "`r123`", "synthetic: promoted", "recipe.yaml",
-                 "mlflow models serve -m models:/opdlm-tiny@champion"):  # fmt: skip
+    for text in (
+        "builtin:tiny",
+        "d41d8cd98f00b204e9800998ecf8427e",
+        "0123abc",
+        "12,345",
+        "threshold=0.9",
+        "| synthetic | 0.9545 | 0.97 | 0.9841 | 1.8 |",
+        "`r123`",
+        "synthetic: promoted",
+        "recipe.yaml",
+        "mlflow models serve -m models:/opdlm-tiny@champion",
+    ):
         assert text in card
     assert "0.954545" not in card and len(card.splitlines()) < 35  # rounded, and short: no recipe dump

@@ -108,7 +108,9 @@ def test_mask_token_is_never_emitted(student):
     handle = head.register_forward_hook(favour_mask)
     try:
         for cfg in (SamplerConfig(max_new_tokens=12), SamplerConfig(max_new_tokens=12, temperature=1.0)):
-            batch = BlockDiffusionSampler(student).generate(_ids(student), cfg, generator=torch.Generator().manual_seed(0))
+            batch = BlockDiffusionSampler(student).generate(
+                _ids(student), cfg, generator=torch.Generator().manual_seed(0)
+            )
             # (at temperature 1 a near-uniform draw may hit EOS early: that is a valid stop)
             eos = set(student.meta.eos_token_ids)
             assert all(mask_id not in r and (len(r) == 12 or r[-1] in eos) for r in batch.response_ids)
@@ -118,9 +120,11 @@ def test_mask_token_is_never_emitted(student):
 
 def test_deterministic_for_a_seed(student):
     cfg = SamplerConfig(max_new_tokens=16, temperature=1.0, top_p=0.9)
-    run = lambda seed: BlockDiffusionSampler(student).generate(
-        _ids(student), cfg, generator=torch.Generator().manual_seed(seed)
-    ).response_ids
+
+    def run(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return BlockDiffusionSampler(student).generate(_ids(student), cfg, generator=generator).response_ids
+
     assert run(7) == run(7)
     assert run(7) != run(8)
 
@@ -128,7 +132,9 @@ def test_deterministic_for_a_seed(student):
 def test_top_k_one_equals_greedy(student):
     greedy = BlockDiffusionSampler(student).generate(_ids(student), SamplerConfig(max_new_tokens=12))
     topk1 = BlockDiffusionSampler(student).generate(
-        _ids(student), SamplerConfig(max_new_tokens=12, temperature=1.5, top_k=1), generator=torch.Generator().manual_seed(0)
+        _ids(student),
+        SamplerConfig(max_new_tokens=12, temperature=1.5, top_k=1),
+        generator=torch.Generator().manual_seed(0),
     )
     assert greedy.response_ids == topk1.response_ids
 
@@ -139,9 +145,12 @@ def test_prompt_attention_is_honoured_by_both_samplers(student, peaky_teacher, t
     reference token for token, batched and one by one, on prompts shorter and longer than a block."""
     assert student.meta.prompt_attention == "block"
     causal = load_student(
-        convert_teacher(peaky_teacher, tmp_path / "c", block_size=4, logit_shift=student.meta.logit_shift,
-                        prompt_attention="causal"), device="cpu", dtype="fp32",
-    )  # fmt: skip
+        convert_teacher(
+            peaky_teacher, tmp_path / "c", block_size=4, logit_shift=student.meta.logit_shift, prompt_attention="causal"
+        ),
+        device="cpu",
+        dtype="fp32",
+    )
     assert causal.meta.prompt_attention == "causal"
     texts = [*PROMPTS, "0123456789ab", "xy"]
     cfg = SamplerConfig(max_new_tokens=12, remasking="dynamic", threshold=0.5)
@@ -158,7 +167,9 @@ def test_prompt_attention_is_honoured_by_both_samplers(student, peaky_teacher, t
 
 @pytest.mark.parametrize("prompt_attention", ["block", "causal"])
 def test_logit_shift_block1_reproduces_teacher_greedy(peaky_teacher, tmp_path, prompt_attention):
-    out = convert_teacher(peaky_teacher, tmp_path / "s1", block_size=1, logit_shift=True, prompt_attention=prompt_attention)
+    out = convert_teacher(
+        peaky_teacher, tmp_path / "s1", block_size=1, logit_shift=True, prompt_attention=prompt_attention
+    )
     student = load_student(out, device="cpu", dtype="fp32")
     teacher, tok = load_causal_lm(peaky_teacher, device="cpu", dtype="fp32")
     prompts = _ids(student)

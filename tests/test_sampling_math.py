@@ -63,5 +63,7 @@ def test_block_progress_stops_at_first_eos():
     todo, ended = block_progress(ids, M, torch.tensor([E]), torch.ones(4, dtype=torch.bool))
     assert todo.tolist() == [[False] * 4, [True, False, False, False], [False] * 4, [False] * 4]
     assert ended.tolist() == [True, False, False, True]
-    todo, _ = block_progress(torch.tensor([[M, M, M, M]]), M, torch.tensor([E]), torch.tensor([True, True, False, False]))
+    todo, _ = block_progress(
+        torch.tensor([[M, M, M, M]]), M, torch.tensor([E]), torch.tensor([True, True, False, False])
+    )
     assert todo.tolist() == [[True, True, False, False]]

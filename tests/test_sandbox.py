@@ -151,4 +151,3 @@ def test_without_bwrap_code_execution_is_refused(monkeypatch):
     assert result.passed and not result.sandboxed
     timed = run_program("while True: pass\n", SandboxLimits(timeout_s=1.0), allow_unsandboxed=True)
     assert timed.status == "timeout"
-

@@ -118,7 +118,10 @@ def test_read_completions_pairs_by_id_in_file_order(tmp_path):
         ([{"completion": "x"}], ":1: missing task id"),
         ([{"id": "gsm8k/0"}], ":1: missing completion text"),
         ([{"id": "gsm8k/99", "completion": "x"}], ":1: unknown task id 'gsm8k/99'"),
-        ([{"id": "gsm8k/0", "completion": "x"}, {"id": "gsm8k/0", "completion": "y"}], ":2: task id 'gsm8k/0' appears twice"),
+        (
+            [{"id": "gsm8k/0", "completion": "x"}, {"id": "gsm8k/0", "completion": "y"}],
+            ":2: task id 'gsm8k/0' appears twice",
+        ),
         ([], "has no lines"),
     ],
 )
@@ -130,14 +133,31 @@ def test_read_completions_errors_name_file_and_line(tmp_path, lines, needle):
 def test_score_cli_writes_summary_and_samples(tmp_path, capsys):
     from opdlm.cli.main import main
 
-    path = _completions(tmp_path, [{"id": "gsm8k/0", "completion": "\\boxed{36}"}, {"id": "gsm8k/1", "completion": "12"}])
+    path = _completions(
+        tmp_path, [{"id": "gsm8k/0", "completion": "\\boxed{36}"}, {"id": "gsm8k/1", "completion": "12"}]
+    )
     out = tmp_path / "score.json"
-    code = main(["score", "--benchmark", "gsm8k", "--completions", str(path), "--data-dir", str(FIXTURES), "--json-out", str(out)])
+    code = main(
+        [
+            "score",
+            "--benchmark",
+            "gsm8k",
+            "--completions",
+            str(path),
+            "--data-dir",
+            str(FIXTURES),
+            "--json-out",
+            str(out),
+        ]
+    )
     assert code == 0 and "accuracy 0.5000 (1/2)" in capsys.readouterr().out
     summary = json.loads(out.read_text())
     assert (summary["n"], summary["correct"], summary["accuracy"]) == (2, 1, 0.5)
     samples = [json.loads(x) for x in (tmp_path / "score.samples.jsonl").read_text().splitlines()]
-    assert [(s["id"], s["correct"], s["extracted"]) for s in samples] == [("gsm8k/0", True, "36"), ("gsm8k/1", False, None)]
+    assert [(s["id"], s["correct"], s["extracted"]) for s in samples] == [
+        ("gsm8k/0", True, "36"),
+        ("gsm8k/1", False, None),
+    ]
 
 
 def test_score_cli_errors_are_one_line(tmp_path, capsys):

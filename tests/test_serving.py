@@ -72,10 +72,28 @@ def server(registered):
     uri, root = registered
     port = free_port()
     venv_bin = str(Path(sys.executable).parent)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "MLFLOW_REGISTRY_URI": uri,
+        "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     log = (root / "serve.log").open("w")
-    cmd = [f"{venv_bin}/mlflow", "models", "serve", "-m", f"models:/{MODEL}@{ALIAS}", "--env-manager", "local",
-           "-h", "127.0.0.1", "-p", str(port), "-w", "1"]  # fmt: skip
+    cmd = [
+        f"{venv_bin}/mlflow",
+        "models",
+        "serve",
+        "-m",
+        f"models:/{MODEL}@{ALIAS}",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -88,7 +106,9 @@ def server(registered):
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"mlflow models serve did not come up:\n{(root / 'serve.log').read_text()[-3000:]}")
+                raise AssertionError(
+                    f"mlflow models serve did not come up:\n{(root / 'serve.log').read_text()[-3000:]}"
+                )
             time.sleep(1)
         yield base
     finally:
@@ -98,8 +118,10 @@ def server(registered):
 
 
 def test_served_model_generates(server):
-    status, body = _post(f"{server}/invocations", {"inputs": {"prompt": ["12+35=", "7*6="]},
-                                                   "params": {"max_new_tokens": 8, "threshold": 0.8}})  # fmt: skip
+    status, body = _post(
+        f"{server}/invocations",
+        {"inputs": {"prompt": ["12+35=", "7*6="]}, "params": {"max_new_tokens": 8, "threshold": 0.8}},
+    )
     assert status == 200, body
     rows = body["predictions"]
     assert len(rows) == 2

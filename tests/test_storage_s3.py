@@ -20,8 +20,12 @@ def endpoint():
     port = _free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    env = {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    env = {
+        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     s3.make_client().create_bucket(Bucket="opdlm")
@@ -79,7 +83,9 @@ def test_outage_mid_upload_retries_then_fails_cleanly(endpoint, tmp_path):
         return real(filename, bucket, key, **kw)
 
     client.upload_file = flaky
-    with pytest.raises(s3.StorageError, match=r"upload of .*part1.bin.* failed after 3 attempts: EndpointConnectionError"):
+    with pytest.raises(
+        s3.StorageError, match=r"upload of .*part1.bin.* failed after 3 attempts: EndpointConnectionError"
+    ):
         s3.upload_dir(d, "s3://opdlm/ckpt/run1", client=client, retries=2, backoff_s=0.01)
     assert calls["n"] == 1 + 3  # part0 once, part1 three times
     listed = s3.make_client().list_objects_v2(Bucket="opdlm", Prefix="ckpt/run1")

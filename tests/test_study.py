@@ -55,21 +55,38 @@ def test_truncated_curriculum_is_the_first_steps_of_the_original(steps):
 
 
 def test_arm_recipe_applies_overrides_seed_objective_and_steps():
-    base = Recipe.model_validate({"train": {"stages": [{"name": "a", "rollout_steps": 3}, {"name": "b", "rollout_steps": 50}]}})
+    base = Recipe.model_validate(
+        {"train": {"stages": [{"name": "a", "rollout_steps": 3}, {"name": "b", "rollout_steps": 50}]}}
+    )
     arm = Arm("ablation", "opd", "top_k_kl", 1000, 7, ("train.kl=top_k", "convert.logit_shift=true"))
     recipe = arm_recipe(base, arm, rollout_steps=5)
-    assert (recipe.train.kl, recipe.convert.logit_shift, recipe.train.seed, recipe.train.objective) == ("top_k", True, 7, "opd")
+    assert (recipe.train.kl, recipe.convert.logit_shift, recipe.train.seed, recipe.train.objective) == (
+        "top_k",
+        True,
+        7,
+        "opd",
+    )
     assert [(s.name, s.rollout_steps) for s in recipe.train.stages] == [("a", 3), ("b", 2)]
     with pytest.raises(ConfigError, match="kl"):
         arm_recipe(base, Arm("ablation", "opd", "bad", 1, 0, ("train.kl=nope",)))
 
 
 def test_grid_has_every_main_arm_ablation_and_matched_baseline():
-    study = StudyConfig(budgets=[200, 100], seeds=[0, 1], baseline_extra_budgets=[999],
-                        ablations=[{"name": "x", "overrides": ["train.kl=top_k"]}])  # fmt: skip
+    study = StudyConfig(
+        budgets=[200, 100],
+        seeds=[0, 1],
+        baseline_extra_budgets=[999],
+        ablations=[{"name": "x", "overrides": ["train.kl=top_k"]}],
+    )
     ids = [a.arm_id for a in opd_arms(study)]
-    assert ids == ["opd-default-b100-s0", "opd-default-b100-s1", "opd-default-b200-s0", "opd-default-b200-s1",
-                   "opd-x-b200-s0", "opd-x-b200-s1"]  # fmt: skip
+    assert ids == [
+        "opd-default-b100-s0",
+        "opd-default-b100-s1",
+        "opd-default-b200-s0",
+        "opd-default-b200-s1",
+        "opd-x-b200-s0",
+        "opd-x-b200-s1",
+    ]
     base = baseline_arms(study, {100: 130, 200: 260})
     assert sorted({a.budget for a in base}) == [130, 260, 999] and {a.objective for a in base} == {"mdm_sft"}
 
@@ -89,7 +106,11 @@ def test_tokens_to_reach_interpolates_in_log_tokens():
 def test_token_ratio_cases_and_targets():
     baseline = [(1000.0, 0.1), (10000.0, 0.5), (100000.0, 0.7)]
     hit = token_ratio((1000.0, 0.5), baseline)
-    assert math.isclose(hit["ratio"], 10.0) and ratio_target_met(hit, 10.0) is True and ratio_target_met(hit, 11.0) is False
+    assert (
+        math.isclose(hit["ratio"], 10.0)
+        and ratio_target_met(hit, 10.0) is True
+        and ratio_target_met(hit, 11.0) is False
+    )
     never = token_ratio((1000.0, 0.8), baseline)
     assert never["kind"] == "never" and never["ratio"] is None and ratio_target_met(never, 10.0) is True
     assert ratio_target_met(never, 1000.0) is None  # the budgets tried cannot tell
@@ -98,18 +119,31 @@ def test_token_ratio_cases_and_targets():
 
 
 def _row(objective, budget, seed, tokens, acc, group="main", variant="default"):
-    return {"group": group, "objective": objective, "variant": variant, "budget": budget, "seed": seed,
-            "training_tokens": tokens, "accuracy": acc, "retention": None, "tokens_per_step": 1.0, "final_loss": 1.0,
-            "rollout_steps": 1}  # fmt: skip
+    return {
+        "group": group,
+        "objective": objective,
+        "variant": variant,
+        "budget": budget,
+        "seed": seed,
+        "training_tokens": tokens,
+        "accuracy": acc,
+        "retention": None,
+        "tokens_per_step": 1.0,
+        "final_loss": 1.0,
+        "rollout_steps": 1,
+    }
 
 
 def test_summary_uses_seed_means_and_states_the_ratio():
     rows = [
-        _row("opd", 100, 0, 90, 0.80), _row("opd", 100, 1, 110, 0.90),
-        _row("mdm_sft", 100, 0, 100, 0.10), _row("mdm_sft", 100, 1, 100, 0.20),
-        _row("mdm_sft", 1000, 0, 1000, 0.40), _row("mdm_sft", 1000, 1, 1000, 0.50),
+        _row("opd", 100, 0, 90, 0.80),
+        _row("opd", 100, 1, 110, 0.90),
+        _row("mdm_sft", 100, 0, 100, 0.10),
+        _row("mdm_sft", 100, 1, 100, 0.20),
+        _row("mdm_sft", 1000, 0, 1000, 0.40),
+        _row("mdm_sft", 1000, 1, 1000, 0.50),
         _row("opd", 100, 0, 95, 0.70, group="ablation", variant="no_curriculum"),
-    ]  # fmt: skip
+    ]
     means = seed_means(rows)
     opd = next(g for g in means if g["objective"] == "opd" and g["group"] == "main")
     assert math.isclose(opd["accuracy"], 0.85) and math.isclose(opd["training_tokens"], 100.0)
@@ -118,7 +152,13 @@ def test_summary_uses_seed_means_and_states_the_ratio():
     assert math.isclose(summary["opd_retention"], 0.85 / 0.9) and summary["targets"]["retention_met"] is True
     assert summary["token_ratio"]["kind"] == "never" and summary["targets"]["token_ratio_met"] is True
     assert "never reaches OPD's accuracy" in summary["statement"] and "10.0x" in summary["statement"]
-    meta = {"command": "opdlm study", "teacher": "t", "n_eval": 10, "eval_sampler": "B=4", "token_unit": "response tokens"}
+    meta = {
+        "command": "opdlm study",
+        "teacher": "t",
+        "n_eval": 10,
+        "eval_sampler": "B=4",
+        "token_unit": "response tokens",
+    }
     md = markdown(rows, [], summary, meta)
     assert "## Baseline tokens needed to match OPD" in md
     assert "| 100 | 85.0 | not reached | > 10.0x |" in md  # one row per OPD budget
@@ -147,7 +187,9 @@ def test_study_file_errors_name_the_field(tmp_path):
 
 def test_base_recipe_is_merged_under_the_inline_recipe(tmp_path):
     (tmp_path / "base.yaml").write_text("train:\n  lr: 0.002\n  min_lr: 0.0001\neval:\n  limit: 7\n")
-    (tmp_path / "study.yaml").write_text("base_recipe: base.yaml\nrecipe:\n  eval:\n    limit: 9\nstudy:\n  budgets: [10]\n")
+    (tmp_path / "study.yaml").write_text(
+        "base_recipe: base.yaml\nrecipe:\n  eval:\n    limit: 9\nstudy:\n  budgets: [10]\n"
+    )
     spec = load_study(tmp_path / "study.yaml", ["recipe.train.min_lr=0.0002"])
     assert (spec.recipe.train.lr, spec.recipe.train.min_lr, spec.recipe.eval.limit) == (0.002, 0.0002, 9)
 
@@ -169,8 +211,21 @@ def quick_teacher(tmp_path_factory):
     from opdlm.teacher import BootstrapConfig, bootstrap_teacher
 
     out = tmp_path_factory.mktemp("study-teacher") / "teacher"
-    bootstrap_teacher(out, BootstrapConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, steps=40,
-                                           warmup_steps=4, batch_size=16, n_train=640, n_eval=0, progress=False))  # fmt: skip
+    bootstrap_teacher(
+        out,
+        BootstrapConfig(
+            hidden_size=32,
+            num_layers=2,
+            num_heads=2,
+            intermediate_size=64,
+            steps=40,
+            warmup_steps=4,
+            batch_size=16,
+            n_train=640,
+            n_eval=0,
+            progress=False,
+        ),
+    )
     return out
 
 
@@ -183,14 +238,26 @@ def test_quick_study_writes_table_plots_and_mlflow_run_and_resumes(quick_teacher
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     out = tmp_path / "study"
-    argv = ["study", "--recipe", str(STUDY_YAML), "--quick", "--out", str(out), "--teacher", str(quick_teacher), "--quiet"]
+    argv = [
+        "study",
+        "--recipe",
+        str(STUDY_YAML),
+        "--quick",
+        "--out",
+        str(out),
+        "--teacher",
+        str(quick_teacher),
+        "--quiet",
+    ]
     assert main(argv) == 0
 
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
     quick = load_study(STUDY_YAML, quick=True).study
     arms = [r for r in rows if r["group"] != "reference"]
-    assert len(arms) == len(opd_arms(quick)) + len(quick.seeds) * (len(quick.budgets) + len(quick.baseline_extra_budgets))
+    assert len(arms) == len(opd_arms(quick)) + len(quick.seeds) * (
+        len(quick.budgets) + len(quick.baseline_extra_budgets)
+    )
     required = {"objective", "training_tokens", "accuracy", "teacher_accuracy", "tokens_per_step", "seed"}
     assert all(required <= r.keys() and set(ROW_KEYS) <= r.keys() for r in rows)
     teacher_acc = results["teacher_result"]["accuracy"]
@@ -202,7 +269,10 @@ def test_quick_study_writes_table_plots_and_mlflow_run_and_resumes(quick_teacher
     opd_tokens = next(r["training_tokens"] for r in arms if r["objective"] == "opd" and r["group"] == "main")
     assert any(r["budget"] == opd_tokens for r in baseline)  # matched to what OPD actually used
     assert {r["variant"] for r in arms if r["group"] == "ablation"} == {a.name for a in quick.ablations}
-    assert {s["threshold"] for s in results["sweep"]} == {1.0, 0.8} and {s["objective"] for s in results["sweep"]} == {"opd", "mdm_sft"}
+    assert {s["threshold"] for s in results["sweep"]} == {1.0, 0.8} and {s["objective"] for s in results["sweep"]} == {
+        "opd",
+        "mdm_sft",
+    }
     assert all(s["tokens_per_step"] >= 1.0 for s in results["sweep"])
     assert results["summary"]["statement"] and "targets" in results["summary"]
 
@@ -214,7 +284,11 @@ def test_quick_study_writes_table_plots_and_mlflow_run_and_resumes(quick_teacher
     client = MlflowClient(tracking_uri=results["mlflow"]["tracking_uri"])
     parent = client.get_run(results["mlflow"]["run_id"])
     assert parent.info.status == "FINISHED" and "opd_accuracy" in parent.data.metrics
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.json", "results.md", "accuracy_vs_tokens.png"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "results.json",
+        "results.md",
+        "accuracy_vs_tokens.png",
+    }
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == len(arms)
 

@@ -50,7 +50,9 @@ def test_unknown_teacher_backend_is_one_clear_error():
 
 
 def test_student_never_loads_with_flash(tiny_student_dir):
-    with pytest.raises(OpdlmError, match="unknown attention backend 'flash_attention_2'; choose from sdpa, eager, flex_attention"):
+    with pytest.raises(
+        OpdlmError, match="unknown attention backend 'flash_attention_2'; choose from sdpa, eager, flex_attention"
+    ):
         load_student(tiny_student_dir, device="cpu", dtype="fp32", backend=FLASH)
 
 
@@ -76,7 +78,9 @@ def test_flash_inputs_give_the_same_teacher_states(tiny_teacher_dir):
     geom = inference_geometry(prompt_lens, P, L, block_size=1)
     with torch.no_grad():
         out = teacher.model(
-            input_ids=torch.cat([prompts, response], 1), attention_mask=causal_padding_mask(geom, FLASH, torch.float32),
-            position_ids=geom.position_ids_BT, use_cache=False,
-        ).last_hidden_state[:, P - 1 : P + L - 1]  # fmt: skip
+            input_ids=torch.cat([prompts, response], 1),
+            attention_mask=causal_padding_mask(geom, FLASH, torch.float32),
+            position_ids=geom.position_ids_BT,
+            use_cache=False,
+        ).last_hidden_state[:, P - 1 : P + L - 1]
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

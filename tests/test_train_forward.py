@@ -46,9 +46,10 @@ def _per_block_reference(model, prompt, clean, noisy, block_size, logit_shift):
         geom = inference_geometry(torch.tensor([len(prompt)]), len(prompt), n_resp, block_size)
         with torch.no_grad():
             logits = model(
-                input_ids=torch.tensor([ids]), attention_mask=attention_mask(geom, "sdpa", torch.float32),
+                input_ids=torch.tensor([ids]),
+                attention_mask=attention_mask(geom, "sdpa", torch.float32),
                 position_ids=geom.position_ids_BT,
-            ).logits[0]  # fmt: skip
+            ).logits[0]
         width = len(noisy[b0 : b0 + block_size])
         rows = range(len(ids) - width, len(ids))
         for k, row in enumerate(rows):

@@ -30,13 +30,30 @@ FAST_STAGES = (
     " {name: full, rollout_steps: 2, length: {start: 8, end: 16, ramp_steps: 1}, threshold: 0.8}]"
 )
 FAST = [  # the fast variant documented in configs/tiny.yaml's header
-    "train.prompts_per_rollout=4", "train.optimizer_steps_per_rollout=2", "train.micro_batch_size=2",
-    "train.num_prompts=64", "train.checkpoint_every=1", "train.deterministic=true", f"train.stages={FAST_STAGES}",
-]  # fmt: skip
+    "train.prompts_per_rollout=4",
+    "train.optimizer_steps_per_rollout=2",
+    "train.micro_batch_size=2",
+    "train.num_prompts=64",
+    "train.checkpoint_every=1",
+    "train.deterministic=true",
+    f"train.stages={FAST_STAGES}",
+]
 METRIC_KEYS = {
-    "loss", "kl_by_block_position/0", "rollout_tokens", "loss_tokens", "cumulative_train_tokens", "flops",
-    "cumulative_flops", "tokens_per_step", "eos_rate", "skipped_rollouts", "grad_norm", "lr", "length_cap", "stage",
-}  # fmt: skip
+    "loss",
+    "kl_by_block_position/0",
+    "rollout_tokens",
+    "loss_tokens",
+    "cumulative_train_tokens",
+    "flops",
+    "cumulative_flops",
+    "tokens_per_step",
+    "eos_rate",
+    "skipped_rollouts",
+    "grad_norm",
+    "lr",
+    "length_cap",
+    "stage",
+}
 
 
 def fast_recipe(*extra: str):
@@ -79,7 +96,9 @@ def test_run_exports_a_student_and_logs_every_metric(uninterrupted):
     assert lines[-1]["cumulative_train_tokens"] == sum(m["rollout_tokens"] for m in lines)
     # OUT is an ordinary converted student: it loads and samples
     student = load_student(uninterrupted, device="cpu")
-    out = BlockDiffusionSampler(student).generate([[5, 6, 7]], student.meta.sampler_defaults.with_overrides(max_new_tokens=8))
+    out = BlockDiffusionSampler(student).generate(
+        [[5, 6, 7]], student.meta.sampler_defaults.with_overrides(max_new_tokens=8)
+    )
     assert len(out.response_ids[0]) <= 8
     assert_same_weights(uninterrupted, list_checkpoints(uninterrupted / "checkpoints")[-1])
     start = weights(uninterrupted / "converted")
@@ -110,15 +129,40 @@ def test_unknown_stage_is_a_one_line_config_error(tiny_teacher_dir, tmp_path):
 def test_cli_unknown_stage_exits_2_with_one_line(tiny_teacher_dir, tmp_path, capsys):
     from opdlm.cli.main import main
 
-    code = main(["train", "--config", str(TINY), "--out", str(tmp_path / "o"), "--teacher", str(tiny_teacher_dir),
-                 "--until-stage", "nope", *FAST])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--config",
+            str(TINY),
+            "--out",
+            str(tmp_path / "o"),
+            "--teacher",
+            str(tiny_teacher_dir),
+            "--until-stage",
+            "nope",
+            *FAST,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "valid stages: short, full" in err
 
 
 def _cli(out: Path, teacher: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "opdlm.cli.main", "train", "--config", str(TINY), "--out", str(out),
-            "--teacher", str(teacher), "--quiet", *FAST, *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "opdlm.cli.main",
+        "train",
+        "--config",
+        str(TINY),
+        "--out",
+        str(out),
+        "--teacher",
+        str(teacher),
+        "--quiet",
+        *FAST,
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -141,7 +185,9 @@ def test_sigkill_then_resume_reaches_the_uninterrupted_weights(uninterrupted, ti
     assert lines == [0, 1, 2, 3]  # steps re-run after the kill are logged once
 
 
-def test_failure_inside_a_checkpoint_write_leaves_no_partial_checkpoint(uninterrupted, tiny_teacher_dir, tmp_path, monkeypatch):
+def test_failure_inside_a_checkpoint_write_leaves_no_partial_checkpoint(
+    uninterrupted, tiny_teacher_dir, tmp_path, monkeypatch
+):
     import opdlm.train.saving as saving
 
     out = tmp_path / "crash"
@@ -154,6 +200,7 @@ def test_failure_inside_a_checkpoint_write_leaves_no_partial_checkpoint(uninterr
             write(folder)
             if ctx.counters.rollout_step == 3:
                 raise KeyboardInterrupt  # dies after the weights are written, before the manifest
+
         return half
 
     monkeypatch.setattr(saving, "_write_payload", crashing)
@@ -174,7 +221,9 @@ def test_corrupt_or_partial_checkpoint_is_reported_not_loaded(uninterrupted, tin
     blob = bytearray((newest / "model.safetensors").read_bytes())
     blob[-5] ^= 0xFF
     (newest / "model.safetensors").write_bytes(bytes(blob))
-    with pytest.raises(CheckpointError, match="model.safetensors does not match its checksum; delete it to resume from step-000003"):
+    with pytest.raises(
+        CheckpointError, match="model.safetensors does not match its checksum; delete it to resume from step-000003"
+    ):
         train(fast_recipe(), out, teacher=str(tiny_teacher_dir), console=False)
     (newest / "manifest.json").unlink()
     with pytest.raises(CheckpointError, match="is partial"):
@@ -220,8 +269,13 @@ def test_mdm_sft_baseline_runs_through_the_same_loop(tiny_student_dir, tmp_path)
 
 def test_gradient_checkpointing_top_k_kl_and_all_rounds_run(tiny_teacher_dir, tmp_path):
     out = tmp_path / "options"
-    recipe = fast_recipe("train.gradient_checkpointing=true", "train.kl=top_k", "train.kl_top_k=4",
-                         "train.state_selection=all_rounds", "train.exclude_eos_from_loss=false")  # fmt: skip
+    recipe = fast_recipe(
+        "train.gradient_checkpointing=true",
+        "train.kl=top_k",
+        "train.kl_top_k=4",
+        "train.state_selection=all_rounds",
+        "train.exclude_eos_from_loss=false",
+    )
     train(recipe, out, teacher=str(tiny_teacher_dir), until_stage="short", console=False)
     lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and all(m["loss"] >= 0 and m["loss_tokens"] > 0 for m in lines)

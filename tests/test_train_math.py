@@ -66,7 +66,9 @@ def test_chunked_equals_unchunked_values_and_gradients(top_k):
         kl = forward_kl_chunked(t_hidden, s_hidden, t_head, s_head, top_k=top_k, chunk_size=chunk)
         kl.sum().backward()
         results.append((kl.detach(), s_hidden.grad.clone(), s_head.weight.grad.clone()))
-    full = forward_kl_from_logprobs(torch.log_softmax(t_head(t_hidden), -1), torch.log_softmax(s_head(s_hidden.detach()), -1), top_k)
+    full = forward_kl_from_logprobs(
+        torch.log_softmax(t_head(t_hidden), -1), torch.log_softmax(s_head(s_hidden.detach()), -1), top_k
+    )
     for kl, g_hidden, g_head in results:
         assert torch.allclose(kl, full.detach(), atol=1e-6)
         assert torch.allclose(g_hidden, results[0][1], atol=1e-6)
@@ -115,8 +117,12 @@ def test_curriculum_values_at_known_steps():
 def test_stage_lookup():
     stages = [CurriculumStage(name="a", rollout_steps=2), CurriculumStage(name="b", rollout_steps=3)]
     assert [(p.index, p.step_in_stage) for p in map(lambda s: stage_at(stages, s), range(5))] == [
-        (0, 0), (0, 1), (1, 0), (1, 1), (1, 2),
-    ]  # fmt: skip
+        (0, 0),
+        (0, 1),
+        (1, 0),
+        (1, 1),
+        (1, 2),
+    ]
     with pytest.raises(ValueError):
         stage_at(stages, 5)
 

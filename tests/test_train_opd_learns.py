@@ -29,11 +29,18 @@ from opdlm.train.targets import teacher_target_logprobs
 
 STEPS = 75  # rollout steps x 4 optimizer steps = 300 optimizer steps
 OVERRIDES = [
-    "train.prompts_per_rollout=8", "train.optimizer_steps_per_rollout=4", "train.micro_batch_size=2",
-    "train.num_prompts=256", "train.math_suffix=false", "train.lr=3e-3", "train.min_lr=3e-4",
-    "train.warmup_rollout_steps=2", "train.checkpoint_every=1000", "train.num_threads=1",
+    "train.prompts_per_rollout=8",
+    "train.optimizer_steps_per_rollout=4",
+    "train.micro_batch_size=2",
+    "train.num_prompts=256",
+    "train.math_suffix=false",
+    "train.lr=3e-3",
+    "train.min_lr=3e-4",
+    "train.warmup_rollout_steps=2",
+    "train.checkpoint_every=1000",
+    "train.num_threads=1",
     f"train.stages=[{{name: main, rollout_steps: {STEPS}, length: {{start: 16, end: 16}}}}]",
-]  # fmt: skip
+]
 
 
 def heldout_states(student_dir, n: int = 16):
@@ -44,9 +51,13 @@ def heldout_states(student_dir, n: int = 16):
     cfg = recipe.train.rollout.with_overrides(max_new_tokens=16)
     out = BlockDiffusionSampler(student).generate(prompts, cfg, torch.Generator().manual_seed(0), decode_text=False)
     response_BL, lengths_B = right_pad(out.response_ids, student.meta.pad_token_id)
-    masked_BL = select_one_per_block(pad_step_maps(out.step_map, response_BL.shape[1]), lengths_B, 4, torch.Generator().manual_seed(1))
+    masked_BL = select_one_per_block(
+        pad_step_maps(out.step_map, response_BL.shape[1]), lengths_B, 4, torch.Generator().manual_seed(1)
+    )
     loss_BL = response_loss_mask(response_BL, lengths_B, student.meta.eos_token_ids, exclude_eos=True)
-    return make_rows(prompts, out.response_ids, torch.arange(len(prompts)), masked_BL, loss_BL, student.meta.pad_token_id, 4)
+    return make_rows(
+        prompts, out.response_ids, torch.arange(len(prompts)), masked_BL, loss_BL, student.meta.pad_token_id, 4
+    )
 
 
 @torch.no_grad()
@@ -54,8 +65,19 @@ def mean_kl(student_dir, teacher_dir, rows) -> float:
     student = load_student(student_dir, device="cpu", dtype="fp32")
     teacher, _ = load_causal_lm(teacher_dir, "cpu", "fp32", student.backend)
     noisy = noisy_copy(rows.response_BL, rows.masked_BL, rows.lengths_B, student.meta.mask_token_id)
-    s = torch.log_softmax(student_logits(student.model, rows.prompt_ids_BP, rows.prompt_lens_B, rows.response_BL, noisy, 4,
-                                         student.meta.logit_shift, student.backend), -1)  # fmt: skip
+    s = torch.log_softmax(
+        student_logits(
+            student.model,
+            rows.prompt_ids_BP,
+            rows.prompt_lens_B,
+            rows.response_BL,
+            noisy,
+            4,
+            student.meta.logit_shift,
+            student.backend,
+        ),
+        -1,
+    )
     t = teacher_target_logprobs(teacher, rows.prompt_ids_BP, rows.prompt_lens_B, rows.response_BL, student.backend)
     return float(forward_kl_from_logprobs(t[rows.loss_BL], s[rows.loss_BL]).mean())
 

@@ -14,11 +14,19 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("convert")
     def convert(
-        teacher: str = typer.Option(..., "--teacher", help="Source: a local Hugging Face model directory, hf://ORG/MODEL or s3://...; "
-                                    "a causal LM, or a divelab (a2d-qwen3) / SDAR block-diffusion checkpoint to import."),
+        teacher: str = typer.Option(
+            ...,
+            "--teacher",
+            help="Source: a local Hugging Face model directory, hf://ORG/MODEL or s3://...; "
+            "a causal LM, or a divelab (a2d-qwen3) / SDAR block-diffusion checkpoint to import.",
+        ),
         out: Path = typer.Option(..., "--out", help="Output directory for the converted student (must not exist)."),
-        block_size: int = typer.Option(None, "--block-size", help="Block size B (default 4; an imported checkpoint's declared B)."),
-        logit_shift: bool = typer.Option(False, "--logit-shift/--no-logit-shift", help="Position j-1 predicts token j."),
+        block_size: int = typer.Option(
+            None, "--block-size", help="Block size B (default 4; an imported checkpoint's declared B)."
+        ),
+        logit_shift: bool = typer.Option(
+            False, "--logit-shift/--no-logit-shift", help="Position j-1 predicts token j."
+        ),
         prompt_attention: str = typer.Option(
             "block", "--prompt-attention", help="block (the paper's: prompt bidirectional inside B-blocks) or causal."
         ),
@@ -34,9 +42,15 @@ def register(app: typer.Typer) -> None:
 
         notes: list[str] = []
         path = convert_teacher(
-            teacher, out, block_size=block_size, logit_shift=logit_shift, overwrite=overwrite,
-            prompt_attention=prompt_attention, enable_thinking=enable_thinking, notes=notes,
-        )  # fmt: skip
+            teacher,
+            out,
+            block_size=block_size,
+            logit_shift=logit_shift,
+            overwrite=overwrite,
+            prompt_attention=prompt_attention,
+            enable_thinking=enable_thinking,
+            notes=notes,
+        )
         config = json.loads((path / "config.json").read_text())
         for line in notes:
             typer.echo(f"note: {line}")

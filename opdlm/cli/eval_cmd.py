@@ -56,9 +56,15 @@ def _summary(result) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_(
-        model: Path = typer.Option(..., "--model", help="A converted student or a plain Hugging Face causal LM directory."),
-        benchmark: str = typer.Option(None, "--benchmark", help="Benchmark name (default: every benchmark of the eval config)."),
-        config: Path = typer.Option(None, "--config", help="Recipe YAML: its eval section and sampler settings are used."),
+        model: Path = typer.Option(
+            ..., "--model", help="A converted student or a plain Hugging Face causal LM directory."
+        ),
+        benchmark: str = typer.Option(
+            None, "--benchmark", help="Benchmark name (default: every benchmark of the eval config)."
+        ),
+        config: Path = typer.Option(
+            None, "--config", help="Recipe YAML: its eval section and sampler settings are used."
+        ),
         limit: int = typer.Option(None, "--limit", help="Score only the first N rows."),
         threshold: float = typer.Option(None, "--threshold", help="Dynamic-remasking confidence threshold (students)."),
         block_size: int = typer.Option(None, "--block-size", help="Block size (students)."),
@@ -67,27 +73,50 @@ def register(app: typer.Typer) -> None:
         data_dir: Path = typer.Option(None, "--data-dir", help="Folder of benchmark files in their public formats."),
         seed: int = typer.Option(None, "--seed", help="Sampling seed (and GPQA option order)."),
         device: str = typer.Option(None, "--device", help="auto, cpu or cuda[:N]."),
-        json_out: Path = typer.Option(None, "--json-out", help="Write the result JSON here and per-sample JSONL next to it."),
-        teacher: Path = typer.Option(None, "--teacher", help="Also score this teacher on the same rows and report retention."),
-        teacher_json: Path = typer.Option(None, "--teacher-json", help="The teacher's result JSON from an earlier run (retention)."),
+        json_out: Path = typer.Option(
+            None, "--json-out", help="Write the result JSON here and per-sample JSONL next to it."
+        ),
+        teacher: Path = typer.Option(
+            None, "--teacher", help="Also score this teacher on the same rows and report retention."
+        ),
+        teacher_json: Path = typer.Option(
+            None, "--teacher-json", help="The teacher's result JSON from an earlier run (retention)."
+        ),
         sweep: bool = typer.Option(False, "--sweep", help="Sweep thresholds x block sizes; needs --out-dir."),
-        thresholds: str = typer.Option(None, "--thresholds", help="Sweep thresholds, comma-separated (e.g. 1.0,0.9,0.8)."),
-        block_sizes: str = typer.Option(None, "--block-sizes", help="Sweep block sizes, comma-separated (e.g. 4,8,16)."),
-        out_dir: Path = typer.Option(None, "--out-dir", help="Write <benchmark>.json (+ samples) here; with --sweep: sweep.json, sweep_pareto.png, points/."),
-        allow_unsandboxed: bool = typer.Option(None, "--allow-unsandboxed", help="Run code tests without bubblewrap (unsafe)."),
+        thresholds: str = typer.Option(
+            None, "--thresholds", help="Sweep thresholds, comma-separated (e.g. 1.0,0.9,0.8)."
+        ),
+        block_sizes: str = typer.Option(
+            None, "--block-sizes", help="Sweep block sizes, comma-separated (e.g. 4,8,16)."
+        ),
+        out_dir: Path = typer.Option(
+            None,
+            "--out-dir",
+            help="Write <benchmark>.json (+ samples) here; with --sweep: sweep.json, sweep_pareto.png, points/.",
+        ),
+        allow_unsandboxed: bool = typer.Option(
+            None, "--allow-unsandboxed", help="Run code tests without bubblewrap (unsafe)."
+        ),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-        overrides: list[str] = typer.Argument(None, help="key=value overrides of the eval config, e.g. code_timeout_s=5."),
+        overrides: list[str] = typer.Argument(
+            None, help="key=value overrides of the eval config, e.g. code_timeout_s=5."
+        ),
     ) -> None:
         """Decode a benchmark and score it: accuracy, tokens per step, forwards, tokens/s, mean length."""
         from opdlm.errors import ConfigError
 
         flags = {
-            "limit": limit, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "seed": seed, "device": device,
-            "data_dir": str(data_dir) if data_dir else None, "allow_unsandboxed": allow_unsandboxed,
+            "limit": limit,
+            "max_new_tokens": max_new_tokens,
+            "batch_size": batch_size,
+            "seed": seed,
+            "device": device,
+            "data_dir": str(data_dir) if data_dir else None,
+            "allow_unsandboxed": allow_unsandboxed,
             "sweep_thresholds": _number_list(thresholds, "--thresholds"),
             "sweep_block_sizes": _number_list(block_sizes, "--block-sizes", int),
             "benchmarks": [benchmark] if benchmark else None,
-        }  # fmt: skip
+        }
         cfg, sampler, thinking = _eval_config(config, list(overrides or []), flags)
         if thinking is None and teacher is not None:  # no recipe: the teacher gets the student's prompts
             from opdlm.eval.runners import stored_enable_thinking
@@ -101,17 +130,23 @@ def register(app: typer.Typer) -> None:
             if out_dir is None:
                 raise ConfigError("--sweep writes a table and a plot: give --out-dir")
             if threshold is not None or block_size is not None:
-                raise ConfigError("--sweep takes its grid from --thresholds and --block-sizes, not --threshold / --block-size")
+                raise ConfigError(
+                    "--sweep takes its grid from --thresholds and --block-sizes, not --threshold / --block-size"
+                )
             from opdlm.eval.sweep import PLOT_FILE, TABLE_FILE
             from opdlm.eval.sweep import sweep as run_sweep
 
             for name in cfg.benchmarks:
                 target = out_dir / name if len(cfg.benchmarks) > 1 else out_dir
-                table = run_sweep(model, name, cfg, target, sampler=sampler, progress=progress, enable_thinking=thinking)
+                table = run_sweep(
+                    model, name, cfg, target, sampler=sampler, progress=progress, enable_thinking=thinking
+                )
                 for p in table:
                     mark = " *" if p["pareto"] else ""
-                    typer.echo(f"{name} B={p['block_size']} threshold={p['threshold']:g}: accuracy {p['accuracy']:.4f}, "
-                               f"{p['tokens_per_step']:.2f} tokens/step{mark}")  # fmt: skip
+                    typer.echo(
+                        f"{name} B={p['block_size']} threshold={p['threshold']:g}: accuracy {p['accuracy']:.4f}, "
+                        f"{p['tokens_per_step']:.2f} tokens/step{mark}"
+                    )
                 typer.echo(f"sweep -> {target / TABLE_FILE}, {target / PLOT_FILE} (* = Pareto front)")
             return
 
@@ -124,15 +159,31 @@ def register(app: typer.Typer) -> None:
             target = json_out or (out_dir / f"{name}.json" if out_dir is not None else None)
             teacher_result = teacher_loaded
             if teacher is not None:
-                teacher_target = target.with_name(target.name.removesuffix(".json") + ".teacher.json") if target else None
+                teacher_target = (
+                    target.with_name(target.name.removesuffix(".json") + ".teacher.json") if target else None
+                )
                 teacher_result = evaluate(
-                    teacher, name, cfg, sampler=sampler, json_out=teacher_target, progress=progress, enable_thinking=thinking
-                )  # fmt: skip
+                    teacher,
+                    name,
+                    cfg,
+                    sampler=sampler,
+                    json_out=teacher_target,
+                    progress=progress,
+                    enable_thinking=thinking,
+                )
                 typer.echo(_summary(teacher_result))
             result = evaluate(
-                model, name, cfg, sampler=sampler, threshold=threshold, block_size=block_size, json_out=target,
-                teacher_result=teacher_result, progress=progress, enable_thinking=thinking,
-            )  # fmt: skip
+                model,
+                name,
+                cfg,
+                sampler=sampler,
+                threshold=threshold,
+                block_size=block_size,
+                json_out=target,
+                teacher_result=teacher_result,
+                progress=progress,
+                enable_thinking=thinking,
+            )
             typer.echo(_summary(result))
             if target is not None:
                 typer.echo(f"result -> {target} (samples: {result.samples_path})")

@@ -10,10 +10,14 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("export")
     def export(
-        model: str = typer.Option(..., "--model", help="Converted student: a local directory, hf://ORG/MODEL or s3://..."),
+        model: str = typer.Option(
+            ..., "--model", help="Converted student: a local directory, hf://ORG/MODEL or s3://..."
+        ),
         fmt: str = typer.Option(..., "--format", help="Serving engine: sglang or lmdeploy."),
         out: Path = typer.Option(..., "--out", help="Output directory (must not exist)."),
-        steps_per_block: int = typer.Option(None, "--steps-per-block", help="Serve with this many denoising steps per block."),
+        steps_per_block: int = typer.Option(
+            None, "--steps-per-block", help="Serve with this many denoising steps per block."
+        ),
         remasking: str = typer.Option(None, "--remasking", help="Serve with static or dynamic remasking."),
         threshold: float = typer.Option(None, "--threshold", help="Serve with this confidence threshold."),
         temperature: float = typer.Option(None, "--temperature", help="Serve with this temperature (0 = greedy)."),
@@ -25,8 +29,12 @@ def register(app: typer.Typer) -> None:
         from opdlm.errors import ConfigError
         from opdlm.formats.engine import export_student
 
-        overrides = {"denoise_steps_per_block": steps_per_block, "remasking": remasking, "threshold": threshold,
-                     "temperature": temperature}  # fmt: skip
+        overrides = {
+            "denoise_steps_per_block": steps_per_block,
+            "remasking": remasking,
+            "threshold": threshold,
+            "temperature": temperature,
+        }
         try:
             path, notes = export_student(model, out, fmt, overrides, overwrite=overwrite)
         except ValidationError as exc:

@@ -15,7 +15,9 @@ def register(app: typer.Typer) -> None:
         prompt: list[str] = typer.Option(..., "--prompt", help="Prompt text; repeat for a batch."),
         max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Cap on generated tokens."),
         block_size: int = typer.Option(None, "--block-size", help="Override the model's block size."),
-        steps_per_block: int = typer.Option(None, "--steps-per-block", help="Denoising steps per block (static quota)."),
+        steps_per_block: int = typer.Option(
+            None, "--steps-per-block", help="Denoising steps per block (static quota)."
+        ),
         remasking: str = typer.Option(None, "--remasking", help="static or dynamic."),
         threshold: float = typer.Option(None, "--threshold", help="Confidence threshold for dynamic remasking."),
         temperature: float = typer.Option(None, "--temperature", help="0 = greedy."),
@@ -39,7 +41,7 @@ def register(app: typer.Typer) -> None:
 
         from opdlm.errors import ConfigError
         from opdlm.models.attention import check_backend
-        from opdlm.models.student import load_student, stored_sampler_defaults, resolve_device
+        from opdlm.models.student import load_student, resolve_device, stored_sampler_defaults
         from opdlm.sampling.block_sampler import BlockDiffusionSampler
 
         # every option is checked against the model's stored defaults before the (slow) model load
@@ -48,9 +50,15 @@ def register(app: typer.Typer) -> None:
         stored = stored_sampler_defaults(model)
         try:
             cfg = stored.with_overrides(
-                max_new_tokens=max_new_tokens, block_size=block_size, denoise_steps_per_block=steps_per_block,
-                remasking=remasking, threshold=threshold, temperature=temperature, top_k=top_k, top_p=top_p,
-            )  # fmt: skip
+                max_new_tokens=max_new_tokens,
+                block_size=block_size,
+                denoise_steps_per_block=steps_per_block,
+                remasking=remasking,
+                threshold=threshold,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+            )
         except Exception as exc:
             from pydantic import ValidationError
 
@@ -67,7 +75,11 @@ def register(app: typer.Typer) -> None:
         tok = student.tokenizer
         from opdlm.data.prompting import encode_prompts, format_prompt
 
-        texts = prompt if raw_prompt else [format_prompt(tok, p, enable_thinking=student.meta.enable_thinking) for p in prompt]
+        texts = (
+            prompt
+            if raw_prompt
+            else [format_prompt(tok, p, enable_thinking=student.meta.enable_thinking) for p in prompt]
+        )
         prompts = encode_prompts(tok, texts)
         if any(not p for p in prompts):
             raise ConfigError("--prompt: a prompt encodes to zero tokens")
@@ -78,4 +90,7 @@ def register(app: typer.Typer) -> None:
                 typer.echo(json.dumps(rec))
             else:
                 typer.echo(rec["text"])
-                typer.echo(f"[{len(rec['token_ids'])} tokens, {rec['tokens_per_step']:.2f} tokens/step, {rec['num_forwards']} forwards]", err=True)
+                typer.echo(
+                    f"[{len(rec['token_ids'])} tokens, {rec['tokens_per_step']:.2f} tokens/step, {rec['num_forwards']} forwards]",
+                    err=True,
+                )

@@ -23,9 +23,14 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Option(None, "--data", help="Training JSONL, passed to `opdlm train`."),
         until_stage: str = typer.Option(None, "--until-stage", help="Stop after this curriculum stage."),
         mlflow_run_id: str = typer.Option(
-            None, "--mlflow-run-id", envvar="MLFLOW_RUN_ID", help="MLflow run the training logs into (default: $MLFLOW_RUN_ID)."
+            None,
+            "--mlflow-run-id",
+            envvar="MLFLOW_RUN_ID",
+            help="MLflow run the training logs into (default: $MLFLOW_RUN_ID).",
         ),
-        dry_run: bool = typer.Option(False, "--dry-run", help="Print the command (shell-quoted) instead of running it."),
+        dry_run: bool = typer.Option(
+            False, "--dry-run", help="Print the command (shell-quoted) instead of running it."
+        ),
         overrides: list[str] = typer.Argument(None, help="Dotted recipe overrides, also passed to every rank."),
     ) -> None:
         """Start training with torchrun / deepspeed / python as `resources` says (run once per node)."""
@@ -38,9 +43,16 @@ def register(app: typer.Typer) -> None:
         overrides = overrides or []
         recipe = load_recipe(config, overrides)
         argv = training_command(
-            config, out, resources=recipe.resources, overrides=overrides, teacher=teacher, student=student,
-            data=data, until_stage=until_stage, deepspeed_config=recipe.train.deepspeed,
-        )  # fmt: skip
+            config,
+            out,
+            resources=recipe.resources,
+            overrides=overrides,
+            teacher=teacher,
+            student=student,
+            data=data,
+            until_stage=until_stage,
+            deepspeed_config=recipe.train.deepspeed,
+        )
         if dry_run:
             typer.echo(shlex.join(argv))
             return

@@ -61,7 +61,9 @@ def _register() -> None:
 
 # A file the system refuses (permissions, a directory where a file belongs, a full or read-only disk):
 # the user's environment, not a bug, so one line and exit 2 rather than a traceback.
-_ENVIRONMENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENOSPC, errno.EROFS, errno.EDQUOT})
+_ENVIRONMENT_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENOSPC, errno.EROFS, errno.EDQUOT}
+)
 
 
 def _usage_line(exc: Exception) -> str:

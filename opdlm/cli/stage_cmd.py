@@ -19,13 +19,18 @@ def _recipe(path: Path, overrides: list[str] | None):
 
 
 def register(app: typer.Typer) -> None:
-    stage_app = typer.Typer(help="Run one pipeline stage from a recipe (the commands dvc.yaml calls).", no_args_is_help=True)
+    stage_app = typer.Typer(
+        help="Run one pipeline stage from a recipe (the commands dvc.yaml calls).", no_args_is_help=True
+    )
     recipe_opt = typer.Option(..., "--recipe", help="Recipe YAML.")
     overrides_arg = typer.Argument(None, help="Dotted recipe overrides.")
 
     @stage_app.command("data")
-    def data(recipe: Path = recipe_opt, out: Path = typer.Option(..., "--out", help="Output JSONL."),
-             overrides: list[str] = overrides_arg) -> None:  # fmt: skip
+    def data(
+        recipe: Path = recipe_opt,
+        out: Path = typer.Option(..., "--out", help="Output JSONL."),
+        overrides: list[str] = overrides_arg,
+    ) -> None:
         """Fetch, validate and publish the training prompts as normalised JSONL (+ OUT.info.json)."""
         from opdlm.pipeline.stages import data_stage
 
@@ -33,8 +38,11 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"data: {info.n_rows} rows from {info.source} -> {info.path} (md5 {info.md5})")
 
     @stage_app.command("teacher")
-    def teacher(recipe: Path = recipe_opt, out: Path = typer.Option(..., "--out", help="Output teacher directory."),
-                overrides: list[str] = overrides_arg) -> None:  # fmt: skip
+    def teacher(
+        recipe: Path = recipe_opt,
+        out: Path = typer.Option(..., "--out", help="Output teacher directory."),
+        overrides: list[str] = overrides_arg,
+    ) -> None:
         """builtin:tiny: bootstrap it (as `opdlm teacher bootstrap`) into OUT; other sources: resolve and link into OUT."""
         from opdlm.pipeline.stages import teacher_source, teacher_stage
 
@@ -42,18 +50,23 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"teacher: {teacher_source(r)} -> {teacher_stage(r, out)}")
 
     @stage_app.command("convert")
-    def convert(recipe: Path = recipe_opt, teacher: Path = typer.Option(..., "--teacher", help="Teacher directory."),
-                out: Path = typer.Option(..., "--out", help="Output student directory."),
-                overrides: list[str] = overrides_arg) -> None:  # fmt: skip
+    def convert(
+        recipe: Path = recipe_opt,
+        teacher: Path = typer.Option(..., "--teacher", help="Teacher directory."),
+        out: Path = typer.Option(..., "--out", help="Output student directory."),
+        overrides: list[str] = overrides_arg,
+    ) -> None:
         """Convert the teacher with the recipe's convert and sampler sections."""
         from opdlm.pipeline.stages import convert_stage
 
         typer.echo(f"converted {teacher} -> {convert_stage(_recipe(recipe, overrides), teacher, out)}")
 
     @stage_app.command("export")
-    def export(train_dir: Path = typer.Option(..., "--train-dir", help="An `opdlm train` output folder."),
-               out: Path = typer.Option(..., "--out", help="Output model directory (model files only)."),
-               plots: Path = typer.Option(..., "--plots", help="Folder for train_curves.csv/.png and train_summary.json.")) -> None:  # fmt: skip
+    def export(
+        train_dir: Path = typer.Option(..., "--train-dir", help="An `opdlm train` output folder."),
+        out: Path = typer.Option(..., "--out", help="Output model directory (model files only)."),
+        plots: Path = typer.Option(..., "--plots", help="Folder for train_curves.csv/.png and train_summary.json."),
+    ) -> None:
         """Copy the finished run's final weights out of the training folder (no optimizer state) and plot its curves."""
         import json
         import shutil
@@ -65,7 +78,9 @@ def register(app: typer.Typer) -> None:
 
         summary = train_dir / "train_summary.json"
         if not summary.is_file() or not json.loads(summary.read_text()).get("finished"):
-            raise OpdlmError(f"{train_dir} holds no finished training run (train_summary.json says unfinished or is missing)")
+            raise OpdlmError(
+                f"{train_dir} holds no finished training run (train_summary.json says unfinished or is missing)"
+            )
         last = latest_checkpoint(train_dir / "checkpoints")
         if last is None:
             raise OpdlmError(f"{train_dir} has no checkpoint")
@@ -76,10 +91,13 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"student -> {out} (from {last.name}); curves -> {csv_path}, {png_path}")
 
     @stage_app.command("eval")
-    def eval_(recipe: Path = recipe_opt, student: Path = typer.Option(..., "--student", help="Student directory."),
-              teacher: Path = typer.Option(..., "--teacher", help="Teacher directory."),
-              out: Path = typer.Option(..., "--out", help="Output folder."),
-              overrides: list[str] = overrides_arg) -> None:  # fmt: skip
+    def eval_(
+        recipe: Path = recipe_opt,
+        student: Path = typer.Option(..., "--student", help="Student directory."),
+        teacher: Path = typer.Option(..., "--teacher", help="Teacher directory."),
+        out: Path = typer.Option(..., "--out", help="Output folder."),
+        overrides: list[str] = overrides_arg,
+    ) -> None:
         """Teacher, student (with retention) and the student's sweep on the recipe's benchmarks; OUT/metrics.json."""
         import json
 
@@ -95,7 +113,9 @@ def register(app: typer.Typer) -> None:
         metrics = eval_metrics(student_results, teacher_results)
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         for bench, m in metrics.items():
-            typer.echo(f"{bench}: student {m['student_accuracy']:.4f}, teacher {m['teacher_accuracy']:.4f}, "
-                       f"{m['student_tokens_per_step']:.2f} tokens/step")  # fmt: skip
+            typer.echo(
+                f"{bench}: student {m['student_accuracy']:.4f}, teacher {m['teacher_accuracy']:.4f}, "
+                f"{m['student_tokens_per_step']:.2f} tokens/step"
+            )
 
     app.add_typer(stage_app, name="stage")

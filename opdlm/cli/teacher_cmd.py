@@ -13,12 +13,20 @@ def register(app: typer.Typer) -> None:
     @teacher_app.command("bootstrap")
     def bootstrap(
         out: Path = typer.Option(..., "--out", help="Output model directory (must not exist or be empty)."),
-        overrides: list[str] = typer.Argument(None, help="key=value overrides of BootstrapConfig, e.g. steps=500 hidden_size=96."),
-        seconds: float = typer.Option(None, "--seconds", help="Optional wall-clock budget in seconds (max_seconds; default none: a fixed step schedule, the same teacher on any machine)."),
+        overrides: list[str] = typer.Argument(
+            None, help="key=value overrides of BootstrapConfig, e.g. steps=500 hidden_size=96."
+        ),
+        seconds: float = typer.Option(
+            None,
+            "--seconds",
+            help="Optional wall-clock budget in seconds (max_seconds; default none: a fixed step schedule, the same teacher on any machine).",
+        ),
         seed: int = typer.Option(None, "--seed", help="Seed of data, initialisation and batch order."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
         enable_thinking: bool = typer.Option(
-            False, "--enable-thinking/--no-enable-thinking", help="Chat template thinking mode (a recipe's convert.enable_thinking)."
+            False,
+            "--enable-thinking/--no-enable-thinking",
+            help="Chat template thinking mode (a recipe's convert.enable_thinking).",
         ),
     ) -> None:
         """Train a Qwen3-architecture teacher on the synthetic suite; writes an ordinary HF model directory."""
@@ -26,7 +34,9 @@ def register(app: typer.Typer) -> None:
         from opdlm.teacher.config import BootstrapConfig
 
         options = {k: v for k, v in {"max_seconds": seconds, "seed": seed}.items() if v is not None}
-        config = validate_config(BootstrapConfig, apply_overrides(options, list(overrides or [])), source="teacher bootstrap")
+        config = validate_config(
+            BootstrapConfig, apply_overrides(options, list(overrides or [])), source="teacher bootstrap"
+        )
 
         from opdlm.teacher.bootstrap import bootstrap_teacher
 

@@ -10,16 +10,28 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
     def train(
-        config: Path = typer.Option(..., "--config", help="Recipe YAML (configs/tiny.yaml, configs/qwen3-4b.yaml, ...)."),
-        out: Path = typer.Option(..., "--out", help="Output folder; re-running on it resumes from the last checkpoint."),
-        teacher: str = typer.Option(None, "--teacher", help="Teacher source (overrides teacher.path / teacher.source)."),
-        student: Path = typer.Option(None, "--student", help="Converted student to start from (default: convert the teacher into OUT/converted)."),
+        config: Path = typer.Option(
+            ..., "--config", help="Recipe YAML (configs/tiny.yaml, configs/qwen3-4b.yaml, ...)."
+        ),
+        out: Path = typer.Option(
+            ..., "--out", help="Output folder; re-running on it resumes from the last checkpoint."
+        ),
+        teacher: str = typer.Option(
+            None, "--teacher", help="Teacher source (overrides teacher.path / teacher.source)."
+        ),
+        student: Path = typer.Option(
+            None, "--student", help="Converted student to start from (default: convert the teacher into OUT/converted)."
+        ),
         data: Path = typer.Option(None, "--data", help="JSONL of training rows (overrides data.path / data.source)."),
         until_stage: str = typer.Option(
-            None, "--until-stage", help="Stop after this curriculum stage (checkpointed, exported to OUT); re-run with the next to continue."
+            None,
+            "--until-stage",
+            help="Stop after this curriculum stage (checkpointed, exported to OUT); re-run with the next to continue.",
         ),
         quiet: bool = typer.Option(False, "--quiet", help="No per-step progress lines."),
-        overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. train.lr=2e-5 train.stages.0.rollout_steps=10."),
+        overrides: list[str] = typer.Argument(
+            None, help="Dotted overrides, e.g. train.lr=2e-5 train.stages.0.rollout_steps=10."
+        ),
     ) -> None:
         """Train a block-diffusion student; OUT becomes a converted model directory plus checkpoints and metrics."""
         from opdlm.config.recipe import load_recipe
@@ -28,9 +40,14 @@ def register(app: typer.Typer) -> None:
         recipe = load_recipe(config, overrides or [])
         try:
             path = run_training(
-                recipe, out, teacher=teacher, student=str(student) if student else None, data=str(data) if data else None,
-                until_stage=until_stage, console=not quiet,
-            )  # fmt: skip
+                recipe,
+                out,
+                teacher=teacher,
+                student=str(student) if student else None,
+                data=str(data) if data else None,
+                until_stage=until_stage,
+                console=not quiet,
+            )
         except KeyboardInterrupt:
             from opdlm.errors import Interrupted
 

@@ -29,13 +29,17 @@ class DataConfig(StrictModel):
         default_factory=dict,
         description="Canonical field -> the source's field name, e.g. {answer: ground_truth_answer} (paper data).",
     )
-    limit: int | None = Field(None, ge=1, description="Keep the first N rows (builtin:synthetic: train.num_prompts when unset).")
+    limit: int | None = Field(
+        None, ge=1, description="Keep the first N rows (builtin:synthetic: train.num_prompts when unset)."
+    )
 
 
 class TeacherConfig(StrictModel):
     """The frozen autoregressive teacher."""
 
-    source: str = Field("builtin:tiny", description="Teacher source: builtin:tiny, a local HF directory, hf://ORG/MODEL.")
+    source: str = Field(
+        "builtin:tiny", description="Teacher source: builtin:tiny, a local HF directory, hf://ORG/MODEL."
+    )
     path: str | None = Field(None, description="Local directory of the resolved teacher.")
     bootstrap: BootstrapConfig = Field(
         default_factory=BootstrapConfig, description="builtin:tiny only: how `opdlm teacher bootstrap` trains it."
@@ -89,7 +93,9 @@ class Recipe(StrictModel):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="Evaluation and serving sampler.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="On-policy distillation training.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation of student and teacher.")
-    registry: RegistryConfig = Field(default_factory=RegistryConfig, description="MLflow registration and champion gate.")
+    registry: RegistryConfig = Field(
+        default_factory=RegistryConfig, description="MLflow registration and champion gate."
+    )
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Machines and GPUs for training.")
 
 

@@ -19,7 +19,9 @@ class RegistryConfig(StrictModel):
 
     model_name: str | None = Field(None, description="Registered model name (default: 'opdlm-' + recipe name).")
     gate_benchmark: str = Field("synthetic", description="Benchmark whose accuracy the champion gate compares.")
-    min_retention: float = Field(0.9, ge=0.0, le=2.0, description="Student / teacher accuracy needed to become champion.")
+    min_retention: float = Field(
+        0.9, ge=0.0, le=2.0, description="Student / teacher accuracy needed to become champion."
+    )
     not_below_champion: bool = Field(True, description="Also require accuracy >= the current champion's.")
     export_formats: list[Literal["sglang", "lmdeploy"]] = Field(
         default_factory=lambda: ["sglang", "lmdeploy"],

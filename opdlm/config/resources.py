@@ -33,10 +33,13 @@ class ResourcesConfig(StrictModel):
     nodes: int = Field(1, ge=1, description="Machines (SLURM nodes, Kubernetes pods).")
     gpus_per_node: int = Field(0, ge=0, description="GPUs per machine; 0 trains on CPU (one process per node).")
     launcher: Literal["auto", "python", "torchrun", "deepspeed"] = Field(
-        "auto", description="auto: deepspeed when train.deepspeed is set and GPUs are used, torchrun for >1 process, else python."
+        "auto",
+        description="auto: deepspeed when train.deepspeed is set and GPUs are used, torchrun for >1 process, else python.",
     )
     processes_per_node: int | None = Field(
-        None, ge=1, description="Training processes per machine (default: one per GPU, 1 on CPU); on CPU, >1 runs "
+        None,
+        ge=1,
+        description="Training processes per machine (default: one per GPU, 1 on CPU); on CPU, >1 runs "
         "gloo data parallel, e.g. to exercise a multi-process launch without GPUs.",
     )
     master_port: int = Field(29500, ge=1, le=65535, description="Rendezvous port of the multi-process launchers.")
@@ -49,7 +52,8 @@ class ResourcesConfig(StrictModel):
         None, description="DeepSpeed hostfile (`host slots=N` per line); required by multi-node deepspeed."
     )
     rdzv_id: str | None = Field(
-        None, description="torchrun rendezvous id shared by all nodes of one job (default: $SLURM_JOB_ID, else 'opdlm')."
+        None,
+        description="torchrun rendezvous id shared by all nodes of one job (default: $SLURM_JOB_ID, else 'opdlm').",
     )
 
     @model_validator(mode="after")
@@ -66,9 +70,13 @@ class ResourcesConfig(StrictModel):
                 "needs several; use launcher torchrun, deepspeed or auto"
             )
         if self.launcher == "deepspeed" and self.gpus_per_node < 1:
-            raise ValueError("launcher 'deepspeed' needs gpus_per_node >= 1 (DeepSpeed's launcher refuses to start without GPUs)")
+            raise ValueError(
+                "launcher 'deepspeed' needs gpus_per_node >= 1 (DeepSpeed's launcher refuses to start without GPUs)"
+            )
         if self.node_launch == "head" and self.launcher == "torchrun":
-            raise ValueError("node_launch 'head' needs the deepspeed launcher (torchrun starts on every node: use per_node)")
+            raise ValueError(
+                "node_launch 'head' needs the deepspeed launcher (torchrun starts on every node: use per_node)"
+            )
         return self
 
     @property

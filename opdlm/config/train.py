@@ -18,7 +18,12 @@ from opdlm.config.sampler import SamplerConfig
 def paper_rollout_sampler() -> SamplerConfig:
     """The paper's rollout sampler: B=4, 4 steps per block, temperature 1.0, dynamic threshold 0.9."""
     return SamplerConfig(
-        block_size=4, denoise_steps_per_block=4, remasking="dynamic", threshold=0.9, temperature=1.0, max_new_tokens=4000
+        block_size=4,
+        denoise_steps_per_block=4,
+        remasking="dynamic",
+        threshold=0.9,
+        temperature=1.0,
+        max_new_tokens=4000,
     )
 
 
@@ -43,8 +48,12 @@ class CurriculumStage(StrictModel):
         default_factory=dict,
         description="Per-domain cap on top of the schedule, e.g. {math: 4096, code: 2048} (paper values).",
     )
-    block_size: int | None = Field(None, ge=1, description="Block size for this stage (default: train.rollout.block_size).")
-    threshold: float | None = Field(None, gt=0.0, le=1.0, description="Dynamic-remasking threshold for this stage's rollouts.")
+    block_size: int | None = Field(
+        None, ge=1, description="Block size for this stage (default: train.rollout.block_size)."
+    )
+    threshold: float | None = Field(
+        None, gt=0.0, le=1.0, description="Dynamic-remasking threshold for this stage's rollouts."
+    )
     lr: float | None = Field(None, gt=0.0, description="Peak learning rate for this stage (default: train.lr).")
 
     @model_validator(mode="after")
@@ -60,9 +69,10 @@ class TrainConfig(StrictModel):
     """On-policy distillation (or the masked-diffusion SFT baseline) of a converted student."""
 
     objective: Literal["opd", "mdm_sft"] = Field(
-        "opd", description="opd: forward KL to the teacher on the student's own rollouts; "
+        "opd",
+        description="opd: forward KL to the teacher on the student's own rollouts; "
         "mdm_sft: masked-diffusion cross-entropy on the dataset's ground-truth responses.",
-    )  # fmt: skip
+    )
     rollout: SamplerConfig = Field(
         default_factory=paper_rollout_sampler,
         description="Rollout sampler (max_new_tokens is replaced by the curriculum's length cap).",
@@ -81,14 +91,18 @@ class TrainConfig(StrictModel):
     grad_clip: float = Field(1.0, ge=0.0, description="Max global gradient norm; 0 disables clipping.")
 
     state_selection: Literal["one_per_block", "all_rounds"] = Field(
-        "one_per_block", description="one_per_block: one random denoising round per block, one row per rollout; "
+        "one_per_block",
+        description="one_per_block: one random denoising round per block, one row per rollout; "
         "all_rounds: one row per round index, every round of every block becomes a state.",
-    )  # fmt: skip
-    kl: Literal["full", "top_k"] = Field("full", description="Full-vocabulary forward KL, or the teacher's top-k slice.")
+    )
+    kl: Literal["full", "top_k"] = Field(
+        "full", description="Full-vocabulary forward KL, or the teacher's top-k slice."
+    )
     kl_top_k: int = Field(16, ge=1, description="k of the top-k KL (paper: 16 at 4B/8B).")
     kl_chunk_size: int = Field(1024, ge=1, description="Loss positions per chunk of the vocabulary-sized KL.")
     exclude_eos_from_loss: bool = Field(
-        True, description="Leave the EOS position out of the loss (paper, for OPD). Set false for mdm_sft: a masked-diffusion student learns to stop only from EOS targets."
+        True,
+        description="Leave the EOS position out of the loss (paper, for OPD). Set false for mdm_sft: a masked-diffusion student learns to stop only from EOS targets.",
     )
     mdm_min_mask_ratio: float = Field(
         0.0, ge=0.0, lt=1.0, description="mdm_sft: per-block mask ratio t ~ U(min, 1); at least one token is masked."
@@ -99,27 +113,35 @@ class TrainConfig(StrictModel):
         "auto", description="auto: bf16 autocast on cuda, fp32 on cpu. Master weights stay fp32."
     )
     attn_backend: Literal["sdpa", "eager", "flex_attention"] | None = Field(
-        None, description="Attention backend of the student, and of the teacher unless teacher_attn_backend says "
+        None,
+        description="Attention backend of the student, and of the teacher unless teacher_attn_backend says "
         "otherwise (default: flex on cuda, sdpa on cpu).",
-    )  # fmt: skip
+    )
     teacher_attn_backend: Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2"] = Field(
-        "auto", description="The frozen teacher's causal forward. auto: flash_attention_2 on cuda with a bf16 teacher "
+        "auto",
+        description="The frozen teacher's causal forward. auto: flash_attention_2 on cuda with a bf16 teacher "
         "when flash-attn (the gpu extra) is installed, else attn_backend. An explicit flash_attention_2 that cannot "
         "run (package missing, cpu, fp32) warns and falls back to attn_backend.",
-    )  # fmt: skip
+    )
     num_threads: int | None = Field(
-        None, ge=1, description="CPU intra-op threads (1 is fastest for tiny models on a busy machine); None = torch default."
+        None,
+        ge=1,
+        description="CPU intra-op threads (1 is fastest for tiny models on a busy machine); None = torch default.",
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (paper: on).")
-    deepspeed: str | None = Field(None, description="DeepSpeed JSON config (configs/deepspeed/zero2.json, ...); None = plain PyTorch.")
+    deepspeed: str | None = Field(
+        None, description="DeepSpeed JSON config (configs/deepspeed/zero2.json, ...); None = plain PyTorch."
+    )
     teacher_offload: bool = Field(
-        False, description="DeepSpeed: run the frozen teacher as a ZeRO-3 inference engine (weights sharded across "
+        False,
+        description="DeepSpeed: run the frozen teacher as a ZeRO-3 inference engine (weights sharded across "
         "ranks and kept in CPU memory, fetched layer by layer); needs `deepspeed`.",
-    )  # fmt: skip
+    )
     teacher_deepspeed: str | None = Field(
-        None, description="DeepSpeed JSON of the teacher's engine when teacher_offload is on (ZeRO stage 3); "
+        None,
+        description="DeepSpeed JSON of the teacher's engine when teacher_offload is on (ZeRO stage 3); "
         "None = stage 3 with parameters offloaded to CPU (configs/deepspeed/zero3_teacher_offload.json spells it out).",
-    )  # fmt: skip
+    )
 
     checkpoint_every: int = Field(50, ge=1, description="Write a checkpoint every N rollout steps (and at the end).")
     keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept on disk.")

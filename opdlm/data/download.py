@@ -69,7 +69,9 @@ def _fetch(source: str, workdir: Path) -> Path:
                 return Path(hf_hub_download(repo_id, parts[2], repo_type="dataset", local_dir=workdir))
             return Path(snapshot_download(repo_id, repo_type="dataset", local_dir=workdir))
         except Exception as exc:
-            raise SourceError(f"could not download {source}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+            raise SourceError(
+                f"could not download {source}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            ) from None
     if source.startswith("s3://"):
         from opdlm.storage.s3 import download_file
 
@@ -122,7 +124,9 @@ def _raw_records(path: Path):
                 raise OpdlmError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
 
 
-def normalise_records(path: Path, field_map: dict[str, str] | None = None, default_source: str | None = None) -> list[Row]:
+def normalise_records(
+    path: Path, field_map: dict[str, str] | None = None, default_source: str | None = None
+) -> list[Row]:
     """Validate every record of ``path`` as a canonical :class:`Row` (after renaming fields)."""
     field_map = field_map or {}
     rows = []

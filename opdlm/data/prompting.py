@@ -28,9 +28,11 @@ def format_prompt(
     text = question + (MATH_SUFFIX if math_suffix and domain == "math" else "")
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True,
+            [{"role": "user", "content": text}],
+            tokenize=False,
+            add_generation_prompt=True,
             enable_thinking=bool(enable_thinking),
-        )  # fmt: skip
+        )
     return text
 
 

@@ -21,7 +21,9 @@ class Row(StrictModel):
 
     question: str = Field(..., min_length=1, description="The prompt text (before any chat template).")
     answer: str = Field(..., description="Ground-truth final answer; used for scoring only, never in the OPD loss.")
-    domain: str = Field(..., min_length=1, description="math, code, stem, chat, ... (per-domain length caps key on it).")
+    domain: str = Field(
+        ..., min_length=1, description="math, code, stem, chat, ... (per-domain length caps key on it)."
+    )
     source: str = Field(..., min_length=1, description="Where the row comes from, e.g. builtin:synthetic/arith.")
     tests: str | None = Field(None, description="For code: test program run against the completion.")
     response: str | None = Field(None, description="Optional reference solution (worked response).")

@@ -20,7 +20,9 @@ from opdlm.eval.code_scoring import humaneval_program, mbpp_program
 Scorer = Literal["synthetic", "math", "choice", "code"]
 
 CHOICE_INSTRUCTION = "\n\nAnswer with the letter of the correct option, written as \\boxed{X}."
-HUMANEVAL_INSTRUCTION = "Complete the following Python function. Reply with the whole function in a ```python code block.\n\n"
+HUMANEVAL_INSTRUCTION = (
+    "Complete the following Python function. Reply with the whole function in a ```python code block.\n\n"
+)
 MBPP_INSTRUCTION = "\nReply with the Python code in a ```python code block."
 
 
@@ -63,26 +65,73 @@ class Benchmark:
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
-        Benchmark("synthetic", "built-in synthetic reasoning suite, held-out split", "synthetic",
-                  lambda d, seed: loaders.load_synthetic(d, seed), 128),
-        Benchmark("gsm8k", "GSM8K test (grade-school math word problems)", "math",
-                  lambda d, seed: loaders.load_gsm8k(d), 512, math_suffix=True),
-        Benchmark("math500", "MATH-500 (competition math)", "math",
-                  lambda d, seed: loaders.load_math500(d), 1024, math_suffix=True),
+        Benchmark(
+            "synthetic",
+            "built-in synthetic reasoning suite, held-out split",
+            "synthetic",
+            lambda d, seed: loaders.load_synthetic(d, seed),
+            128,
+        ),
+        Benchmark(
+            "gsm8k",
+            "GSM8K test (grade-school math word problems)",
+            "math",
+            lambda d, seed: loaders.load_gsm8k(d),
+            512,
+            math_suffix=True,
+        ),
+        Benchmark(
+            "math500",
+            "MATH-500 (competition math)",
+            "math",
+            lambda d, seed: loaders.load_math500(d),
+            1024,
+            math_suffix=True,
+        ),
         Benchmark("aime24", "AIME 2024", "math", lambda d, seed: loaders.load_aime24(d), 2048, math_suffix=True),
         Benchmark("aime25", "AIME 2025", "math", lambda d, seed: loaders.load_aime25(d), 2048, math_suffix=True),
-        Benchmark("mmlu", "MMLU test (57 subjects, 4 options)", "choice",
-                  lambda d, seed: loaders.load_mmlu(d), 512, choice_letters="ABCD"),
-        Benchmark("mmlu_pro", "MMLU-Pro test (up to 10 options)", "choice",
-                  lambda d, seed: loaders.load_mmlu_pro(d), 1024, choice_letters="ABCDEFGHIJ"),
-        Benchmark("gpqa_diamond", "GPQA-Diamond (4 options, shuffled per seed)", "choice",
-                  lambda d, seed: loaders.load_gpqa_diamond(d, seed), 1024, choice_letters="ABCD"),
-        Benchmark("humaneval", "HumanEval (164 Python functions)", "code",
-                  lambda d, seed: loaders.load_humaneval(d), 512, program=humaneval_program),
-        Benchmark("mbpp", "MBPP test split (task ids 11-510)", "code",
-                  lambda d, seed: loaders.load_mbpp(d), 512, program=mbpp_program),
+        Benchmark(
+            "mmlu",
+            "MMLU test (57 subjects, 4 options)",
+            "choice",
+            lambda d, seed: loaders.load_mmlu(d),
+            512,
+            choice_letters="ABCD",
+        ),
+        Benchmark(
+            "mmlu_pro",
+            "MMLU-Pro test (up to 10 options)",
+            "choice",
+            lambda d, seed: loaders.load_mmlu_pro(d),
+            1024,
+            choice_letters="ABCDEFGHIJ",
+        ),
+        Benchmark(
+            "gpqa_diamond",
+            "GPQA-Diamond (4 options, shuffled per seed)",
+            "choice",
+            lambda d, seed: loaders.load_gpqa_diamond(d, seed),
+            1024,
+            choice_letters="ABCD",
+        ),
+        Benchmark(
+            "humaneval",
+            "HumanEval (164 Python functions)",
+            "code",
+            lambda d, seed: loaders.load_humaneval(d),
+            512,
+            program=humaneval_program,
+        ),
+        Benchmark(
+            "mbpp",
+            "MBPP test split (task ids 11-510)",
+            "code",
+            lambda d, seed: loaders.load_mbpp(d),
+            512,
+            program=mbpp_program,
+        ),
     )
-}  # fmt: skip
+}
 
 BENCHMARK_NAMES = tuple(BENCHMARKS)
 

@@ -44,9 +44,11 @@ def sampler_config(
             greedy = SamplerConfig(temperature=0.0)
             return (base or greedy).with_overrides(max_new_tokens=max_new_tokens)
         return (base or runner.sampler_defaults).with_overrides(
-            max_new_tokens=max_new_tokens, threshold=threshold, block_size=block_size,
+            max_new_tokens=max_new_tokens,
+            threshold=threshold,
+            block_size=block_size,
             remasking="dynamic" if threshold is not None else None,
-        )  # fmt: skip
+        )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         from pydantic import ValidationError
 
@@ -62,8 +64,14 @@ def build_prompts(runner: ModelRunner, benchmark: Benchmark, rows: list[Row]) ->
     return [runner.format_prompt(benchmark.question_text(r), r.domain, math_suffix=benchmark.math_suffix) for r in rows]
 
 
-def decode_batches(runner: ModelRunner, prompt_ids: list[list[int]], cfg: SamplerConfig, batch_size: int, seed: int,
-                   progress: bool = False):
+def decode_batches(
+    runner: ModelRunner,
+    prompt_ids: list[list[int]],
+    cfg: SamplerConfig,
+    batch_size: int,
+    seed: int,
+    progress: bool = False,
+):
     """Decode tokenised prompts in batches of similar length (less padding); batch ``b`` samples with ``seed + b``.
 
     Yields:
@@ -84,7 +92,9 @@ def _decode(runner: ModelRunner, prompts: list[str], cfg: SamplerConfig, batch_s
     """Decode every prompt; returns per-row ``(text, ids, steps, forwards, finished)`` and generation seconds."""
     outputs: list[tuple | None] = [None] * len(prompts)
     seconds = 0.0
-    for batch, out, batch_s in decode_batches(runner, encode_prompts(runner.tokenizer, prompts), cfg, batch_size, seed, progress):
+    for batch, out, batch_s in decode_batches(
+        runner, encode_prompts(runner.tokenizer, prompts), cfg, batch_size, seed, progress
+    ):
         seconds += batch_s
         for k, i in enumerate(batch):
             outputs[i] = (out.texts[k], out.response_ids[k], out.num_steps(k), out.num_forwards[k], out.finished[k])
@@ -104,24 +114,42 @@ def evaluate_rows(
     outputs, seconds = _decode(runner, prompts, cfg, config.batch_size, config.seed, progress)
     limits = SandboxLimits(timeout_s=config.code_timeout_s, memory_bytes=config.code_memory_mb * 1024**2)
     scores = score_completions(
-        benchmark, rows, [o[0] for o in outputs], code_limits=limits, code_workers=config.code_workers,
+        benchmark,
+        rows,
+        [o[0] for o in outputs],
+        code_limits=limits,
+        code_workers=config.code_workers,
         allow_unsandboxed=config.allow_unsandboxed,
-    )  # fmt: skip
+    )
     records = [
         SampleRecord(
-            id=row.id or str(i), prompt=prompt, completion=text, answer=row.answer, extracted=score.extracted,
-            correct=score.correct, status=score.status, num_tokens=len(ids), num_steps=steps,
-            tokens_per_step=round(len(ids) / steps, 4) if steps else 0.0, num_forwards=forwards, finished=finished,
-        )  # fmt: skip
+            id=row.id or str(i),
+            prompt=prompt,
+            completion=text,
+            answer=row.answer,
+            extracted=score.extracted,
+            correct=score.correct,
+            status=score.status,
+            num_tokens=len(ids),
+            num_steps=steps,
+            tokens_per_step=round(len(ids) / steps, 4) if steps else 0.0,
+            num_forwards=forwards,
+            finished=finished,
+        )
         for i, (row, prompt, (text, ids, steps, forwards, finished), score) in enumerate(
             zip(rows, prompts, outputs, scores)
         )
     ]
     result = summarize(
-        records, benchmark=benchmark.name, model=str(runner.model_dir), model_kind=runner.kind, generation_s=seconds,
-        max_new_tokens=cfg.max_new_tokens, seed=config.seed,
+        records,
+        benchmark=benchmark.name,
+        model=str(runner.model_dir),
+        model_kind=runner.kind,
+        generation_s=seconds,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=config.seed,
         sampler=cfg.model_dump() if runner.kind == "student" else None,
-    )  # fmt: skip
+    )
     return result, records
 
 

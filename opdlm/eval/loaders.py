@@ -22,8 +22,8 @@ from pydantic import ValidationError
 
 from opdlm.data.schema import Row
 from opdlm.errors import OpdlmError
-from opdlm.fsutil import read_text
 from opdlm.eval.choice import option_letters
+from opdlm.fsutil import read_text
 
 GSM8K_FILES = ("gsm8k/test.jsonl", "gsm8k.jsonl")
 MATH500_FILES = ("math500/test.jsonl", "math500.jsonl")
@@ -128,8 +128,17 @@ def load_gsm8k(data_dir: str | Path) -> list[Row]:
         if "####" not in solution:
             raise OpdlmError(f"{where}: field 'answer' has no '#### N' final answer")
         final = solution.rsplit("####", 1)[1].strip().replace(",", "")
-        rows.append(_row(where, question=_field(rec, ("question",), where), answer=final, domain="math",
-                        source="gsm8k", response=solution, id=f"gsm8k/{i}"))  # fmt: skip
+        rows.append(
+            _row(
+                where,
+                question=_field(rec, ("question",), where),
+                answer=final,
+                domain="math",
+                source="gsm8k",
+                response=solution,
+                id=f"gsm8k/{i}",
+            )
+        )
     return _nonempty(rows, path)
 
 
@@ -139,9 +148,17 @@ def load_math500(data_dir: str | Path) -> list[Row]:
     rows = []
     for i, (lineno, rec) in enumerate(read_jsonl(path)):
         where = f"{path}:{lineno}"
-        rows.append(_row(where, question=_field(rec, ("problem",), where), answer=str(_field(rec, ("answer",), where)),
-                        domain="math", source="math500", response=rec.get("solution"),
-                        id=str(rec.get("unique_id") or f"math500/{i}")))  # fmt: skip
+        rows.append(
+            _row(
+                where,
+                question=_field(rec, ("problem",), where),
+                answer=str(_field(rec, ("answer",), where)),
+                domain="math",
+                source="math500",
+                response=rec.get("solution"),
+                id=str(rec.get("unique_id") or f"math500/{i}"),
+            )
+        )
     return _nonempty(rows, path)
 
 
@@ -151,9 +168,17 @@ def _load_aime(data_dir: str | Path, name: str, candidates: tuple[str, ...]) -> 
     for i, (lineno, rec) in enumerate(read_jsonl(path)):
         where = f"{path}:{lineno}"
         rid = rec.get("id", rec.get("ID"))
-        rows.append(_row(where, question=_field(rec, ("problem", "question", "Problem"), where),
-                        answer=str(_field(rec, ("answer", "Answer"), where)).strip(), domain="math", source=name,
-                        response=rec.get("solution"), id=f"{name}/{rid if rid is not None else i}"))  # fmt: skip
+        rows.append(
+            _row(
+                where,
+                question=_field(rec, ("problem", "question", "Problem"), where),
+                answer=str(_field(rec, ("answer", "Answer"), where)).strip(),
+                domain="math",
+                source=name,
+                response=rec.get("solution"),
+                id=f"{name}/{rid if rid is not None else i}",
+            )
+        )
     return _nonempty(rows, path)
 
 
@@ -179,8 +204,16 @@ def load_mmlu(data_dir: str | Path) -> list[Row]:
         choices = list(_field(rec, ("choices",), where))
         letter = _gold_letter(_field(rec, ("answer",), where), len(choices), where)
         subject = rec.get("subject", "")
-        rows.append(_row(where, question=format_choices(_field(rec, ("question",), where), choices), answer=letter,
-                        domain="stem", source=f"mmlu/{subject}" if subject else "mmlu", id=f"mmlu/{i}"))  # fmt: skip
+        rows.append(
+            _row(
+                where,
+                question=format_choices(_field(rec, ("question",), where), choices),
+                answer=letter,
+                domain="stem",
+                source=f"mmlu/{subject}" if subject else "mmlu",
+                id=f"mmlu/{i}",
+            )
+        )
     return _nonempty(rows, path)
 
 
@@ -191,12 +224,22 @@ def _mmlu_csv_folder(folder: Path) -> list[Row]:
         with _open_text(csv_path) as fh:
             for lineno, rec in enumerate(csv.reader(fh), 1):
                 if len(rec) != 6:
-                    raise OpdlmError(f"{csv_path}:{lineno}: expected 6 columns (question, A, B, C, D, answer), got {len(rec)}")
+                    raise OpdlmError(
+                        f"{csv_path}:{lineno}: expected 6 columns (question, A, B, C, D, answer), got {len(rec)}"
+                    )
                 where = f"{csv_path}:{lineno}"
                 if rec[5].strip() not in ("A", "B", "C", "D"):
                     raise OpdlmError(f"{csv_path}:{lineno}: answer column must be A-D (got {rec[5]!r})")
-                rows.append(_row(where, question=format_choices(rec[0], rec[1:5]), answer=rec[5].strip(), domain="stem",
-                                source=f"mmlu/{subject}", id=f"mmlu/{subject}/{lineno - 1}"))  # fmt: skip
+                rows.append(
+                    _row(
+                        where,
+                        question=format_choices(rec[0], rec[1:5]),
+                        answer=rec[5].strip(),
+                        domain="stem",
+                        source=f"mmlu/{subject}",
+                        id=f"mmlu/{subject}/{lineno - 1}",
+                    )
+                )
     return rows
 
 
@@ -207,13 +250,25 @@ def load_mmlu_pro(data_dir: str | Path) -> list[Row]:
     for i, (lineno, rec) in enumerate(read_jsonl(path)):
         where = f"{path}:{lineno}"
         options = list(_field(rec, ("options",), where))
-        while options and str(options[-1]).strip() in ("", "N/A"):  # padding at the end only: letters keep their options
+        while options and str(options[-1]).strip() in (
+            "",
+            "N/A",
+        ):  # padding at the end only: letters keep their options
             options.pop()
-        letter = _gold_letter(rec["answer"] if rec.get("answer") else _field(rec, ("answer_index",), where), len(options), where)
+        letter = _gold_letter(
+            rec["answer"] if rec.get("answer") else _field(rec, ("answer_index",), where), len(options), where
+        )
         category = rec.get("category", "")
-        rows.append(_row(where, question=format_choices(_field(rec, ("question",), where), options), answer=letter,
-                        domain="stem", source=f"mmlu_pro/{category}" if category else "mmlu_pro",
-                        id=f"mmlu_pro/{rec.get('question_id', i)}"))  # fmt: skip
+        rows.append(
+            _row(
+                where,
+                question=format_choices(_field(rec, ("question",), where), options),
+                answer=letter,
+                domain="stem",
+                source=f"mmlu_pro/{category}" if category else "mmlu_pro",
+                id=f"mmlu_pro/{rec.get('question_id', i)}",
+            )
+        )
     return _nonempty(rows, path)
 
 
@@ -239,8 +294,16 @@ def load_gpqa_diamond(data_dir: str | Path, seed: int = 0) -> list[Row]:
             random.Random(f"gpqa:{seed}:{record_id}").shuffle(order)
             shuffled = [options[k] for k in order]
             letter = "ABCD"[order.index(0)]
-            rows.append(_row(where, question=format_choices(rec["Question"], shuffled), answer=letter, domain="stem",
-                            source="gpqa_diamond", id=f"gpqa_diamond/{record_id}"))  # fmt: skip
+            rows.append(
+                _row(
+                    where,
+                    question=format_choices(rec["Question"], shuffled),
+                    answer=letter,
+                    domain="stem",
+                    source="gpqa_diamond",
+                    id=f"gpqa_diamond/{record_id}",
+                )
+            )
     return _nonempty(rows, path)
 
 
@@ -266,8 +329,18 @@ def load_humaneval(data_dir: str | Path | None = None) -> list[Row]:
         where = f"{path}:{lineno}"
         entry = _field(rec, ("entry_point",), where)
         tests = f"{_field(rec, ('test',), where)}\n\ncheck({entry})\n"
-        rows.append(_row(where, question=_field(rec, ("prompt",), where), answer=entry, domain="code", source="humaneval",
-                        tests=tests, response=rec.get("canonical_solution"), id=_field(rec, ("task_id",), where)))  # fmt: skip
+        rows.append(
+            _row(
+                where,
+                question=_field(rec, ("prompt",), where),
+                answer=entry,
+                domain="code",
+                source="humaneval",
+                tests=tests,
+                response=rec.get("canonical_solution"),
+                id=_field(rec, ("task_id",), where),
+            )
+        )
     return _nonempty(rows, path)
 
 
@@ -279,7 +352,11 @@ def _called_function(test: str) -> str:
         found = re.search(r"([A-Za-z_]\w*)\s*\(", test)
         return found.group(1) if found else ""
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id not in ("set", "len", "sorted", "abs", "round", "list", "tuple", "str", "int", "float"):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id not in ("set", "len", "sorted", "abs", "round", "list", "tuple", "str", "int", "float")
+        ):
             return node.func.id
     return ""
 
@@ -303,8 +380,18 @@ def load_mbpp(data_dir: str | Path) -> list[Row]:
         tests = (setup + "\n" if setup else "") + "\n".join(test_list) + "\n"
         text = _field(rec, ("text", "prompt"), where)
         question = f"{text.strip()}\nYour code should pass these tests:\n" + "\n".join(test_list)
-        rows.append(_row(where, question=question, answer=_called_function(test_list[0]), domain="code", source="mbpp",
-                        tests=tests, response=rec.get("code"), id=f"mbpp/{_field(rec, ('task_id',), where)}"))  # fmt: skip
+        rows.append(
+            _row(
+                where,
+                question=question,
+                answer=_called_function(test_list[0]),
+                domain="code",
+                source="mbpp",
+                tests=tests,
+                response=rec.get("code"),
+                id=f"mbpp/{_field(rec, ('task_id',), where)}",
+            )
+        )
     return _nonempty(rows, path)
 
 

@@ -84,15 +84,24 @@ class ModelRunner:
         from opdlm.sampling.autoregressive import generate_autoregressive
 
         return generate_autoregressive(
-            self._model, self.tokenizer, prompt_ids, cfg.max_new_tokens,
-            temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator_seed=seed,
-        )  # fmt: skip
+            self._model,
+            self.tokenizer,
+            prompt_ids,
+            cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            generator_seed=seed,
+        )
 
 
 def load_runner(
-    model_dir: str | Path, device: str = "auto", dtype: str = "auto", backend: str | None = None,
+    model_dir: str | Path,
+    device: str = "auto",
+    dtype: str = "auto",
+    backend: str | None = None,
     enable_thinking: bool | None = None,
-) -> ModelRunner:  # fmt: skip
+) -> ModelRunner:
     """Load ``model_dir`` as a student when it is one, otherwise as a plain causal LM.
 
     Args:

@@ -194,16 +194,26 @@ def _prepare_workdir(workdir: Path, mode: str | None) -> None:
 def _bwrap_argv(workdir: Path, mode: str, limits: SandboxLimits) -> list[str]:
     argv = [
         bwrap_path() or "bwrap",
-        "--ro-bind", "/", "/",
-        "--size", str(limits.tmpfs_bytes), "--tmpfs", "/tmp",
-        "--bind", str(workdir), SANDBOX_WORKDIR,
-        "--chdir", SANDBOX_WORKDIR,
-        "--proc", "/proc",
-        "--dev", "/dev",
+        "--ro-bind",
+        "/",
+        "/",
+        "--size",
+        str(limits.tmpfs_bytes),
+        "--tmpfs",
+        "/tmp",
+        "--bind",
+        str(workdir),
+        SANDBOX_WORKDIR,
+        "--chdir",
+        SANDBOX_WORKDIR,
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
         "--unshare-all",  # net (no network, not even loopback), pid, ipc, uts, cgroup, user where possible
         "--die-with-parent",
         "--new-session",  # the program cannot reach our terminal (TIOCSTI)
-    ]  # fmt: skip
+    ]
     return argv
 
 
@@ -272,17 +282,37 @@ def run_program(source: str, limits: SandboxLimits | None = None, allow_unsandbo
             path.chmod(0o755 if path.is_dir() else 0o644)  # readable by nobody; writable by us only
         nproc = _tasks_of_uid(_program_uid(mode)) + limits.max_processes
         cpu_s = max(1, int(limits.timeout_s) + 1)
-        limit_args = [str(limits.memory_bytes), str(nproc), str(limits.file_size_bytes), str(cpu_s), str(limits.open_files)]
+        limit_args = [
+            str(limits.memory_bytes),
+            str(nproc),
+            str(limits.file_size_bytes),
+            str(cpu_s),
+            str(limits.open_files),
+        ]
         if sandboxed:
             # The program and prelude are bound read-only next to the writable work dir.
             cmd = _bwrap_argv(workdir, mode, limits) + [
-                "--ro-bind", str(prelude), "/tmp/prelude.py", "--ro-bind", str(program), "/tmp/program.py",
-                plan.python, "-I", "-B", "/tmp/prelude.py", *limit_args, "/tmp/program.py",
-            ]  # fmt: skip
+                "--ro-bind",
+                str(prelude),
+                "/tmp/prelude.py",
+                "--ro-bind",
+                str(program),
+                "/tmp/program.py",
+                plan.python,
+                "-I",
+                "-B",
+                "/tmp/prelude.py",
+                *limit_args,
+                "/tmp/program.py",
+            ]
         else:
             cmd = [sys.executable, "-I", "-B", str(prelude), *limit_args, str(program)]
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": SANDBOX_WORKDIR if sandboxed else str(workdir),
-               "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}  # fmt: skip
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": SANDBOX_WORKDIR if sandboxed else str(workdir),
+            "LANG": "C.UTF-8",
+            "PYTHONHASHSEED": "0",
+        }
         return _launch(cmd, env, workdir if not sandboxed else root, root, limits, sandboxed, mode)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -294,9 +324,16 @@ def _launch(cmd, env, cwd, root: Path, limits: SandboxLimits, sandboxed: bool, m
     with out_path.open("wb") as out, err_path.open("wb") as err:
         # Output goes to files, not pipes: RLIMIT_FSIZE then caps it, and nothing buffers in our memory.
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd, env=env,
-            start_new_session=True, close_fds=True, **(_user_kwargs(mode) if mode else {}),
-        )  # fmt: skip
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+            **(_user_kwargs(mode) if mode else {}),
+        )
         try:
             returncode = proc.wait(timeout=limits.timeout_s)
             timed_out = False

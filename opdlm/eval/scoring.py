@@ -13,9 +13,9 @@ from pathlib import Path
 
 from opdlm.data.schema import Row
 from opdlm.errors import OpdlmError
-from opdlm.fsutil import read_text
 from opdlm.eval.benchmarks import Benchmark
 from opdlm.eval.sandbox import SandboxLimits, run_programs
+from opdlm.fsutil import read_text
 
 ID_KEYS = ("id", "task_id")
 COMPLETION_KEYS = ("completion", "response", "text")
@@ -89,7 +89,14 @@ def score_completions(
     for r in results:
         passed = r.passed and token in r.stdout_tail
         status = "failed" if r.passed and not passed else r.status
-        detail = None if passed else (r.stderr_tail[-500:] or ("exited before the tests finished" if r.passed else f"exit status {r.returncode}"))
+        detail = (
+            None
+            if passed
+            else (
+                r.stderr_tail[-500:]
+                or ("exited before the tests finished" if r.passed else f"exit status {r.returncode}")
+            )
+        )
         scores.append(SampleScore(passed, None, status, detail))
     return scores
 
@@ -160,15 +167,29 @@ def score_file(benchmark: str, completions_path: str | Path, config=None, json_o
     bench = get_benchmark(benchmark)
     rows, texts = read_completions(completions_path, load_benchmark(benchmark, config.data_dir, seed=config.seed))
     limits = SandboxLimits(timeout_s=config.code_timeout_s, memory_bytes=config.code_memory_mb * 1024**2)
-    scores = score_completions(bench, rows, texts, code_limits=limits, code_workers=config.code_workers,
-                               allow_unsandboxed=config.allow_unsandboxed)  # fmt: skip
+    scores = score_completions(
+        bench,
+        rows,
+        texts,
+        code_limits=limits,
+        code_workers=config.code_workers,
+        allow_unsandboxed=config.allow_unsandboxed,
+    )
     correct = sum(s.correct for s in scores)
-    summary = {"benchmark": bench.name, "completions": str(completions_path), "n": len(scores), "correct": correct,
-               "accuracy": round(correct / len(scores), 6), "samples_path": None}  # fmt: skip
+    summary = {
+        "benchmark": bench.name,
+        "completions": str(completions_path),
+        "n": len(scores),
+        "correct": correct,
+        "accuracy": round(correct / len(scores), 6),
+        "samples_path": None,
+    }
     if json_out is not None:
         samples = samples_path_for(json_out)
-        lines = [json.dumps({"id": r.id, "completion": t, "answer": r.answer, **s.to_dict()}, ensure_ascii=False)
-                 for r, t, s in zip(rows, texts, scores)]  # fmt: skip
+        lines = [
+            json.dumps({"id": r.id, "completion": t, "answer": r.answer, **s.to_dict()}, ensure_ascii=False)
+            for r, t, s in zip(rows, texts, scores)
+        ]
         atomic_write_text(samples, "".join(line + "\n" for line in lines))
         summary["samples_path"] = str(samples)
         atomic_write_text(json_out, json.dumps(summary, indent=2) + "\n")

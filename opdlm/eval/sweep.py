@@ -69,9 +69,17 @@ def plot_pareto(points: list[SweepPoint], path: str | Path, title: str) -> Path:
         group = [p for p in points if p.block_size == block_size]
         ax.scatter([p.tokens_per_step for p in group], [p.accuracy for p in group], label=f"B={block_size}", zorder=3)
         for p in group:
-            ax.annotate(f"{p.threshold:g}", (p.tokens_per_step, p.accuracy), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.annotate(
+                f"{p.threshold:g}",
+                (p.tokens_per_step, p.accuracy),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=8,
+            )
     front = sorted((p for p in points if p.pareto), key=lambda p: p.tokens_per_step)
-    ax.plot([p.tokens_per_step for p in front], [p.accuracy for p in front], "k--", lw=1, label="Pareto front", zorder=2)
+    ax.plot(
+        [p.tokens_per_step for p in front], [p.accuracy for p in front], "k--", lw=1, label="Pareto front", zorder=2
+    )
     ax.set_xlabel("tokens per step")
     ax.set_ylabel("accuracy")
     ax.set_title(title, fontsize=10)
@@ -114,7 +122,9 @@ def sweep(
     config = config or EvalConfig()
     runner, bench, rows = prepare(model_dir, benchmark, config, enable_thinking)
     if runner.kind != "student":
-        raise ConfigError(f"--sweep needs a converted student; {model_dir} is a plain causal LM (no threshold or block size)")
+        raise ConfigError(
+            f"--sweep needs a converted student; {model_dir} is a plain causal LM (no threshold or block size)"
+        )
     max_new_tokens = config.max_new_tokens or (sampler.max_new_tokens if sampler else bench.max_new_tokens)
     out = Path(out_dir) if out_dir is not None else None
     points: list[SweepPoint] = []
@@ -125,12 +135,19 @@ def sweep(
             json_path = out / "points" / f"{bench.name}_B{block_size}_t{threshold:g}.json" if out is not None else None
             if json_path is not None:
                 write_run(result, records, json_path)
-            points.append(SweepPoint(
-                block_size=block_size, threshold=threshold, accuracy=result.accuracy,
-                tokens_per_step=result.tokens_per_step, mean_forwards=result.mean_forwards,
-                tokens_per_second=result.tokens_per_second, mean_length=result.mean_length, n=result.n,
-                result_path=str(json_path) if json_path is not None else None,
-            ))  # fmt: skip
+            points.append(
+                SweepPoint(
+                    block_size=block_size,
+                    threshold=threshold,
+                    accuracy=result.accuracy,
+                    tokens_per_step=result.tokens_per_step,
+                    mean_forwards=result.mean_forwards,
+                    tokens_per_second=result.tokens_per_second,
+                    mean_length=result.mean_length,
+                    n=result.n,
+                    result_path=str(json_path) if json_path is not None else None,
+                )
+            )
     for point, flag in zip(points, pareto_flags([(p.accuracy, p.tokens_per_step) for p in points])):
         point.pareto = flag
     table = [asdict(p) for p in points]

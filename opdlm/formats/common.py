@@ -20,15 +20,26 @@ from opdlm.errors import SourceError
 
 # Qwen3 architecture fields an imported config must carry (all Qwen3Config arguments).
 QWEN3_REQUIRED_FIELDS = (
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "rms_norm_eps", "max_position_embeddings",
-)  # fmt: skip
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "rms_norm_eps",
+    "max_position_embeddings",
+)
 # Keys that point into a checkpoint's own code or name its own class: dropped on import.
 REMOTE_CODE_KEYS = ("auto_map", "architectures", "model_type", "transformers_version")
 TOKENIZER_FILES = (
-    "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
-    "added_tokens.json", "chat_template.jinja",
-)  # fmt: skip
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
 MASK_TOKEN = "<|MASK|>"
 
 
@@ -76,7 +87,9 @@ def weight_files(src_dir: Path) -> list[Path]:
     files = sorted(src_dir.glob("*.safetensors"))
     if not files:
         found = sorted(p.name for p in src_dir.glob("*.bin")) or ["nothing"]
-        raise SourceError(f"{src_dir}: no *.safetensors weights (found {', '.join(found)}); only safetensors import byte for byte")
+        raise SourceError(
+            f"{src_dir}: no *.safetensors weights (found {', '.join(found)}); only safetensors import byte for byte"
+        )
     index = src_dir / "model.safetensors.index.json"
     return files + ([index] if index.is_file() else [])
 
@@ -109,7 +122,9 @@ def check_qwen3_names(names: set[str], config_dict: dict, where: str) -> None:
     unexpected = sorted(names - expected)
     missing = sorted(expected - names - optional)
     if unexpected:
-        raise SourceError(f"{where}: weight {unexpected[0]!r} is not a Qwen3 weight name ({len(unexpected)} unexpected)")
+        raise SourceError(
+            f"{where}: weight {unexpected[0]!r} is not a Qwen3 weight name ({len(unexpected)} unexpected)"
+        )
     if missing:
         raise SourceError(f"{where}: weight {missing[0]!r} is missing ({len(missing)} missing)")
 
@@ -167,7 +182,9 @@ def copy_tokenizer(src_dir: Path, dst: Path, mask_id: int) -> None:
     if tokenizer.mask_token_id != mask_id:
         tokenizer.add_special_tokens({"mask_token": content or MASK_TOKEN})
     if tokenizer.mask_token_id != mask_id:
-        raise SourceError(f"{src_dir.name}: the tokenizer's mask token has id {tokenizer.mask_token_id}, expected {mask_id}")
+        raise SourceError(
+            f"{src_dir.name}: the tokenizer's mask token has id {tokenizer.mask_token_id}, expected {mask_id}"
+        )
     for name in TOKENIZER_FILES:
         (dst / name).unlink(missing_ok=True)
     tokenizer.save_pretrained(dst)
@@ -193,7 +210,9 @@ def resolve_block_size(declared: Declared, requested: int | None, default: Decla
     """The block size to use: the declared one (a different request fails), else the request, else ``default``."""
     if declared.value is not None:
         if requested is not None and requested != declared.value:
-            raise SourceError(f"block_size: {source} declares {declared.value} ({declared.where}); --block-size says {requested}")
+            raise SourceError(
+                f"block_size: {source} declares {declared.value} ({declared.where}); --block-size says {requested}"
+            )
         return declared
     if requested is not None:
         return Declared(requested, "--block-size")

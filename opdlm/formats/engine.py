@@ -111,13 +111,19 @@ def check_student(config: dict, engine: Engine, where: str) -> None:
     if config.get("block_size") is None or config.get("mask_token_id") is None:
         raise OpdlmError(f"{where} is not a converted student (config.json lacks block_size or mask_token_id)")
     if config.get("model_type") != "qwen3":
-        raise Refusal(f"model_type: {engine.name} serves SDAR models, which are Qwen3 networks; the student is {config.get('model_type')!r}")
+        raise Refusal(
+            f"model_type: {engine.name} serves SDAR models, which are Qwen3 networks; the student is {config.get('model_type')!r}"
+        )
     if int(config["mask_token_id"]) != engine.mask_id:
-        raise Refusal(f"mask_token_id: the student's is {config['mask_token_id']}; {engine.name} hard-codes {engine.mask_id}")
+        raise Refusal(
+            f"mask_token_id: the student's is {config['mask_token_id']}; {engine.name} hard-codes {engine.mask_id}"
+        )
     if config.get("logit_shift"):
         raise Refusal(f"logit_shift: the student predicts token j at position j-1; {engine.name} reads position j")
     if int(config["vocab_size"]) <= engine.mask_id:
-        raise Refusal(f"vocab_size: {config['vocab_size']} rows leave no embedding for {engine.name}'s mask id {engine.mask_id}")
+        raise Refusal(
+            f"vocab_size: {config['vocab_size']} rows leave no embedding for {engine.name}'s mask id {engine.mask_id}"
+        )
 
 
 def geometry_notes(config: dict, block_size: int, engine: Engine) -> list[str]:
@@ -140,8 +146,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def export_student(student: str | Path, out: str | Path, engine_name: str, overrides: dict | None = None,
-                   overwrite: bool = False) -> tuple[Path, list[str]]:  # fmt: skip
+def export_student(
+    student: str | Path, out: str | Path, engine_name: str, overrides: dict | None = None, overwrite: bool = False
+) -> tuple[Path, list[str]]:
     """Write ``student`` as a directory ``engine_name`` serves.
 
     Args:
@@ -190,8 +197,14 @@ def export_student(student: str | Path, out: str | Path, engine_name: str, overr
         else:
             (tmp / engine.settings_file).write_text(json.dumps(settings, indent=2) + "\n")
         command = engine.launch(str(final), str(settings_path), settings)
-        summary = {"engine": engine.name, "student": str(student), "launch": command, "sampler": sampler.model_dump(),
-                   "settings": settings, "notes": notes}  # fmt: skip
+        summary = {
+            "engine": engine.name,
+            "student": str(student),
+            "launch": command,
+            "sampler": sampler.model_dump(),
+            "settings": settings,
+            "notes": notes,
+        }
         (tmp / EXPORT_SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
         (tmp / "README.md").write_text(render_readme(engine, summary))
     return final, notes
@@ -217,7 +230,7 @@ def render_readme(engine: Engine, summary: dict) -> str:
     notes = "\n".join(f"- {n}" for n in summary["notes"])
     return f"""# {engine.name} export of an opdlm student
 
-Exported from `{summary['student']}` by `opdlm export --format {engine.name}`. The weights are the
+Exported from `{summary["student"]}` by `opdlm export --format {engine.name}`. The weights are the
 student's, unchanged; `config.json` carries the same Qwen3 numbers under `architectures:
 ["{ENGINE_ARCHITECTURE}"]` (`model_type: {engine.model_type}`), which {engine.name} serves as a
 block-diffusion model with mask id {engine.mask_id}.
@@ -225,7 +238,7 @@ block-diffusion model with mask id {engine.mask_id}.
 ## Launch
 
 ```bash
-{summary['launch']}
+{summary["launch"]}
 ```
 
 Request (prompt token ids rendered with this directory's tokenizer and chat template, non-thinking
@@ -237,8 +250,8 @@ curl -s http://127.0.0.1:{port}/generate -H 'Content-Type: application/json' -d 
 
 ## Our sampler -> {engine.name}
 
-The student's sampler: block_size {s['block_size']}, {s['denoise_steps_per_block']} denoising steps per
-block, {s['remasking']} remasking, threshold {s['threshold']}, temperature {s['temperature']}.
+The student's sampler: block_size {s["block_size"]}, {s["denoise_steps_per_block"]} denoising steps per
+block, {s["remasking"]} remasking, threshold {s["threshold"]}, temperature {s["temperature"]}.
 
 | {engine.name} setting | value |
 | --- | --- |

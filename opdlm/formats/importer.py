@@ -68,7 +68,9 @@ def detect_format(raw: dict, where: str) -> ImportFormat | None:
         return None
     arch = (raw.get("architectures") or [None])[0]
     if arch not in fmt.architectures:
-        raise SourceError(f"{where}: architectures[0] is {arch!r}; a {model_type!r} checkpoint has {' or '.join(fmt.architectures)}")
+        raise SourceError(
+            f"{where}: architectures[0] is {arch!r}; a {model_type!r} checkpoint has {' or '.join(fmt.architectures)}"
+        )
     return fmt
 
 
@@ -112,10 +114,14 @@ def import_checkpoint(
     raw = common.read_json(src_dir / "config.json")
     config_dict = common.qwen3_config_dict(raw, where)
     if prompt_attention is not None and prompt_attention != fmt.prompt_attention:
-        raise SourceError(f"prompt_attention: {fmt.name} checkpoints read their prompt {fmt.prompt_attention}-wise; "
-                          f"--prompt-attention says {prompt_attention}")  # fmt: skip
+        raise SourceError(
+            f"prompt_attention: {fmt.name} checkpoints read their prompt {fmt.prompt_attention}-wise; "
+            f"--prompt-attention says {prompt_attention}"
+        )
     if logit_shift != fmt.logit_shift:
-        raise SourceError(f"logit_shift: {fmt.name} checkpoints use logit_shift={fmt.logit_shift}; --logit-shift says {logit_shift}")
+        raise SourceError(
+            f"logit_shift: {fmt.name} checkpoints use logit_shift={fmt.logit_shift}; --logit-shift says {logit_shift}"
+        )
 
     mask = common.tokenizer_mask(src_dir)
     if mask.value is None:
@@ -124,7 +130,9 @@ def import_checkpoint(
     if declared_mask is not None and int(declared_mask) != mask.value:
         raise SourceError(f"{where}: mask_token_id is {declared_mask} but {mask.where} gives {mask.value}")
     if mask.value != fmt.engine_mask_id:
-        raise SourceError(f"mask_token_id: {mask.where} gives {mask.value}; {fmt.name}'s own engine hard-codes {fmt.engine_mask_id}")
+        raise SourceError(
+            f"mask_token_id: {mask.where} gives {mask.value}; {fmt.name}'s own engine hard-codes {fmt.engine_mask_id}"
+        )
     if mask.value >= int(config_dict["vocab_size"]):
         raise SourceError(f"{where}: vocab_size {config_dict['vocab_size']} has no row for mask id {mask.value}")
     eos = raw.get("eos_token_id")

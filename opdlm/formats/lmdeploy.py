@@ -72,11 +72,15 @@ def _settings(sampler) -> tuple[dict, list[str]]:
     """The PytorchEngineConfig ``dllm_*`` options for ``sampler``; raises :class:`Refusal` when inexpressible."""
     b, steps = sampler.block_size, sampler.denoise_steps_per_block
     if sampler.remasking == "static" and b % steps:
-        raise Refusal(f"denoise_steps_per_block: LMDeploy's static unmasking commits block_length // steps = {b // steps} "
-                      f"per step; {steps} steps for block size {b} leaves a remainder it cannot schedule")  # fmt: skip
+        raise Refusal(
+            f"denoise_steps_per_block: LMDeploy's static unmasking commits block_length // steps = {b // steps} "
+            f"per step; {steps} steps for block size {b} leaves a remainder it cannot schedule"
+        )
     if sampler.remasking == "dynamic" and steps != b:
-        raise Refusal(f"denoise_steps_per_block: LMDeploy's dynamic unmasking guarantees one token per step; the "
-                      f"student's sampler guarantees {b // steps}+ (set --steps-per-block {b})")  # fmt: skip
+        raise Refusal(
+            f"denoise_steps_per_block: LMDeploy's dynamic unmasking guarantees one token per step; the "
+            f"student's sampler guarantees {b // steps}+ (set --steps-per-block {b})"
+        )
     options = {
         "dllm_block_length": b,
         "dllm_denoising_steps": steps,
@@ -85,7 +89,9 @@ def _settings(sampler) -> tuple[dict, list[str]]:
     }
     notes = [f"remasking={sampler.remasking} -> dllm_unmasking_strategy low_confidence_{sampler.remasking}"]
     if sampler.temperature > 0:
-        notes.append(f"temperature {sampler.temperature}: pass it per request (GenerationConfig / /generate temperature)")
+        notes.append(
+            f"temperature {sampler.temperature}: pass it per request (GenerationConfig / /generate temperature)"
+        )
     return options, notes
 
 

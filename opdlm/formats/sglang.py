@@ -68,8 +68,10 @@ def _settings(sampler) -> tuple[dict, list[str]]:
             f"(set --steps-per-block {sampler.block_size})"
         )
     if sampler.temperature > 0:
-        raise Refusal(f"temperature: SGLang's LowConfidence decodes by argmax only; the student's sampler has "
-                      f"temperature {sampler.temperature} (pass --temperature 0)")  # fmt: skip
+        raise Refusal(
+            f"temperature: SGLang's LowConfidence decodes by argmax only; the student's sampler has "
+            f"temperature {sampler.temperature} (pass --temperature 0)"
+        )
     threshold = 1.0 if sampler.remasking == "static" else sampler.threshold
     return {"block_size": sampler.block_size, "threshold": threshold}, [
         f"remasking={sampler.remasking} -> LowConfidence threshold {threshold} (commits > threshold, else the top one)",
@@ -77,8 +79,10 @@ def _settings(sampler) -> tuple[dict, list[str]]:
 
 
 def launch_command(model_dir: str, yaml_path: str, settings: dict) -> str:
-    return (f"python -m sglang.launch_server --model-path {model_dir} --dllm-algorithm LowConfidence "
-            f"--dllm-algorithm-config {yaml_path} --attention-backend flashinfer --port 30000")  # fmt: skip
+    return (
+        f"python -m sglang.launch_server --model-path {model_dir} --dllm-algorithm LowConfidence "
+        f"--dllm-algorithm-config {yaml_path} --attention-backend flashinfer --port 30000"
+    )
 
 
 ENGINE = Engine(

@@ -36,11 +36,13 @@ class LmEvalModelArgs(StrictModel):
         None, ge=1, description="Generation cap when a request gives none (default: the sampler's max_new_tokens)."
     )
     chat_template: bool = Field(
-        True, description="Wrap each context as one user turn in the model's chat template, as `opdlm eval` does "
+        True,
+        description="Wrap each context as one user turn in the model's chat template, as `opdlm eval` does "
         "(skipped when lm-eval's --apply_chat_template already formatted it).",
     )
     enable_thinking: bool | None = Field(
-        None, description="Chat-template thinking mode (Qwen3). None: a student's stored value (its config.json), "
+        None,
+        description="Chat-template thinking mode (Qwen3). None: a student's stored value (its config.json), "
         "false for a causal LM, as in `opdlm eval`; a value a student was not converted with is refused.",
     )
     batch_size: int = Field(16, ge=1, description="Requests decoded together (lm-eval's --batch_size; 'auto' = 16).")
@@ -50,7 +52,8 @@ class LmEvalModelArgs(StrictModel):
     dtype: str = Field("auto", description="auto, float32, bfloat16 or float16.")
     attn_backend: str | None = Field(None, description="Attention backend (default: the device's default).")
     requests_jsonl: str | None = Field(
-        None, description="Where to write one JSON line of speed per generate_until request "
+        None,
+        description="Where to write one JSON line of speed per generate_until request "
         "(`opdlm lm-eval` fills it in beside --output_path).",
     )
 

@@ -54,6 +54,8 @@ def run(argv: list[str]) -> None:
         model_args = dict(getattr(args, "model_args", None) or {})
         if getattr(args, "output_path", None) and "requests_jsonl" not in model_args and "pretrained" in model_args:
             stamp = datetime.now().isoformat().replace(":", "-")
-            model_args["requests_jsonl"] = str(requests_jsonl_for(args.output_path, str(model_args["pretrained"]), stamp))
+            model_args["requests_jsonl"] = str(
+                requests_jsonl_for(args.output_path, str(model_args["pretrained"]), stamp)
+            )
         args.model_args = model_args
     parser.execute(args)

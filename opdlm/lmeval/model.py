@@ -43,8 +43,13 @@ class OpdlmLM(TemplateLM):
         from opdlm.eval.runners import load_runner
 
         self.args = parse_model_args(kwargs)
-        self.runner = load_runner(self.args.pretrained, device=self.args.device, dtype=self.args.dtype,
-                                  backend=self.args.attn_backend, enable_thinking=self.args.enable_thinking)  # fmt: skip
+        self.runner = load_runner(
+            self.args.pretrained,
+            device=self.args.device,
+            dtype=self.args.dtype,
+            backend=self.args.attn_backend,
+            enable_thinking=self.args.enable_thinking,
+        )
         self.tokenizer = self.runner.tokenizer
         self.base_sampler = base_sampler(self.runner.sampler_defaults, self.args)
         self.requests: list[RequestSpeed] = []
@@ -75,9 +80,12 @@ class OpdlmLM(TemplateLM):
         """lm-eval's ``--apply_chat_template`` path: the model's template in the model's thinking mode."""
         self._contexts_templated = True
         return self.tokenizer.apply_chat_template(
-            chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
-            continue_final_message=not add_generation_prompt, enable_thinking=self.runner.enable_thinking,
-        )  # fmt: skip
+            chat_history,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=not add_generation_prompt,
+            enable_thinking=self.runner.enable_thinking,
+        )
 
     def get_model_info(self) -> dict:
         """Added to lm-eval's ``results["config"]``: the model, its sampler settings and the speed."""
@@ -124,8 +132,9 @@ class OpdlmLM(TemplateLM):
             cfg, stops = settings[members[0]]
             prompts = [self.prompt_text(requests[i].args[0]) for i in members]
             prompt_ids = encode_prompts(self.tokenizer, prompts)
-            decoded = decode_batches(self.runner, prompt_ids, cfg, self.args.batch_size, self.args.seed,
-                                     progress=not disable_tqdm)  # fmt: skip
+            decoded = decode_batches(
+                self.runner, prompt_ids, cfg, self.args.batch_size, self.args.seed, progress=not disable_tqdm
+            )
             for batch, out, seconds in decoded:
                 for k, j in enumerate(batch):
                     i = members[j]
@@ -134,9 +143,14 @@ class OpdlmLM(TemplateLM):
                 self._batches += 1
         self._write_requests()
         speed = aggregate(self.requests)
-        log.info("opdlm %s: %d requests, %.2f tokens/step, %.1f forwards/request, %.1f tokens/s",
-                 self.runner.kind, speed["requests"], speed["tokens_per_step"], speed["mean_forwards"],
-                 speed["tokens_per_second"])  # fmt: skip
+        log.info(
+            "opdlm %s: %d requests, %.2f tokens/step, %.1f forwards/request, %.1f tokens/s",
+            self.runner.kind,
+            speed["requests"],
+            speed["tokens_per_step"],
+            speed["mean_forwards"],
+            speed["tokens_per_second"],
+        )
         return answers
 
     def _record(self, request, out, k: int, stops: list[str], seconds: float, batch_size: int) -> str:
@@ -147,13 +161,21 @@ class OpdlmLM(TemplateLM):
             kept = kept_token_count(lambda p: self.tokenizer.decode(p, skip_special_tokens=True), ids, text)
             ids, step_map = ids[:kept], step_map[:kept]
         steps = len(set(step_map))
-        self.requests.append(RequestSpeed(
-            task=getattr(request, "task_name", None), doc_id=getattr(request, "doc_id", None),
-            idx=getattr(request, "idx", None), num_tokens=len(ids), num_steps=steps,
-            tokens_per_step=round(len(ids) / steps, 4) if steps else 0.0, num_forwards=int(out.num_forwards[k]),
-            batch_seconds=round(seconds, 6), batch=self._batches, batch_size=batch_size,
-            stopped_by="stop" if stopped else ("eos" if out.finished[k] else "length"),
-        ))  # fmt: skip
+        self.requests.append(
+            RequestSpeed(
+                task=getattr(request, "task_name", None),
+                doc_id=getattr(request, "doc_id", None),
+                idx=getattr(request, "idx", None),
+                num_tokens=len(ids),
+                num_steps=steps,
+                tokens_per_step=round(len(ids) / steps, 4) if steps else 0.0,
+                num_forwards=int(out.num_forwards[k]),
+                batch_seconds=round(seconds, 6),
+                batch=self._batches,
+                batch_size=batch_size,
+                stopped_by="stop" if stopped else ("eos" if out.finished[k] else "length"),
+            )
+        )
         return text
 
     def _write_requests(self) -> None:
@@ -199,12 +221,16 @@ class OpdlmLM(TemplateLM):
             windows = [
                 make_disjoint_window(w)
                 for w in get_rolling_token_windows(
-                    token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
-                    max_seq_len=self._max_length(), context_len=1,
+                    token_list=self.tok_encode(string),
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=self._max_length(),
+                    context_len=1,
                 )
-            ]  # fmt: skip
-            total = sum(lp for lp, _ in continuation_logprobs(self.runner.model, windows, self.args.batch_size,
-                                                              self._max_length()))  # fmt: skip
+            ]
+            total = sum(
+                lp
+                for lp, _ in continuation_logprobs(self.runner.model, windows, self.args.batch_size, self._max_length())
+            )
             self.cache_hook.add_partial("loglikelihood_rolling", (string,), total)
             out.append(total)
         return out

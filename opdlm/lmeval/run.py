@@ -21,9 +21,12 @@ FOLDER = "lm_eval"
 
 
 def model_args_for(
-    model_dir: str | Path, config: EvalConfig, sampler: SamplerConfig | None, requests_jsonl: Path,
+    model_dir: str | Path,
+    config: EvalConfig,
+    sampler: SamplerConfig | None,
+    requests_jsonl: Path,
     enable_thinking: bool | None = None,
-) -> dict:  # fmt: skip
+) -> dict:
     """``--model_args`` equivalent to ``opdlm eval`` with ``config`` and ``sampler`` (the recipe's).
 
     Batch size and device travel as lm-eval's own ``batch_size`` / ``device`` arguments.
@@ -31,8 +34,12 @@ def model_args_for(
     Every sampler field is passed, so a student decodes with the recipe's settings and a teacher
     with its temperature / top-k / top-p, as :func:`opdlm.eval.harness.sampler_config` does.
     """
-    args: dict = {"pretrained": str(model_dir), "seed": config.seed, "requests_jsonl": str(requests_jsonl),
-                  "enable_thinking": enable_thinking}  # fmt: skip
+    args: dict = {
+        "pretrained": str(model_dir),
+        "seed": config.seed,
+        "requests_jsonl": str(requests_jsonl),
+        "enable_thinking": enable_thinking,
+    }
     if sampler is not None:
         args.update({k: getattr(sampler, k) for k in SAMPLER_ARGS})
         args["max_gen_toks"] = sampler.max_new_tokens
@@ -94,10 +101,15 @@ def run_lm_eval(
     if unknown:
         raise ConfigError(f"eval.lm_eval_tasks: unknown lm-eval task {unknown[0]!r} (see `lm-eval ls tasks`)")
     results = lm_eval.simple_evaluate(
-        model="opdlm", model_args=model_args_for(model_dir, config, sampler, folder / "requests.jsonl", enable_thinking),
-        tasks=list(tasks), task_manager=manager, limit=config.limit, log_samples=True,
-        batch_size=config.batch_size, device=config.device,
-    )  # fmt: skip
+        model="opdlm",
+        model_args=model_args_for(model_dir, config, sampler, folder / "requests.jsonl", enable_thinking),
+        tasks=list(tasks),
+        task_manager=manager,
+        limit=config.limit,
+        log_samples=True,
+        batch_size=config.batch_size,
+        device=config.device,
+    )
     samples = results.pop("samples", {})
     for task, rows in samples.items():
         text = "".join(json.dumps(r, default=handle_non_serializable, ensure_ascii=False) + "\n" for r in rows)

@@ -104,11 +104,11 @@ def flex_block_mask(geom: Geometry, q_start: int, q_end: int, k_end: int):
 
     def mask_mod(b, h, q_idx, kv_idx):
         q = q_idx + q_start
-        return allowed_rule(kind[b, q], block[b, q], valid[b, q], q, kind[b, kv_idx], block[b, kv_idx], valid[b, kv_idx], kv_idx)
+        return allowed_rule(
+            kind[b, q], block[b, q], valid[b, q], q, kind[b, kv_idx], block[b, kv_idx], valid[b, kv_idx], kv_idx
+        )
 
-    return create_block_mask(
-        mask_mod, B=kind.shape[0], H=None, Q_LEN=q_end - q_start, KV_LEN=k_end, device=kind.device
-    )
+    return create_block_mask(mask_mod, B=kind.shape[0], H=None, Q_LEN=q_end - q_start, KV_LEN=k_end, device=kind.device)
 
 
 def causal_padding_mask(geom: Geometry, backend: str, dtype: torch.dtype):
@@ -126,7 +126,12 @@ def causal_padding_mask(geom: Geometry, backend: str, dtype: torch.dtype):
 
 
 def attention_mask(
-    geom: Geometry, backend: str, dtype: torch.dtype, q_start: int = 0, q_end: int | None = None, k_end: int | None = None
+    geom: Geometry,
+    backend: str,
+    dtype: torch.dtype,
+    q_start: int = 0,
+    q_end: int | None = None,
+    k_end: int | None = None,
 ):
     """The mask for queries ``[q_start, q_end)`` against keys ``[0, k_end)`` in ``backend``'s format."""
     q_end = geom.length if q_end is None else q_end

@@ -103,9 +103,17 @@ def convert_teacher(
     fmt = detect_format(_read_config(src_dir), f"{src_dir}/config.json")
     if fmt is not None:
         path, lines = import_checkpoint(
-            src_dir, out, fmt, str(teacher), block_size, logit_shift, sampler, overwrite,
-            prompt_attention=prompt_attention, enable_thinking=enable_thinking,
-        )  # fmt: skip
+            src_dir,
+            out,
+            fmt,
+            str(teacher),
+            block_size,
+            logit_shift,
+            sampler,
+            overwrite,
+            prompt_attention=prompt_attention,
+            enable_thinking=enable_thinking,
+        )
         if notes is not None:
             notes.extend(lines)
         return path

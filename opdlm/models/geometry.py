@@ -90,16 +90,27 @@ class Geometry:
         iq = torch.arange(q_start, q_end, device=self.kind_BT.device)[None, :, None]
         ik = torch.arange(0, k_end, device=self.kind_BT.device)[None, None, :]
         return allowed_rule(
-            self.kind_BT[:, q, None], self.block_BT[:, q, None], self.valid_BT[:, q, None], iq,
-            self.kind_BT[:, None, k], self.block_BT[:, None, k], self.valid_BT[:, None, k], ik,
-        )  # fmt: skip
+            self.kind_BT[:, q, None],
+            self.block_BT[:, q, None],
+            self.valid_BT[:, q, None],
+            iq,
+            self.kind_BT[:, None, k],
+            self.block_BT[:, None, k],
+            self.valid_BT[:, None, k],
+            ik,
+        )
 
     def select(self, rows: torch.Tensor) -> Geometry:
         """The geometry of a subset of batch rows (finished sequences leave the batch)."""
         return Geometry(
-            self.kind_BT[rows], self.block_BT[rows], self.valid_BT[rows], self.position_ids_BT[rows],
-            self.prompt_width, self.block_size, self.prompt_attention,
-        )  # fmt: skip
+            self.kind_BT[rows],
+            self.block_BT[rows],
+            self.valid_BT[rows],
+            self.position_ids_BT[rows],
+            self.prompt_width,
+            self.block_size,
+            self.prompt_attention,
+        )
 
 
 def prompt_block_ids(prompt_width: int, block_size: int, prompt_attention: str, device=None) -> torch.Tensor:
@@ -127,9 +138,12 @@ def _prompt_labels(prompt_lens_B: torch.Tensor, prompt_width: int, block_size: i
 
 
 def inference_geometry(
-    prompt_lens_B: torch.Tensor, prompt_width: int, response_len: int, block_size: int,
+    prompt_lens_B: torch.Tensor,
+    prompt_width: int,
+    response_len: int,
+    block_size: int,
     prompt_attention: str = LEGACY_PROMPT_ATTENTION,
-) -> Geometry:  # fmt: skip
+) -> Geometry:
     """Geometry of ``[left-padded prompt | response]`` used by the sampler.
 
     Args:
@@ -151,15 +165,23 @@ def inference_geometry(
     valid_r = torch.ones_like(r, dtype=torch.bool)
     pos_r = prompt_lens_B[:, None] + r
     return Geometry(
-        torch.cat([kind_p, kind_r], 1), torch.cat([block_p, block_r], 1), torch.cat([valid_p, valid_r], 1),
-        torch.cat([pos_p, pos_r], 1), prompt_width, block_size, prompt_attention,
-    )  # fmt: skip
+        torch.cat([kind_p, kind_r], 1),
+        torch.cat([block_p, block_r], 1),
+        torch.cat([valid_p, valid_r], 1),
+        torch.cat([pos_p, pos_r], 1),
+        prompt_width,
+        block_size,
+        prompt_attention,
+    )
 
 
 def training_geometry(
-    prompt_lens_B: torch.Tensor, prompt_width: int, response_len: int, block_size: int,
+    prompt_lens_B: torch.Tensor,
+    prompt_width: int,
+    response_len: int,
+    block_size: int,
     prompt_attention: str = LEGACY_PROMPT_ATTENTION,
-) -> Geometry:  # fmt: skip
+) -> Geometry:
     """Geometry of the training layout ``[prompt | clean response | noisy response]`` (METHOD §4.4).
 
     Noisy block b sees the prompt, clean blocks before b and itself; the clean copy is
@@ -180,7 +202,9 @@ def training_geometry(
     )
 
 
-def prediction_rows(prompt_width: int, response_len: int, block_size: int, logit_shift: bool, noisy: bool) -> torch.Tensor:
+def prediction_rows(
+    prompt_width: int, response_len: int, block_size: int, logit_shift: bool, noisy: bool
+) -> torch.Tensor:
     """Which sequence index's output predicts each response position ``r`` (shape ``(L,)``).
 
     Without shift the output at ``r`` predicts token ``r``. With ``logit_shift`` the output at

@@ -124,5 +124,7 @@ def resolve_model_source(src: str | Path, what: str = "model") -> Path:
     if "://" in text:
         scheme = text.split("://")[0] + "://"
         known = ", ".join(sorted(_RESOLVERS)) or "none"
-        raise SourceError(f"{what} source {text!r}: unsupported scheme {scheme!r} (registered: {known}; or a local directory)")
+        raise SourceError(
+            f"{what} source {text!r}: unsupported scheme {scheme!r} (registered: {known}; or a local directory)"
+        )
     return check_model_dir(Path(text).expanduser(), what)

@@ -31,7 +31,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     except RuntimeError:
         raise SourceError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SourceError(f"device {device!r} asked for, but this machine has no usable CUDA GPU; use --device cpu or auto")
+        raise SourceError(
+            f"device {device!r} asked for, but this machine has no usable CUDA GPU; use --device cpu or auto"
+        )
     return dev
 
 
@@ -41,8 +43,14 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str 
         return dtype
     if dtype == "auto":
         return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}  # fmt: skip
+    table = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+    }
     if dtype not in table:
         raise SourceError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(table)}")
     return table[dtype]
@@ -90,7 +98,9 @@ class StudentMeta:
                 f"{where}: mask_token_id {mask} is also its {'EOS' if mask in eos_ids else 'pad'} token; {_RECONVERT}"
             )
         if not 0 <= mask < rows:
-            raise SourceError(f"{where}: mask_token_id {mask} is outside its {rows}-row embedding; convert the teacher again")
+            raise SourceError(
+                f"{where}: mask_token_id {mask} is outside its {rows}-row embedding; convert the teacher again"
+            )
         defaults = getattr(config, "sampler_defaults", None) or {}
         prompt_attention = getattr(config, "prompt_attention", None) or LEGACY_PROMPT_ATTENTION
         try:
@@ -128,7 +138,9 @@ def stored_sampler_defaults(path: str | Path) -> SamplerConfig:
         raise SourceError(f"{path}/config.json is not valid JSON: {exc}") from None
     missing = [k for k in ("block_size", "mask_token_id") if raw.get(k) is None]
     if missing:
-        raise SourceError(f"{path} is not a converted student (config.json lacks {', '.join(missing)}); run `opdlm convert` first")
+        raise SourceError(
+            f"{path} is not a converted student (config.json lacks {', '.join(missing)}); run `opdlm convert` first"
+        )
     eos = raw.get("eos_token_id")
     if raw["mask_token_id"] in (eos if isinstance(eos, list) else [eos]):  # (the tokenizer's EOS is checked on load)
         raise SourceError(f"{path}: mask_token_id {raw['mask_token_id']} is also its EOS token; {_RECONVERT}")

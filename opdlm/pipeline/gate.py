@@ -39,21 +39,30 @@ def champion_gate(
         config: the recipe's ``registry`` section.
     """
     required = config.min_retention * teacher_accuracy
-    facts = dict(student_accuracy=student_accuracy, teacher_accuracy=teacher_accuracy, required_accuracy=required,
-                 champion_accuracy=champion_accuracy)  # fmt: skip
+    facts = dict(
+        student_accuracy=student_accuracy,
+        teacher_accuracy=teacher_accuracy,
+        required_accuracy=required,
+        champion_accuracy=champion_accuracy,
+    )
     bench = config.gate_benchmark
     if student_accuracy < required:
         return GateDecision(
-            False, f"{bench}: student accuracy {student_accuracy:.4f} < {config.min_retention:g} x teacher "
-            f"{teacher_accuracy:.4f} = {required:.4f}", **facts,
-        )  # fmt: skip
+            False,
+            f"{bench}: student accuracy {student_accuracy:.4f} < {config.min_retention:g} x teacher "
+            f"{teacher_accuracy:.4f} = {required:.4f}",
+            **facts,
+        )
     if config.not_below_champion and champion_accuracy is not None and student_accuracy < champion_accuracy:
         return GateDecision(
-            False, f"{bench}: student accuracy {student_accuracy:.4f} < current champion's {champion_accuracy:.4f}",
+            False,
+            f"{bench}: student accuracy {student_accuracy:.4f} < current champion's {champion_accuracy:.4f}",
             **facts,
-        )  # fmt: skip
+        )
     champion_note = "no champion yet" if champion_accuracy is None else f"champion {champion_accuracy:.4f}"
     return GateDecision(
-        True, f"{bench}: student accuracy {student_accuracy:.4f} >= {required:.4f} "
-        f"({config.min_retention:g} x teacher {teacher_accuracy:.4f}); {champion_note}", **facts,
-    )  # fmt: skip
+        True,
+        f"{bench}: student accuracy {student_accuracy:.4f} >= {required:.4f} "
+        f"({config.min_retention:g} x teacher {teacher_accuracy:.4f}); {champion_note}",
+        **facts,
+    )

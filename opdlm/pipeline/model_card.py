@@ -71,18 +71,28 @@ def render_model_card(facts: ModelCardFacts) -> str:
             f"{_fmt(s.get('retention'))} | {_fmt(s.get('student_tokens_per_step'))} |"
         )
     lines += [
-        "", f"Champion gate: {facts.gate}", "",
-        "## Provenance", "", "| | |", "| --- | --- |",
+        "",
+        f"Champion gate: {facts.gate}",
+        "",
+        "## Provenance",
+        "",
+        "| | |",
+        "| --- | --- |",
         f"| teacher | `{facts.teacher}` (fingerprint `{facts.teacher_fingerprint}`) |",
         f"| training data | `{facts.data_source}`, {facts.data_rows} rows, md5 `{facts.data_digest}` |",
         f"| code version | `{facts.code_version}` |",
         f"| training tokens | {facts.training_tokens:,} over {facts.rollout_steps} rollout steps ({facts.flops:.3g} FLOPs) |",
-    ]  # fmt: skip
+    ]
     if facts.mlflow_run_id:
         lines.append(f"| MLflow run | `{facts.mlflow_run_id}` (plots, summary, recipe) |")
     for key, value in facts.extra.items():
         lines.append(f"| {key} | {_fmt(value)} |")
     sampler = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(facts.sampler_defaults.items()))
-    lines += ["", f"Sampler defaults: {sampler}.", "",
-              "Recipe: `recipe.yaml` beside the weights and in the MLflow run's artifacts.", ""]  # fmt: skip
+    lines += [
+        "",
+        f"Sampler defaults: {sampler}.",
+        "",
+        "Recipe: `recipe.yaml` beside the weights and in the MLflow run's artifacts.",
+        "",
+    ]
     return "\n".join(lines)

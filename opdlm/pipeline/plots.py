@@ -7,10 +7,22 @@ from pathlib import Path
 
 from opdlm.pipeline.training_metrics import read_metric_steps
 
-CURVE_COLUMNS = ("loss", "grad_norm", "lr", "length_cap", "mean_response_tokens", "tokens_per_step", "eos_rate",
-                 "cumulative_train_tokens")  # fmt: skip
-PANELS = (("loss", "forward KL"), ("tokens_per_step", "rollout tokens per step"),
-          ("mean_response_tokens", "mean rollout length (cap dashed)"), ("lr", "learning rate"))  # fmt: skip
+CURVE_COLUMNS = (
+    "loss",
+    "grad_norm",
+    "lr",
+    "length_cap",
+    "mean_response_tokens",
+    "tokens_per_step",
+    "eos_rate",
+    "cumulative_train_tokens",
+)
+PANELS = (
+    ("loss", "forward KL"),
+    ("tokens_per_step", "rollout tokens per step"),
+    ("mean_response_tokens", "mean rollout length (cap dashed)"),
+    ("lr", "learning rate"),
+)
 
 
 def write_training_curves(metrics_path: str | Path, out_dir: str | Path) -> tuple[Path, Path]:

@@ -75,10 +75,14 @@ def teacher_stage(recipe: Recipe, out_dir: str | Path | None = None) -> Path:
     src = teacher_source(recipe)
     if src == BUILTIN_TEACHER:
         if out_dir is None:
-            raise OpdlmError("teacher builtin:tiny is bootstrapped into a folder: give the teacher stage an output folder")
+            raise OpdlmError(
+                "teacher builtin:tiny is bootstrapped into a folder: give the teacher stage an output folder"
+            )
         from opdlm.teacher import bootstrap_teacher
 
-        bootstrap_teacher(out_dir, recipe.teacher.bootstrap, overwrite=True, enable_thinking=recipe.convert.enable_thinking)
+        bootstrap_teacher(
+            out_dir, recipe.teacher.bootstrap, overwrite=True, enable_thinking=recipe.convert.enable_thinking
+        )
         return Path(out_dir).absolute()
     from opdlm.models.sources import resolve_model_source
 
@@ -106,10 +110,23 @@ def bootstrap_command(recipe: Recipe, out_dir: str | Path, python: str | None = 
     import yaml
 
     settings = recipe.teacher.bootstrap.model_dump(mode="json")
-    overrides = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in settings.items()]
+    overrides = [
+        f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+        for k, v in settings.items()
+    ]
     thinking = "--enable-thinking" if recipe.convert.enable_thinking else "--no-enable-thinking"
-    return [python or sys.executable, "-m", "opdlm.cli.main", "teacher", "bootstrap", "--out", str(out_dir), "--overwrite",
-            thinking, *overrides]  # fmt: skip
+    return [
+        python or sys.executable,
+        "-m",
+        "opdlm.cli.main",
+        "teacher",
+        "bootstrap",
+        "--out",
+        str(out_dir),
+        "--overwrite",
+        thinking,
+        *overrides,
+    ]
 
 
 def convert_stage(recipe: Recipe, teacher_dir: str | Path, out_dir: str | Path) -> Path:
@@ -121,10 +138,15 @@ def convert_stage(recipe: Recipe, teacher_dir: str | Path, out_dir: str | Path) 
     from opdlm.models.convert import convert_teacher
 
     return convert_teacher(
-        recipe.convert.student_source or teacher_dir, out_dir, block_size=recipe.convert.block_size, logit_shift=recipe.convert.logit_shift,
-        sampler=recipe.sampler, overwrite=True, prompt_attention=recipe.convert.prompt_attention,
+        recipe.convert.student_source or teacher_dir,
+        out_dir,
+        block_size=recipe.convert.block_size,
+        logit_shift=recipe.convert.logit_shift,
+        sampler=recipe.sampler,
+        overwrite=True,
+        prompt_attention=recipe.convert.prompt_attention,
         enable_thinking=recipe.convert.enable_thinking,
-    )  # fmt: skip
+    )
 
 
 def stage_names(recipe: Recipe) -> list[str]:
@@ -177,16 +199,28 @@ def eval_model_stage(
     results = {}
     for name in recipe.eval.benchmarks:
         result = evaluate(
-            model_dir, name, recipe.eval, sampler=recipe.sampler, json_out=out_dir / f"{name}.json",
-            teacher_result=(teacher_results or {}).get(name), progress=True,
+            model_dir,
+            name,
+            recipe.eval,
+            sampler=recipe.sampler,
+            json_out=out_dir / f"{name}.json",
+            teacher_result=(teacher_results or {}).get(name),
+            progress=True,
             enable_thinking=recipe.convert.enable_thinking,
-        )  # fmt: skip
+        )
         results[name] = result.to_dict()
     if recipe.eval.lm_eval_tasks:
         from opdlm.lmeval.run import run_lm_eval
 
-        run_lm_eval(model_dir, recipe.eval.lm_eval_tasks, recipe.eval, recipe.sampler, out_dir,
-                    include_path=recipe.eval.lm_eval_include_path, enable_thinking=recipe.convert.enable_thinking)  # fmt: skip
+        run_lm_eval(
+            model_dir,
+            recipe.eval.lm_eval_tasks,
+            recipe.eval,
+            recipe.sampler,
+            out_dir,
+            include_path=recipe.eval.lm_eval_include_path,
+            enable_thinking=recipe.convert.enable_thinking,
+        )
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
     return results
 
@@ -203,9 +237,14 @@ def sweep_stage(recipe: Recipe, student_dir: str | Path, out_dir: str | Path) ->
 
     return {
         name: sweep(
-            student_dir, name, recipe.eval, Path(out_dir) / name, sampler=recipe.sampler, progress=True,
+            student_dir,
+            name,
+            recipe.eval,
+            Path(out_dir) / name,
+            sampler=recipe.sampler,
+            progress=True,
             enable_thinking=recipe.convert.enable_thinking,
-        )  # fmt: skip
+        )
         for name in recipe.eval.benchmarks
     }
 
@@ -218,11 +257,15 @@ def eval_metrics(student: dict[str, dict], teacher: dict[str, dict]) -> dict[str
         t_acc = t.get("accuracy")
         retention = s["accuracy"] / t_acc if t_acc else None
         out[name] = {
-            "student_accuracy": s["accuracy"], "teacher_accuracy": t_acc, "retention": retention,
-            "student_tokens_per_step": s["tokens_per_step"], "teacher_tokens_per_step": t.get("tokens_per_step"),
-            "student_mean_forwards": s["mean_forwards"], "teacher_mean_forwards": t.get("mean_forwards"),
+            "student_accuracy": s["accuracy"],
+            "teacher_accuracy": t_acc,
+            "retention": retention,
+            "student_tokens_per_step": s["tokens_per_step"],
+            "teacher_tokens_per_step": t.get("tokens_per_step"),
+            "student_mean_forwards": s["mean_forwards"],
+            "teacher_mean_forwards": t.get("mean_forwards"),
             "n": s["n"],
-        }  # fmt: skip
+        }
     return out
 
 

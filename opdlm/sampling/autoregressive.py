@@ -31,14 +31,26 @@ def generate_autoregressive(
     attn = (torch.arange(ids.shape[1])[None, :] >= (ids.shape[1] - lens)[:, None]).long()
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
-    eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
-    kwargs = dict(do_sample=False) if temperature == 0 else dict(do_sample=True, temperature=temperature, top_k=top_k or None, top_p=top_p)
+    eos = (
+        model.generation_config.eos_token_id
+        if model.generation_config.eos_token_id is not None
+        else tokenizer.eos_token_id
+    )
+    kwargs = (
+        dict(do_sample=False)
+        if temperature == 0
+        else dict(do_sample=True, temperature=temperature, top_k=top_k or None, top_p=top_p)
+    )
     if not stop_at_eos:  # an empty list, not None: generate would fall back to the model's EOS
         eos = []
     out = model.generate(
-        input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=max_new_tokens,
-        pad_token_id=pad, eos_token_id=eos, **kwargs,
-    )  # fmt: skip
+        input_ids=ids.to(device),
+        attention_mask=attn.to(device),
+        max_new_tokens=max_new_tokens,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        **kwargs,
+    )
     eos_set = set(eos if isinstance(eos, list) else [eos])
     responses, finished = [], []
     for row in out[:, ids.shape[1] :].tolist():

@@ -60,7 +60,11 @@ class BlockDiffusionSampler:
 
     @torch.inference_mode()  # no autograd bookkeeping at all; results leave as Python lists
     def generate(
-        self, prompts: list[list[int]], cfg: SamplerConfig, generator: torch.Generator | None = None, decode_text: bool = True
+        self,
+        prompts: list[list[int]],
+        cfg: SamplerConfig,
+        generator: torch.Generator | None = None,
+        decode_text: bool = True,
     ) -> SampleBatch:
         """Generate a response for each prompt (token ids in, token ids and step maps out)."""
         from transformers import DynamicCache
@@ -112,9 +116,13 @@ class BlockDiffusionSampler:
                     carried = logits[:, 0]
                 logits_NKV = block_logits_from(logits, B, meta.logit_shift, carried)
                 tokens, conf = sample_tokens(
-                    logits_NKV.reshape(-1, logits_NKV.shape[-1]), cfg.temperature, cfg.top_k, cfg.top_p,
-                    (meta.mask_token_id,), generator,
-                )  # fmt: skip
+                    logits_NKV.reshape(-1, logits_NKV.shape[-1]),
+                    cfg.temperature,
+                    cfg.top_k,
+                    cfg.top_p,
+                    (meta.mask_token_id,),
+                    generator,
+                )
                 tokens, conf = tokens.view(len(rows), B), conf.view(len(rows), B)
                 quota = schedule[step_in_block.clamp(max=len(schedule) - 1)]
                 commit = select_commits(conf, todo, quota, cfg.remasking, cfg.threshold) & working[:, None]

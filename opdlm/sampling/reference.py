@@ -41,8 +41,13 @@ def reference_generate(student: Student, prompt: list[int], cfg: SamplerConfig) 
                 break
             logits = block_forward(student.model, ids, geom, student.backend, 0, e)[0]
             rows = torch.arange(s0, e, device=device) - (1 if meta.logit_shift else 0)
-            tokens, conf = sample_tokens(logits[rows], 0.0 if cfg.temperature == 0 else cfg.temperature,
-                                         cfg.top_k, cfg.top_p, (meta.mask_token_id,))  # fmt: skip
+            tokens, conf = sample_tokens(
+                logits[rows],
+                0.0 if cfg.temperature == 0 else cfg.temperature,
+                cfg.top_k,
+                cfg.top_p,
+                (meta.mask_token_id,),
+            )
             quota = torch.tensor([schedule[min(k, len(schedule) - 1)]], device=device)
             commit = select_commits(conf[None], todo, quota, cfg.remasking, cfg.threshold)[0]
             for j in commit.nonzero().flatten().tolist():

@@ -41,7 +41,11 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def endpoint_url() -> str | None:
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+    return (
+        os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+    )
 
 
 def make_client(max_attempts: int = 3):
@@ -98,13 +102,17 @@ def _with_retries(what: str, fn, retries: int, backoff_s: float):
             last = exc
             if attempt < retries:
                 time.sleep(backoff_s * (2**attempt))
-    raise StorageError(f"{what} failed after {retries + 1} attempts: {type(last).__name__}: {str(last).splitlines()[0]}")
+    raise StorageError(
+        f"{what} failed after {retries + 1} attempts: {type(last).__name__}: {str(last).splitlines()[0]}"
+    )
 
 
 def _transfer_config():
     from boto3.s3.transfer import TransferConfig
 
-    return TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD, use_threads=True)
+    return TransferConfig(
+        multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD, use_threads=True
+    )
 
 
 def upload_file(path: str | Path, uri: str, client=None, retries: int = 2, backoff_s: float = 0.5) -> str:
@@ -118,7 +126,9 @@ def upload_file(path: str | Path, uri: str, client=None, retries: int = 2, backo
     size = path.stat().st_size
 
     def put():
-        client.upload_file(str(path), bucket, key, ExtraArgs={"Metadata": {"sha256": digest}}, Config=_transfer_config())
+        client.upload_file(
+            str(path), bucket, key, ExtraArgs={"Metadata": {"sha256": digest}}, Config=_transfer_config()
+        )
         head = client.head_object(Bucket=bucket, Key=key)
         if head["ContentLength"] != size or head.get("Metadata", {}).get("sha256") != digest:
             raise StorageError(f"integrity check failed for {uri}: size or sha256 differs after upload")
@@ -127,7 +137,9 @@ def upload_file(path: str | Path, uri: str, client=None, retries: int = 2, backo
     return digest
 
 
-def download_file(uri: str, dst: str | Path, client=None, retries: int = 2, backoff_s: float = 0.5, sha256: str | None = None) -> Path:
+def download_file(
+    uri: str, dst: str | Path, client=None, retries: int = 2, backoff_s: float = 0.5, sha256: str | None = None
+) -> Path:
     """Download one object to ``dst`` atomically, checking its sha256 (given, or from its metadata)."""
     bucket, key = parse_s3_uri(uri)
     client = client or make_client()
@@ -169,11 +181,19 @@ def upload_dir(local_dir: str | Path, uri_prefix: str, client=None, retries: int
         for p in files:
             rel = p.relative_to(local_dir).as_posix()
             key = f"{prefix}/{rel}" if prefix else rel
-            manifest["files"][rel] = {"sha256": upload_file(p, f"s3://{bucket}/{key}", client, retries, backoff_s), "size": p.stat().st_size}
+            manifest["files"][rel] = {
+                "sha256": upload_file(p, f"s3://{bucket}/{key}", client, retries, backoff_s),
+                "size": p.stat().st_size,
+            }
             uploaded.append(key)
         body = json.dumps(manifest, indent=2, sort_keys=True).encode()
         key = f"{prefix}/{MANIFEST}" if prefix else MANIFEST
-        _with_retries(f"manifest upload to s3://{bucket}/{key}", lambda: client.put_object(Bucket=bucket, Key=key, Body=body), retries, backoff_s)
+        _with_retries(
+            f"manifest upload to s3://{bucket}/{key}",
+            lambda: client.put_object(Bucket=bucket, Key=key, Body=body),
+            retries,
+            backoff_s,
+        )
     except BaseException:
         for key in uploaded:  # best effort: the manifest is absent anyway
             try:
@@ -190,8 +210,14 @@ def download_dir(uri_prefix: str, dst: str | Path, client=None, retries: int = 2
     client = client or make_client()
     mkey = f"{prefix}/{MANIFEST}" if prefix else MANIFEST
     try:
-        manifest = json.loads(_with_retries(f"reading {uri_prefix}/{MANIFEST}",
-                                            lambda: client.get_object(Bucket=bucket, Key=mkey)["Body"].read(), retries, 0.5))  # fmt: skip
+        manifest = json.loads(
+            _with_retries(
+                f"reading {uri_prefix}/{MANIFEST}",
+                lambda: client.get_object(Bucket=bucket, Key=mkey)["Body"].read(),
+                retries,
+                0.5,
+            )
+        )
     except StorageError as exc:
         raise StorageError(f"{uri_prefix} is not a complete upload (no readable {MANIFEST}): {exc}") from None
     with atomic_dir(dst, overwrite=overwrite) as tmp:

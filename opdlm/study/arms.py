@@ -82,6 +82,8 @@ def arm_recipe(base: Recipe, arm: Arm, rollout_steps: int | None = None) -> Reci
     )
     recipe = validate_config(Recipe, data, source=f"study arm {arm.arm_id}")
     if rollout_steps is not None:
-        data["train"]["stages"] = [s.model_dump(mode="json") for s in truncate_stages(recipe.train.stages, rollout_steps)]
+        data["train"]["stages"] = [
+            s.model_dump(mode="json") for s in truncate_stages(recipe.train.stages, rollout_steps)
+        ]
         recipe = validate_config(Recipe, data, source=f"study arm {arm.arm_id}")
     return recipe

@@ -47,7 +47,9 @@ def steps_for_budget(step_tokens: Iterable[float], budget: float, max_steps: int
             return steps, total
         if steps >= max_steps:
             break
-    raise ConfigError(f"a budget of {budget:,.0f} tokens needs more than {max_steps} rollout steps (reached {total:,.0f})")
+    raise ConfigError(
+        f"a budget of {budget:,.0f} tokens needs more than {max_steps} rollout steps (reached {total:,.0f})"
+    )
 
 
 def position_at(stages: list[CurriculumStage], step: int) -> StagePosition:
@@ -119,7 +121,14 @@ def opd_step_tokens(
 
 
 def plan_steps(
-    cfg: TrainConfig, rows: list[Row], tokenizer, eos_id: int, seed: int, budget: float, fill: float, max_steps: int = 100_000,
+    cfg: TrainConfig,
+    rows: list[Row],
+    tokenizer,
+    eos_id: int,
+    seed: int,
+    budget: float,
+    fill: float,
+    max_steps: int = 100_000,
     enable_thinking: bool = False,
 ) -> tuple[int, float]:
     """``(rollout_steps, planned_tokens)`` for an arm of ``cfg.objective`` to spend ``budget`` tokens.

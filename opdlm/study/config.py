@@ -23,7 +23,9 @@ Objective = Literal["opd", "mdm_sft"]
 class AblationConfig(StrictModel):
     """One ablation: the OPD arm with some recipe fields changed, trained at the ablation budget."""
 
-    name: str = Field(..., pattern=r"^[a-z0-9_]+$", description="Short name (lowercase, digits, _), used in arm ids and tables.")
+    name: str = Field(
+        ..., pattern=r"^[a-z0-9_]+$", description="Short name (lowercase, digits, _), used in arm ids and tables."
+    )
     description: str = Field("", description="One line shown in the results table.")
     overrides: list[str] = Field(..., min_length=1, description="Dotted recipe overrides, e.g. train.kl=top_k.")
 
@@ -36,29 +38,52 @@ class StudyConfig(StrictModel):
     with their EOS), prompts excluded.
     """
 
-    budgets: list[int] = Field(..., min_length=1, description="Training-token budgets of the OPD arms; the baseline is matched to the tokens OPD actually used at each.")
-    baseline_extra_budgets: list[int] = Field(
-        default_factory=list, description="Extra, larger budgets for the baseline only (to find where it catches up with OPD)."
+    budgets: list[int] = Field(
+        ...,
+        min_length=1,
+        description="Training-token budgets of the OPD arms; the baseline is matched to the tokens OPD actually used at each.",
     )
-    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1, description="Training seeds of every main arm.")
-    ablations: list[AblationConfig] = Field(default_factory=list, description="OPD variants trained at `ablation_budget`.")
-    ablation_budget: int | None = Field(None, ge=1, description="Token budget of the ablations (default: the largest of `budgets`).")
+    baseline_extra_budgets: list[int] = Field(
+        default_factory=list,
+        description="Extra, larger budgets for the baseline only (to find where it catches up with OPD).",
+    )
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1], min_length=1, description="Training seeds of every main arm."
+    )
+    ablations: list[AblationConfig] = Field(
+        default_factory=list, description="OPD variants trained at `ablation_budget`."
+    )
+    ablation_budget: int | None = Field(
+        None, ge=1, description="Token budget of the ablations (default: the largest of `budgets`)."
+    )
     ablation_seeds: list[int] | None = Field(None, description="Seeds of the ablations (default: `seeds`).")
     baseline_overrides: list[str] = Field(
-        default_factory=list, description="Dotted recipe overrides for every mdm_sft arm (e.g. no length ramp: the baseline has no rollouts)."
+        default_factory=list,
+        description="Dotted recipe overrides for every mdm_sft arm (e.g. no length ramp: the baseline has no rollouts).",
     )
     opd_fill_estimate: float = Field(
-        0.6, gt=0.0, le=1.0,
+        0.6,
+        gt=0.0,
+        le=1.0,
         description="Expected rollout length / length cap, used only to turn an OPD budget into rollout steps; the tokens actually used are measured and reported.",
-    )  # fmt: skip
+    )
     sweep_objectives: list[Objective] = Field(
         default_factory=lambda: ["opd", "mdm_sft"],
         description="Objectives whose model at the largest matched budget (first seed) gets the threshold x block-size sweep (grid: recipe.eval).",
     )
-    workers: int = Field(2, ge=1, description="Arms trained at once, one process each (one CPU thread each: train.num_threads).")
-    prune_checkpoints: bool = Field(True, description="Delete an arm's checkpoints/ and converted/ once its result is written (its exported model stays).")
-    target_retention: float = Field(0.9, gt=0.0, description="Target: OPD accuracy / teacher accuracy at the largest budget.")
-    target_token_ratio: float = Field(10.0, gt=0.0, description="Target: baseline tokens needed to match OPD / OPD's tokens.")
+    workers: int = Field(
+        2, ge=1, description="Arms trained at once, one process each (one CPU thread each: train.num_threads)."
+    )
+    prune_checkpoints: bool = Field(
+        True,
+        description="Delete an arm's checkpoints/ and converted/ once its result is written (its exported model stays).",
+    )
+    target_retention: float = Field(
+        0.9, gt=0.0, description="Target: OPD accuracy / teacher accuracy at the largest budget."
+    )
+    target_token_ratio: float = Field(
+        10.0, gt=0.0, description="Target: baseline tokens needed to match OPD / OPD's tokens."
+    )
     experiment: str = Field("opdlm-study", min_length=1, description="MLflow experiment name.")
 
     @field_validator("budgets", "baseline_extra_budgets")
@@ -91,7 +116,9 @@ class StudyConfig(StrictModel):
 class StudyFile(StrictModel):
     """The whole study YAML."""
 
-    base_recipe: str | None = Field(None, description="Recipe YAML (relative to this file) that `recipe` is merged onto.")
+    base_recipe: str | None = Field(
+        None, description="Recipe YAML (relative to this file) that `recipe` is merged onto."
+    )
     recipe: Recipe = Field(default_factory=Recipe, description="The recipe every arm starts from.")
     study: StudyConfig
     quick: list[str] = Field(default_factory=list, description="Dotted overrides applied by --quick (CI size).")

@@ -80,10 +80,14 @@ def _threads(n: int | None) -> None:
 def _eval_fields(result) -> dict:
     """The :class:`~opdlm.eval.metrics.EvalResult` fields a study row carries."""
     return {
-        "accuracy": result.accuracy, "tokens_per_step": result.tokens_per_step, "mean_forwards": result.mean_forwards,
-        "mean_length": result.mean_length, "finished_rate": result.finished_rate, "n_eval": result.n,
+        "accuracy": result.accuracy,
+        "tokens_per_step": result.tokens_per_step,
+        "mean_forwards": result.mean_forwards,
+        "mean_length": result.mean_length,
+        "finished_rate": result.finished_rate,
+        "n_eval": result.n,
         "eval_seconds": result.generation_s,
-    }  # fmt: skip
+    }
 
 
 def run_reference(job: dict) -> dict:
@@ -103,24 +107,40 @@ def run_reference(job: dict) -> dict:
     _threads(recipe.train.num_threads)
     thinking = recipe.convert.enable_thinking
     teacher = evaluate(
-        job["teacher"], BENCHMARK, recipe.eval, sampler=recipe.sampler, json_out=folder / "teacher.json",
+        job["teacher"],
+        BENCHMARK,
+        recipe.eval,
+        sampler=recipe.sampler,
+        json_out=folder / "teacher.json",
         enable_thinking=thinking,
-    )  # fmt: skip
+    )
     converted = folder / "converted"
     if not (converted / "config.json").is_file():
         convert_teacher(
-            job["teacher"], converted, block_size=recipe.convert.block_size, logit_shift=recipe.convert.logit_shift,
-            sampler=recipe.sampler, overwrite=True, prompt_attention=recipe.convert.prompt_attention,
+            job["teacher"],
+            converted,
+            block_size=recipe.convert.block_size,
+            logit_shift=recipe.convert.logit_shift,
+            sampler=recipe.sampler,
+            overwrite=True,
+            prompt_attention=recipe.convert.prompt_attention,
             enable_thinking=recipe.convert.enable_thinking,
-        )  # fmt: skip
+        )
     untrained = evaluate(
-        converted, BENCHMARK, recipe.eval, sampler=recipe.sampler, json_out=folder / "untrained.json", teacher_result=teacher,
+        converted,
+        BENCHMARK,
+        recipe.eval,
+        sampler=recipe.sampler,
+        json_out=folder / "untrained.json",
+        teacher_result=teacher,
         enable_thinking=thinking,
     )
     result = {
-        "fingerprint": fingerprint, "teacher": job["teacher"], "teacher_result": teacher.to_dict(),
+        "fingerprint": fingerprint,
+        "teacher": job["teacher"],
+        "teacher_result": teacher.to_dict(),
         "untrained": _eval_fields(untrained) | {"retention": untrained.retention, "eval_sampler": untrained.sampler},
-    }  # fmt: skip
+    }
     return _write_result(folder, result)
 
 
@@ -153,19 +173,34 @@ def run_arm(job: dict) -> dict:
     _threads(recipe.train.num_threads)
     summary = json.loads((model_dir / "train_summary.json").read_text())
     if not summary.get("finished"):
-        raise OpdlmError(f"arm {job['arm']['arm_id']}: training stopped at step {summary.get('rollout_step')} of {summary.get('total_rollout_steps')}")
+        raise OpdlmError(
+            f"arm {job['arm']['arm_id']}: training stopped at step {summary.get('rollout_step')} of {summary.get('total_rollout_steps')}"
+        )
     evaluated = evaluate(
-        model_dir, BENCHMARK, recipe.eval, sampler=recipe.sampler, json_out=folder / "eval.json",
-        teacher_result=job["teacher_result"], enable_thinking=recipe.convert.enable_thinking,
-    )  # fmt: skip
+        model_dir,
+        BENCHMARK,
+        recipe.eval,
+        sampler=recipe.sampler,
+        json_out=folder / "eval.json",
+        teacher_result=job["teacher_result"],
+        enable_thinking=recipe.convert.enable_thinking,
+    )
     result = {
-        "fingerprint": fingerprint, **job["arm"], "rollout_steps": job["rollout_steps"],
-        "planned_tokens": round(job["planned_tokens"]), "training_tokens": summary["cumulative_train_tokens"],
-        "flops": summary["flops"], "skipped_rollouts": summary["skipped_rollouts"],
-        **_eval_fields(evaluated), "teacher_accuracy": evaluated.teacher_accuracy, "retention": evaluated.retention,
-        "final_loss": _final_loss(model_dir / "metrics.jsonl"), "train_seconds": round(train_seconds, 1),
-        "eval_sampler": evaluated.sampler, "model_dir": str(model_dir),
-    }  # fmt: skip
+        "fingerprint": fingerprint,
+        **job["arm"],
+        "rollout_steps": job["rollout_steps"],
+        "planned_tokens": round(job["planned_tokens"]),
+        "training_tokens": summary["cumulative_train_tokens"],
+        "flops": summary["flops"],
+        "skipped_rollouts": summary["skipped_rollouts"],
+        **_eval_fields(evaluated),
+        "teacher_accuracy": evaluated.teacher_accuracy,
+        "retention": evaluated.retention,
+        "final_loss": _final_loss(model_dir / "metrics.jsonl"),
+        "train_seconds": round(train_seconds, 1),
+        "eval_sampler": evaluated.sampler,
+        "model_dir": str(model_dir),
+    }
     if job.get("prune"):  # the exported model in train/ stays; resumable state is no longer needed
         shutil.rmtree(model_dir / "checkpoints", ignore_errors=True)
         shutil.rmtree(model_dir / "converted", ignore_errors=True)
@@ -196,10 +231,18 @@ def run_sweep(job: dict) -> dict:
         config = recipe.eval.model_copy(update={"sweep_block_sizes": [block_size]})
         base = recipe.sampler.with_overrides(block_size=block_size, denoise_steps_per_block=block_size)
         for point in sweep(job["model_dir"], BENCHMARK, config, folder / f"B{block_size}", sampler=base):
-            rows.append({
-                **job["meta"], "threshold": point["threshold"], "block_size": point["block_size"],
-                "accuracy": point["accuracy"], "tokens_per_step": point["tokens_per_step"],
-                "mean_forwards": point["mean_forwards"], "mean_length": point["mean_length"], "n_eval": point["n"],
-                "teacher_accuracy": teacher_acc, "retention": round(point["accuracy"] / teacher_acc, 6) if teacher_acc else None,
-            })  # fmt: skip
+            rows.append(
+                {
+                    **job["meta"],
+                    "threshold": point["threshold"],
+                    "block_size": point["block_size"],
+                    "accuracy": point["accuracy"],
+                    "tokens_per_step": point["tokens_per_step"],
+                    "mean_forwards": point["mean_forwards"],
+                    "mean_length": point["mean_length"],
+                    "n_eval": point["n"],
+                    "teacher_accuracy": teacher_acc,
+                    "retention": round(point["accuracy"] / teacher_acc, 6) if teacher_acc else None,
+                }
+            )
     return _write_result(folder, {"fingerprint": fingerprint, "rows": rows})

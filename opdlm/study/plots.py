@@ -28,7 +28,13 @@ def _pyplot():
 
 def _references(ax, teacher_accuracy: float, target_retention: float, untrained: float | None) -> None:
     ax.axhline(teacher_accuracy, color="black", lw=1, label=f"teacher ({100 * teacher_accuracy:.1f}%)")
-    ax.axhline(target_retention * teacher_accuracy, color="black", lw=1, ls=":", label=f"{100 * target_retention:.0f}% of teacher")
+    ax.axhline(
+        target_retention * teacher_accuracy,
+        color="black",
+        lw=1,
+        ls=":",
+        label=f"{100 * target_retention:.0f}% of teacher",
+    )
     if untrained is not None:
         ax.axhline(untrained, color="gray", lw=1, ls="--", label=f"untrained student ({100 * untrained:.1f}%)")
 
@@ -45,15 +51,32 @@ def plot_accuracy_vs_tokens(
         if not line:
             continue
         x = [g["training_tokens"] for g in line]
-        ax.errorbar(x, [g["accuracy"] for g in line], yerr=[g["accuracy_std"] for g in line], marker="o",
-                    color=COLORS[objective], label=LABELS[objective], capsize=3)  # fmt: skip
-        singles = [(r["training_tokens"], r["accuracy"]) for r in rows if r["group"] == "main" and r["objective"] == objective]
+        ax.errorbar(
+            x,
+            [g["accuracy"] for g in line],
+            yerr=[g["accuracy_std"] for g in line],
+            marker="o",
+            color=COLORS[objective],
+            label=LABELS[objective],
+            capsize=3,
+        )
+        singles = [
+            (r["training_tokens"], r["accuracy"]) for r in rows if r["group"] == "main" and r["objective"] == objective
+        ]
         ax.scatter(*zip(*singles), color=COLORS[objective], alpha=0.3, s=12)
     styles = iter(zip("s^vDP*Xh", ABLATION_COLORS))
     for g in (g for g in means if g["group"] == "ablation"):
         marker, color = next(styles, ("x", "gray"))
-        ax.errorbar([g["training_tokens"]], [g["accuracy"]], yerr=[g["accuracy_std"]], marker=marker, color=color,
-                    ls="none", capsize=3, label=f"OPD, {g['variant']}")  # fmt: skip
+        ax.errorbar(
+            [g["training_tokens"]],
+            [g["accuracy"]],
+            yerr=[g["accuracy_std"]],
+            marker=marker,
+            color=color,
+            ls="none",
+            capsize=3,
+            label=f"OPD, {g['variant']}",
+        )
     _references(ax, teacher_accuracy, target_retention, untrained)
     ax.set_xscale("log")
     ax.set_xlabel("training tokens (response tokens trained on)")
@@ -65,7 +88,9 @@ def plot_accuracy_vs_tokens(
     return _save(fig, out, plt)
 
 
-def plot_accuracy_vs_tokens_per_step(sweep: list[dict], teacher_accuracy: float, target_retention: float, out: str | Path) -> Path:
+def plot_accuracy_vs_tokens_per_step(
+    sweep: list[dict], teacher_accuracy: float, target_retention: float, out: str | Path
+) -> Path:
     """Accuracy against tokens per step; each line is one (model, block size) over the thresholds."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -73,12 +98,24 @@ def plot_accuracy_vs_tokens_per_step(sweep: list[dict], teacher_accuracy: float,
     block_sizes = sorted({s["block_size"] for s in sweep})
     for objective in sorted({s["objective"] for s in sweep}):
         for i, block_size in enumerate(block_sizes):
-            pts = sorted(((s["tokens_per_step"], s["accuracy"], s["threshold"]) for s in sweep
-                          if s["objective"] == objective and s["block_size"] == block_size), key=lambda p: -p[2])  # fmt: skip
+            pts = sorted(
+                (
+                    (s["tokens_per_step"], s["accuracy"], s["threshold"])
+                    for s in sweep
+                    if s["objective"] == objective and s["block_size"] == block_size
+                ),
+                key=lambda p: -p[2],
+            )
             if not pts:
                 continue
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ls=styles[i % len(styles)],
-                    color=COLORS.get(objective), label=f"{LABELS.get(objective, objective)}, B={block_size}")  # fmt: skip
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker="o",
+                ls=styles[i % len(styles)],
+                color=COLORS.get(objective),
+                label=f"{LABELS.get(objective, objective)}, B={block_size}",
+            )
             for tps, acc, threshold in pts:
                 ax.annotate(f"{threshold:g}", (tps, acc), textcoords="offset points", xytext=(3, 3), fontsize=6)
     _references(ax, teacher_accuracy, target_retention, None)

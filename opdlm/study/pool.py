@@ -50,7 +50,9 @@ def _describe(result: dict) -> str:
     return ""
 
 
-def run_jobs(fn: Callable[[dict], dict], jobs: list[dict], workers: int, desc: str, progress: bool = True) -> list[dict]:
+def run_jobs(
+    fn: Callable[[dict], dict], jobs: list[dict], workers: int, desc: str, progress: bool = True
+) -> list[dict]:
     """``[fn(job) for job in jobs]`` on up to ``workers`` processes, results in job order; finished jobs are not re-run."""
     from opdlm.progress import progress as progress_bar
 
@@ -83,7 +85,9 @@ def _run_pool(fn, jobs: list[dict], todo: list[int], workers: int, results: list
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),)
+    ) as pool:
         futures = {pool.submit(fn, jobs[i]): i for i in todo}
         pending = set(futures)
         while pending:

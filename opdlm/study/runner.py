@@ -73,21 +73,36 @@ class Planner:
         seed = cfg.seed if cfg.seed is not None else recipe.seed
         eos_id = self.tokenizer.eos_token_id  # only the count matters: every response gets one EOS
         return plan_steps(
-            cfg, self.rows(recipe, seed), self.tokenizer, eos_id, seed, budget, self.fill,
+            cfg,
+            self.rows(recipe, seed),
+            self.tokenizer,
+            eos_id,
+            seed,
+            budget,
+            self.fill,
             enable_thinking=recipe.convert.enable_thinking,
-        )  # fmt: skip
+        )
 
 
-def _arm_jobs(arms: list[Arm], spec: StudyFile, planner: Planner, out: Path, teacher_dir: Path, teacher_result: dict) -> list[dict]:
+def _arm_jobs(
+    arms: list[Arm], spec: StudyFile, planner: Planner, out: Path, teacher_dir: Path, teacher_result: dict
+) -> list[dict]:
     jobs = []
     for arm in arms:
         uncut = arm_recipe(spec.recipe, arm)
         steps, planned = planner.plan(uncut, arm.budget)
-        jobs.append({
-            "folder": str(out / "arms" / arm.arm_id), "teacher": str(teacher_dir), "arm": arm.to_dict(),
-            "recipe": arm_recipe(spec.recipe, arm, steps).model_dump(mode="json"), "rollout_steps": steps,
-            "planned_tokens": planned, "teacher_result": teacher_result, "prune": spec.study.prune_checkpoints,
-        })  # fmt: skip
+        jobs.append(
+            {
+                "folder": str(out / "arms" / arm.arm_id),
+                "teacher": str(teacher_dir),
+                "arm": arm.to_dict(),
+                "recipe": arm_recipe(spec.recipe, arm, steps).model_dump(mode="json"),
+                "rollout_steps": steps,
+                "planned_tokens": planned,
+                "teacher_result": teacher_result,
+                "prune": spec.study.prune_checkpoints,
+            }
+        )
     return jobs
 
 
@@ -108,15 +123,26 @@ def _sweep_jobs(spec: StudyFile, out: Path, main_results: list[dict], teacher_ac
     matched = matched_budgets(main_results)
     for objective in spec.study.sweep_objectives:
         budget = largest_opd if objective == "opd" else matched.get(largest_opd)
-        chosen = [r for r in main_results if r["objective"] == objective and r["budget"] == budget and r["seed"] == first_seed]
+        chosen = [
+            r for r in main_results if r["objective"] == objective and r["budget"] == budget and r["seed"] == first_seed
+        ]
         if not chosen:
             continue
         r = chosen[0]
-        jobs.append({
-            "folder": str(out / "sweeps" / r["arm_id"]), "model_dir": r["model_dir"], "recipe": spec.recipe.model_dump(mode="json"),
-            "teacher_accuracy": teacher_accuracy,
-            "meta": {"arm_id": r["arm_id"], "objective": objective, "training_tokens": r["training_tokens"], "seed": r["seed"]},
-        })  # fmt: skip
+        jobs.append(
+            {
+                "folder": str(out / "sweeps" / r["arm_id"]),
+                "model_dir": r["model_dir"],
+                "recipe": spec.recipe.model_dump(mode="json"),
+                "teacher_accuracy": teacher_accuracy,
+                "meta": {
+                    "arm_id": r["arm_id"],
+                    "objective": objective,
+                    "training_tokens": r["training_tokens"],
+                    "seed": r["seed"],
+                },
+            }
+        )
     return jobs
 
 
@@ -132,11 +158,21 @@ def _describe_sampler(sampler: dict) -> str:
 def _reference_row(reference: dict) -> dict:
     """The untrained converted student as a table row (0 training tokens)."""
     u = reference["untrained"]
-    return table_row({
-        "arm_id": "untrained", "group": "reference", "objective": "none", "variant": "untrained", "budget": 0,
-        "seed": None, "rollout_steps": 0, "training_tokens": 0, **u,
-        "teacher_accuracy": reference["teacher_result"]["accuracy"], "description": "converted teacher, no training",
-    })  # fmt: skip
+    return table_row(
+        {
+            "arm_id": "untrained",
+            "group": "reference",
+            "objective": "none",
+            "variant": "untrained",
+            "budget": 0,
+            "seed": None,
+            "rollout_steps": 0,
+            "training_tokens": 0,
+            **u,
+            "teacher_accuracy": reference["teacher_result"]["accuracy"],
+            "description": "converted teacher, no training",
+        }
+    )
 
 
 def run_study(
@@ -168,7 +204,9 @@ def _exclusive(out: Path):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise OpdlmError(f"another study is running in {out} (it holds {out / LOCK_NAME}); wait for it or pass --out DIR") from None
+            raise OpdlmError(
+                f"another study is running in {out} (it holds {out / LOCK_NAME}); wait for it or pass --out DIR"
+            ) from None
         yield
 
 
@@ -179,34 +217,64 @@ def _run_study(spec: StudyFile, out: Path, *, teacher, command, tracking_uri, pr
     start = time.perf_counter()
     study, recipe_json = spec.study, spec.recipe.model_dump(mode="json")
     teacher_dir = resolve_teacher(spec.recipe, teacher)
-    atomic_write_text(out / "study.json", json.dumps(spec.model_dump(mode="json") | {"teacher_dir": str(teacher_dir)}, indent=1) + "\n")
+    atomic_write_text(
+        out / "study.json",
+        json.dumps(spec.model_dump(mode="json") | {"teacher_dir": str(teacher_dir)}, indent=1) + "\n",
+    )
 
-    reference = run_jobs(run_reference, [{"folder": str(out / "reference"), "teacher": str(teacher_dir), "recipe": recipe_json}],
-                         1, "reference", progress)[0]  # fmt: skip
+    reference = run_jobs(
+        run_reference,
+        [{"folder": str(out / "reference"), "teacher": str(teacher_dir), "recipe": recipe_json}],
+        1,
+        "reference",
+        progress,
+    )[0]
     teacher_result = reference["teacher_result"]
     teacher_acc = teacher_result["accuracy"]
-    teacher_ref = {k: teacher_result[k] for k in ("benchmark", "model", "accuracy")}  # no timings: arm fingerprints stay stable
+    teacher_ref = {
+        k: teacher_result[k] for k in ("benchmark", "model", "accuracy")
+    }  # no timings: arm fingerprints stay stable
     planner = Planner(teacher_dir, study.opd_fill_estimate)
     opd_jobs = _arm_jobs(opd_arms(study), spec, planner, out, teacher_dir, teacher_ref)
     opd_results = run_jobs(run_arm, opd_jobs, study.workers, "OPD arms", progress)
-    base_jobs = _arm_jobs(baseline_arms(study, matched_budgets(opd_results)), spec, planner, out, teacher_dir, teacher_ref)
+    base_jobs = _arm_jobs(
+        baseline_arms(study, matched_budgets(opd_results)), spec, planner, out, teacher_dir, teacher_ref
+    )
     base_results = run_jobs(run_arm, base_jobs, study.workers, "baseline arms", progress)
     arm_results = opd_results + base_results
     main_results = [r for r in arm_results if r["group"] == "main"]
     sweep_jobs = _sweep_jobs(spec, out, main_results, teacher_acc)
-    sweep_rows = [row for res in run_jobs(run_sweep, sweep_jobs, study.workers, "sweeps", progress) for row in res["rows"]]
+    sweep_rows = [
+        row for res in run_jobs(run_sweep, sweep_jobs, study.workers, "sweeps", progress) for row in res["rows"]
+    ]
 
     arm_rows = [table_row(r) for r in arm_results]
-    summary = summarize(arm_rows, teacher_acc, reference["untrained"]["accuracy"], study.target_retention, study.target_token_ratio)
+    summary = summarize(
+        arm_rows, teacher_acc, reference["untrained"]["accuracy"], study.target_retention, study.target_token_ratio
+    )
     meta = {
-        "command": command, "teacher": str(teacher_dir), "n_eval": teacher_result["n"], "token_unit": TOKEN_UNIT,
-        "eval_sampler": _describe_sampler(reference["untrained"]["eval_sampler"]), "workers": study.workers,
-        "cpu_count": os.cpu_count(), "wall_seconds": None, "study": study.model_dump(mode="json"), "recipe": recipe_json,
-    }  # fmt: skip
-    results = {"rows": [_reference_row(reference), *arm_rows], "sweep": sweep_rows, "summary": summary, "meta": meta,
-               "teacher_result": teacher_result}  # fmt: skip
+        "command": command,
+        "teacher": str(teacher_dir),
+        "n_eval": teacher_result["n"],
+        "token_unit": TOKEN_UNIT,
+        "eval_sampler": _describe_sampler(reference["untrained"]["eval_sampler"]),
+        "workers": study.workers,
+        "cpu_count": os.cpu_count(),
+        "wall_seconds": None,
+        "study": study.model_dump(mode="json"),
+        "recipe": recipe_json,
+    }
+    results = {
+        "rows": [_reference_row(reference), *arm_rows],
+        "sweep": sweep_rows,
+        "summary": summary,
+        "meta": meta,
+        "teacher_result": teacher_result,
+    }
     plots = out / "plots"
-    plot_accuracy_vs_tokens(arm_rows, teacher_acc, reference["untrained"]["accuracy"], study.target_retention, plots / PLOT_TOKENS)
+    plot_accuracy_vs_tokens(
+        arm_rows, teacher_acc, reference["untrained"]["accuracy"], study.target_retention, plots / PLOT_TOKENS
+    )
     if sweep_rows:
         plot_accuracy_vs_tokens_per_step(sweep_rows, teacher_acc, study.target_retention, plots / PLOT_PARALLEL)
     meta["wall_seconds"] = round(time.perf_counter() - start, 1)
@@ -221,4 +289,6 @@ def _run_study(spec: StudyFile, out: Path, *, teacher, command, tracking_uri, pr
 
 def _write_outputs(out: Path, results: dict) -> None:
     atomic_write_text(out / RESULTS_JSON, json.dumps(results, indent=1, default=str) + "\n")
-    atomic_write_text(out / RESULTS_MD, markdown(results["rows"], results["sweep"], results["summary"], results["meta"]))
+    atomic_write_text(
+        out / RESULTS_MD, markdown(results["rows"], results["sweep"], results["summary"], results["meta"])
+    )

@@ -11,10 +11,30 @@ import statistics
 from collections import defaultdict
 
 ROW_KEYS = (
-    "arm_id", "group", "objective", "variant", "budget", "seed", "rollout_steps", "training_tokens", "accuracy",
-    "teacher_accuracy", "retention", "tokens_per_step", "mean_forwards", "mean_length", "finished_rate", "n_eval",
-    "final_loss", "train_seconds", "eval_seconds", "planned_tokens", "flops", "description", "overrides",
-)  # fmt: skip
+    "arm_id",
+    "group",
+    "objective",
+    "variant",
+    "budget",
+    "seed",
+    "rollout_steps",
+    "training_tokens",
+    "accuracy",
+    "teacher_accuracy",
+    "retention",
+    "tokens_per_step",
+    "mean_forwards",
+    "mean_length",
+    "finished_rate",
+    "n_eval",
+    "final_loss",
+    "train_seconds",
+    "eval_seconds",
+    "planned_tokens",
+    "flops",
+    "description",
+    "overrides",
+)
 
 
 def table_row(result: dict) -> dict:
@@ -36,17 +56,24 @@ def seed_means(rows: list[dict]) -> list[dict]:
     out = []
     for (group, objective, variant, budget), members in groups.items():
         accs = [m["accuracy"] for m in members]
-        out.append({
-            "group": group, "objective": objective, "variant": variant, "budget": budget,
-            "description": members[0].get("description") or "",
-            "training_tokens": statistics.fmean(m["training_tokens"] for m in members),
-            "accuracy": statistics.fmean(accs), "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-            "accuracies": accs, "seeds": [m["seed"] for m in members],
-            "retention": _mean([m.get("retention") for m in members]),
-            "tokens_per_step": _mean([m.get("tokens_per_step") for m in members]),
-            "final_loss": _mean([m.get("final_loss") for m in members]),
-            "rollout_steps": _mean([m.get("rollout_steps") for m in members]),
-        })  # fmt: skip
+        out.append(
+            {
+                "group": group,
+                "objective": objective,
+                "variant": variant,
+                "budget": budget,
+                "description": members[0].get("description") or "",
+                "training_tokens": statistics.fmean(m["training_tokens"] for m in members),
+                "accuracy": statistics.fmean(accs),
+                "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                "accuracies": accs,
+                "seeds": [m["seed"] for m in members],
+                "retention": _mean([m.get("retention") for m in members]),
+                "tokens_per_step": _mean([m.get("tokens_per_step") for m in members]),
+                "final_loss": _mean([m.get("final_loss") for m in members]),
+                "rollout_steps": _mean([m.get("rollout_steps") for m in members]),
+            }
+        )
     return sorted(out, key=lambda g: (g["group"] != "main", g["objective"], g["variant"], g["training_tokens"]))
 
 
@@ -57,7 +84,9 @@ def _mean(values: list) -> float | None:
 
 def curve(means: list[dict], objective: str) -> list[tuple[float, float]]:
     """``(tokens, accuracy)`` of an objective's main arms, by increasing tokens."""
-    return sorted((g["training_tokens"], g["accuracy"]) for g in means if g["group"] == "main" and g["objective"] == objective)
+    return sorted(
+        (g["training_tokens"], g["accuracy"]) for g in means if g["group"] == "main" and g["objective"] == objective
+    )
 
 
 def tokens_to_reach(points: list[tuple[float, float]], target: float) -> tuple[float | None, str]:
@@ -91,10 +120,13 @@ def token_ratio(opd_point: tuple[float, float], baseline: list[tuple[float, floa
     tokens, kind = tokens_to_reach(baseline, opd_acc)
     largest = baseline[-1][0] if baseline else None
     return {
-        "opd_tokens": opd_tokens, "opd_accuracy": opd_acc, "baseline_tokens": tokens, "kind": kind,
+        "opd_tokens": opd_tokens,
+        "opd_accuracy": opd_acc,
+        "baseline_tokens": tokens,
+        "kind": kind,
         "ratio": tokens / opd_tokens if tokens is not None else None,
         "largest_baseline_ratio": largest / opd_tokens if largest else None,
-    }  # fmt: skip
+    }
 
 
 def ratio_statement(r: dict) -> str:
@@ -126,27 +158,43 @@ def ratio_target_met(r: dict, target: float) -> bool | None:
     return False if r["ratio"] < target else None  # at_most: only an upper bound is known
 
 
-def summarize(rows: list[dict], teacher_accuracy: float, untrained_accuracy: float | None, target_retention: float, target_ratio: float) -> dict:
+def summarize(
+    rows: list[dict],
+    teacher_accuracy: float,
+    untrained_accuracy: float | None,
+    target_retention: float,
+    target_ratio: float,
+) -> dict:
     """The headline: OPD at its largest budget, its retention, the token ratio, and whether targets are met."""
     means = seed_means(rows)
     opd, baseline = curve(means, "opd"), curve(means, "mdm_sft")
     if not opd:
-        return {"teacher_accuracy": teacher_accuracy, "untrained_accuracy": untrained_accuracy, "statement": "no OPD arm was trained"}
+        return {
+            "teacher_accuracy": teacher_accuracy,
+            "untrained_accuracy": untrained_accuracy,
+            "statement": "no OPD arm was trained",
+        }
     final = opd[-1]
     retention = final[1] / teacher_accuracy if teacher_accuracy > 0 else None
     ratio = token_ratio(final, baseline) if baseline else None
     per_budget = [token_ratio(p, baseline) for p in opd] if baseline else []
     ratio_met = ratio_target_met(ratio, target_ratio) if ratio else None
     return {
-        "teacher_accuracy": teacher_accuracy, "untrained_accuracy": untrained_accuracy,
-        "opd_tokens": final[0], "opd_accuracy": final[1], "opd_retention": retention,
-        "token_ratio": ratio, "token_ratio_by_budget": per_budget,
+        "teacher_accuracy": teacher_accuracy,
+        "untrained_accuracy": untrained_accuracy,
+        "opd_tokens": final[0],
+        "opd_accuracy": final[1],
+        "opd_retention": retention,
+        "token_ratio": ratio,
+        "token_ratio_by_budget": per_budget,
         "targets": {
-            "retention": target_retention, "retention_met": retention is not None and retention >= target_retention,
-            "token_ratio": target_ratio, "token_ratio_met": ratio_met,
+            "retention": target_retention,
+            "retention_met": retention is not None and retention >= target_retention,
+            "token_ratio": target_ratio,
+            "token_ratio_met": ratio_met,
         },
         "statement": ratio_statement(ratio) if ratio else "no baseline arm was trained",
-    }  # fmt: skip
+    }
 
 
 def _verdict(met: bool | None) -> str:
@@ -181,14 +229,18 @@ def markdown(rows: list[dict], sweep: list[dict], summary: dict, meta: dict) -> 
     """The study as markdown: setup, headline, OPD vs baseline by budget, the ratio per budget, ablations, sweep."""
     means = seed_means(rows)
     lines = [
-        "# OPD vs masked-diffusion baseline (toy scale)", "",
-        f"Command: `{meta['command']}`", "",
+        "# OPD vs masked-diffusion baseline (toy scale)",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
         f"Teacher: `{meta['teacher']}`, accuracy **{_pct(summary['teacher_accuracy'])}%** on {meta['n_eval']} held-out "
         f"synthetic rows (autoregressive, greedy); untrained converted student: {_pct(summary['untrained_accuracy'])}%. "
         f"Students are scored on the same rows with the recipe's sampler ({meta['eval_sampler']}). "
-        f"Training tokens: {meta['token_unit']}", "",
-        "## Headline", "",
-    ]  # fmt: skip
+        f"Training tokens: {meta['token_unit']}",
+        "",
+        "## Headline",
+        "",
+    ]
     if "opd_accuracy" in summary:
         t = summary["targets"]
         lines += [
@@ -198,10 +250,12 @@ def markdown(rows: list[dict], sweep: list[dict], summary: dict, meta: dict) -> 
             f"- Token ratio (target >= {t['token_ratio']:g}x: {_verdict(t['token_ratio_met'])}): {summary['statement']}",
         ]
     lines += [
-        "", "## OPD vs baseline at matched token budgets", "",
+        "",
+        "## OPD vs baseline at matched token budgets",
+        "",
         "| objective | training tokens | rollout steps | accuracy % (mean ± std over seeds) | of teacher % | tokens/step | final loss | seeds |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]  # fmt: skip
+    ]
     for g in (g for g in means if g["group"] == "main"):
         lines.append(
             f"| {g['objective']} | {g['training_tokens']:,.0f} | {_num(g['rollout_steps'], 0)} | {_acc(g)} | "
@@ -209,19 +263,24 @@ def markdown(rows: list[dict], sweep: list[dict], summary: dict, meta: dict) -> 
         )
     if summary.get("token_ratio_by_budget"):
         lines += [
-            "", "## Baseline tokens needed to match OPD", "",
-            "| OPD tokens | OPD accuracy % | baseline tokens to match | ratio |", "| ---: | ---: | ---: | ---: |",
-        ]  # fmt: skip
+            "",
+            "## Baseline tokens needed to match OPD",
+            "",
+            "| OPD tokens | OPD accuracy % | baseline tokens to match | ratio |",
+            "| ---: | ---: | ---: | ---: |",
+        ]
         for r in summary["token_ratio_by_budget"]:
             lines.append(f"| {r['opd_tokens']:,.0f} | {_pct(r['opd_accuracy'])} | {_match(r)} | {_ratio(r)} |")
     ablations = [g for g in means if g["group"] == "ablation"]
     if ablations:
         ref = {g["budget"]: g for g in means if g["group"] == "main" and g["objective"] == "opd"}
         lines += [
-            "", "## Ablations (OPD, one change each)", "",
+            "",
+            "## Ablations (OPD, one change each)",
+            "",
             "| variant | change | training tokens | accuracy % | vs OPD default (pts) | final loss | seeds |",
             "| --- | --- | ---: | ---: | ---: | ---: | --- |",
-        ]  # fmt: skip
+        ]
         for g in ablations:
             base = ref.get(g["budget"])
             delta = f"{100 * (g['accuracy'] - base['accuracy']):+.1f}" if base else "-"
@@ -231,9 +290,12 @@ def markdown(rows: list[dict], sweep: list[dict], summary: dict, meta: dict) -> 
             )
     if sweep:
         lines += [
-            "", "## Parallel decoding: accuracy vs tokens per step", "",
-            "| model | block size | threshold | accuracy % | tokens/step |", "| --- | ---: | ---: | ---: | ---: |",
-        ]  # fmt: skip
+            "",
+            "## Parallel decoding: accuracy vs tokens per step",
+            "",
+            "| model | block size | threshold | accuracy % | tokens/step |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
         for s in sweep:
             lines.append(
                 f"| {s['objective']} ({s['training_tokens']:,} tokens) | {s['block_size']} | {s['threshold']:g} | "

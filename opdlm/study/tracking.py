@@ -24,7 +24,11 @@ def _metrics(values: dict, step: int = 0, now: int | None = None) -> list:
     from mlflow.entities import Metric
 
     now = now or int(time.time() * 1000)
-    return [Metric(k, float(v), now, step) for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)]
+    return [
+        Metric(k, float(v), now, step)
+        for k, v in values.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    ]
 
 
 def _training_curve(model_dir: str | None) -> list:
@@ -63,24 +67,61 @@ def log_study(
     uri = tracking_uri_for(out_dir, tracking_uri)
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
-    exp_id = found.experiment_id if found else client.create_experiment(experiment, artifact_location=(Path(out_dir).absolute() / "mlartifacts").as_uri())
+    exp_id = (
+        found.experiment_id
+        if found
+        else client.create_experiment(experiment, artifact_location=(Path(out_dir).absolute() / "mlartifacts").as_uri())
+    )
     parent = client.create_run(exp_id, run_name="study", tags={"opdlm.kind": "study"}).info.run_id
     meta, summary = results["meta"], results["summary"]
-    params = {"command": meta["command"], "teacher": meta["teacher"], "n_eval": meta["n_eval"], "arms": len(arm_results)}
-    headline = {k: summary.get(k) for k in ("teacher_accuracy", "untrained_accuracy", "opd_tokens", "opd_accuracy", "opd_retention")}
+    params = {
+        "command": meta["command"],
+        "teacher": meta["teacher"],
+        "n_eval": meta["n_eval"],
+        "arms": len(arm_results),
+    }
+    headline = {
+        k: summary.get(k)
+        for k in ("teacher_accuracy", "untrained_accuracy", "opd_tokens", "opd_accuracy", "opd_retention")
+    }
     ratio = summary.get("token_ratio") or {}
     headline["token_ratio"] = ratio.get("ratio")
-    client.log_batch(parent, metrics=_metrics(headline), params=[Param(k, str(v)[:6000]) for k, v in params.items()], synchronous=True)
+    client.log_batch(
+        parent,
+        metrics=_metrics(headline),
+        params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+        synchronous=True,
+    )
     for path in map(Path, artifacts):
         if path.is_file():
             client.log_artifact(parent, str(path))
     for arm in arm_results:
-        run = client.create_run(exp_id, run_name=arm["arm_id"], tags={PARENT_TAG: parent, "opdlm.kind": "study-arm"}).info.run_id
-        arm_params = {k: arm.get(k) for k in ("objective", "variant", "group", "budget", "seed", "rollout_steps", "overrides")}
-        arm_metrics = {k: arm.get(k) for k in ("accuracy", "teacher_accuracy", "retention", "training_tokens", "tokens_per_step",
-                                                "mean_forwards", "final_loss", "train_seconds", "flops")}  # fmt: skip
-        client.log_batch(run, params=[Param(k, str(v)[:6000]) for k, v in arm_params.items()],
-                         tags=[RunTag("opdlm.arm_id", arm["arm_id"])], synchronous=True)  # fmt: skip
+        run = client.create_run(
+            exp_id, run_name=arm["arm_id"], tags={PARENT_TAG: parent, "opdlm.kind": "study-arm"}
+        ).info.run_id
+        arm_params = {
+            k: arm.get(k) for k in ("objective", "variant", "group", "budget", "seed", "rollout_steps", "overrides")
+        }
+        arm_metrics = {
+            k: arm.get(k)
+            for k in (
+                "accuracy",
+                "teacher_accuracy",
+                "retention",
+                "training_tokens",
+                "tokens_per_step",
+                "mean_forwards",
+                "final_loss",
+                "train_seconds",
+                "flops",
+            )
+        }
+        client.log_batch(
+            run,
+            params=[Param(k, str(v)[:6000]) for k, v in arm_params.items()],
+            tags=[RunTag("opdlm.arm_id", arm["arm_id"])],
+            synchronous=True,
+        )
         metrics = _metrics(arm_metrics) + _training_curve(arm.get("model_dir"))
         for i in range(0, len(metrics), METRICS_PER_BATCH):
             client.log_batch(run, metrics=metrics[i : i + METRICS_PER_BATCH], synchronous=True)

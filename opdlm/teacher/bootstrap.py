@@ -138,9 +138,8 @@ def evaluate_heldout(model, tokenizer, rows: list[Row], config: BootstrapConfig,
     """
     from opdlm.data.prompting import encode_prompts, format_prompt
     from opdlm.data.synthetic import family_of, is_correct
-    from opdlm.sampling.autoregressive import generate_autoregressive
-
     from opdlm.progress import track
+    from opdlm.sampling.autoregressive import generate_autoregressive
 
     start = time.perf_counter()
     correct: dict[str, list[bool]] = {}
@@ -194,7 +193,9 @@ def bootstrap_teacher(
                 "tokenizer_size": len(tokenizer),
                 "embedding_rows": model.config.vocab_size,
             }
-            metrics |= train(model, tokenizer, load_split("train", config.n_train, config.seed), config, enable_thinking)
+            metrics |= train(
+                model, tokenizer, load_split("train", config.n_train, config.seed), config, enable_thinking
+            )
             if config.n_eval:
                 heldout = load_split("eval", config.n_eval, config.seed)
                 metrics |= evaluate_heldout(model, tokenizer, heldout, config, enable_thinking)

@@ -43,8 +43,16 @@ def make_qwen3_vocab_teacher(out_dir: str | Path, hidden_size: int = 16, num_lay
 
     from opdlm.testing.tiny import tiny_config
 
-    cfg = tiny_config("qwen3", vocab_size=QWEN3_ROWS, hidden_size=hidden_size, num_layers=num_layers,
-                      pad_token_id=151643, eos_token_id=151645, bos_token_id=None, initializer_range=0.5)  # fmt: skip
+    cfg = tiny_config(
+        "qwen3",
+        vocab_size=QWEN3_ROWS,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        pad_token_id=151643,
+        eos_token_id=151645,
+        bos_token_id=None,
+        initializer_range=0.5,
+    )
     torch.manual_seed(seed)
     out = Path(out_dir)
     AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
@@ -57,8 +65,12 @@ def _legacy_config(config: dict) -> dict:
     """A transformers-5 Qwen3 config.json as a 4.5x release wrote it (``rope_theta`` at top level)."""
     out = {k: v for k, v in config.items() if k not in ("rope_parameters", "transformers_version", "dtype")}
     rope = config.get("rope_parameters") or {}
-    out.update(rope_theta=rope.get("rope_theta", 1000000.0), rope_scaling=None, torch_dtype="float32",
-               transformers_version="4.52.4")  # fmt: skip
+    out.update(
+        rope_theta=rope.get("rope_theta", 1000000.0),
+        rope_scaling=None,
+        torch_dtype="float32",
+        transformers_version="4.52.4",
+    )
     return out
 
 
@@ -66,19 +78,39 @@ def _register_mask(tok_dir: Path) -> None:
     """Register ``<|MASK|>`` at 151669 the way divelab's a2d-init card describes."""
     cfg = json.loads((tok_dir / "tokenizer_config.json").read_text())
     cfg["added_tokens_decoder"][str(MASK_ID)] = {
-        "content": MASK_TOKEN, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True,
-    }  # fmt: skip
+        "content": MASK_TOKEN,
+        "lstrip": False,
+        "normalized": False,
+        "rstrip": False,
+        "single_word": False,
+        "special": True,
+    }
     cfg["mask_token"] = MASK_TOKEN
     (tok_dir / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
     special = tok_dir / "special_tokens_map.json"
     smap = json.loads(special.read_text()) if special.is_file() else {}
-    smap["mask_token"] = {"content": MASK_TOKEN, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+    smap["mask_token"] = {
+        "content": MASK_TOKEN,
+        "lstrip": False,
+        "normalized": False,
+        "rstrip": False,
+        "single_word": False,
+    }
     special.write_text(json.dumps(smap, indent=2))
     tokenizer_json = tok_dir / "tokenizer.json"
     data = json.loads(tokenizer_json.read_text())
     if not any(t["id"] == MASK_ID for t in data["added_tokens"]):
-        data["added_tokens"].append({"id": MASK_ID, "content": MASK_TOKEN, "single_word": False, "lstrip": False,
-                                     "rstrip": False, "normalized": False, "special": True})  # fmt: skip
+        data["added_tokens"].append(
+            {
+                "id": MASK_ID,
+                "content": MASK_TOKEN,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+        )
     tokenizer_json.write_text(json.dumps(data, ensure_ascii=False))
 
 
@@ -95,8 +127,9 @@ def _from_teacher(teacher: Path, out: Path) -> dict:
     return _legacy_config(json.loads((teacher / "config.json").read_text()))
 
 
-def make_divelab_checkpoint(out_dir: str | Path, teacher: str | Path, block_size_in_card: int | None = 4,
-                            mask_registered: bool = True) -> Path:  # fmt: skip
+def make_divelab_checkpoint(
+    out_dir: str | Path, teacher: str | Path, block_size_in_card: int | None = 4, mask_registered: bool = True
+) -> Path:
     """divelab's layout: ``model_type: a2d-qwen3``, ``A2DQwen3LMHeadModel``, dllm's ``modeling_qwen3.py``.
 
     ``mask_registered=False`` leaves ``<|MASK|>`` an added token without ``mask_token``, as the
@@ -109,11 +142,15 @@ def make_divelab_checkpoint(out_dir: str | Path, teacher: str | Path, block_size
         tok_cfg.pop("mask_token")
         (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False))
     config.update(
-        model_type="a2d-qwen3", architectures=["A2DQwen3LMHeadModel"],
-        auto_map={"AutoConfig": "modeling_qwen3.A2DQwen3Config", "AutoModel": "modeling_qwen3.A2DQwen3LMHeadModel",
-                  "AutoModelForMaskedLM": "modeling_qwen3.A2DQwen3LMHeadModel"},
+        model_type="a2d-qwen3",
+        architectures=["A2DQwen3LMHeadModel"],
+        auto_map={
+            "AutoConfig": "modeling_qwen3.A2DQwen3Config",
+            "AutoModel": "modeling_qwen3.A2DQwen3LMHeadModel",
+            "AutoModelForMaskedLM": "modeling_qwen3.A2DQwen3LMHeadModel",
+        },
         torch_dtype="bfloat16",
-    )  # fmt: skip
+    )
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "modeling_qwen3.py").write_text(_TRAP)
     card = "# OPDLM-tiny\n\n## Model Details\n- **Base model:** Qwen3\n"
@@ -128,13 +165,19 @@ def make_sdar_checkpoint(out_dir: str | Path, teacher: str | Path) -> Path:
     out = Path(out_dir)
     config = _from_teacher(Path(teacher), out)
     config.update(
-        model_type="sdar", architectures=["SDARForCausalLM"],
-        auto_map={"AutoConfig": "configuration_sdar.SDARConfig", "AutoModel": "modeling_sdar.SDARModel",
-                  "AutoModelForCausalLM": "modeling_sdar.SDARForCausalLM"},
-    )  # fmt: skip
+        model_type="sdar",
+        architectures=["SDARForCausalLM"],
+        auto_map={
+            "AutoConfig": "configuration_sdar.SDARConfig",
+            "AutoModel": "modeling_sdar.SDARModel",
+            "AutoModelForCausalLM": "modeling_sdar.SDARForCausalLM",
+        },
+    )
     (out / "config.json").write_text(json.dumps(config, indent=2))
     tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
-    tok_cfg["auto_map"] = {"AutoTokenizer": ["tokenization_qwen2.Qwen2Tokenizer", "tokenization_qwen2_fast.Qwen2TokenizerFast"]}
+    tok_cfg["auto_map"] = {
+        "AutoTokenizer": ["tokenization_qwen2.Qwen2Tokenizer", "tokenization_qwen2_fast.Qwen2TokenizerFast"]
+    }
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False))
     for name in ("configuration_sdar.py", "modeling_sdar.py", "tokenization_qwen2.py", "tokenization_qwen2_fast.py"):
         (out / name).write_text(_TRAP)

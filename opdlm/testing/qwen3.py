@@ -55,11 +55,21 @@ def qwen3_06b_config(num_layers: int = 2, intermediate_size: int = 3072):
     from transformers import Qwen3Config
 
     return Qwen3Config(
-        vocab_size=QWEN3_EMBEDDING_ROWS, hidden_size=1024, intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-        max_position_embeddings=40_960, rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
-        bos_token_id=151_643, eos_token_id=IM_END_ID, pad_token_id=151_643,
-    )  # fmt: skip
+        vocab_size=QWEN3_EMBEDDING_ROWS,
+        hidden_size=1024,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=40_960,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        bos_token_id=151_643,
+        eos_token_id=IM_END_ID,
+        pad_token_id=151_643,
+    )
 
 
 def make_qwen3_06b_shaped(out_dir: str | Path, num_layers: int = 2, seed: int = 0, dtype: str = "bfloat16") -> Path:

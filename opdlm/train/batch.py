@@ -56,18 +56,27 @@ class TrainingRows:
         lengths = self.lengths_B[idx]
         L = min(-(-int(lengths.max()) // block_size) * block_size, self.response_BL.shape[1])
         return TrainingRows(
-            self.prompt_ids_BP[idx, self.prompt_ids_BP.shape[1] - P :], prompt_lens, self.response_BL[idx, :L],
-            lengths, self.masked_BL[idx, :L], self.loss_BL[idx, :L],
-        )  # fmt: skip
+            self.prompt_ids_BP[idx, self.prompt_ids_BP.shape[1] - P :],
+            prompt_lens,
+            self.response_BL[idx, :L],
+            lengths,
+            self.masked_BL[idx, :L],
+            self.loss_BL[idx, :L],
+        )
 
     def to(self, device: torch.device) -> TrainingRows:
         return TrainingRows(*(t.to(device) for t in vars(self).values()))
 
 
 def make_rows(
-    prompts: list[list[int]], responses: list[list[int]], source_R: torch.Tensor, masked_RL: torch.Tensor,
-    loss_mask_BL: torch.Tensor, pad_id: int, block_size: int,
-) -> TrainingRows:  # fmt: skip
+    prompts: list[list[int]],
+    responses: list[list[int]],
+    source_R: torch.Tensor,
+    masked_RL: torch.Tensor,
+    loss_mask_BL: torch.Tensor,
+    pad_id: int,
+    block_size: int,
+) -> TrainingRows:
     """Build rows: row ``r`` is the state ``masked_RL[r]`` of episode ``source_R[r]``.
 
     Responses are padded to whole blocks so every row's last block has its full width.

@@ -101,7 +101,9 @@ def resolve_teacher_ds_config(ds: dict[str, Any], world_size: int, where: str) -
     """The teacher's inference config: ZeRO stage 3 required, batch values filled, no optimiser."""
     ds = json.loads(json.dumps(ds))
     if ds.get("zero_optimization", {}).get("stage") != 3:
-        raise ConfigError(f"{where}: the teacher's engine must use zero_optimization.stage 3 (it shards/offloads weights)")
+        raise ConfigError(
+            f"{where}: the teacher's engine must use zero_optimization.stage 3 (it shards/offloads weights)"
+        )
     if "optimizer" in ds or "scheduler" in ds:
         raise ConfigError(f"{where}: the teacher is inference-only; remove 'optimizer'/'scheduler'")
     ds["train_micro_batch_size_per_gpu"] = 1
@@ -158,7 +160,9 @@ class DeepSpeedStepper:
             str(folder / DS_DIR), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
         )
         if path is None:
-            raise ConfigError(f"checkpoint {folder} has no DeepSpeed state under {DS_DIR}/ (was it written without train.deepspeed?)")
+            raise ConfigError(
+                f"checkpoint {folder} has no DeepSpeed state under {DS_DIR}/ (was it written without train.deepspeed?)"
+            )
 
 
 def make_deepspeed_stepper(
@@ -177,13 +181,17 @@ def make_deepspeed_stepper(
     world = distributed.world_size()
     ds = resolve_ds_config(read_ds_json(cfg.deepspeed, "train.deepspeed"), cfg, world, str(cfg.deepspeed))
     params = [p for p in student.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay, eps=1e-8)
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay, eps=1e-8
+    )
     engine, ds_optimizer, _, _ = deepspeed.initialize(model=student.model, optimizer=optimizer, config=ds)
     student.model = engine.module
     if teacher is not None and cfg.teacher_offload:
         if cfg.teacher_deepspeed:
             where = str(cfg.teacher_deepspeed)
-            tds = resolve_teacher_ds_config(read_ds_json(cfg.teacher_deepspeed, "train.teacher_deepspeed"), world, where)
+            tds = resolve_teacher_ds_config(
+                read_ds_json(cfg.teacher_deepspeed, "train.teacher_deepspeed"), world, where
+            )
         else:
             tds = resolve_teacher_ds_config(TEACHER_OFFLOAD_DEFAULT, world, "teacher offload default")
         teacher_engine, *_ = deepspeed.initialize(model=teacher, config=tds)

@@ -119,6 +119,7 @@ def cross_entropy_chunked(
     Returns:
         ``ce_N`` (fp32).
     """
+
     def chunk_ce(hidden_CH: torch.Tensor, targets_C: torch.Tensor) -> torch.Tensor:
         logits = student_head(hidden_CH).float()
         return torch.nn.functional.cross_entropy(logits, targets_C, reduction="none")

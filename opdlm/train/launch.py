@@ -63,8 +63,15 @@ def training_command(
         return [python, "-m", TRAIN_MODULE, *train_args]
     if launcher == "torchrun":
         return [python, "-m", "torch.distributed.run", *_torchrun_args(resources, env), "-m", TRAIN_MODULE, *train_args]
-    return [python, "-m", "deepspeed.launcher.runner", *_deepspeed_args(resources, deepspeed_config, env),
-            "--module", TRAIN_MODULE, *train_args]  # fmt: skip
+    return [
+        python,
+        "-m",
+        "deepspeed.launcher.runner",
+        *_deepspeed_args(resources, deepspeed_config, env),
+        "--module",
+        TRAIN_MODULE,
+        *train_args,
+    ]
 
 
 def training_env(
@@ -114,7 +121,12 @@ def _usable_cpus() -> int:
 
 def _train_args(recipe_path, out_dir, overrides, teacher, student, data, until_stage) -> list[str]:
     args = ["train", "--config", str(recipe_path), "--out", str(out_dir)]
-    for flag, value in (("--teacher", teacher), ("--student", student), ("--data", data), ("--until-stage", until_stage)):
+    for flag, value in (
+        ("--teacher", teacher),
+        ("--student", student),
+        ("--data", data),
+        ("--until-stage", until_stage),
+    ):
         if value is not None:
             args += [flag, str(value)]
     return args + [str(o) for o in overrides]
@@ -127,8 +139,18 @@ def _torchrun_args(res: ResourcesConfig, env: Mapping[str, str]) -> list[str]:
     master = _master_addr(res, env, "torchrun")
     rdzv_id = res.rdzv_id or env.get("SLURM_JOB_ID") or "opdlm"
     # c10d rendezvous assigns node ranks itself: every node runs the same command.
-    return ["--nnodes", str(res.nodes), "--nproc-per-node", str(res.procs_per_node), "--rdzv-backend", "c10d",
-            "--rdzv-endpoint", f"{master}:{res.master_port}", "--rdzv-id", rdzv_id]  # fmt: skip
+    return [
+        "--nnodes",
+        str(res.nodes),
+        "--nproc-per-node",
+        str(res.procs_per_node),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"{master}:{res.master_port}",
+        "--rdzv-id",
+        rdzv_id,
+    ]
 
 
 def _deepspeed_args(res: ResourcesConfig, deepspeed_config: str | None, env: Mapping[str, str]) -> list[str]:
@@ -138,8 +160,15 @@ def _deepspeed_args(res: ResourcesConfig, deepspeed_config: str | None, env: Map
             "set train.deepspeed=configs/deepspeed/zero2.json or use launcher torchrun for plain PyTorch"
         )
     # The rank reads LOCAL_RANK from its environment; `--local_rank=N` would be an unknown CLI option.
-    common = ["--num_nodes", str(res.nodes), "--num_gpus", str(res.gpus_per_node), "--master_port", str(res.master_port),
-              "--no_local_rank"]  # fmt: skip
+    common = [
+        "--num_nodes",
+        str(res.nodes),
+        "--num_gpus",
+        str(res.gpus_per_node),
+        "--master_port",
+        str(res.master_port),
+        "--no_local_rank",
+    ]
     if res.nodes == 1:
         return common
     if not res.hostfile:

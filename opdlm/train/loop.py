@@ -90,9 +90,14 @@ def select_rows(ctx: RunContext, episodes: Episodes, block_size: int, step: int)
     if not has_loss_R.any():
         return None, skipped
     rows = make_rows(
-        episodes.prompts, episodes.responses, source_R[has_loss_R], masked_RL[has_loss_R], loss_mask_BL,
-        meta.pad_token_id, block_size,
-    )  # fmt: skip
+        episodes.prompts,
+        episodes.responses,
+        source_R[has_loss_R],
+        masked_RL[has_loss_R],
+        loss_mask_BL,
+        meta.pad_token_id,
+        block_size,
+    )
     return rows, skipped
 
 
@@ -105,7 +110,11 @@ def estimate_flops(ctx: RunContext, episodes: Episodes, block_size: int, stats: 
     """``2 N`` per token forward (rollout, teacher) and ``6 N`` per token trained (student, both copies)."""
     n_student, n_teacher = _num_params(ctx.student.model), _num_params(ctx.teacher)
     rollout_tokens = sum(len(p) + f * block_size for p, f in zip(episodes.prompts, episodes.num_forwards))
-    return 2.0 * n_student * rollout_tokens + 2.0 * n_teacher * stats.get("_teacher_tokens", 0) + 6.0 * n_student * stats.get("_student_tokens", 0)
+    return (
+        2.0 * n_student * rollout_tokens
+        + 2.0 * n_teacher * stats.get("_teacher_tokens", 0)
+        + 6.0 * n_student * stats.get("_student_tokens", 0)
+    )
 
 
 def train_step(ctx: RunContext, step: int) -> dict:
@@ -127,14 +136,25 @@ def train_step(ctx: RunContext, step: int) -> dict:
     (flops,) = distributed.all_reduce_sum([estimate_flops(ctx, episodes, block_size, stats)])
     c.flops += flops
     metrics = {k: v for k, v in stats.items() if not k.startswith("_")}
-    metrics.update({
-        "stage": pos.index, "stage_name": pos.stage.name, "length_cap": cap, "block_size": block_size,
-        "rollout_tokens": rollout_tokens, "rollouts": n_eps,
-        "mean_response_tokens": rollout_tokens / max(n_eps, 1), "tokens_per_step": episodes.tokens_per_step,
-        "eos_rate": n_finished / max(n_eps, 1), "skipped_rollouts": skipped,
-        "cumulative_skipped_rollouts": c.skipped_rollouts, "cumulative_train_tokens": c.train_tokens,
-        "flops": flops, "cumulative_flops": c.flops, "optimizer_step": c.optimizer_steps,
-    })  # fmt: skip
+    metrics.update(
+        {
+            "stage": pos.index,
+            "stage_name": pos.stage.name,
+            "length_cap": cap,
+            "block_size": block_size,
+            "rollout_tokens": rollout_tokens,
+            "rollouts": n_eps,
+            "mean_response_tokens": rollout_tokens / max(n_eps, 1),
+            "tokens_per_step": episodes.tokens_per_step,
+            "eos_rate": n_finished / max(n_eps, 1),
+            "skipped_rollouts": skipped,
+            "cumulative_skipped_rollouts": c.skipped_rollouts,
+            "cumulative_train_tokens": c.train_tokens,
+            "flops": flops,
+            "cumulative_flops": c.flops,
+            "optimizer_step": c.optimizer_steps,
+        }
+    )
     metrics.setdefault("loss_tokens", 0)
     return metrics
 
@@ -212,16 +232,25 @@ def _train(recipe, out_dir, teacher, student, data, end, until_stage, loggers, c
     total = ctx.cfg.total_rollout_steps
     main_rank = ctx.rank == 0
     logger = MultiLogger(([default_loggers(ctx, console)] if main_rank else []) + list(loggers or []))
-    logger.log_params({
-        "objective": ctx.cfg.objective, "stages": [s.name for s in ctx.cfg.stages], "total_rollout_steps": total,
-        "out": str(ctx.out), "resumed_from": str(ctx.resumed_from) if ctx.resumed_from else None,
-        "until_stage": until_stage, "train": ctx.cfg.model_dump(mode="json"), "seed": ctx.seed,
-    })  # fmt: skip
+    logger.log_params(
+        {
+            "objective": ctx.cfg.objective,
+            "stages": [s.name for s in ctx.cfg.stages],
+            "total_rollout_steps": total,
+            "out": str(ctx.out),
+            "resumed_from": str(ctx.resumed_from) if ctx.resumed_from else None,
+            "until_stage": until_stage,
+            "train": ctx.cfg.model_dump(mode="json"),
+            "seed": ctx.seed,
+        }
+    )
     try:
         for step in range(ctx.counters.rollout_step, end):
             metrics = train_step(ctx, step)
             logger.log(metrics, step)
-            stage_end = step + 1 == total or stage_at(ctx.cfg.stages, step).index != stage_at(ctx.cfg.stages, step + 1).index
+            stage_end = (
+                step + 1 == total or stage_at(ctx.cfg.stages, step).index != stage_at(ctx.cfg.stages, step + 1).index
+            )
             if (step + 1) % ctx.cfg.checkpoint_every == 0 or stage_end:
                 checkpoint(ctx, metrics["block_size"])
         _check_trained_something(ctx, end)
@@ -232,5 +261,3 @@ def _train(recipe, out_dir, teacher, student, data, end, until_stage, loggers, c
     finally:
         logger.close()
     return ctx.out
-
-

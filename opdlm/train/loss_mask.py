@@ -23,6 +23,8 @@ def response_loss_mask(
     pos_L = torch.arange(length, device=response_BL.device)
     real_BL = pos_L[None, :] < lengths_B[:, None].to(response_BL.device)
     is_eos_BL = torch.isin(response_BL, torch.tensor(eos_ids, device=response_BL.device)) & real_BL
-    first_eos_B = torch.where(is_eos_BL, pos_L, length).min(-1).values if length else torch.zeros(n_rows, dtype=torch.long)
+    first_eos_B = (
+        torch.where(is_eos_BL, pos_L, length).min(-1).values if length else torch.zeros(n_rows, dtype=torch.long)
+    )
     last_kept_B = first_eos_B - 1 if exclude_eos else first_eos_B
     return real_BL & (pos_L[None, :] <= last_kept_B[:, None])

@@ -65,7 +65,11 @@ class JsonlLogger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_after is not None and self.path.is_file():
-            kept = [ln for ln in self.path.read_text().splitlines() if _step_of(ln) is not None and _step_of(ln) <= resume_after]
+            kept = [
+                ln
+                for ln in self.path.read_text().splitlines()
+                if _step_of(ln) is not None and _step_of(ln) <= resume_after
+            ]
             self.path.write_text("".join(ln + "\n" for ln in kept))
         elif resume_after is None and self.path.is_file():
             self.path.unlink()

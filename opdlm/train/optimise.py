@@ -34,20 +34,36 @@ def microbatch_loss(ctx: RunContext, mb: TrainingRows, block_size: int) -> tuple
     min_chunks = distributed.all_reduce_max(num_chunks(int(row_N.numel()), ctx.cfg.kl_chunk_size))
     with ctx.autocast():
         hidden_BLH = student_hidden_states(
-            model, mb.prompt_ids_BP, mb.prompt_lens_B, mb.response_BL, noisy_BL, block_size, meta.logit_shift,
-            ctx.student.backend, meta.prompt_attention,
-        )  # fmt: skip
+            model,
+            mb.prompt_ids_BP,
+            mb.prompt_lens_B,
+            mb.response_BL,
+            noisy_BL,
+            block_size,
+            meta.logit_shift,
+            ctx.student.backend,
+            meta.prompt_attention,
+        )
         student_NH = hidden_BLH[row_N, col_N]
         if ctx.cfg.objective == "opd":
-            teacher_NH = teacher_hidden_states(ctx.teacher, mb.prompt_ids_BP, mb.prompt_lens_B, mb.response_BL, ctx.teacher_backend)[row_N, col_N]
+            teacher_NH = teacher_hidden_states(
+                ctx.teacher, mb.prompt_ids_BP, mb.prompt_lens_B, mb.response_BL, ctx.teacher_backend
+            )[row_N, col_N]
             top_k = ctx.cfg.kl_top_k if ctx.cfg.kl == "top_k" else None
             per_token_N = forward_kl_chunked(
-                teacher_NH, student_NH, ctx.teacher.get_output_embeddings(), model.get_output_embeddings(), top_k,
-                ctx.cfg.kl_chunk_size, min_chunks,
-            )  # fmt: skip
+                teacher_NH,
+                student_NH,
+                ctx.teacher.get_output_embeddings(),
+                model.get_output_embeddings(),
+                top_k,
+                ctx.cfg.kl_chunk_size,
+                min_chunks,
+            )
         else:
             targets_N = mb.response_BL[row_N, col_N]
-            per_token_N = cross_entropy_chunked(student_NH, model.get_output_embeddings(), targets_N, ctx.cfg.kl_chunk_size, min_chunks)
+            per_token_N = cross_entropy_chunked(
+                student_NH, model.get_output_embeddings(), targets_N, ctx.cfg.kl_chunk_size, min_chunks
+            )
     n_rows = len(mb)
     count_B = torch.zeros(n_rows, device=per_token_N.device).index_add_(0, row_N, torch.ones_like(per_token_N))
     sum_B = torch.zeros(n_rows, device=per_token_N.device).index_add_(0, row_N, per_token_N)
@@ -56,7 +72,9 @@ def microbatch_loss(ctx: RunContext, mb: TrainingRows, block_size: int) -> tuple
     pos_N = col_N % block_size
     stats = {
         "by_pos_sum": torch.zeros(block_size, device=detached.device).index_add_(0, pos_N, detached).cpu(),
-        "by_pos_count": torch.zeros(block_size, device=detached.device).index_add_(0, pos_N, torch.ones_like(detached)).cpu(),
+        "by_pos_count": torch.zeros(block_size, device=detached.device)
+        .index_add_(0, pos_N, torch.ones_like(detached))
+        .cpu(),
         "tokens": int(row_N.numel()),
         "seq_tokens": int((mb.prompt_lens_B.sum() + 2 * mb.lengths_B.sum()).item()),
         "teacher_tokens": int((mb.prompt_lens_B.sum() + mb.lengths_B.sum()).item()),
@@ -72,7 +90,15 @@ def filler_rows(ctx: RunContext, block_size: int) -> TrainingRows:
     """
     eos = ctx.student.meta.eos_token_ids[0]
     ones = torch.ones((1, block_size), dtype=torch.bool)
-    return make_rows([[eos]], [[eos] * block_size], torch.zeros(1, dtype=torch.long), ones, ones, ctx.student.meta.pad_token_id, block_size)
+    return make_rows(
+        [[eos]],
+        [[eos] * block_size],
+        torch.zeros(1, dtype=torch.long),
+        ones,
+        ones,
+        ctx.student.meta.pad_token_id,
+        block_size,
+    )
 
 
 def optimise(ctx: RunContext, rows: TrainingRows | None, pos: StagePosition, step: int, block_size: int) -> dict:
@@ -120,9 +146,13 @@ def optimise(ctx: RunContext, rows: TrainingRows | None, pos: StagePosition, ste
     if not norms:
         return {}
     out = {
-        "grad_norm": sum(norms) / len(norms), "lr": lr, "loss_tokens": int(by_pos_count.sum()),
-        "optimizer_steps": len(norms), "_student_tokens": seq_tokens, "_teacher_tokens": teacher_tokens,
-    }  # fmt: skip
+        "grad_norm": sum(norms) / len(norms),
+        "lr": lr,
+        "loss_tokens": int(by_pos_count.sum()),
+        "optimizer_steps": len(norms),
+        "_student_tokens": seq_tokens,
+        "_teacher_tokens": teacher_tokens,
+    }
     if losses:
         out["loss"] = sum(losses) / len(losses)
     for i in range(block_size):

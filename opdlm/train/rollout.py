@@ -64,7 +64,9 @@ def rollout(
     total_tokens, total_steps = 0, 0
     for cap in sorted(set(caps)):
         group = [i for i in range(n) if caps[i] == cap]
-        batch = sampler.generate([prompts[i] for i in group], cfg.with_overrides(max_new_tokens=cap), generator, decode_text=False)
+        batch = sampler.generate(
+            [prompts[i] for i in group], cfg.with_overrides(max_new_tokens=cap), generator, decode_text=False
+        )
         for k, i in enumerate(group):
             responses[i], step_maps[i] = batch.response_ids[k], batch.step_map[k]
             finished[i], nfe[i] = batch.finished[k], batch.num_forwards[k]

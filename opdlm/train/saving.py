@@ -24,10 +24,15 @@ def _write_payload(ctx: RunContext, block_size: int):
             model.config.block_size = block_size
             model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
             ctx.student.tokenizer.save_pretrained(folder)
-            (folder / SCHEDULER_FILE).write_text(json.dumps(schedule_state(ctx.cfg, ctx.counters.rollout_step), indent=1))
+            (folder / SCHEDULER_FILE).write_text(
+                json.dumps(schedule_state(ctx.cfg, ctx.counters.rollout_step), indent=1)
+            )
         ctx.stepper.save(folder)
-        rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}  # fmt: skip
+        rng = {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
         torch.save(rng, folder / f"rng_rank{ctx.rank}.pt")
 
     return write
@@ -37,10 +42,15 @@ def checkpoint(ctx: RunContext, block_size: int) -> Path:
     """Write a checkpoint of the current state (every rank calls it; rank 0 writes the shared files)."""
     c = ctx.counters
     state = {
-        "counters": c.as_dict(), "fingerprint": ctx.fingerprint, "rollout_step": c.rollout_step,
-        "data_cursor": c.rollout_step * ctx.cfg.prompts_per_rollout, "world_size": ctx.world_size,
-    }  # fmt: skip
-    ctx.last_checkpoint = save_checkpoint(ctx.checkpoints, c.rollout_step, _write_payload(ctx, block_size), state, ctx.cfg.keep_checkpoints)
+        "counters": c.as_dict(),
+        "fingerprint": ctx.fingerprint,
+        "rollout_step": c.rollout_step,
+        "data_cursor": c.rollout_step * ctx.cfg.prompts_per_rollout,
+        "world_size": ctx.world_size,
+    }
+    ctx.last_checkpoint = save_checkpoint(
+        ctx.checkpoints, c.rollout_step, _write_payload(ctx, block_size), state, ctx.cfg.keep_checkpoints
+    )
     return ctx.last_checkpoint
 
 
@@ -57,12 +67,18 @@ def write_summary(ctx: RunContext) -> dict:
     """Write ``OUT/train_summary.json`` (atomically) with the run's counters; returns the summary."""
     c = ctx.counters
     summary = {
-        "rollout_step": c.rollout_step, "total_rollout_steps": ctx.cfg.total_rollout_steps,
-        "optimizer_steps": c.optimizer_steps, "cumulative_train_tokens": c.train_tokens,
-        "rollout_tokens": c.rollout_tokens, "flops": c.flops, "skipped_rollouts": c.skipped_rollouts,
-        "skipped_prompts": c.skipped_prompts, "last_stage_completed": last_completed_stage(ctx.cfg.stages, c.rollout_step),
-        "finished": c.rollout_step >= ctx.cfg.total_rollout_steps, "objective": ctx.cfg.objective,
+        "rollout_step": c.rollout_step,
+        "total_rollout_steps": ctx.cfg.total_rollout_steps,
+        "optimizer_steps": c.optimizer_steps,
+        "cumulative_train_tokens": c.train_tokens,
+        "rollout_tokens": c.rollout_tokens,
+        "flops": c.flops,
+        "skipped_rollouts": c.skipped_rollouts,
+        "skipped_prompts": c.skipped_prompts,
+        "last_stage_completed": last_completed_stage(ctx.cfg.stages, c.rollout_step),
+        "finished": c.rollout_step >= ctx.cfg.total_rollout_steps,
+        "objective": ctx.cfg.objective,
         "stages": [s.name for s in ctx.cfg.stages],
-    }  # fmt: skip
+    }
     write_json(ctx.out / SUMMARY_FILE, summary)
     return summary

@@ -34,7 +34,11 @@ def schedule_state(cfg: TrainConfig, rollout_step: int) -> dict:
     """
     k_steps = cfg.optimizer_steps_per_rollout
     return {
-        "kind": "linear_warmup_cosine", "next_index": rollout_step * k_steps,
-        "total_steps": cfg.total_rollout_steps * k_steps, "warmup_steps": cfg.warmup_rollout_steps * k_steps,
-        "peak_lr": cfg.lr, "min_lr": cfg.min_lr, "stage_lrs": [s.lr for s in cfg.stages],
-    }  # fmt: skip
+        "kind": "linear_warmup_cosine",
+        "next_index": rollout_step * k_steps,
+        "total_steps": cfg.total_rollout_steps * k_steps,
+        "warmup_steps": cfg.warmup_rollout_steps * k_steps,
+        "peak_lr": cfg.lr,
+        "min_lr": cfg.min_lr,
+        "stage_lrs": [s.lr for s in cfg.stages],
+    }

@@ -94,10 +94,13 @@ class RunContext:
 def run_fingerprint(recipe: Recipe, teacher: str | None, student: str | None, data: str | None) -> str:
     """A hash of what determines the trained weights (paths by value as given)."""
     blob = {
-        "train": recipe.train.model_dump(mode="json"), "seed": recipe.seed, "convert": recipe.convert.model_dump(),
-        "data": recipe.data.model_dump(), "teacher": recipe.teacher.weights_settings(),
+        "train": recipe.train.model_dump(mode="json"),
+        "seed": recipe.seed,
+        "convert": recipe.convert.model_dump(),
+        "data": recipe.data.model_dump(),
+        "teacher": recipe.teacher.weights_settings(),
         "overrides": {"teacher": teacher, "student": student, "data": data},
-    }  # fmt: skip
+    }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -147,10 +150,20 @@ def _student_dir(ctx_out: Path, recipe: Recipe, teacher_dir: Path | None, studen
     from opdlm.models.convert import convert_teacher
 
     return convert_teacher(
-        teacher_dir, converted, block_size=recipe.convert.block_size, logit_shift=recipe.convert.logit_shift,
-        sampler=recipe.sampler, prompt_attention=recipe.convert.prompt_attention,
-        enable_thinking=recipe.convert.enable_thinking, overwrite=True,
-    )  # fmt: skip
+        teacher_dir,
+        converted,
+        block_size=recipe.convert.block_size,
+        logit_shift=recipe.convert.logit_shift,
+        sampler=recipe.sampler,
+        prompt_attention=recipe.convert.prompt_attention,
+        enable_thinking=recipe.convert.enable_thinking,
+        overwrite=True,
+    )
+
+
+def _shown(value):
+    """A config value as config.json spells it (booleans lower-case)."""
+    return str(value).lower() if isinstance(value, bool) else value
 
 
 def _check_prompt_format(meta, recipe: Recipe, student_dir: Path) -> None:
@@ -160,10 +173,9 @@ def _check_prompt_format(meta, recipe: Recipe, student_dir: Path) -> None:
         ("enable_thinking", meta.enable_thinking, recipe.convert.enable_thinking),
     ):
         if stored != wanted:
-            shown = (lambda v: str(v).lower() if isinstance(v, bool) else v)
             raise OpdlmError(
-                f"{student_dir}: the student has {key}={shown(stored)} (config.json; absent = the pre-key default) "
-                f"but the recipe's convert.{key} is {shown(wanted)}; convert the teacher again or change the recipe"
+                f"{student_dir}: the student has {key}={_shown(stored)} (config.json; absent = the pre-key default) "
+                f"but the recipe's convert.{key} is {_shown(wanted)}; convert the teacher again or change the recipe"
             )
 
 
@@ -173,7 +185,9 @@ def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | Non
     return None
 
 
-def _prepare_out(out: Path, fingerprint: str, recipe: Recipe, teacher_dir: Path | None, student: str | None) -> tuple[Path, Path | None]:
+def _prepare_out(
+    out: Path, fingerprint: str, recipe: Recipe, teacher_dir: Path | None, student: str | None
+) -> tuple[Path, Path | None]:
     """Check/create the output folder; returns ``(student_dir_to_start_from, newest_checkpoint)`` (rank 0's job)."""
     _check_out(out, fingerprint)
     ckpt = latest_checkpoint(out / "checkpoints")
@@ -270,7 +284,9 @@ def setup_run(
             teacher_dtype = "bf16" if _autocast_dtype(cfg, device) is not None else "fp32"
             # an offloaded teacher is loaded on the CPU: ZeRO-3 moves each layer to the device when it runs
             teacher_device = "cpu" if cfg.teacher_offload else str(device)
-            backend = resolve_teacher_backend(cfg.teacher_attn_backend, device, resolve_dtype(teacher_dtype), cfg.attn_backend)
+            backend = resolve_teacher_backend(
+                cfg.teacher_attn_backend, device, resolve_dtype(teacher_dtype), cfg.attn_backend
+            )
             teacher_model, _ = load_causal_lm(teacher_dir, teacher_device, teacher_dtype, backend)
             teacher_model.requires_grad_(False)
             teacher_model.eval()
@@ -292,9 +308,21 @@ def setup_run(
 
         stepper = TorchStepper(student_obj.model, cfg)
     ctx = RunContext(
-        recipe, cfg, out, student_obj, teacher_model, teacher_backend, rows, stepper, seed, device,
-        _autocast_dtype(cfg, device), fingerprint, rank=rank, world_size=world_size,
-    )  # fmt: skip
+        recipe,
+        cfg,
+        out,
+        student_obj,
+        teacher_model,
+        teacher_backend,
+        rows,
+        stepper,
+        seed,
+        device,
+        _autocast_dtype(cfg, device),
+        fingerprint,
+        rank=rank,
+        world_size=world_size,
+    )
     if ckpt is not None:
         _restore(ctx, ckpt)
     return ctx

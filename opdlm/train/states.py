@@ -79,8 +79,12 @@ def select_all_rounds(
     rows, sources = [], []
     for i in range(step_map_BL.shape[0]):
         for k in range(int(num_rounds_BN[i].max()) if num_rounds_BN.shape[1] else 0):
-            chosen_N = rounds_BNK[i, :, k] if k < rounds_BNK.shape[-1] else torch.full_like(rounds_BNK[i, :, 0], NO_ROUND)
-            rows.append(_mask_from_rounds(steps_BNK[i : i + 1], valid_BNK[i : i + 1], chosen_N[None], step_map_BL.shape[1]))
+            chosen_N = (
+                rounds_BNK[i, :, k] if k < rounds_BNK.shape[-1] else torch.full_like(rounds_BNK[i, :, 0], NO_ROUND)
+            )
+            rows.append(
+                _mask_from_rounds(steps_BNK[i : i + 1], valid_BNK[i : i + 1], chosen_N[None], step_map_BL.shape[1])
+            )
             sources.append(i)
     if not rows:
         return torch.zeros((0, step_map_BL.shape[1]), dtype=torch.bool), torch.zeros(0, dtype=torch.long)
@@ -88,7 +92,11 @@ def select_all_rounds(
 
 
 def select_states(
-    step_map_BL: torch.Tensor, lengths_B: torch.Tensor, block_size: int, mode: str, generator: torch.Generator | None = None
+    step_map_BL: torch.Tensor,
+    lengths_B: torch.Tensor,
+    block_size: int,
+    mode: str,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dispatch on ``mode`` (``one_per_block`` | ``all_rounds``); returns ``(masked_RL, source_R)``."""
     if mode == "one_per_block":

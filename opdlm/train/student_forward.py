@@ -15,7 +15,9 @@ from opdlm.models.attention import attention_mask
 from opdlm.models.geometry import prediction_rows, training_geometry
 
 
-def noisy_copy(response_BL: torch.Tensor, masked_BL: torch.Tensor, lengths_B: torch.Tensor, mask_token_id: int) -> torch.Tensor:
+def noisy_copy(
+    response_BL: torch.Tensor, masked_BL: torch.Tensor, lengths_B: torch.Tensor, mask_token_id: int
+) -> torch.Tensor:
     """The state's tokens: mask token at masked positions and past each response's end.
 
     Positions after the end stay masked because that is what the sampler's last block looks like
@@ -57,9 +59,11 @@ def student_hidden_states(
     dtype = next(model.parameters()).dtype
     ids_BT = torch.cat([prompt_ids_BP, clean_BL, noisy_BL], dim=1)
     out = model.model(
-        input_ids=ids_BT, attention_mask=attention_mask(geom, backend, dtype), position_ids=geom.position_ids_BT,
+        input_ids=ids_BT,
+        attention_mask=attention_mask(geom, backend, dtype),
+        position_ids=geom.position_ids_BT,
         use_cache=False,
-    )  # fmt: skip
+    )
     rows_L = prediction_rows(P, L, block_size, logit_shift, noisy=True).to(ids_BT.device)
     return out.last_hidden_state[:, rows_L]
 

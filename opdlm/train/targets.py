@@ -41,9 +41,11 @@ def teacher_hidden_states(
     dtype = next(teacher.parameters()).dtype
     ids_BT = torch.cat([prompt_ids_BP, response_BL], dim=1)
     out = teacher.model(
-        input_ids=ids_BT, attention_mask=causal_padding_mask(geom, backend, dtype), position_ids=geom.position_ids_BT,
+        input_ids=ids_BT,
+        attention_mask=causal_padding_mask(geom, backend, dtype),
+        position_ids=geom.position_ids_BT,
         use_cache=False,
-    )  # fmt: skip
+    )
     return out.last_hidden_state[:, P - 1 : P + L - 1]
 
 
