@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_loop import FAST, TINY, weights
+from helpers import FAST, TINY, weights
 
 from opdlm.config.recipe import load_recipe
 from opdlm.train.loop import SUMMARY_FILE, train

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline_support import SMALL, moto_s3, s3_keys
+from helpers import SMALL, moto_s3, s3_keys
 
 from opdlm.config.base import apply_overrides
 

@@ -20,7 +20,7 @@ pytest.importorskip("prefect")
 pytest.importorskip("mlflow")
 pytest.importorskip("moto.server")
 
-from test_pipeline_support import SMALL, free_port, moto_s3, s3_keys  # noqa: E402
+from helpers import SMALL, free_port, moto_s3, s3_keys  # noqa: E402
 
 from opdlm.errors import OpdlmError  # noqa: E402
 

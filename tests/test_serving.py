@@ -21,7 +21,7 @@ import pytest
 
 pytest.importorskip("mlflow")
 
-from test_pipeline_support import free_port  # noqa: E402
+from helpers import free_port  # noqa: E402
 
 pytestmark = pytest.mark.integration
 MODEL, ALIAS = "opdlm-tiny", "champion"

@@ -1,23 +1,18 @@
 """S3 storage against a local S3-compatible server (moto) on 127.0.0.1: round trips, integrity, outage."""
 
 import os
-import socket
 
 import pytest
 
 moto_server = pytest.importorskip("moto.server")
+from helpers import free_port  # noqa: E402
+
 from opdlm.storage import s3  # noqa: E402
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def endpoint():
-    port = _free_port()
+    port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     env = {

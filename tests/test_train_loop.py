@@ -16,28 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from helpers import FAST, TINY, assert_same_weights, fast_recipe, weights
 
-from opdlm.config.recipe import load_recipe
 from opdlm.errors import ConfigError
 from opdlm.train.checkpoint import CheckpointError, list_checkpoints
 from opdlm.train.loop import SUMMARY_FILE, train
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "tiny.yaml"
-FAST_STAGES = (
-    "[{name: short, rollout_steps: 2, length: {start: 8, end: 8}},"
-    " {name: full, rollout_steps: 2, length: {start: 8, end: 16, ramp_steps: 1}, threshold: 0.8}]"
-)
-FAST = [  # the fast variant documented in configs/tiny.yaml's header
-    "train.prompts_per_rollout=4",
-    "train.optimizer_steps_per_rollout=2",
-    "train.micro_batch_size=2",
-    "train.num_prompts=64",
-    "train.checkpoint_every=1",
-    "train.deterministic=true",
-    f"train.stages={FAST_STAGES}",
-]
 METRIC_KEYS = {
     "loss",
     "kl_by_block_position/0",
@@ -54,21 +38,6 @@ METRIC_KEYS = {
     "length_cap",
     "stage",
 }
-
-
-def fast_recipe(*extra: str):
-    return load_recipe(TINY, FAST + list(extra))
-
-
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(folder / "model.safetensors"))
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), f"{k} differs between {a} and {b}"
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from test_train_loop import TINY
+from helpers import TINY
 
 from opdlm.config.recipe import load_recipe
 from opdlm.data.synthetic import load_split

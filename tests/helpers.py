@@ -1,4 +1,7 @@
-"""Shared helpers for the pipeline tests (no tests here): small settings and a local S3 server."""
+"""Helpers the test files share (no tests here): recipe settings at test size, weights, free ports, a local S3.
+
+Test files import from here (``from helpers import ...``: pytest puts tests/ on the path), never from each other.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,13 @@ import contextlib
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
 
 # The tiny recipe at test size: a 2-layer teacher bootstrapped for 30 steps, one rollout step per
 # curriculum stage, ten eval rows, a two-point sweep.
@@ -33,7 +43,39 @@ SMALL = [
     "sampler.max_new_tokens=24",
 ]
 
+# The training loop's fast variant of the tiny recipe (documented in configs/tiny.yaml's header).
+FAST_STAGES = (
+    "[{name: short, rollout_steps: 2, length: {start: 8, end: 8}},"
+    " {name: full, rollout_steps: 2, length: {start: 8, end: 16, ramp_steps: 1}, threshold: 0.8}]"
+)
+FAST = [  # the fast variant documented in configs/tiny.yaml's header
+    "train.prompts_per_rollout=4",
+    "train.optimizer_steps_per_rollout=2",
+    "train.micro_batch_size=2",
+    "train.num_prompts=64",
+    "train.checkpoint_every=1",
+    "train.deterministic=true",
+    f"train.stages={FAST_STAGES}",
+]
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def fast_recipe(*extra: str):
+    """configs/tiny.yaml with :data:`FAST` and ``extra`` overrides applied."""
+    from opdlm.config.recipe import load_recipe
+
+    return load_recipe(TINY, FAST + list(extra))
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), f"{k} differs between {a} and {b}"
 
 
 def free_port() -> int:
