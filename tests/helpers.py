@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,6 +77,12 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), f"{k} differs between {a} and {b}"
+
+
+def train_cmd(out: Path, teacher: Path, *overrides: str, recipe: Path = TINY) -> list[str]:
+    """``python -m opdlm.cli.main train`` on ``recipe`` into ``out`` (quiet), with ``overrides`` (key=value)."""
+    cli = [sys.executable, "-m", "opdlm.cli.main", "train", "--config", str(recipe), "--out", str(out)]
+    return [*cli, "--teacher", str(teacher), "--quiet", *overrides]
 
 
 def free_port() -> int:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import train_cmd
 
 from opdlm.cli.main import main
 
@@ -91,20 +92,7 @@ def test_usage_errors_are_one_line_and_exit_2(args, needle, tmp_path):
 def test_interrupted_train_exits_130_and_says_how_to_resume(sig, tiny_teacher_dir, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "opdlm.cli.main",
-        "train",
-        "--config",
-        str(TINY),
-        "--out",
-        str(out),
-        "--teacher",
-        str(tiny_teacher_dir),
-        "--quiet",
-        *LONG,
-    ]
+    cmd = train_cmd(out, tiny_teacher_dir, *LONG)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None and not list((out / "checkpoints").glob("step-*")):

@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import FAST, TINY, weights
+from helpers import FAST, TINY, train_cmd, weights
 
 from opdlm.config.recipe import load_recipe
 from opdlm.train.loop import SUMMARY_FILE, train
@@ -35,21 +34,7 @@ def _env() -> dict[str, str]:
 
 
 def _train_cli(out: Path, teacher: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "opdlm.cli.main",
-        "train",
-        "--config",
-        str(TINY),
-        "--out",
-        str(out),
-        "--teacher",
-        str(teacher),
-        "--quiet",
-        *OVERRIDES,
-        *extra,
-    ]
+    cmd = train_cmd(out, teacher, *OVERRIDES, *extra)
     return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
 
 

@@ -10,13 +10,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import FAST, TINY, assert_same_weights, fast_recipe, weights
+from helpers import FAST, TINY, assert_same_weights, fast_recipe, train_cmd, weights
 
 from opdlm.errors import ConfigError
 from opdlm.train.checkpoint import CheckpointError, list_checkpoints
@@ -117,21 +116,7 @@ def test_cli_unknown_stage_exits_2_with_one_line(tiny_teacher_dir, tmp_path, cap
 
 
 def _cli(out: Path, teacher: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "opdlm.cli.main",
-        "train",
-        "--config",
-        str(TINY),
-        "--out",
-        str(out),
-        "--teacher",
-        str(teacher),
-        "--quiet",
-        *FAST,
-        *extra,
-    ]
+    return train_cmd(out, teacher, *FAST, *extra)
 
 
 @pytest.mark.slow
