@@ -48,7 +48,8 @@ def main(argv: list[str]) -> int:
     )
     accuracy = metrics["heldout_accuracy"]
     print(
-        f"teacher_heldout_accuracy: {accuracy:.3f} (target: >= {TARGET_ACCURACY:.2f} within {TARGET_SECONDS} s of training)"
+        f"teacher_heldout_accuracy: {accuracy:.3f} (target: >= {TARGET_ACCURACY:.2f} within {TARGET_SECONDS} s of "
+        "training)"
     )
     return 0 if accuracy >= TARGET_ACCURACY and metrics["train_seconds"] <= TARGET_SECONDS else 1
 

@@ -277,7 +277,8 @@ def section_sampler(args, models: Models, clock: Clock, results: dict) -> None:
     cfg = paper_rollout_sampler().with_overrides(max_new_tokens=new_tokens)
     lo, hi = (64, 128) if not args.smoke else (3, 9)
     print(
-        f"random Qwen3-0.6B-shaped model ({model.config.num_hidden_layers} layers, bf16), rollouts of {new_tokens} tokens "
+        f"random Qwen3-0.6B-shaped model ({model.config.num_hidden_layers} layers, bf16), "
+        f"rollouts of {new_tokens} tokens "
         f"(EOS ignored), sampler B={cfg.block_size}, {cfg.denoise_steps_per_block} steps/block, {cfg.remasking} "
         f"threshold {cfg.threshold}, temperature {cfg.temperature}; prompts {lo}-{hi} tokens"
     )

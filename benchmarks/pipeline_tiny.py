@@ -94,7 +94,8 @@ def main() -> None:
         counted.stdout.strip().splitlines()[-1] if counted.returncode == 0 else f"not read ({counted.stderr[-300:]})"
     )
     print(
-        f"prefect stored log lines {lines} (target: < 300); console lines {len(proc.stdout.splitlines()) + len(proc.stderr.splitlines())}"
+        f"prefect stored log lines {lines} (target: < 300); console lines "
+        f"{len(proc.stdout.splitlines()) + len(proc.stderr.splitlines())}"
     )
     print(f"pipeline_tiny_minutes: {minutes:.2f} (target: < 10)")
 

@@ -108,7 +108,8 @@ def main() -> None:
     forwards = sum(o.num_forwards[0] for o in outs)
     ratios["answer_b1"] = ar_s / block_s
     print(
-        f"batch  1, answer length ({sum(lengths)} tokens over {len(runs)} prompts, {statistics.mean(lengths):.1f} each): "
+        f"batch  1, answer length ({sum(lengths)} tokens over {len(runs)} prompts, "
+        f"{statistics.mean(lengths):.1f} each): "
         f"block sampler {block_s * 1e3:8.1f} ms ({sum(lengths) / forwards:.2f} tokens/step, {forwards} forwards) | "
         f"HF generate {ar_s * 1e3:8.1f} ms ({sum(lengths)} forwards) | speedup {ratios['answer_b1']:.2f}x"
     )

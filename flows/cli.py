@@ -32,8 +32,8 @@ def print_summary(facts: dict) -> None:
     for bench, m in facts["metrics"].items():
         retention = "n/a" if m["retention"] is None else f"{m['retention']:.3f}"
         echo(
-            f"{bench}: student {m['student_accuracy']:.3f}, teacher {m['teacher_accuracy']:.3f}, retention {retention}, "
-            f"{m['student_tokens_per_step']:.2f} tokens/step"
+            f"{bench}: student {m['student_accuracy']:.3f}, teacher {m['teacher_accuracy']:.3f}, "
+            f"retention {retention}, {m['student_tokens_per_step']:.2f} tokens/step"
         )
     echo(
         f"registered model: {facts['model_name']} version {facts['model_version']} ({', '.join(facts['aliases'])}); "

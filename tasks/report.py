@@ -74,7 +74,8 @@ def render_summary(run: PipelineRun, eval_record: dict, train_records: list[dict
     lines += [
         "",
         f"Training: {train_summary.get('rollout_step', '?')} rollout steps over stages "
-        f"{', '.join(r['stage'] for r in train_records)}; {train_summary.get('cumulative_train_tokens', '?')} training tokens.",
+        f"{', '.join(r['stage'] for r in train_records)}; {train_summary.get('cumulative_train_tokens', '?')} training "
+        "tokens.",
         "",
         f"Registered **{reg['name']}** version **{reg['version']}** with alias(es) {', '.join(reg['aliases'])}. "
         f"Gate: {reg['gate']}",
@@ -82,7 +83,8 @@ def render_summary(run: PipelineRun, eval_record: dict, train_records: list[dict
         f"- MLflow run: [{run.parent_run_id}]({run_url}) (all runs: {runs_url})",
         f"- Model version: [{reg['name']} v{reg['version']}]({model_url})",
         f'- Load it: `mlflow.pyfunc.load_model("models:/{reg["name"]}@candidate")`',
-        f"- Serve it: `mlflow models serve -m models:/{reg['name']}@candidate -p 5001` (README: serving the registered model)",
+        f"- Serve it: `mlflow models serve -m models:/{reg['name']}@candidate -p 5001` (README: serving the registered "
+        "model)",
     ]
     if flow_url:
         lines.append(f"- Prefect flow run: [{run.flow_run_id}]({flow_url})")

@@ -45,7 +45,8 @@ def test_json_list_and_csv(tmp_path):
 def test_bad_row_names_file_and_line_and_publishes_nothing(tmp_path):
     src = tmp_path / "bad.jsonl"
     src.write_text(
-        '{"question": "ok", "answer": "1", "domain": "math", "source": "s"}\n{"question": "", "answer": "1", "domain": "math", "source": "s"}\n'
+        '{"question": "ok", "answer": "1", "domain": "math", "source": "s"}\n'
+        '{"question": "", "answer": "1", "domain": "math", "source": "s"}\n'
     )
     out = tmp_path / "out.jsonl"
     with pytest.raises(OpdlmError, match=r"bad.jsonl:2: field 'question'"):

@@ -82,7 +82,8 @@ def test_stage_steps_and_progress(tmp_path):
 def test_metrics_replay_skips_partial_lines_and_strings(tmp_path):
     f = tmp_path / "metrics.jsonl"
     f.write_text(
-        '{"step": 0, "loss": 1.5, "stage_name": "a", "grad_norm": NaN}\n{"step": 1, "loss": 1.0, "eos_rate": 1}\n{"step": 2, "lo'
+        '{"step": 0, "loss": 1.5, "stage_name": "a", "grad_norm": NaN}\n'
+        '{"step": 1, "loss": 1.0, "eos_rate": 1}\n{"step": 2, "lo'
     )
     assert read_metric_steps(f) == [(0, {"loss": 1.5}), (1, {"loss": 1.0, "eos_rate": 1.0})]
     assert read_metric_steps(f, after_step=0) == [(1, {"loss": 1.0, "eos_rate": 1.0})]

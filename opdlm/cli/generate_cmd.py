@@ -91,6 +91,7 @@ def register(app: typer.Typer) -> None:
             else:
                 typer.echo(rec["text"])
                 typer.echo(
-                    f"[{len(rec['token_ids'])} tokens, {rec['tokens_per_step']:.2f} tokens/step, {rec['num_forwards']} forwards]",
+                    f"[{len(rec['token_ids'])} tokens, {rec['tokens_per_step']:.2f} tokens/step, {rec['num_forwards']} "
+                    "forwards]",
                     err=True,
                 )

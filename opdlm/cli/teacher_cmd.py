@@ -19,7 +19,10 @@ def register(app: typer.Typer) -> None:
         seconds: float = typer.Option(
             None,
             "--seconds",
-            help="Optional wall-clock budget in seconds (max_seconds; default none: a fixed step schedule, the same teacher on any machine).",
+            help=(
+                "Optional wall-clock budget in seconds (max_seconds; default none: a fixed step schedule, the same "
+                "teacher on any machine)."
+            ),
         ),
         seed: int = typer.Option(None, "--seed", help="Seed of data, initialisation and batch order."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),

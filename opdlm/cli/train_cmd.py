@@ -67,4 +67,7 @@ def where_stopped(out: Path, total_steps: int) -> str:
     if last is None:
         return f"stopped before the first checkpoint in {out}; run the same command to start again"
     step = read_train_state(last).get("rollout_step")
-    return f"stopped after checkpoint {last.name} (rollout step {step} of {total_steps}) in {out}; run the same command to resume"
+    return (
+        f"stopped after checkpoint {last.name} (rollout step {step} of {total_steps}) in {out}; "
+        "run the same command to resume"
+    )

@@ -34,7 +34,9 @@ class ResourcesConfig(StrictModel):
     gpus_per_node: int = Field(0, ge=0, description="GPUs per machine; 0 trains on CPU (one process per node).")
     launcher: Literal["auto", "python", "torchrun", "deepspeed"] = Field(
         "auto",
-        description="auto: deepspeed when train.deepspeed is set and GPUs are used, torchrun for >1 process, else python.",
+        description=(
+            "auto: deepspeed when train.deepspeed is set and GPUs are used, torchrun for >1 process, else python."
+        ),
     )
     processes_per_node: int | None = Field(
         None,

@@ -112,7 +112,8 @@ def check_student(config: dict, engine: Engine, where: str) -> None:
         raise OpdlmError(f"{where} is not a converted student (config.json lacks block_size or mask_token_id)")
     if config.get("model_type") != "qwen3":
         raise Refusal(
-            f"model_type: {engine.name} serves SDAR models, which are Qwen3 networks; the student is {config.get('model_type')!r}"
+            f"model_type: {engine.name} serves SDAR models, which are Qwen3 networks; the student is "
+            f"{config.get('model_type')!r}"
         )
     if int(config["mask_token_id"]) != engine.mask_id:
         raise Refusal(

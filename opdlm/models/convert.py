@@ -38,7 +38,8 @@ def _check_architecture(src_dir: Path) -> dict:
     model_type = raw.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise SourceError(
-            f"unsupported architecture {model_type!r} in {src_dir}/config.json; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            f"unsupported architecture {model_type!r} in {src_dir}/config.json; supported: "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)}"
             " (block-diffusion checkpoints to import: a2d-qwen3, sdar)"
         )
     return raw

@@ -84,7 +84,8 @@ class StudentMeta:
         missing = [k for k in ("block_size", "mask_token_id") if getattr(config, k, None) is None]
         if missing:
             raise SourceError(
-                f"{where} is not a converted student (config.json lacks {', '.join(missing)}); run `opdlm convert` first"
+                f"{where} is not a converted student (config.json lacks {', '.join(missing)}); run `opdlm convert` "
+                "first"
             )
         eos = config.eos_token_id if config.eos_token_id is not None else tokenizer.eos_token_id
         eos_ids = [int(e) for e in (eos if isinstance(eos, list | tuple) else [eos]) if e is not None]

@@ -81,7 +81,8 @@ def render_model_card(facts: ModelCardFacts) -> str:
         f"| teacher | `{facts.teacher}` (fingerprint `{facts.teacher_fingerprint}`) |",
         f"| training data | `{facts.data_source}`, {facts.data_rows} rows, md5 `{facts.data_digest}` |",
         f"| code version | `{facts.code_version}` |",
-        f"| training tokens | {facts.training_tokens:,} over {facts.rollout_steps} rollout steps ({facts.flops:.3g} FLOPs) |",
+        f"| training tokens | {facts.training_tokens:,} over {facts.rollout_steps} rollout steps ({facts.flops:.3g} "
+        "FLOPs) |",
     ]
     if facts.mlflow_run_id:
         lines.append(f"| MLflow run | `{facts.mlflow_run_id}` (plots, summary, recipe) |")
