@@ -239,12 +239,7 @@ def setup_run(
     recipe: Recipe, out: str | Path, teacher: str | None = None, student: str | None = None, data: str | None = None
 ) -> RunContext:
     """Resolve paths, convert or load the student, load teacher and data, build the optimiser, resume."""
-    cfg, out = recipe.train, Path(out).absolute()
-    if cfg.rollout.block_size != recipe.convert.block_size:
-        raise OpdlmError(
-            f"train.rollout.block_size ({cfg.rollout.block_size}) must equal convert.block_size "
-            f"({recipe.convert.block_size}); use a stage's block_size to change it during training"
-        )
+    cfg, out = recipe.train, Path(out).absolute()  # a Recipe is consistent across sections (Recipe._consistent)
     fingerprint = run_fingerprint(recipe, teacher, student, data)
     seed = cfg.seed if cfg.seed is not None else recipe.seed
     device = resolve_device(cfg.device)
