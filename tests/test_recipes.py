@@ -209,3 +209,20 @@ def test_an_inconsistent_recipe_fails_at_once_and_writes_nothing(tmp_path, comma
     assert f"error: {bad}: eval.sweep_block_sizes [4] must include 8" in lines[0] and "convert.block_size" in lines[0]
     assert seconds < 30, seconds  # the CLI's imports and the recipe, nothing else
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # no run folder, no data, no MLflow store
+
+
+def test_a_student_stored_with_another_prompt_format_fails_before_the_teacher_is_fetched(
+    tiny_teacher_dir, tmp_path, capsys
+):
+    """Stored-vs-recipe checks need the student's config.json: they read it before data or teacher are fetched."""
+    from opdlm.cli.main import main
+    from opdlm.models.convert import convert_teacher
+
+    causal = convert_teacher(tiny_teacher_dir, tmp_path / "causal", block_size=4, prompt_attention="causal")
+    out = tmp_path / "run"
+    teacher = tmp_path / "no-such-teacher"  # resolving it would fail: the student's check must come first
+    args = ["train", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(out), "--student", str(causal)]
+    assert main([*args, "--teacher", str(teacher)]) == 2
+    err = capsys.readouterr().err
+    assert "the student has prompt_attention=causal" in err and "convert.prompt_attention is block" in err, err
+    assert not out.exists()
