@@ -76,7 +76,12 @@ class ConvertConfig(StrictModel):
         "hf://divelab/Qwen3-4B-a2d-init, hf://JetLM/SDAR-4B-Chat, s3://... or a local directory "
         "(imported with its weights unchanged; its declared block size must equal block_size).",
     )
-    block_size: int = Field(4, ge=1, description="Block size B.")
+    block_size: int = Field(
+        4,
+        ge=1,
+        description="Block size B, the recipe's one home of it: train.rollout follows it, a stage may change it "
+        "for its own rollouts, and sampler follows the block size training ends with.",
+    )
     logit_shift: bool = Field(False, description="Position j-1 predicts token j (Fast-dLLM v2 style).")
     prompt_attention: Literal["block", "causal"] = Field(
         "block",
