@@ -23,7 +23,7 @@ from opdlm.config.eval import EvalConfig
 from opdlm.config.registry import RegistryConfig
 from opdlm.config.resources import ResourcesConfig
 from opdlm.config.sampler import SamplerConfig
-from opdlm.config.train import TrainConfig, paper_rollout_sampler
+from opdlm.config.train import TrainConfig
 from opdlm.errors import ConfigError
 from opdlm.teacher.config import BootstrapConfig
 
@@ -131,7 +131,8 @@ class Recipe(StrictModel):
             if isinstance(train, dict):
                 train = data["train"] = dict(train)
                 if "rollout" not in train:
-                    train["rollout"] = paper_rollout_sampler().with_overrides(block_size=block_size).model_dump()
+                    default = TrainConfig.model_fields["rollout"].default_factory()  # the paper's rollout sampler
+                    train["rollout"] = default.with_overrides(block_size=block_size).model_dump()
                 else:
                     train["rollout"] = _with_block_size(train["rollout"], block_size)
             final = _last_stage_block_size(train)
