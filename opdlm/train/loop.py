@@ -25,7 +25,7 @@ from opdlm.errors import OpdlmError
 from opdlm.train import distributed
 from opdlm.train.batch import TrainingRows, make_rows, pad_step_maps, right_pad
 from opdlm.train.checkpoint import export_model
-from opdlm.train.curriculum import StagePosition, domain_cap, rollout_sampler, stage_at, stage_end_step
+from opdlm.train.curriculum import StagePosition, domain_cap, length_cap, stage_at, stage_end_step
 from opdlm.train.data import stream_indices
 from opdlm.train.loss_mask import response_loss_mask
 from opdlm.train.mdm import random_block_mask, response_tokens
@@ -40,15 +40,15 @@ __all__ = ["SUMMARY_FILE", "train", "train_step"]
 
 
 def stage_sampler(ctx: RunContext, pos: StagePosition):
-    """The rollout sampler config of this step (stage block size, threshold and length cap applied)."""
-    return rollout_sampler(ctx.cfg, pos.stage, pos.step_in_stage)
+    """The rollout sampler config of a stage (block size and threshold overrides applied)."""
+    return ctx.cfg.rollout.with_overrides(block_size=ctx.cfg.stage_block_size(pos.stage), threshold=pos.stage.threshold)
 
 
 def collect_episodes(ctx: RunContext, pos: StagePosition, step: int) -> tuple[Episodes, int]:
     """This step's prompts and their responses; returns ``(episodes, stage_length_cap)``."""
     cfg, tok = ctx.cfg, ctx.student.tokenizer
-    sampler = stage_sampler(ctx, pos)
-    cap = sampler.max_new_tokens
+    block_size = ctx.cfg.stage_block_size(pos.stage)
+    cap = length_cap(pos.stage.length, pos.step_in_stage, block_size)
     indices = stream_indices(len(ctx.rows), step * cfg.prompts_per_rollout, cfg.prompts_per_rollout, ctx.seed)
     rows = [ctx.rows[i] for i in indices[ctx.rank :: ctx.world_size]]
     prompts, kept = encode_rows(tok, rows, cfg.math_suffix, cfg.max_prompt_tokens, ctx.student.meta.enable_thinking)
@@ -66,7 +66,7 @@ def collect_episodes(ctx: RunContext, pos: StagePosition, step: int) -> tuple[Ep
         return Episodes([], [], [], [], []), cap
     ctx.student.model.eval()
     with ctx.stepper.rollout_context(), ctx.autocast():
-        episodes = rollout(ctx.student, prompts, caps, sampler, ctx.generator(step, 1, ctx.device))
+        episodes = rollout(ctx.student, prompts, caps, stage_sampler(ctx, pos), ctx.generator(step, 1, ctx.device))
     return episodes, cap
 
 

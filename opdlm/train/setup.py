@@ -262,7 +262,7 @@ def setup_run(
     recipe: Recipe, out: str | Path, teacher: str | None = None, student: str | None = None, data: str | None = None
 ) -> RunContext:
     """Resolve paths, convert or load the student, load teacher and data, build the optimiser, resume."""
-    cfg, out = recipe.train, Path(out).absolute()  # a Recipe is consistent across sections (Recipe._consistent)
+    cfg, out = recipe.train, Path(out).absolute()
     _check_stored_prompt_format(student, recipe)
     fingerprint = run_fingerprint(recipe, teacher, student, data)
     seed = cfg.seed if cfg.seed is not None else recipe.seed
