@@ -88,3 +88,141 @@ def test_tiny_recipe_is_the_cpu_default_with_several_stages():
     assert r.data.source == "builtin:synthetic" and r.teacher.source == "builtin:tiny"
     assert len(r.train.stages) >= 2 and r.train.deepspeed is None and r.train.device == "cpu"
     assert r.eval.benchmarks == ["synthetic"] and r.registry.min_retention == 0.9
+
+
+# --- block size has one home (issue 17): the effective per-stage rollout samplers did not change ----------------------
+
+# Computed once from main's code at 6c528b6, before block size had one home (every recipe then spelt
+# block_size out in convert, sampler and train.rollout): `cfg.rollout.with_overrides(block_size=
+# cfg.stage_block_size(stage), threshold=stage.threshold)` and `length_cap(stage.length, step, B)`.
+_ROLLOUT = {"block_size": 4, "denoise_steps_per_block": 4, "remasking": "dynamic", "threshold": 0.9}
+_ROLLOUT |= {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+_STATIC = {"block_size": 4, "denoise_steps_per_block": 4, "remasking": "static", "threshold": 0.9}
+_STATIC |= {"temperature": 0.0, "top_k": 0, "top_p": 1.0}
+_PAPER_CAPS = {0: 100, 1: 100, 50: 1244, 100: 4000, 482: 4000}
+_STUDY = ({**_STATIC, "max_new_tokens": 80}, {"main": (_ROLLOUT, {0: 16, 1: 16, 4: 36, 8: 80, 999: 80})})
+BEFORE = {  # recipe -> (sampler, {stage: (rollout sampler without max_new_tokens, {step in stage: length cap})})
+    "qwen3-0.6b.yaml": ({**_STATIC, "max_new_tokens": 4000}, {"main": (_ROLLOUT, _PAPER_CAPS)}),
+    "qwen3-1.7b.yaml": ({**_STATIC, "max_new_tokens": 4000}, {"main": (_ROLLOUT, _PAPER_CAPS)}),
+    "qwen3-4b.yaml": ({**_STATIC, "max_new_tokens": 4000}, {"main": (_ROLLOUT, _PAPER_CAPS)}),
+    "qwen3-8b.yaml": ({**_STATIC, "max_new_tokens": 4000}, {"main": (_ROLLOUT, _PAPER_CAPS)}),
+    "qwen3-4b-math.yaml": (
+        {**_STATIC, "max_new_tokens": 2000},
+        {"main": (_ROLLOUT, {0: 100, 1: 100, 50: 656, 100: 2000, 624: 2000})},
+    ),
+    "qwen3-4b-math-thinking.yaml": (
+        {**_STATIC, "max_new_tokens": 8000},
+        {"main": (_ROLLOUT, {0: 100, 1: 100, 100: 2412, 200: 8000, 624: 8000})},
+    ),
+    "study.yaml": _STUDY,
+    "study.yaml --quick": _STUDY,
+    "tiny.yaml": (
+        {**_ROLLOUT, "threshold": 0.95, "temperature": 0.0, "max_new_tokens": 64},
+        {
+            "short": (_ROLLOUT, {0: 16, 1: 16, 20: 20, 39: 32, 40: 32}),
+            "medium": (_ROLLOUT, {0: 32, 1: 32, 5: 40, 10: 64, 19: 64}),
+            "full": (_ROLLOUT, {0: 64, 1: 64, 49: 64}),
+        },
+    ),
+}
+
+
+def _shipped(key: str):
+    name, _, flag = key.partition(" ")
+    if name.startswith("study"):
+        from opdlm.study.config import load_study
+
+        return load_study(REPO / "configs" / name, quick=flag == "--quick").recipe
+    return load_recipe(REPO / "configs" / name)
+
+
+def test_every_shipped_recipe_is_in_the_before_table():
+    assert {k.split(" ")[0] for k in BEFORE} == {p.name for p in RECIPES}
+
+
+@pytest.mark.parametrize("key", sorted(BEFORE))
+def test_derived_block_sizes_give_the_samplers_the_code_gave_before(key):
+    """convert.block_size is the recipes' one home of B; what each stage rolls out with is what it was."""
+    from opdlm.train.curriculum import rollout_sampler
+
+    sampler, stages = BEFORE[key]
+    recipe = _shipped(key)
+    assert recipe.convert.block_size == 4 and recipe.train.rollout.block_size == 4
+    assert recipe.sampler.model_dump() == sampler
+    by_name = {s.name: s for s in recipe.train.stages}
+    assert list(by_name) == list(stages)
+    for name, (rollout, caps) in stages.items():
+        for step, cap in caps.items():
+            assert rollout_sampler(recipe.train, by_name[name], step).model_dump() == {**rollout, "max_new_tokens": cap}
+
+
+def test_a_stage_block_size_changes_that_stage_and_what_the_student_is_evaluated_at():
+    """tiny's fast variant (its header) with the last stage at B=8; the stage samplers as main's code gave them."""
+    from opdlm.train.curriculum import rollout_sampler
+
+    stages = (
+        "train.stages=[{name: short, rollout_steps: 2, length: {start: 8, end: 8}}, {name: full, rollout_steps: 2, "
+        "length: {start: 8, end: 16, ramp_steps: 1}, threshold: 0.8, block_size: 8}]"
+    )
+    recipe = load_recipe(REPO / "configs" / "tiny.yaml", [stages, "eval.sweep_block_sizes=[4,8]"])
+    short, full = recipe.train.stages
+    assert [rollout_sampler(recipe.train, short, s).model_dump() for s in range(3)] == [
+        {**_ROLLOUT, "max_new_tokens": 8}
+    ] * 3
+    full_rollout = {**_ROLLOUT, "block_size": 8, "threshold": 0.8}
+    assert [rollout_sampler(recipe.train, full, s).model_dump()["max_new_tokens"] for s in range(3)] == [8, 16, 16]
+    assert rollout_sampler(recipe.train, full, 0).model_dump() == {**full_rollout, "max_new_tokens": 8}
+    # the student ends training at B=8 (its config.json says so), so it is evaluated and served at 8
+    assert (recipe.convert.block_size, recipe.train.final_block_size, recipe.sampler.block_size) == (4, 8, 8)
+
+
+# --- a bad recipe fails before any work: one line, in seconds, no run folder ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["pipeline", "--recipe", "{recipe}"],
+        ["stage", "data", "--recipe", "{recipe}", "--out", "{tmp}/data/train.jsonl"],  # dvc repro's first stage
+        ["train", "--config", "{recipe}", "--out", "{tmp}/train", "--teacher", "{tmp}/no-teacher"],
+    ],
+    ids=["pipeline", "dvc-first-stage", "train"],
+)
+def test_an_inconsistent_recipe_fails_at_once_and_writes_nothing(tmp_path, command):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "configs" / "tiny.yaml").read_text().replace("  block_size: 4 ", "  block_size: 8 ", 1))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "OPDLM_RUNS_DIR": str(tmp_path / "runs")}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlruns.db"
+    argv = [a.format(recipe=bad, tmp=tmp_path) for a in command]
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "opdlm.cli.main", *argv], capture_output=True, text=True, env=env, timeout=120, cwd=REPO
+    )
+    seconds = time.monotonic() - start
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert f"error: {bad}: eval.sweep_block_sizes [4] must include 8" in lines[0] and "convert.block_size" in lines[0]
+    assert seconds < 30, seconds  # the CLI's imports and the recipe, nothing else
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # no run folder, no data, no MLflow store
+
+
+def test_a_student_stored_with_another_prompt_format_fails_before_the_teacher_is_fetched(
+    tiny_teacher_dir, tmp_path, capsys
+):
+    """Stored-vs-recipe checks need the student's config.json: they read it before data or teacher are fetched."""
+    from opdlm.cli.main import main
+    from opdlm.models.convert import convert_teacher
+
+    causal = convert_teacher(tiny_teacher_dir, tmp_path / "causal", block_size=4, prompt_attention="causal")
+    out = tmp_path / "run"
+    teacher = tmp_path / "no-such-teacher"  # resolving it would fail: the student's check must come first
+    args = ["train", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(out), "--student", str(causal)]
+    assert main([*args, "--teacher", str(teacher)]) == 2
+    err = capsys.readouterr().err
+    assert "the student has prompt_attention=causal" in err and "convert.prompt_attention is block" in err, err
+    assert not out.exists()

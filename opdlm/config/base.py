@@ -144,7 +144,8 @@ def format_validation_error(exc: ValidationError, model_cls: type[BaseModel], so
             text = text[len("Value error, ") :]
         got = first.get("input")
         shown = "" if isinstance(got, dict | list) or first["type"] == "missing" else f" (got {got!r})"
-        msg = f"{source}: {where}: {text}{shown}"
+        # a rule between sections (a model validator) names its own fields: no location to prefix
+        msg = f"{source}: {where}: {text}{shown}" if loc else f"{source}: {text}{shown}"
     if len(errors) > 1:
         msg += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
     return msg

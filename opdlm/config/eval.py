@@ -19,7 +19,10 @@ class EvalConfig(StrictModel):
     limit: int | None = Field(None, ge=1, description="Score only the first N rows of each benchmark; None = all.")
     batch_size: int = Field(16, ge=1, description="Prompts decoded together.")
     max_new_tokens: int | None = Field(
-        None, ge=1, description="Generation cap; None = the benchmark's default (e.g. 512 for GSM8K)."
+        None,
+        ge=1,
+        description="Generation cap; None = the recipe's sampler.max_new_tokens where a recipe drives the run (the "
+        "pipeline, `opdlm eval --config`), else the benchmark's default (e.g. 512 for GSM8K).",
     )
     seed: int = Field(0, description="Seed for sampling at temperature > 0 and for GPQA's option order.")
     device: str = Field("auto", description="auto (cuda when present), cpu or cuda[:N].")

@@ -1,14 +1,22 @@
 """The recipe: one YAML file that drives the CLI, Prefect, DVC and MLflow (one source of truth).
 
-Each section is its own class in its own module; this file only composes them.
+Each section is its own class in its own module; this file composes them and holds the rules that
+tie sections together (:meth:`Recipe._derive` fills what one section takes from another,
+:meth:`Recipe._consistent` refuses what contradicts), so every inconsistency fails when the recipe
+loads, before any data, teacher or training work starts.
+
+Block size has one home, ``convert.block_size``: ``train.rollout.block_size`` follows it, a stage
+may change it for its own rollouts (``train.stages[].block_size``), and ``sampler.block_size`` (the
+evaluation and serving sampler) follows the block size training ends with. A recipe may still spell
+those out; they must then agree.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from opdlm.config.base import StrictModel, apply_overrides, load_yaml, validate_config
 from opdlm.config.eval import EvalConfig
@@ -68,7 +76,12 @@ class ConvertConfig(StrictModel):
         "hf://divelab/Qwen3-4B-a2d-init, hf://JetLM/SDAR-4B-Chat, s3://... or a local directory "
         "(imported with its weights unchanged; its declared block size must equal block_size).",
     )
-    block_size: int = Field(4, ge=1, description="Block size B.")
+    block_size: int = Field(
+        4,
+        ge=1,
+        description="Block size B, the recipe's one home of it: train.rollout follows it, a stage may change it "
+        "for its own rollouts, and sampler follows the block size training ends with.",
+    )
     logit_shift: bool = Field(False, description="Position j-1 predicts token j (Fast-dLLM v2 style).")
     prompt_attention: Literal["block", "causal"] = Field(
         "block",
@@ -97,6 +110,109 @@ class Recipe(StrictModel):
         default_factory=RegistryConfig, description="MLflow registration and champion gate."
     )
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Machines and GPUs for training.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive(cls, data: Any) -> Any:
+        """Fill what a recipe leaves out from the section that owns the fact.
+
+        ``train.rollout.block_size`` <- ``convert.block_size``; ``sampler.block_size`` <- the block
+        size training ends with (the last stage's, else ``convert.block_size``); a section given
+        without ``denoise_steps_per_block`` has it clamped to that block size, as
+        :meth:`SamplerConfig.with_overrides` does; ``registry.gate_benchmark`` <- the first of
+        ``eval.benchmarks``. Values that are not valid yet are left for field validation to name.
+        """
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        block_size = _field(data.get("convert"), "block_size", ConvertConfig.model_fields["block_size"].default)
+        if _is_block_size(block_size):
+            train = data.setdefault("train", {})
+            if isinstance(train, dict):
+                train = data["train"] = dict(train)
+                if "rollout" not in train:
+                    default = TrainConfig.model_fields["rollout"].default_factory()  # the paper's rollout sampler
+                    train["rollout"] = default.with_overrides(block_size=block_size).model_dump()
+                else:
+                    train["rollout"] = _with_block_size(train["rollout"], block_size)
+            final = _last_stage_block_size(train)
+            data["sampler"] = _with_block_size(data.get("sampler", {}), final if _is_block_size(final) else block_size)
+        benchmarks = _field(data.get("eval"), "benchmarks", None)
+        registry = data.setdefault("registry", {})
+        if isinstance(registry, dict) and "gate_benchmark" not in registry and benchmarks:
+            if isinstance(benchmarks, list) and isinstance(benchmarks[0], str):
+                data["registry"] = {**registry, "gate_benchmark": benchmarks[0]}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        """The rules between sections; each message names the fields and their values."""
+        train, convert = self.train, self.convert
+        if train.rollout.block_size != convert.block_size:
+            raise ValueError(
+                f"train.rollout.block_size ({train.rollout.block_size}) must equal convert.block_size "
+                f"({convert.block_size}): rollouts start from the converted student; leave it out to follow "
+                "convert.block_size, or set a stage's block_size to change it during training"
+            )
+        final = train.final_block_size
+        last = len(train.stages) - 1
+        where = f"train.stages.{last}.block_size" if train.stages[last].block_size else "convert.block_size"
+        if self.sampler.block_size != final:
+            raise ValueError(
+                f"sampler.block_size ({self.sampler.block_size}) must equal the block size training ends with "
+                f"({final}, {where}): the trained student is evaluated and served at it; leave it out to follow it"
+            )
+        if final not in self.eval.sweep_block_sizes:
+            raise ValueError(
+                f"eval.sweep_block_sizes {self.eval.sweep_block_sizes} must include {final}, the block size training "
+                f"ends with ({where}): the sweep's other block sizes are read against it"
+            )
+        if self.registry.gate_benchmark not in self.eval.benchmarks:
+            raise ValueError(
+                f"registry.gate_benchmark {self.registry.gate_benchmark!r} must be one of eval.benchmarks "
+                f"({', '.join(self.eval.benchmarks)}): the champion gate compares scores the eval stage measured"
+            )
+        res = self.resources
+        if res.launcher == "deepspeed" and not train.deepspeed:
+            raise ValueError(
+                "resources.launcher is 'deepspeed' but train.deepspeed is not set; "
+                "set train.deepspeed=configs/deepspeed/zero2.json or use launcher torchrun for plain PyTorch"
+            )
+        if res.resolve_launcher(train.deepspeed) == "deepspeed" and res.nodes > 1 and not res.hostfile:
+            raise ValueError(
+                f"resources.hostfile is not set but deepspeed on {res.nodes} nodes (resources.nodes) needs one "
+                "(one `host slots=GPUS` line per node; infra/slurm/train.sbatch writes it)"
+            )
+        return self
+
+
+def _field(section: Any, name: str, default: Any) -> Any:
+    """``section.name`` of a raw section (a mapping or an already built config), else ``default``."""
+    if isinstance(section, dict):
+        return section.get(name, default)
+    return getattr(section, name, default) if isinstance(section, StrictModel) else default
+
+
+def _is_block_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _with_block_size(section: Any, block_size: int) -> Any:
+    """A raw sampler section with ``block_size`` filled in when it has none (steps per block clamped to it)."""
+    if not isinstance(section, dict) or "block_size" in section:
+        return section
+    out = {**section, "block_size": block_size}
+    if "denoise_steps_per_block" not in section:
+        out["denoise_steps_per_block"] = min(SamplerConfig.model_fields["denoise_steps_per_block"].default, block_size)
+    return out
+
+
+def _last_stage_block_size(train: Any) -> Any:
+    """The last stage's own ``block_size`` in a raw train section (None: it follows ``train.rollout``)."""
+    stages = _field(train, "stages", None)
+    if not isinstance(stages, list) or not stages:
+        return None
+    return _field(stages[-1], "block_size", None)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), trains: bool = True) -> Recipe:

@@ -18,7 +18,11 @@ class RegistryConfig(StrictModel):
     """
 
     model_name: str | None = Field(None, description="Registered model name (default: 'opdlm-' + recipe name).")
-    gate_benchmark: str = Field("synthetic", description="Benchmark whose accuracy the champion gate compares.")
+    gate_benchmark: str = Field(
+        "synthetic",
+        description="Benchmark whose accuracy the champion gate compares; one of eval.benchmarks (a recipe that "
+        "leaves it out takes the first of them).",
+    )
     min_retention: float = Field(
         0.9, ge=0.0, le=2.0, description="Student / teacher accuracy needed to become champion."
     )

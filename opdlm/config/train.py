@@ -49,7 +49,10 @@ class CurriculumStage(StrictModel):
         description="Per-domain cap on top of the schedule, e.g. {math: 4096, code: 2048} (paper values).",
     )
     block_size: int | None = Field(
-        None, ge=1, description="Block size for this stage (default: train.rollout.block_size)."
+        None,
+        ge=1,
+        description="Block size of this stage's rollouts and training states (default: convert.block_size, "
+        "which train.rollout follows); the last stage's is the trained student's.",
     )
     threshold: float | None = Field(
         None, gt=0.0, le=1.0, description="Dynamic-remasking threshold for this stage's rollouts."
@@ -75,7 +78,8 @@ class TrainConfig(StrictModel):
     )
     rollout: SamplerConfig = Field(
         default_factory=paper_rollout_sampler,
-        description="Rollout sampler (max_new_tokens is replaced by the curriculum's length cap).",
+        description="Rollout sampler; block_size follows convert.block_size, and each stage's block size, "
+        "threshold and length cap replace its own (TrainConfig.stage_sampler).",
     )
     prompts_per_rollout: int = Field(128, ge=1, description="Prompts per rollout batch (one rollout each).")
     optimizer_steps_per_rollout: int = Field(16, ge=1, description="Optimizer steps that consume one rollout batch.")
@@ -183,8 +187,13 @@ class TrainConfig(StrictModel):
         return self
 
     def stage_block_size(self, stage: CurriculumStage) -> int:
-        """Block size in effect during ``stage``."""
+        """Block size in effect during ``stage`` (``rollout.block_size`` is ``convert.block_size`` in a recipe)."""
         return stage.block_size if stage.block_size is not None else self.rollout.block_size
+
+    @property
+    def final_block_size(self) -> int:
+        """The block size training ends with (the last stage's): the trained student's ``config.json`` value."""
+        return self.stage_block_size(self.stages[-1])
 
     @property
     def total_rollout_steps(self) -> int:

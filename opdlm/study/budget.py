@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from opdlm.config.train import CurriculumStage, TrainConfig
 from opdlm.data.schema import Row
 from opdlm.errors import ConfigError
-from opdlm.train.curriculum import StagePosition, domain_cap, length_cap
+from opdlm.train.curriculum import StagePosition, domain_cap, rollout_sampler
 from opdlm.train.data import stream_indices
 from opdlm.train.mdm import response_tokens
 from opdlm.train.rollout import encode_rows
@@ -87,7 +87,7 @@ def _step_rows(cfg: TrainConfig, rows: list[Row], tokenizer, seed: int, step: in
 
 def _step_caps(cfg: TrainConfig, step: int, drawn: list[Row]) -> list[int]:
     pos = position_at(cfg.stages, step)
-    cap = length_cap(pos.stage.length, pos.step_in_stage, cfg.stage_block_size(pos.stage))
+    cap = rollout_sampler(cfg, pos.stage, pos.step_in_stage).max_new_tokens
     return [domain_cap(cap, r.domain, pos.stage.domain_caps) for r in drawn]
 
 

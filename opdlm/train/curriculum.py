@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from opdlm.config.train import CurriculumStage, LengthSchedule
+from opdlm.config.sampler import SamplerConfig
+from opdlm.config.train import CurriculumStage, LengthSchedule, TrainConfig
 from opdlm.errors import ConfigError
 
 
@@ -26,6 +27,18 @@ def length_cap(schedule: LengthSchedule, step: int, block_size: int) -> int:
     frac = ramp_fraction(step, schedule.ramp_steps, schedule.shape)
     raw = schedule.start + (schedule.end - schedule.start) * frac
     return max(block_size, round(raw / block_size) * block_size)
+
+
+def rollout_sampler(cfg: TrainConfig, stage: CurriculumStage, step_in_stage: int) -> SamplerConfig:
+    """The rollout sampler of ``stage`` at its rollout step ``step_in_stage`` (the one place it is derived).
+
+    ``cfg.rollout`` with the stage's block size (:meth:`TrainConfig.stage_block_size`: the stage's
+    own, else ``convert.block_size``) and threshold, and ``max_new_tokens`` the stage's length cap
+    there (:func:`length_cap`); a row's domain cap may lower it further (:func:`domain_cap`).
+    """
+    block_size = cfg.stage_block_size(stage)
+    cap = length_cap(stage.length, step_in_stage, block_size)
+    return cfg.rollout.with_overrides(block_size=block_size, threshold=stage.threshold, max_new_tokens=cap)
 
 
 def domain_cap(stage_cap: int, domain: str, domain_caps: dict[str, int]) -> int:

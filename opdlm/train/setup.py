@@ -179,6 +179,29 @@ def _check_prompt_format(meta, recipe: Recipe, student_dir: Path) -> None:
             )
 
 
+def _check_stored_prompt_format(student: str | None, recipe: Recipe) -> None:
+    """:func:`_check_prompt_format` on ``--student``'s config.json alone, before data or teacher are fetched.
+
+    A student without a readable config.json is left to the checks that load it (they name what is wrong).
+    """
+    from types import SimpleNamespace
+
+    from opdlm.models.geometry import LEGACY_PROMPT_ATTENTION
+
+    if not student:
+        return
+    try:
+        config = json.loads((Path(student) / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(config, dict):
+        stored = SimpleNamespace(
+            prompt_attention=config.get("prompt_attention") or LEGACY_PROMPT_ATTENTION,
+            enable_thinking=config.get("enable_thinking", False),
+        )
+        _check_prompt_format(stored, recipe, Path(student))
+
+
 def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
@@ -240,11 +263,7 @@ def setup_run(
 ) -> RunContext:
     """Resolve paths, convert or load the student, load teacher and data, build the optimiser, resume."""
     cfg, out = recipe.train, Path(out).absolute()
-    if cfg.rollout.block_size != recipe.convert.block_size:
-        raise OpdlmError(
-            f"train.rollout.block_size ({cfg.rollout.block_size}) must equal convert.block_size "
-            f"({recipe.convert.block_size}); use a stage's block_size to change it during training"
-        )
+    _check_stored_prompt_format(student, recipe)
     fingerprint = run_fingerprint(recipe, teacher, student, data)
     seed = cfg.seed if cfg.seed is not None else recipe.seed
     device = resolve_device(cfg.device)
