@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from opdlm.config.recipe import Recipe
 from opdlm.config.train import TrainConfig
 from opdlm.models.student import load_causal_lm, load_student
 from opdlm.train.optimise import microbatch_loss
 from opdlm.train.setup import RunContext
 from opdlm.train.stepper import TorchStepper
+from opdlm.train.targets import teacher_target
 
 # bf16 keeps 8 bits of mantissa: logits carry ~0.4% relative error, and the KL, a sum of
 # p * (log p_t - log p_s) over the vocabulary, inherits a few times that (measured here: 0.06%).
@@ -51,12 +51,10 @@ def _context(student_dir: Path, teacher_dir: Path, precision: str, chunk: int = 
     teacher, _ = load_causal_lm(teacher_dir, "cpu", "bf16" if bf16 else "fp32", "sdpa")
     teacher.requires_grad_(False)
     return RunContext(
-        Recipe(train=cfg),
         cfg,
         Path("."),
         student,
-        teacher,
-        "sdpa",
+        teacher_target(teacher, "sdpa"),
         [],
         TorchStepper(student.model, cfg),
         0,
@@ -68,7 +66,9 @@ def _context(student_dir: Path, teacher_dir: Path, precision: str, chunk: int = 
 
 def _step(ctx: RunContext, rows):
     ctx.student.model.train()
-    loss, _ = microbatch_loss(ctx, rows, 4)
+    loss, _ = microbatch_loss(
+        ctx.student, ctx.target, rows, 4, chunk_size=ctx.cfg.kl_chunk_size, autocast_dtype=ctx.autocast_dtype
+    )
     ctx.stepper.backward(loss)
     grads = {n: p.grad.detach().clone() for n, p in ctx.student.model.named_parameters() if p.grad is not None}
     ctx.stepper.step(1e-3)
