@@ -1,13 +1,18 @@
 """The training loop: one explicit sequence of small named steps per rollout batch (METHOD §4).
 
     for each rollout step:
+        plan_step          what the step will do, decided once: stage, block size, length cap,
+                           sampler, prompts, learning rates, seeds (:mod:`opdlm.train.plan`)
         collect_episodes   rollouts with the student (opd) or ground-truth responses (mdm_sft)
         select_rows        one state per block (or all rounds), loss mask, skip empty rollouts
         optimise           per optimizer step: teacher targets -> student forward -> forward KL
                            (or masked CE) -> backward over micro-batches -> clip -> AdamW
                            (:mod:`opdlm.train.optimise`)
+        advance            the counters after the step: the one place where they change
         log, checkpoint    metric loggers; atomic checkpoints (:mod:`opdlm.train.saving`)
 
+The step functions read the frozen :class:`~opdlm.train.setup.RunContext` and the step's
+:class:`~opdlm.train.plan.StepPlan` and return what they did; nothing writes into a shared context.
 :func:`train` is the entry point the CLI and the pipeline call; ``until_stage`` stops it after a
 curriculum stage (checkpointed, exported, ``train_summary.json`` written) so that a pipeline can run
 one stage per task, each call resuming the same run.

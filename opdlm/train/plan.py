@@ -41,7 +41,8 @@ class StepPlan:
         position: its stage, the stage's index and the step counted inside the stage.
         block_size: the stage's block size (the rollout's, the training rows' and the checkpoint's).
         length_cap: the stage's rollout-length cap at this step (METHOD §5), before per-domain caps.
-        sampler: the rollout sampler (the stage's block size and threshold applied).
+        sampler: the rollout sampler (the stage's block size and threshold applied); None for ``mdm_sft``,
+            which trains on ground-truth responses and rolls out nothing.
         prompt_indices: indices of the training rows this rank rolls out.
         lrs: the learning rate of each of the step's ``optimizer_steps_per_rollout`` optimizer steps.
         rollout_seed: seed of the rollout sampler's generator.
@@ -54,7 +55,7 @@ class StepPlan:
     position: StagePosition
     block_size: int
     length_cap: int
-    sampler: SamplerConfig
+    sampler: SamplerConfig | None
     prompt_indices: tuple[int, ...]
     lrs: tuple[float, ...]
     rollout_seed: int
@@ -87,7 +88,11 @@ def plan_step(cfg: TrainConfig, step: int, num_rows: int, seed: int, rank: int =
         position=pos,
         block_size=block_size,
         length_cap=length_cap(pos.stage.length, pos.step_in_stage, block_size),
-        sampler=cfg.rollout.with_overrides(block_size=block_size, threshold=pos.stage.threshold),
+        sampler=(
+            cfg.rollout.with_overrides(block_size=block_size, threshold=pos.stage.threshold)
+            if cfg.objective == "opd"
+            else None
+        ),
         prompt_indices=tuple(indices[rank::world_size]),
         lrs=tuple(learning_rate(step * k_steps + k, total_opt, warmup, peak, cfg.min_lr) for k in range(k_steps)),
         rollout_seed=step_seed(seed, step, ROLLOUT, rank),
