@@ -319,14 +319,13 @@ def section_sampler(args, models: Models, clock: Clock, results: dict) -> None:
 def section_opd_step(args, models: Models, clock: Clock) -> None:
     from opd_memory import PeakMeter, make_batch
 
-    from opdlm.config.recipe import Recipe
     from opdlm.config.train import TrainConfig
     from opdlm.models.attention import attention_mask, causal_padding_mask, resolve_teacher_backend
     from opdlm.models.geometry import inference_geometry, training_geometry
     from opdlm.train.optimise import microbatch_loss
-    from opdlm.train.setup import RunContext
     from opdlm.train.stepper import TorchStepper
     from opdlm.train.student_forward import noisy_copy
+    from opdlm.train.targets import teacher_target
 
     dev = models.device
     backend = "flex_attention" if dev.type == "cuda" else "sdpa"  # torch has no FlexAttention backward on CPU
@@ -339,9 +338,7 @@ def section_opd_step(args, models: Models, clock: Clock) -> None:
     teacher_backend = resolve_teacher_backend(cfg.teacher_attn_backend, dev, torch.bfloat16, backend)
     teacher = models.causal_lm(None, torch.bfloat16, teacher_backend, seed=4).requires_grad_(False)
     stepper = TorchStepper(student_model, cfg)
-    ctx = RunContext(
-        Recipe(train=cfg), cfg, Path("."), student, teacher, teacher_backend, [], stepper, 0, dev, torch.bfloat16, ""
-    )
+    target = teacher_target(teacher, teacher_backend)
     print(
         f"one OPD step: {rows} rows x ({P} prompt + L response), student fp32 master + bf16 autocast with gradient "
         f"checkpointing ({backend}), teacher bf16 ({teacher_backend}), full-vocabulary KL in chunks of "
@@ -354,7 +351,9 @@ def section_opd_step(args, models: Models, clock: Clock) -> None:
 
             def step() -> float:
                 student_model.train()
-                loss, _ = microbatch_loss(ctx, mb, 4)
+                loss, _ = microbatch_loss(
+                    student, target, mb, 4, chunk_size=cfg.kl_chunk_size, autocast_dtype=torch.bfloat16
+                )
                 stepper.backward(loss)
                 stepper.step(1e-5)
                 return float(loss.detach())
@@ -382,13 +381,13 @@ def section_opd_step(args, models: Models, clock: Clock) -> None:
             t_ids = torch.cat([mb.prompt_ids_BP, mb.response_BL], 1)
 
             def teacher_body():
-                with torch.no_grad(), ctx.autocast():
+                with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):
                     return teacher.model(
                         input_ids=t_ids, attention_mask=masks[1], position_ids=t_geom.position_ids_BT, use_cache=False
                     )
 
             def student_body():
-                with ctx.autocast():
+                with torch.autocast(dev.type, dtype=torch.bfloat16):
                     h = student_model.model(
                         input_ids=s_ids, attention_mask=masks[0], position_ids=s_geom.position_ids_BT, use_cache=False
                     ).last_hidden_state

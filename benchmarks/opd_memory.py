@@ -158,12 +158,11 @@ def naive_loss(student, teacher, mb, block_size: int) -> torch.Tensor:
 
 def run_variant(variant: str, student_dir: Path, teacher_dir: Path, args) -> dict:
     """Load, warm up, then measure one step of ``variant``; returns peak bytes and the loss."""
-    from opdlm.config.recipe import Recipe
     from opdlm.config.train import TrainConfig
     from opdlm.models.student import load_causal_lm, load_student
     from opdlm.train.optimise import microbatch_loss
-    from opdlm.train.setup import RunContext
     from opdlm.train.stepper import TorchStepper
+    from opdlm.train.targets import teacher_target
 
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -172,17 +171,19 @@ def run_variant(variant: str, student_dir: Path, teacher_dir: Path, args) -> dic
     teacher.requires_grad_(False)
     if args.lengths:  # the per-length sweep measures the recipes' setting: gradient checkpointing on
         student.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    kl = {"kl": "top_k", "kl_top_k": 16} if variant == "chunked_top16" else {"kl": "full"}
-    cfg = TrainConfig(
-        kl_chunk_size=args.chunk, micro_batch_size=args.rows, gradient_checkpointing=bool(args.lengths), **kl
-    )
-    stepper = TorchStepper(student.model, cfg)
-    ctx = RunContext(Recipe(train=cfg), cfg, Path("."), student, teacher, "sdpa", [], stepper, 0, device, None, "")
+    top_k = 16 if variant == "chunked_top16" else None
+    stepper = TorchStepper(student.model, TrainConfig())
+    target = teacher_target(teacher, "sdpa")
     mb = make_batch(student, args.rows, args.prompt_len, args.response_len, 4).to(device)
+
+    def loss_of() -> torch.Tensor:
+        if variant == "naive":
+            return naive_loss(student, teacher, mb, 4)
+        return microbatch_loss(student, target, mb, 4, top_k=top_k, chunk_size=args.chunk)[0]
 
     def step() -> float:
         student.model.train()
-        loss = naive_loss(student, teacher, mb, 4) if variant == "naive" else microbatch_loss(ctx, mb, 4)[0]
+        loss = loss_of()
         stepper.backward(loss)
         stepper.step(1e-5)
         return float(loss.detach())

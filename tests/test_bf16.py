@@ -8,16 +8,16 @@ the same bf16 matmuls.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
 
-from opdlm.config.recipe import Recipe
 from opdlm.config.train import TrainConfig
-from opdlm.models.student import load_causal_lm, load_student
+from opdlm.models.student import Student, load_causal_lm, load_student
 from opdlm.train.optimise import microbatch_loss
-from opdlm.train.setup import RunContext
 from opdlm.train.stepper import TorchStepper
+from opdlm.train.targets import CausalTarget, teacher_target
 
 # bf16 keeps 8 bits of mantissa: logits carry ~0.4% relative error, and the KL, a sum of
 # p * (log p_t - log p_s) over the vocabulary, inherits a few times that (measured here: 0.06%).
@@ -43,32 +43,33 @@ def _batch(student, rows=3, prompt_len=5, response_len=12, block_size=4):
     )
 
 
-def _context(student_dir: Path, teacher_dir: Path, precision: str, chunk: int = 5) -> RunContext:
+class _Setup(NamedTuple):
+    """What one training step of the loss needs: the student, the teacher target, the optimiser, the precision."""
+
+    student: Student
+    target: CausalTarget
+    stepper: TorchStepper
+    autocast_dtype: torch.dtype | None
+
+
+CHUNK = 5  # loss positions per KL chunk: several chunks per micro-batch
+
+
+def _context(student_dir: Path, teacher_dir: Path, precision: str) -> _Setup:
     bf16 = precision == "bf16"
-    cfg = TrainConfig(precision=precision, gradient_checkpointing=True, kl_chunk_size=chunk, micro_batch_size=3)
+    cfg = TrainConfig(precision=precision, gradient_checkpointing=True, kl_chunk_size=CHUNK, micro_batch_size=3)
     student = load_student(student_dir, device="cpu", dtype="fp32", backend="sdpa")
     student.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     teacher, _ = load_causal_lm(teacher_dir, "cpu", "bf16" if bf16 else "fp32", "sdpa")
     teacher.requires_grad_(False)
-    return RunContext(
-        Recipe(train=cfg),
-        cfg,
-        Path("."),
-        student,
-        teacher,
-        "sdpa",
-        [],
-        TorchStepper(student.model, cfg),
-        0,
-        torch.device("cpu"),
-        torch.bfloat16 if bf16 else None,
-        "",
+    return _Setup(
+        student, teacher_target(teacher, "sdpa"), TorchStepper(student.model, cfg), torch.bfloat16 if bf16 else None
     )
 
 
-def _step(ctx: RunContext, rows):
+def _step(ctx: _Setup, rows):
     ctx.student.model.train()
-    loss, _ = microbatch_loss(ctx, rows, 4)
+    loss, _ = microbatch_loss(ctx.student, ctx.target, rows, 4, chunk_size=CHUNK, autocast_dtype=ctx.autocast_dtype)
     ctx.stepper.backward(loss)
     grads = {n: p.grad.detach().clone() for n, p in ctx.student.model.named_parameters() if p.grad is not None}
     ctx.stepper.step(1e-3)
@@ -78,7 +79,7 @@ def _step(ctx: RunContext, rows):
 def test_one_bf16_opd_step_matches_fp32(tiny_student_dir, tiny_teacher_dir):
     fp32 = _context(tiny_student_dir, tiny_teacher_dir, "fp32")
     bf16 = _context(tiny_student_dir, tiny_teacher_dir, "bf16")
-    assert next(bf16.teacher.parameters()).dtype == torch.bfloat16
+    assert next(bf16.target.model.parameters()).dtype == torch.bfloat16
     rows = _batch(fp32.student)
     loss32, grads32 = _step(fp32, rows)
     loss16, grads16 = _step(bf16, rows)

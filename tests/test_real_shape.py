@@ -8,12 +8,9 @@ chunks much smaller than the loss positions) and must equal the unchunked KL on 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from opdlm.config.recipe import Recipe
 from opdlm.config.train import TrainConfig, paper_rollout_sampler
 from opdlm.models.convert import convert_teacher
 from opdlm.models.student import load_causal_lm, load_student
@@ -21,9 +18,9 @@ from opdlm.train.batch import make_rows, pad_step_maps, right_pad
 from opdlm.train.loss_mask import response_loss_mask
 from opdlm.train.optimise import microbatch_loss
 from opdlm.train.rollout import encode_rows, rollout
-from opdlm.train.setup import RunContext
 from opdlm.train.states import select_states
 from opdlm.train.stepper import TorchStepper
+from opdlm.train.targets import teacher_target
 
 
 @pytest.fixture(scope="module")
@@ -36,22 +33,8 @@ def real_shape(qwen3_06b_shaped, tmp_path_factory):
     return student, teacher
 
 
-def _context(student, teacher, chunk: int) -> RunContext:
-    cfg = TrainConfig(gradient_checkpointing=True, kl_chunk_size=chunk, micro_batch_size=2, precision="fp32")
-    return RunContext(
-        Recipe(train=cfg),
-        cfg,
-        Path("."),
-        student,
-        teacher,
-        "sdpa",
-        [],
-        TorchStepper(student.model, cfg),
-        0,
-        torch.device("cpu"),
-        None,
-        "",
-    )
+def _stepper(student) -> TorchStepper:
+    return TorchStepper(student.model, TrainConfig(gradient_checkpointing=True, micro_batch_size=2, precision="fp32"))
 
 
 @pytest.mark.slow  # ~1 min of CPU at the full 151,936-row vocabulary (two forward/backward passes); CI runs it
@@ -84,18 +67,18 @@ def test_convert_sample_and_one_chunked_opd_step(real_shape):
 
     losses, grads = {}, {}
     for chunk in (10_000, 3):  # one chunk holding every position vs chunks of 3 (what training does), last
-        ctx = _context(student, teacher, chunk)
+        stepper = _stepper(student)
         student.model.zero_grad(set_to_none=True)
         student.model.train()
-        loss, stats = microbatch_loss(ctx, batch, 4)
-        ctx.stepper.backward(loss)
+        loss, stats = microbatch_loss(student, teacher_target(teacher, "sdpa"), batch, 4, chunk_size=chunk)
+        stepper.backward(loss)
         losses[chunk] = float(loss.detach())
         grads[chunk] = {
             n: p.grad.clone()
             for n, p in student.model.named_parameters()
             if "layers.0." in n or n.endswith("model.norm.weight")
         }
-        assert stats["tokens"] == n_loss
+        assert stats.tokens == n_loss
     assert losses[3] > 0 and torch.isfinite(torch.tensor(losses[3]))
     assert losses[3] == pytest.approx(losses[10_000], rel=1e-5)
     assert len(grads[3]) > 5
@@ -103,5 +86,5 @@ def test_convert_sample_and_one_chunked_opd_step(real_shape):
         torch.testing.assert_close(g, grads[10_000][name], rtol=1e-4, atol=1e-7)
 
     before = student.model.model.layers[0].self_attn.q_proj.weight.detach().clone()
-    assert ctx.stepper.step(1e-4) > 0  # AdamW on the chunked step's gradients
+    assert stepper.step(1e-4) > 0  # AdamW on the chunked step's gradients
     assert not torch.equal(before, student.model.model.layers[0].self_attn.q_proj.weight)

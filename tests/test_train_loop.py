@@ -147,12 +147,12 @@ def test_failure_inside_a_checkpoint_write_leaves_no_partial_checkpoint(
     out = tmp_path / "crash"
     real = saving._write_payload
 
-    def crashing(ctx, block_size):
-        write = real(ctx, block_size)
+    def crashing(ctx, counters, block_size):
+        write = real(ctx, counters, block_size)
 
         def half(folder):
             write(folder)
-            if ctx.counters.rollout_step == 3:
+            if counters.rollout_step == 3:
                 raise KeyboardInterrupt  # dies after the weights are written, before the manifest
 
         return half

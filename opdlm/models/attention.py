@@ -1,6 +1,6 @@
 """One switch from a block-causal :class:`~opdlm.models.geometry.Geometry` to each backend's mask.
 
-* ``sdpa``: boolean ``(B, 1, Q, K)`` mask, True = attend.
+* ``sdpa``: boolean ``(B, 1, Q, T)`` mask, True = attend.
 * ``eager``: additive float mask (0 or dtype min). A boolean mask under eager is added as 0/1 and
   masks nothing, which is silently wrong, so eager never gets one.
 * ``flex_attention`` (GPU): a FlexAttention ``BlockMask`` built from the same elementwise rule;
@@ -85,9 +85,9 @@ def default_backend(device: torch.device | str) -> str:
     return "flex_attention" if torch.device(device).type == "cuda" else "sdpa"
 
 
-def dense_to_backend(allowed_BQK: torch.Tensor, backend: str, dtype: torch.dtype) -> torch.Tensor:
-    """Turn a boolean ``(B, Q, K)`` mask into the 4-D mask ``backend`` expects."""
-    mask = allowed_BQK[:, None]
+def dense_to_backend(allowed_BQT: torch.Tensor, backend: str, dtype: torch.dtype) -> torch.Tensor:
+    """Turn a boolean ``(B, Q, T)`` mask into the 4-D mask ``backend`` expects."""
+    mask = allowed_BQT[:, None]
     if backend == "sdpa":
         return mask
     if backend == "eager":

@@ -65,7 +65,7 @@ class Geometry:
         position_ids_BT: rotary positions; the prompt starts at 0 after its padding, the response
             continues from the prompt length, a noisy copy reuses the clean positions.
         prompt_width: P, the padded prompt length.
-        block_size: B.
+        block_size: tokens per block.
         prompt_attention: ``block`` or ``causal`` (see the module docstring).
     """
 
@@ -82,7 +82,7 @@ class Geometry:
         return self.kind_BT.shape[1]
 
     def allowed(self, q_start: int = 0, q_end: int | None = None, k_end: int | None = None) -> torch.Tensor:
-        """Dense boolean mask ``allowed_BQK`` for queries ``[q_start, q_end)`` and keys ``[0, k_end)``."""
+        """Dense boolean mask ``allowed_BQT`` for queries ``[q_start, q_end)`` and keys ``[0, k_end)``."""
         q_end = self.length if q_end is None else q_end
         k_end = q_end if k_end is None else k_end
         q = slice(q_start, q_end)
@@ -150,7 +150,7 @@ def inference_geometry(
         prompt_lens_B: true prompt lengths, each ``<= prompt_width``.
         prompt_width: P, the padded prompt length.
         response_len: L, response positions to lay out (a multiple of ``block_size`` in practice).
-        block_size: B.
+        block_size: tokens per block.
         prompt_attention: the converted model's ``block`` or ``causal`` (``StudentMeta.prompt_attention``).
     """
     if block_size < 1:

@@ -71,17 +71,17 @@ class BlockDiffusionSampler:
 
         model, meta, backend = self.student.model, self.meta, self.student.backend
         device = self.student.device
-        B, n = cfg.block_size, len(prompts)
-        n_blocks = math.ceil(cfg.max_new_tokens / B)
-        L = n_blocks * B
+        block_size, n = cfg.block_size, len(prompts)
+        n_blocks = math.ceil(cfg.max_new_tokens / block_size)
+        L = n_blocks * block_size
         prompt_ids, prompt_lens = left_pad(prompts, meta.pad_token_id)
         P = prompt_ids.shape[1]
         ids = torch.cat([prompt_ids, torch.full((n, L), meta.mask_token_id, dtype=torch.long)], 1).to(device)
         # the prompt is prefilled with the model's own prompt geometry (the first forward of block 0)
-        geom = inference_geometry(prompt_lens.to(device), P, L, B, meta.prompt_attention)
+        geom = inference_geometry(prompt_lens.to(device), P, L, block_size, meta.prompt_attention)
         eos_ids = torch.tensor(meta.eos_token_ids, device=device)
         target_L = torch.arange(L, device=device) < cfg.max_new_tokens
-        schedule = torch.tensor(transfer_schedule(B, cfg.denoise_steps_per_block), device=device)
+        schedule = torch.tensor(transfer_schedule(block_size, cfg.denoise_steps_per_block), device=device)
 
         response_all = torch.full((n, L), meta.mask_token_id, dtype=torch.long, device=device)
         step_all = torch.full((n, L), -1, dtype=torch.long, device=device)
@@ -96,10 +96,10 @@ class BlockDiffusionSampler:
         dtype = self.student.dtype
 
         for b in range(n_blocks):
-            s0, e = P + b * B, P + (b + 1) * B
-            r0 = b * B
-            target_K = target_L[r0 : r0 + B]
-            block_steps = torch.full((len(rows), B), -1, dtype=torch.long, device=device)
+            s0, e = P + b * block_size, P + (b + 1) * block_size
+            r0 = b * block_size
+            target_K = target_L[r0 : r0 + block_size]
+            block_steps = torch.full((len(rows), block_size), -1, dtype=torch.long, device=device)
             step_in_block = torch.zeros(len(rows), dtype=torch.long, device=device)
             mask, mask_start = None, -1
             todo, ended_here = block_progress(ids[:, s0:e], meta.mask_token_id, eos_ids, target_K)
@@ -108,13 +108,13 @@ class BlockDiffusionSampler:
                 q_start = kv_len
                 if mask_start != q_start:  # one mask per query range: reused by every later step of the block
                     mask, mask_start = attention_mask(geom, backend, dtype, q_start, e, e), q_start
-                keep = B + 1 if (meta.logit_shift and q_start < s0) else B
+                keep = block_size + 1 if (meta.logit_shift and q_start < s0) else block_size
                 logits = block_forward(model, ids, geom, backend, q_start, e, cache, logits_to_keep=keep, mask=mask)
                 cache.crop(-(e - s0))  # keep the committed prefix only
                 kv_len = s0
-                if meta.logit_shift and keep == B + 1:
+                if meta.logit_shift and keep == block_size + 1:
                     carried = logits[:, 0]
-                logits_NKV = block_logits_from(logits, B, meta.logit_shift, carried)
+                logits_NKV = block_logits_from(logits, block_size, meta.logit_shift, carried)
                 tokens, conf = sample_tokens(
                     logits_NKV.reshape(-1, logits_NKV.shape[-1]),
                     cfg.temperature,
@@ -123,7 +123,7 @@ class BlockDiffusionSampler:
                     (meta.mask_token_id,),
                     generator,
                 )
-                tokens, conf = tokens.view(len(rows), B), conf.view(len(rows), B)
+                tokens, conf = tokens.view(len(rows), block_size), conf.view(len(rows), block_size)
                 quota = schedule[step_in_block.clamp(max=len(schedule) - 1)]
                 commit = select_commits(conf, todo, quota, cfg.remasking, cfg.threshold) & working[:, None]
                 ids[:, s0:e] = torch.where(commit, tokens, ids[:, s0:e])
@@ -134,8 +134,8 @@ class BlockDiffusionSampler:
                 step_in_block += w
                 todo, ended_here = block_progress(ids[:, s0:e], meta.mask_token_id, eos_ids, target_K)
                 working = todo.any(-1)
-            response_all[rows, r0 : r0 + B] = ids[:, s0:e]
-            step_all[rows, r0 : r0 + B] = block_steps
+            response_all[rows, r0 : r0 + block_size] = ids[:, s0:e]
+            step_all[rows, r0 : r0 + block_size] = block_steps
             nfe[rows] = nfe_active
             ended[rows] |= ended_here
             still = ~ended_here

@@ -22,21 +22,23 @@ from opdlm.sampling.remasking import block_progress, select_commits, transfer_sc
 def reference_generate(student: Student, prompt: list[int], cfg: SamplerConfig) -> tuple[list[int], list[int]]:
     """Generate one response without a KV cache. Returns ``(response_ids, step_map)``."""
     meta, device = student.meta, student.device
-    B = cfg.block_size
-    L = math.ceil(cfg.max_new_tokens / B) * B
+    block_size = cfg.block_size
+    L = math.ceil(cfg.max_new_tokens / block_size) * block_size
     P = len(prompt)
     ids = torch.tensor([prompt + [meta.mask_token_id] * L], device=device)
-    geom = inference_geometry(torch.tensor([P], device=device), P, L, B, meta.prompt_attention)
+    geom = inference_geometry(torch.tensor([P], device=device), P, L, block_size, meta.prompt_attention)
     eos_ids = torch.tensor(meta.eos_token_ids, device=device)
     target = torch.arange(L, device=device) < cfg.max_new_tokens
-    schedule = transfer_schedule(B, cfg.denoise_steps_per_block)
+    schedule = transfer_schedule(block_size, cfg.denoise_steps_per_block)
     step_map = [-1] * L
     step = 0
-    for b in range(L // B):
-        s0, e = P + b * B, P + (b + 1) * B
+    for b in range(L // block_size):
+        s0, e = P + b * block_size, P + (b + 1) * block_size
         k = 0
         while True:
-            todo, _ = block_progress(ids[:, s0:e], meta.mask_token_id, eos_ids, target[b * B : (b + 1) * B])
+            todo, _ = block_progress(
+                ids[:, s0:e], meta.mask_token_id, eos_ids, target[b * block_size : (b + 1) * block_size]
+            )
             if not todo.any():
                 break
             logits = block_forward(student.model, ids, geom, student.backend, 0, e)[0]
@@ -52,10 +54,12 @@ def reference_generate(student: Student, prompt: list[int], cfg: SamplerConfig) 
             commit = select_commits(conf[None], todo, quota, cfg.remasking, cfg.threshold)[0]
             for j in commit.nonzero().flatten().tolist():
                 ids[0, s0 + j] = tokens[j]
-                step_map[b * B + j] = step
+                step_map[b * block_size + j] = step
             step += 1
             k += 1
-        _, ended = block_progress(ids[:, s0:e], meta.mask_token_id, eos_ids, target[b * B : (b + 1) * B])
+        _, ended = block_progress(
+            ids[:, s0:e], meta.mask_token_id, eos_ids, target[b * block_size : (b + 1) * block_size]
+        )
         if ended.item():
             break
     response = ids[0, P : P + cfg.max_new_tokens].tolist()

@@ -1,13 +1,18 @@
 """The training loop: one explicit sequence of small named steps per rollout batch (METHOD §4).
 
     for each rollout step:
+        plan_step          what the step will do, decided once: stage, block size, length cap,
+                           sampler, prompts, learning rates, seeds (:mod:`opdlm.train.plan`)
         collect_episodes   rollouts with the student (opd) or ground-truth responses (mdm_sft)
         select_rows        one state per block (or all rounds), loss mask, skip empty rollouts
         optimise           per optimizer step: teacher targets -> student forward -> forward KL
                            (or masked CE) -> backward over micro-batches -> clip -> AdamW
                            (:mod:`opdlm.train.optimise`)
+        advance            the counters after the step: the one place where they change
         log, checkpoint    metric loggers; atomic checkpoints (:mod:`opdlm.train.saving`)
 
+The step functions read the frozen :class:`~opdlm.train.setup.RunContext` and the step's
+:class:`~opdlm.train.plan.StepPlan` and return what they did; nothing writes into a shared context.
 :func:`train` is the entry point the CLI and the pipeline call; ``until_stage`` stops it after a
 curriculum stage (checkpointed, exported, ``train_summary.json`` written) so that a pipeline can run
 one stage per task, each call resuming the same run.
@@ -16,6 +21,7 @@ one stage per task, each call resuming the same run.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,59 +31,54 @@ from opdlm.errors import OpdlmError
 from opdlm.train import distributed
 from opdlm.train.batch import TrainingRows, make_rows, pad_step_maps, right_pad
 from opdlm.train.checkpoint import export_model
-from opdlm.train.curriculum import StagePosition, domain_cap, length_cap, stage_at, stage_end_step
-from opdlm.train.data import stream_indices
+from opdlm.train.curriculum import domain_cap, stage_end_step
 from opdlm.train.loss_mask import response_loss_mask
 from opdlm.train.mdm import random_block_mask, response_tokens
 from opdlm.train.metrics import ConsoleLogger, JsonlLogger, MetricLogger, MultiLogger
-from opdlm.train.optimise import optimise
+from opdlm.train.optimise import OptimiseResult, optimise
+from opdlm.train.plan import StepPlan, plan_step, seeded_generator
 from opdlm.train.rollout import Episodes, encode_rows, rollout
 from opdlm.train.saving import SUMMARY_FILE, checkpoint, final_checkpoint, write_summary
-from opdlm.train.setup import RunContext, setup_run
+from opdlm.train.setup import Counters, Resume, RunContext, setup_run
 from opdlm.train.states import select_states
 
 __all__ = ["SUMMARY_FILE", "train", "train_step"]
 
 
-def stage_sampler(ctx: RunContext, pos: StagePosition):
-    """The rollout sampler config of a stage (block size and threshold overrides applied)."""
-    return ctx.cfg.rollout.with_overrides(block_size=ctx.cfg.stage_block_size(pos.stage), threshold=pos.stage.threshold)
+def collect_episodes(ctx: RunContext, plan: StepPlan) -> tuple[Episodes, int]:
+    """This step's prompts and their responses; returns ``(episodes, skipped_prompts)``.
 
-
-def collect_episodes(ctx: RunContext, pos: StagePosition, step: int) -> tuple[Episodes, int]:
-    """This step's prompts and their responses; returns ``(episodes, stage_length_cap)``."""
-    cfg, tok = ctx.cfg, ctx.student.tokenizer
-    block_size = ctx.cfg.stage_block_size(pos.stage)
-    cap = length_cap(pos.stage.length, pos.step_in_stage, block_size)
-    indices = stream_indices(len(ctx.rows), step * cfg.prompts_per_rollout, cfg.prompts_per_rollout, ctx.seed)
-    rows = [ctx.rows[i] for i in indices[ctx.rank :: ctx.world_size]]
-    prompts, kept = encode_rows(tok, rows, cfg.math_suffix, cfg.max_prompt_tokens, ctx.student.meta.enable_thinking)
-    ctx.counters.skipped_prompts += len(rows) - len(kept)
+    A prompt is skipped when it is over ``train.max_prompt_tokens`` (or, for ``mdm_sft``, has no response).
+    """
+    cfg, tok, meta = ctx.cfg, ctx.student.tokenizer, ctx.student.meta
+    rows = [ctx.rows[i] for i in plan.prompt_indices]
+    prompts, kept = encode_rows(tok, rows, cfg.math_suffix, cfg.max_prompt_tokens, meta.enable_thinking)
+    skipped = len(rows) - len(kept)
     rows = [rows[i] for i in kept]
-    caps = [domain_cap(cap, r.domain, pos.stage.domain_caps) for r in rows]
+    caps = [domain_cap(plan.length_cap, r.domain, plan.position.stage.domain_caps) for r in rows]
     if cfg.objective == "mdm_sft":
-        eos = ctx.student.meta.eos_token_ids[0]
+        eos = meta.eos_token_ids[0]
         pairs = [(p, response_tokens(tok, r.response, eos, c)) for p, r, c in zip(prompts, rows, caps) if r.response]
-        ctx.counters.skipped_prompts += len(prompts) - len(pairs)
+        skipped += len(prompts) - len(pairs)
         resp = [r for _, r in pairs]
-        finished = [bool(r) and r[-1] in ctx.student.meta.eos_token_ids for r in resp]
-        return Episodes([p for p, _ in pairs], resp, [[] for _ in pairs], finished, [0] * len(pairs)), cap
+        finished = [bool(r) and r[-1] in meta.eos_token_ids for r in resp]
+        return Episodes([p for p, _ in pairs], resp, [[] for _ in pairs], finished, [0] * len(pairs)), skipped
     if not prompts:
-        return Episodes([], [], [], [], []), cap
+        return Episodes([], [], [], [], []), skipped
     ctx.student.model.eval()
     with ctx.stepper.rollout_context(), ctx.autocast():
-        episodes = rollout(ctx.student, prompts, caps, stage_sampler(ctx, pos), ctx.generator(step, 1, ctx.device))
-    return episodes, cap
+        episodes = rollout(ctx.student, prompts, caps, plan.sampler, seeded_generator(plan.rollout_seed, ctx.device))
+    return episodes, skipped
 
 
-def select_rows(ctx: RunContext, episodes: Episodes, block_size: int, step: int) -> tuple[TrainingRows | None, int]:
+def select_rows(ctx: RunContext, episodes: Episodes, plan: StepPlan) -> tuple[TrainingRows | None, int]:
     """States, loss mask and rows; returns ``(rows, skipped_rollouts)`` (rows None when nothing is left)."""
     if not episodes.responses:
         return None, 0
-    meta = ctx.student.meta
+    meta, block_size = ctx.student.meta, plan.block_size
     response_BL, lengths_B = right_pad(episodes.responses, meta.pad_token_id, max(max(map(len, episodes.responses)), 1))
     loss_mask_BL = response_loss_mask(response_BL, lengths_B, meta.eos_token_ids, ctx.cfg.exclude_eos_from_loss)
-    gen = ctx.generator(step, 2)
+    gen = seeded_generator(plan.selection_seed)
     if ctx.cfg.objective == "mdm_sft":
         masked_RL = random_block_mask(lengths_B, response_BL.shape[1], block_size, ctx.cfg.mdm_min_mask_ratio, gen)
         source_R = torch.arange(len(episodes.responses))
@@ -106,51 +107,120 @@ def _num_params(model: torch.nn.Module | None) -> int:
     return 0 if model is None else sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
 
 
-def estimate_flops(ctx: RunContext, episodes: Episodes, block_size: int, stats: dict) -> float:
-    """``2 N`` per token forward (rollout, teacher) and ``6 N`` per token trained (student, both copies)."""
-    n_student, n_teacher = _num_params(ctx.student.model), _num_params(ctx.teacher)
+def estimate_flops(
+    n_student: int, n_teacher: int, episodes: Episodes, block_size: int, student_tokens: int, teacher_tokens: int
+) -> float:
+    """``2 N`` per token forward (rollout, teacher) and ``6 N`` per token trained (student, both copies).
+
+    Args:
+        n_student: student parameters.
+        n_teacher: teacher parameters (0 without a teacher).
+        episodes: this rank's rollouts (each forward of the sampler reads the prompt's cache and one block).
+        block_size: the rollout's block size.
+        student_tokens: tokens of the student's training forwards.
+        teacher_tokens: tokens of the teacher's forwards.
+    """
     rollout_tokens = sum(len(p) + f * block_size for p, f in zip(episodes.prompts, episodes.num_forwards))
-    return (
-        2.0 * n_student * rollout_tokens
-        + 2.0 * n_teacher * stats.get("_teacher_tokens", 0)
-        + 6.0 * n_student * stats.get("_student_tokens", 0)
+    return 2.0 * n_student * rollout_tokens + 2.0 * n_teacher * teacher_tokens + 6.0 * n_student * student_tokens
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one rollout step did; the counters of every rank are summed over the ranks.
+
+    Attributes:
+        plan: the step's plan.
+        optimised: what its optimizer steps did (this rank's share of losses and tokens).
+        rollout_tokens: response tokens of the step's rollouts (or ground-truth responses).
+        rollouts: episodes.
+        finished: episodes that ended with EOS.
+        skipped_rollouts: episodes with no token to learn from.
+        skipped_prompts: prompts skipped before rollout (too long, or no response for ``mdm_sft``).
+        tokens_per_step: this rank's rollout tokens per denoising step.
+        flops: estimated FLOPs of the step (:func:`estimate_flops`).
+    """
+
+    plan: StepPlan
+    optimised: OptimiseResult
+    rollout_tokens: int
+    rollouts: int
+    finished: int
+    skipped_rollouts: int
+    skipped_prompts: int
+    tokens_per_step: float
+    flops: float
+
+
+def train_step(ctx: RunContext, plan: StepPlan) -> StepOutcome:
+    """One rollout step: collect, select, optimise; returns what it did (the loop updates the counters)."""
+    episodes, skipped_prompts = collect_episodes(ctx, plan)
+    rows, skipped_rollouts = select_rows(ctx, episodes, plan)
+    optimised = optimise(ctx, rows, plan)
+    flops = estimate_flops(
+        _num_params(ctx.student.model),
+        _num_params(ctx.teacher),
+        episodes,
+        plan.block_size,
+        optimised.student_tokens,
+        optimised.teacher_tokens,
     )
-
-
-def train_step(ctx: RunContext, step: int) -> dict:
-    """One rollout step: collect, select, optimise; returns the step's metrics."""
-    pos = stage_at(ctx.cfg.stages, step)
-    block_size = ctx.cfg.stage_block_size(pos.stage)
-    episodes, cap = collect_episodes(ctx, pos, step)
-    rows, skipped = select_rows(ctx, episodes, block_size, step)
-    stats = optimise(ctx, rows, pos, step, block_size)
-    c = ctx.counters
     # counters are global: summed over the ranks (each rank rolls out its share of the prompts)
-    rollout_tokens, skipped, n_eps, n_finished = distributed.all_reduce_sum(
-        [sum(map(len, episodes.responses)), skipped, len(episodes.responses), sum(episodes.finished)]
+    rollout_tokens, skipped_rollouts, skipped_prompts, n_eps, n_finished = distributed.all_reduce_sum(
+        [
+            sum(map(len, episodes.responses)),
+            skipped_rollouts,
+            skipped_prompts,
+            len(episodes.responses),
+            sum(episodes.finished),
+        ]
     )
-    c.rollout_step = step + 1
-    c.skipped_rollouts += skipped
-    c.rollout_tokens += rollout_tokens
-    c.train_tokens += rollout_tokens
-    (flops,) = distributed.all_reduce_sum([estimate_flops(ctx, episodes, block_size, stats)])
-    c.flops += flops
-    metrics = {k: v for k, v in stats.items() if not k.startswith("_")}
+    (flops,) = distributed.all_reduce_sum([flops])
+    return StepOutcome(
+        plan,
+        optimised,
+        rollout_tokens,
+        n_eps,
+        n_finished,
+        skipped_rollouts,
+        skipped_prompts,
+        episodes.tokens_per_step,
+        flops,
+    )
+
+
+def advance(c: Counters, outcome: StepOutcome) -> Counters:
+    """The counters after ``outcome``'s step: the one place where they change."""
+    return replace(
+        c,
+        rollout_step=outcome.plan.step + 1,
+        optimizer_steps=c.optimizer_steps + outcome.optimised.optimizer_steps,
+        rollout_tokens=c.rollout_tokens + outcome.rollout_tokens,
+        train_tokens=c.train_tokens + outcome.rollout_tokens,
+        flops=c.flops + outcome.flops,
+        skipped_rollouts=c.skipped_rollouts + outcome.skipped_rollouts,
+        skipped_prompts=c.skipped_prompts + outcome.skipped_prompts,
+    )
+
+
+def step_metrics(outcome: StepOutcome, c: Counters) -> dict:
+    """The metrics line of a step (``c``: the counters after it)."""
+    plan, n_eps = outcome.plan, outcome.rollouts
+    metrics = outcome.optimised.metrics()
     metrics.update(
         {
-            "stage": pos.index,
-            "stage_name": pos.stage.name,
-            "length_cap": cap,
-            "block_size": block_size,
-            "rollout_tokens": rollout_tokens,
+            "stage": plan.position.index,
+            "stage_name": plan.position.stage.name,
+            "length_cap": plan.length_cap,
+            "block_size": plan.block_size,
+            "rollout_tokens": outcome.rollout_tokens,
             "rollouts": n_eps,
-            "mean_response_tokens": rollout_tokens / max(n_eps, 1),
-            "tokens_per_step": episodes.tokens_per_step,
-            "eos_rate": n_finished / max(n_eps, 1),
-            "skipped_rollouts": skipped,
+            "mean_response_tokens": outcome.rollout_tokens / max(n_eps, 1),
+            "tokens_per_step": outcome.tokens_per_step,
+            "eos_rate": outcome.finished / max(n_eps, 1),
+            "skipped_rollouts": outcome.skipped_rollouts,
             "cumulative_skipped_rollouts": c.skipped_rollouts,
             "cumulative_train_tokens": c.train_tokens,
-            "flops": flops,
+            "flops": outcome.flops,
             "cumulative_flops": c.flops,
             "optimizer_step": c.optimizer_steps,
         }
@@ -159,8 +229,8 @@ def train_step(ctx: RunContext, step: int) -> dict:
     return metrics
 
 
-def default_loggers(ctx: RunContext, console: bool = True) -> MetricLogger:
-    resume_after = ctx.counters.rollout_step - 1 if ctx.resumed_from is not None else None
+def default_loggers(ctx: RunContext, resume: Resume, console: bool = True) -> MetricLogger:
+    resume_after = resume.counters.rollout_step - 1 if resume.checkpoint is not None else None
     loggers: list[MetricLogger] = [JsonlLogger(ctx.out / "metrics.jsonl", resume_after=resume_after)]
     if console:
         loggers.append(ConsoleLogger(ctx.cfg.total_rollout_steps))
@@ -216,9 +286,8 @@ def _process_settings():
         torch.use_deterministic_algorithms(deterministic)
 
 
-def _check_trained_something(ctx: RunContext, end: int) -> None:
+def _check_trained_something(ctx: RunContext, c: Counters, end: int) -> None:
     """A finished run that took no optimizer step trained nothing: fail rather than export the start weights."""
-    c = ctx.counters
     if end == ctx.cfg.total_rollout_steps and c.optimizer_steps == 0:
         raise OpdlmError(
             f"the run took no optimizer step in its {end} rollout steps: {c.skipped_prompts} prompts were skipped "
@@ -228,36 +297,36 @@ def _check_trained_something(ctx: RunContext, end: int) -> None:
 
 
 def _train(recipe, out_dir, teacher, student, data, end, until_stage, loggers, console) -> Path:
-    ctx = setup_run(recipe, out_dir, teacher, student, data)
+    ctx, resume = setup_run(recipe, out_dir, teacher, student, data)
     total = ctx.cfg.total_rollout_steps
     main_rank = ctx.rank == 0
-    logger = MultiLogger(([default_loggers(ctx, console)] if main_rank else []) + list(loggers or []))
+    logger = MultiLogger(([default_loggers(ctx, resume, console)] if main_rank else []) + list(loggers or []))
     logger.log_params(
         {
             "objective": ctx.cfg.objective,
             "stages": [s.name for s in ctx.cfg.stages],
             "total_rollout_steps": total,
             "out": str(ctx.out),
-            "resumed_from": str(ctx.resumed_from) if ctx.resumed_from else None,
+            "resumed_from": str(resume.checkpoint) if resume.checkpoint else None,
             "until_stage": until_stage,
             "train": ctx.cfg.model_dump(mode="json"),
             "seed": ctx.seed,
         }
     )
+    counters, newest = resume.counters, resume.checkpoint
     try:
-        for step in range(ctx.counters.rollout_step, end):
-            metrics = train_step(ctx, step)
-            logger.log(metrics, step)
-            stage_end = (
-                step + 1 == total or stage_at(ctx.cfg.stages, step).index != stage_at(ctx.cfg.stages, step + 1).index
-            )
-            if (step + 1) % ctx.cfg.checkpoint_every == 0 or stage_end:
-                checkpoint(ctx, metrics["block_size"])
-        _check_trained_something(ctx, end)
-        last = final_checkpoint(ctx)
+        for step in range(counters.rollout_step, end):
+            plan = plan_step(ctx.cfg, step, len(ctx.rows), ctx.seed, ctx.rank, ctx.world_size)
+            outcome = train_step(ctx, plan)
+            counters = advance(counters, outcome)
+            logger.log(step_metrics(outcome, counters), step)
+            if plan.checkpoint_after:
+                newest = checkpoint(ctx, counters, plan.block_size)
+        _check_trained_something(ctx, counters, end)
+        last = final_checkpoint(ctx, counters, newest)
         if main_rank:
             export_model(last, ctx.out)
-            write_summary(ctx)
+            write_summary(ctx, counters)
     finally:
         logger.close()
     return ctx.out

@@ -22,15 +22,15 @@ def random_block_mask(
     """
     n_rows = lengths_B.shape[0]
     n_blocks = -(-length // block_size)
-    real_BNK = (torch.arange(n_blocks * block_size)[None, :] < lengths_B[:, None]).view(n_rows, n_blocks, block_size)
-    ratio_BN = min_ratio + (1.0 - min_ratio) * torch.rand((n_rows, n_blocks), generator=generator)
-    u_BNK = torch.rand((n_rows, n_blocks, block_size), generator=generator)
-    masked_BNK = (u_BNK < ratio_BN[..., None]) & real_BNK
+    real_BMK = (torch.arange(n_blocks * block_size)[None, :] < lengths_B[:, None]).view(n_rows, n_blocks, block_size)
+    ratio_BM = min_ratio + (1.0 - min_ratio) * torch.rand((n_rows, n_blocks), generator=generator)
+    u_BMK = torch.rand((n_rows, n_blocks, block_size), generator=generator)
+    masked_BMK = (u_BMK < ratio_BM[..., None]) & real_BMK
     # force the real position with the smallest draw when a block came out fully clean
-    forced = u_BNK.masked_fill(~real_BNK, 2.0).argmin(-1, keepdim=True)
-    empty_BN = ~masked_BNK.any(-1) & real_BNK.any(-1)
-    masked_BNK |= torch.zeros_like(masked_BNK).scatter(-1, forced, empty_BN[..., None])
-    return masked_BNK.reshape(n_rows, -1)[:, :length]
+    forced = u_BMK.masked_fill(~real_BMK, 2.0).argmin(-1, keepdim=True)
+    empty_BM = ~masked_BMK.any(-1) & real_BMK.any(-1)
+    masked_BMK |= torch.zeros_like(masked_BMK).scatter(-1, forced, empty_BM[..., None])
+    return masked_BMK.reshape(n_rows, -1)[:, :length]
 
 
 def response_tokens(tokenizer, response: str, eos_id: int, cap: int) -> list[int]:

@@ -2,37 +2,89 @@
 
 Per optimizer step: micro-batches of rows -> teacher targets (one causal forward) -> student forward
 on ``[prompt | clean | noisy]`` -> chunked forward KL (or masked cross-entropy for ``mdm_sft``) ->
-backward -> clip -> AdamW at the scheduled learning rate. In a multi-process run every rank makes
+backward -> clip -> AdamW at the planned learning rate. In a multi-process run every rank makes
 the same number of forward/backward calls and head calls (zero-weighted fillers, padded chunks),
 which DeepSpeed's collectives require.
 """
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
+
 import torch
 
+from opdlm.config.train import TrainConfig
+from opdlm.models.student import Student
 from opdlm.train import distributed
 from opdlm.train.batch import TrainingRows, make_rows
-from opdlm.train.curriculum import StagePosition
 from opdlm.train.kl import cross_entropy_chunked, forward_kl_chunked, num_chunks
-from opdlm.train.schedule import learning_rate
+from opdlm.train.plan import StepPlan, seeded_generator
 from opdlm.train.setup import RunContext
 from opdlm.train.student_forward import noisy_copy, student_hidden_states
-from opdlm.train.targets import teacher_hidden_states
+from opdlm.train.targets import CausalTarget
 
 
-def microbatch_loss(ctx: RunContext, mb: TrainingRows, block_size: int) -> tuple[torch.Tensor, dict]:
+@dataclass(frozen=True)
+class MicroBatchStats:
+    """What one micro-batch's loss saw, for the step's metrics and FLOP count.
+
+    Attributes:
+        loss_sum_K: per-token loss summed by position inside the block (``K = block_size`` entries).
+        loss_count_K: loss positions counted by position inside the block.
+        tokens: loss positions.
+        student_tokens: tokens of the student forward (prompt + clean + noisy copy).
+        teacher_tokens: tokens of the teacher forward (prompt + response).
+    """
+
+    loss_sum_K: torch.Tensor
+    loss_count_K: torch.Tensor
+    tokens: int
+    student_tokens: int
+    teacher_tokens: int
+
+
+def loss_top_k(cfg: TrainConfig) -> int | None:
+    """The KL's top-k slice: ``train.kl_top_k`` under ``train.kl: top_k``, None for the full vocabulary."""
+    return cfg.kl_top_k if cfg.kl == "top_k" else None
+
+
+def microbatch_loss(
+    student: Student,
+    target: CausalTarget | None,
+    mb: TrainingRows,
+    block_size: int,
+    *,
+    top_k: int | None = None,
+    chunk_size: int = 1024,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, MicroBatchStats]:
     """Sum over the micro-batch's rows of each row's mean loss over its loss positions.
 
+    Args:
+        student: the student being trained (model, mask id, logit shift, prompt attention, backend).
+        target: where the teacher distributions come from (:func:`opdlm.train.targets.teacher_target`);
+            None is the ``mdm_sft`` baseline: cross-entropy against the clean tokens.
+        mb: the micro-batch, on the student's device.
+        block_size: the block size of the step (its stage's).
+        top_k: the KL over the teacher's top-k slice (:func:`loss_top_k`); None for the full vocabulary.
+        chunk_size: loss positions per chunk of the vocabulary-sized tensors (``train.kl_chunk_size``).
+        autocast_dtype: run the forwards and the loss under this autocast dtype (None: no autocast).
+
     Returns:
-        ``(loss_sum, stats)``; stats hold per-token losses by position inside the block.
+        ``(loss_sum, stats)``; the loss carries gradient to the student.
     """
-    meta, model = ctx.student.meta, ctx.student.model
+    meta, model = student.meta, student.model
     noisy_BL = noisy_copy(mb.response_BL, mb.masked_BL, mb.lengths_B, meta.mask_token_id)
     row_N, col_N = mb.loss_BL.nonzero(as_tuple=True)
     # ranks must call the (ZeRO-3 sharded) output heads equally often: agree on the chunk count
-    min_chunks = distributed.all_reduce_max(num_chunks(int(row_N.numel()), ctx.cfg.kl_chunk_size))
-    with ctx.autocast():
+    min_chunks = distributed.all_reduce_max(num_chunks(int(row_N.numel()), chunk_size))
+    autocast = (
+        contextlib.nullcontext()
+        if autocast_dtype is None
+        else torch.autocast(mb.response_BL.device.type, dtype=autocast_dtype)
+    )
+    with autocast:
         hidden_BLH = student_hidden_states(
             model,
             mb.prompt_ids_BP,
@@ -41,83 +93,122 @@ def microbatch_loss(ctx: RunContext, mb: TrainingRows, block_size: int) -> tuple
             noisy_BL,
             block_size,
             meta.logit_shift,
-            ctx.student.backend,
+            student.backend,
             meta.prompt_attention,
         )
         student_NH = hidden_BLH[row_N, col_N]
-        if ctx.cfg.objective == "opd":
-            teacher_NH = teacher_hidden_states(
-                ctx.teacher, mb.prompt_ids_BP, mb.prompt_lens_B, mb.response_BL, ctx.teacher_backend
-            )[row_N, col_N]
-            top_k = ctx.cfg.kl_top_k if ctx.cfg.kl == "top_k" else None
+        if target is not None:
+            teacher_NH = target.hidden_states(mb)[row_N, col_N]
             per_token_N = forward_kl_chunked(
-                teacher_NH,
-                student_NH,
-                ctx.teacher.get_output_embeddings(),
-                model.get_output_embeddings(),
-                top_k,
-                ctx.cfg.kl_chunk_size,
-                min_chunks,
+                teacher_NH, student_NH, target.head, model.get_output_embeddings(), top_k, chunk_size, min_chunks
             )
         else:
             targets_N = mb.response_BL[row_N, col_N]
             per_token_N = cross_entropy_chunked(
-                student_NH, model.get_output_embeddings(), targets_N, ctx.cfg.kl_chunk_size, min_chunks
+                student_NH, model.get_output_embeddings(), targets_N, chunk_size, min_chunks
             )
     n_rows = len(mb)
     count_B = torch.zeros(n_rows, device=per_token_N.device).index_add_(0, row_N, torch.ones_like(per_token_N))
     sum_B = torch.zeros(n_rows, device=per_token_N.device).index_add_(0, row_N, per_token_N)
     loss_sum = (sum_B / count_B.clamp(min=1)).sum()
-    detached = per_token_N.detach()
+    detached_N = per_token_N.detach()
     pos_N = col_N % block_size
-    stats = {
-        "by_pos_sum": torch.zeros(block_size, device=detached.device).index_add_(0, pos_N, detached).cpu(),
-        "by_pos_count": torch.zeros(block_size, device=detached.device)
-        .index_add_(0, pos_N, torch.ones_like(detached))
+    stats = MicroBatchStats(
+        loss_sum_K=torch.zeros(block_size, device=detached_N.device).index_add_(0, pos_N, detached_N).cpu(),
+        loss_count_K=torch.zeros(block_size, device=detached_N.device)
+        .index_add_(0, pos_N, torch.ones_like(detached_N))
         .cpu(),
-        "tokens": int(row_N.numel()),
-        "seq_tokens": int((mb.prompt_lens_B.sum() + 2 * mb.lengths_B.sum()).item()),
-        "teacher_tokens": int((mb.prompt_lens_B.sum() + mb.lengths_B.sum()).item()),
-    }
+        tokens=int(row_N.numel()),
+        student_tokens=int((mb.prompt_lens_B.sum() + 2 * mb.lengths_B.sum()).item()),
+        teacher_tokens=int((mb.prompt_lens_B.sum() + mb.lengths_B.sum()).item()),
+    )
     return loss_sum, stats
 
 
-def filler_rows(ctx: RunContext, block_size: int) -> TrainingRows:
+def filler_rows(eos_id: int, pad_id: int, block_size: int) -> TrainingRows:
     """One row (an EOS prompt, a block of EOS) whose loss is multiplied by zero.
 
     A rank with fewer micro-batches than another (or none at all: every rollout skipped) runs these
     so that all ranks make the same forward/backward calls, which DeepSpeed's collectives require.
     """
-    eos = ctx.student.meta.eos_token_ids[0]
     ones = torch.ones((1, block_size), dtype=torch.bool)
     return make_rows(
-        [[eos]],
-        [[eos] * block_size],
-        torch.zeros(1, dtype=torch.long),
-        ones,
-        ones,
-        ctx.student.meta.pad_token_id,
-        block_size,
+        [[eos_id]], [[eos_id] * block_size], torch.zeros(1, dtype=torch.long), ones, ones, pad_id, block_size
     )
 
 
-def optimise(ctx: RunContext, rows: TrainingRows | None, pos: StagePosition, step: int, block_size: int) -> dict:
+@dataclass(frozen=True)
+class OptimiseResult:
+    """What one rollout step's optimizer steps did (summed over this rank's micro-batches).
+
+    Attributes:
+        block_size: the step's block size (the length of the ``_K`` tensors).
+        grad_norms: pre-clip gradient norm of each optimizer step taken.
+        lr: learning rate of the last optimizer step taken (0.0 when none was).
+        losses: loss of each optimizer step that had rows on this rank.
+        loss_sum_K: per-token loss summed by position inside the block.
+        loss_count_K: loss positions by position inside the block.
+        student_tokens: tokens of the student forwards.
+        teacher_tokens: tokens of the teacher forwards.
+    """
+
+    block_size: int
+    grad_norms: tuple[float, ...]
+    lr: float
+    losses: tuple[float, ...]
+    loss_sum_K: torch.Tensor
+    loss_count_K: torch.Tensor
+    student_tokens: int
+    teacher_tokens: int
+
+    @property
+    def optimizer_steps(self) -> int:
+        return len(self.grad_norms)
+
+    def metrics(self) -> dict:
+        """The step's optimiser metrics (none when no optimizer step was taken)."""
+        if not self.grad_norms:
+            return {}
+        out = {
+            "grad_norm": sum(self.grad_norms) / len(self.grad_norms),
+            "lr": self.lr,
+            "loss_tokens": int(self.loss_count_K.sum()),
+            "optimizer_steps": len(self.grad_norms),
+        }
+        if self.losses:
+            out["loss"] = sum(self.losses) / len(self.losses)
+        for i in range(self.block_size):
+            if self.loss_count_K[i] > 0:
+                out[f"kl_by_block_position/{i}"] = float(self.loss_sum_K[i] / self.loss_count_K[i])
+        return out
+
+
+def optimise(ctx: RunContext, rows: TrainingRows | None, plan: StepPlan) -> OptimiseResult:
     """Consume one batch of rows as ``optimizer_steps_per_rollout`` AdamW steps of gradient-accumulated micro-batches.
 
     ``rows`` is None when every rollout of this rank was skipped. Optimizer steps whose share of rows
     is empty on every rank are skipped (the learning-rate schedule still advances).
     """
-    cfg = ctx.cfg
-    k_steps = cfg.optimizer_steps_per_rollout
-    total_opt = cfg.total_rollout_steps * k_steps
-    peak = pos.stage.lr if pos.stage.lr is not None else cfg.lr
+    cfg, block_size, meta = ctx.cfg, plan.block_size, ctx.student.meta
     n_rows = len(rows) if rows is not None else 0
-    order = torch.randperm(n_rows, generator=ctx.generator(step, 3))
+    order = torch.randperm(n_rows, generator=seeded_generator(plan.order_seed))
+
+    def loss_of(mb: TrainingRows) -> tuple[torch.Tensor, MicroBatchStats]:
+        return microbatch_loss(
+            ctx.student,
+            ctx.target,
+            mb.to(ctx.device),
+            block_size,
+            top_k=loss_top_k(cfg),
+            chunk_size=cfg.kl_chunk_size,
+            autocast_dtype=ctx.autocast_dtype,
+        )
+
     ctx.student.model.train()
-    losses, norms, lr = [], [], 0.0
-    by_pos_sum, by_pos_count = torch.zeros(block_size), torch.zeros(block_size)
-    seq_tokens = teacher_tokens = 0
-    for k, group in enumerate(torch.tensor_split(order, k_steps)):
+    norms, losses, lr = [], [], 0.0
+    loss_sum_K, loss_count_K = torch.zeros(block_size), torch.zeros(block_size)
+    student_tokens = teacher_tokens = 0
+    for k, group in enumerate(torch.tensor_split(order, len(plan.lrs))):
         micro = list(group.split(cfg.micro_batch_size)) if len(group) else []
         n_micro = distributed.all_reduce_max(len(micro))
         if n_micro == 0:
@@ -126,36 +217,25 @@ def optimise(ctx: RunContext, rows: TrainingRows | None, pos: StagePosition, ste
         for i in range(n_micro):
             last = i == n_micro - 1
             if i >= len(micro):  # this rank ran out: a zero-weighted filler keeps the collectives in step
-                filler = rows.select(micro[0], block_size) if micro else filler_rows(ctx, block_size)
-                loss_sum, _ = microbatch_loss(ctx, filler.to(ctx.device), block_size)
+                filler = (
+                    rows.select(micro[0], block_size)
+                    if micro
+                    else filler_rows(meta.eos_token_ids[0], meta.pad_token_id, block_size)
+                )
+                loss_sum, _ = loss_of(filler)
                 ctx.stepper.backward(loss_sum * 0.0, last)
                 continue
-            mb = rows.select(micro[i], block_size).to(ctx.device)
-            loss_sum, stats = microbatch_loss(ctx, mb, block_size)
+            loss_sum, stats = loss_of(rows.select(micro[i], block_size))
             ctx.stepper.backward(loss_sum / len(group), last)
             group_loss += float(loss_sum.detach()) / len(group)
-            by_pos_sum += stats["by_pos_sum"]
-            by_pos_count += stats["by_pos_count"]
-            seq_tokens += stats["seq_tokens"]
-            teacher_tokens += stats["teacher_tokens"]
-        lr = learning_rate(step * k_steps + k, total_opt, cfg.warmup_rollout_steps * k_steps, peak, cfg.min_lr)
+            loss_sum_K += stats.loss_sum_K
+            loss_count_K += stats.loss_count_K
+            student_tokens += stats.student_tokens
+            teacher_tokens += stats.teacher_tokens
+        lr = plan.lrs[k]
         norms.append(ctx.stepper.step(lr))
         if micro:
             losses.append(group_loss)
-        ctx.counters.optimizer_steps += 1
-    if not norms:
-        return {}
-    out = {
-        "grad_norm": sum(norms) / len(norms),
-        "lr": lr,
-        "loss_tokens": int(by_pos_count.sum()),
-        "optimizer_steps": len(norms),
-        "_student_tokens": seq_tokens,
-        "_teacher_tokens": teacher_tokens,
-    }
-    if losses:
-        out["loss"] = sum(losses) / len(losses)
-    for i in range(block_size):
-        if by_pos_count[i] > 0:
-            out[f"kl_by_block_position/{i}"] = float(by_pos_sum[i] / by_pos_count[i])
-    return out
+    return OptimiseResult(
+        block_size, tuple(norms), lr, tuple(losses), loss_sum_K, loss_count_K, student_tokens, teacher_tokens
+    )

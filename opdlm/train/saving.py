@@ -11,12 +11,12 @@ import torch
 from opdlm.train.checkpoint import save_checkpoint, step_dir_name, write_json
 from opdlm.train.curriculum import last_completed_stage, stage_at
 from opdlm.train.schedule import SCHEDULER_FILE, schedule_state
-from opdlm.train.setup import RunContext
+from opdlm.train.setup import Counters, RunContext
 
 SUMMARY_FILE = "train_summary.json"
 
 
-def _write_payload(ctx: RunContext, block_size: int):
+def _write_payload(ctx: RunContext, counters: Counters, block_size: int):
     def write(folder: Path) -> None:
         model = ctx.student.model
         state_dict = ctx.stepper.full_state_dict()  # collective under ZeRO-3: every rank calls it
@@ -24,9 +24,7 @@ def _write_payload(ctx: RunContext, block_size: int):
             model.config.block_size = block_size
             model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
             ctx.student.tokenizer.save_pretrained(folder)
-            (folder / SCHEDULER_FILE).write_text(
-                json.dumps(schedule_state(ctx.cfg, ctx.counters.rollout_step), indent=1)
-            )
+            (folder / SCHEDULER_FILE).write_text(json.dumps(schedule_state(ctx.cfg, counters.rollout_step), indent=1))
         ctx.stepper.save(folder)
         rng = {
             "torch": torch.get_rng_state(),
@@ -38,34 +36,44 @@ def _write_payload(ctx: RunContext, block_size: int):
     return write
 
 
-def checkpoint(ctx: RunContext, block_size: int) -> Path:
-    """Write a checkpoint of the current state (every rank calls it; rank 0 writes the shared files)."""
-    c = ctx.counters
+def checkpoint(ctx: RunContext, counters: Counters, block_size: int) -> Path:
+    """Write a checkpoint of the current state (every rank calls it; rank 0 writes the shared files).
+
+    Args:
+        ctx: the run.
+        counters: the counters after the last completed rollout step.
+        block_size: the block size of that step's stage, stored in the checkpoint's ``config.json``.
+
+    Returns:
+        The checkpoint folder.
+    """
     state = {
-        "counters": c.as_dict(),
+        "counters": counters.as_dict(),
         "fingerprint": ctx.fingerprint,
-        "rollout_step": c.rollout_step,
-        "data_cursor": c.rollout_step * ctx.cfg.prompts_per_rollout,
+        "rollout_step": counters.rollout_step,
+        "data_cursor": counters.rollout_step * ctx.cfg.prompts_per_rollout,
         "world_size": ctx.world_size,
     }
-    ctx.last_checkpoint = save_checkpoint(
-        ctx.checkpoints, c.rollout_step, _write_payload(ctx, block_size), state, ctx.cfg.keep_checkpoints
+    return save_checkpoint(
+        ctx.checkpoints,
+        counters.rollout_step,
+        _write_payload(ctx, counters, block_size),
+        state,
+        ctx.cfg.keep_checkpoints,
     )
-    return ctx.last_checkpoint
 
 
-def final_checkpoint(ctx: RunContext) -> Path:
-    """The checkpoint of the current step: the one just written or resumed from, else a new one."""
-    current = ctx.checkpoints / step_dir_name(ctx.counters.rollout_step)
-    if current in (ctx.last_checkpoint, ctx.resumed_from):
+def final_checkpoint(ctx: RunContext, counters: Counters, newest: Path | None) -> Path:
+    """The checkpoint of the current step: ``newest`` (the one just written or resumed from) if it is that, else a new one."""
+    current = ctx.checkpoints / step_dir_name(counters.rollout_step)
+    if current == newest:
         return current
-    stage = stage_at(ctx.cfg.stages, max(ctx.counters.rollout_step - 1, 0)).stage
-    return checkpoint(ctx, ctx.cfg.stage_block_size(stage))
+    stage = stage_at(ctx.cfg.stages, max(counters.rollout_step - 1, 0)).stage
+    return checkpoint(ctx, counters, ctx.cfg.stage_block_size(stage))
 
 
-def write_summary(ctx: RunContext) -> dict:
-    """Write ``OUT/train_summary.json`` (atomically) with the run's counters; returns the summary."""
-    c = ctx.counters
+def write_summary(ctx: RunContext, c: Counters) -> dict:
+    """Write ``OUT/train_summary.json`` (atomically) with the run's counters ``c``; returns the summary."""
     summary = {
         "rollout_step": c.rollout_step,
         "total_rollout_steps": ctx.cfg.total_rollout_steps,

@@ -33,13 +33,18 @@ from opdlm.train import distributed
 from opdlm.train.checkpoint import latest_checkpoint, read_train_state
 from opdlm.train.data import load_training_rows
 from opdlm.train.schedule import SCHEDULER_FILE, schedule_state
+from opdlm.train.targets import CausalTarget, teacher_target
 
 RUN_FILE = "run.json"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Counters:
-    """Trainer state that a checkpoint must carry besides weights and optimiser."""
+    """Trainer state that a checkpoint must carry besides weights and optimiser.
+
+    Frozen: the loop makes the next value from each step's outcome in one place
+    (:func:`opdlm.train.loop.advance`); a resumed run reads it back from the checkpoint.
+    """
 
     rollout_step: int = 0  # completed rollout steps; also the data cursor in units of rollout batches
     optimizer_steps: int = 0
@@ -53,25 +58,35 @@ class Counters:
         return dict(vars(self))
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunContext:
-    """The resolved run: config, models, data, optimiser and counters."""
+    """The resolved run: config, models, data and optimiser (what stays the same from step to step).
 
-    recipe: Recipe
+    Attributes:
+        cfg: the recipe's train section.
+        out: the output folder (absolute).
+        student: the student being trained.
+        target: the teacher target the loss distils from; None for ``mdm_sft``.
+        rows: the training rows (the prompt stream's source).
+        stepper: the optimiser side (:class:`~opdlm.train.stepper.TorchStepper` or DeepSpeed's).
+        seed: the training seed.
+        device: where the student runs.
+        autocast_dtype: bf16 autocast when the run's precision asks for it (master weights stay fp32).
+        fingerprint: hash of what determines the trained weights (:func:`run_fingerprint`).
+        rank: this process's rank.
+        world_size: ranks in the run.
+    """
+
     cfg: TrainConfig
     out: Path
     student: Student
-    teacher: torch.nn.Module | None
-    teacher_backend: str | None
+    target: CausalTarget | None
     rows: list[Row]
     stepper: Any
     seed: int
     device: torch.device
     autocast_dtype: torch.dtype | None
     fingerprint: str
-    counters: Counters = field(default_factory=Counters)
-    resumed_from: Path | None = None
-    last_checkpoint: Path | None = None
     rank: int = 0
     world_size: int = 1
 
@@ -79,16 +94,24 @@ class RunContext:
     def checkpoints(self) -> Path:
         return self.out / "checkpoints"
 
-    def generator(self, step: int, purpose: int, device: torch.device | None = None) -> torch.Generator:
-        """A generator seeded by (seed, step, purpose, rank): a resumed run draws what an uninterrupted one would."""
-        g = torch.Generator(device=device or "cpu")
-        return g.manual_seed((self.seed * 1_000_003 + step) * 8 + purpose + self.rank * 7_919)
+    @property
+    def teacher(self) -> torch.nn.Module | None:
+        """The frozen teacher model (None for ``mdm_sft``)."""
+        return self.target.model if self.target is not None else None
 
     def autocast(self):
         """bf16 autocast when the run's precision asks for it (master weights stay fp32)."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a run starts: the counters to continue from and the checkpoint they came from (None: a new run)."""
+
+    counters: Counters = field(default_factory=Counters)
+    checkpoint: Path | None = None
 
 
 def run_fingerprint(recipe: Recipe, teacher: str | None, student: str | None, data: str | None) -> str:
@@ -260,8 +283,13 @@ def check_inputs(recipe: Recipe, rows: list[Row], teacher_dir: Path | None, stud
 
 def setup_run(
     recipe: Recipe, out: str | Path, teacher: str | None = None, student: str | None = None, data: str | None = None
-) -> RunContext:
-    """Resolve paths, convert or load the student, load teacher and data, build the optimiser, resume."""
+) -> tuple[RunContext, Resume]:
+    """Resolve paths, convert or load the student, load teacher and data, build the optimiser, resume.
+
+    Returns:
+        ``(ctx, resume)``: the run, and the counters to continue from (restored from the newest
+        checkpoint, with optimiser state and RNG, when the folder holds one).
+    """
     cfg, out = recipe.train, Path(out).absolute()
     _check_stored_prompt_format(student, recipe)
     fingerprint = run_fingerprint(recipe, teacher, student, data)
@@ -327,12 +355,10 @@ def setup_run(
 
         stepper = TorchStepper(student_obj.model, cfg)
     ctx = RunContext(
-        recipe,
         cfg,
         out,
         student_obj,
-        teacher_model,
-        teacher_backend,
+        teacher_target(teacher_model, teacher_backend) if teacher_model is not None else None,
         rows,
         stepper,
         seed,
@@ -342,31 +368,30 @@ def setup_run(
         rank=rank,
         world_size=world_size,
     )
-    if ckpt is not None:
-        _restore(ctx, ckpt)
-    return ctx
+    return ctx, (_restore(ctx, ckpt) if ckpt is not None else Resume())
 
 
-def _check_scheduler(ckpt: Path, ctx: RunContext) -> None:
+def _check_scheduler(ckpt: Path, cfg: TrainConfig, rollout_step: int) -> None:
     """The schedule stored in the checkpoint must be the one this run continues."""
     stored = json.loads((ckpt / SCHEDULER_FILE).read_text()) if (ckpt / SCHEDULER_FILE).is_file() else None
-    expected = schedule_state(ctx.cfg, ctx.counters.rollout_step)
+    expected = schedule_state(cfg, rollout_step)
     if stored != expected:
         raise OpdlmError(f"checkpoint {ckpt}: its learning-rate schedule {stored} does not match this run's {expected}")
 
 
-def _restore(ctx: RunContext, ckpt: Path) -> None:
+def _restore(ctx: RunContext, ckpt: Path) -> Resume:
+    """Load optimiser state and RNG from ``ckpt`` (already verified); returns its counters."""
     state = read_train_state(ckpt)
     if state.get("fingerprint") != ctx.fingerprint:
         raise OpdlmError(f"checkpoint {ckpt} belongs to a different recipe; use a new --out")
-    ctx.counters = Counters(**state["counters"])
+    counters = Counters(**state["counters"])
     # plain PyTorch state is the same on every rank, so any world size may resume it; DeepSpeed's is per rank
     if ctx.cfg.deepspeed and state.get("world_size", 1) != ctx.world_size:
         raise OpdlmError(
             f"checkpoint {ckpt} was written by {state.get('world_size', 1)} DeepSpeed ranks; resume with the same number "
             f"(this run has {ctx.world_size})"
         )
-    _check_scheduler(ckpt, ctx)
+    _check_scheduler(ckpt, ctx.cfg, counters.rollout_step)
     ctx.stepper.load(ckpt)
     rng_file = ckpt / f"rng_rank{ctx.rank}.pt"
     if not rng_file.is_file():
@@ -376,4 +401,4 @@ def _restore(ctx: RunContext, ckpt: Path) -> None:
     random.setstate(rng["python"])
     if torch.cuda.is_available() and rng.get("cuda") is not None:
         torch.cuda.set_rng_state_all(rng["cuda"])
-    ctx.resumed_from = ckpt
+    return Resume(counters, ckpt)

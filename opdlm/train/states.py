@@ -16,7 +16,7 @@ def _block_rounds(step_map_BL: torch.Tensor, lengths_B: torch.Tensor, block_size
     """Distinct committing rounds of every block.
 
     Returns:
-        ``(steps_BNK, valid_BNK, rounds_BNK, num_rounds_BN)``: the step map cut into ``N`` blocks of
+        ``(steps_BMK, valid_BMK, rounds_BMK, num_rounds_BM)``: the step map cut into ``M`` blocks of
         ``K = block_size`` (padded), which positions are real tokens, each block's distinct rounds in
         ascending order (``NO_ROUND`` past the last one), and how many distinct rounds each block has.
     """
@@ -26,21 +26,21 @@ def _block_rounds(step_map_BL: torch.Tensor, lengths_B: torch.Tensor, block_size
     padded[:, :length] = step_map_BL
     pos = torch.arange(n_blocks * block_size)[None, :]
     valid = (pos < lengths_B[:, None]) & (padded >= 0)
-    steps_BNK = padded.view(n_rows, n_blocks, block_size)
-    valid_BNK = valid.view(n_rows, n_blocks, block_size)
-    keyed = torch.where(valid_BNK, steps_BNK, NO_ROUND)
-    sorted_BNK = keyed.sort(dim=-1).values
-    prev = torch.cat([torch.full_like(sorted_BNK[..., :1], -1), sorted_BNK[..., :-1]], dim=-1)
-    is_first = (sorted_BNK != prev) & (sorted_BNK != NO_ROUND)
+    steps_BMK = padded.view(n_rows, n_blocks, block_size)
+    valid_BMK = valid.view(n_rows, n_blocks, block_size)
+    keyed = torch.where(valid_BMK, steps_BMK, NO_ROUND)
+    sorted_BMK = keyed.sort(dim=-1).values
+    prev = torch.cat([torch.full_like(sorted_BMK[..., :1], -1), sorted_BMK[..., :-1]], dim=-1)
+    is_first = (sorted_BMK != prev) & (sorted_BMK != NO_ROUND)
     # compact the distinct rounds to the front: a stable sort puts first occurrences first, in order
     order = torch.sort((~is_first).long(), dim=-1, stable=True).indices
-    rounds_BNK = torch.where(is_first, sorted_BNK, NO_ROUND).gather(-1, order)
-    return steps_BNK, valid_BNK, rounds_BNK, is_first.sum(-1)
+    rounds_BMK = torch.where(is_first, sorted_BMK, NO_ROUND).gather(-1, order)
+    return steps_BMK, valid_BMK, rounds_BMK, is_first.sum(-1)
 
 
-def _mask_from_rounds(steps_BNK, valid_BNK, chosen_BN, length: int) -> torch.Tensor:
+def _mask_from_rounds(steps_BMK, valid_BMK, chosen_BM, length: int) -> torch.Tensor:
     """Mask every real position committed at or after the block's chosen round (``NO_ROUND`` masks none)."""
-    masked = valid_BNK & (steps_BNK >= chosen_BN[..., None])
+    masked = valid_BMK & (steps_BMK >= chosen_BM[..., None])
     return masked.reshape(masked.shape[0], -1)[:, :length]
 
 
@@ -52,17 +52,17 @@ def select_one_per_block(
     Args:
         step_map_BL: committing round of each response token; ``-1`` on padding.
         lengths_B: response lengths (tokens past them are padding).
-        block_size: B.
+        block_size: tokens per block.
         generator: CPU generator for the draws.
 
     Returns:
         ``masked_BL``: True where the state has a mask token. Blocks without tokens mask nothing.
     """
-    steps_BNK, valid_BNK, rounds_BNK, num_rounds_BN = _block_rounds(step_map_BL.cpu(), lengths_B.cpu(), block_size)
-    u = torch.rand(num_rounds_BN.shape, generator=generator)
-    pick_BN = (u * num_rounds_BN).long().clamp(max=(num_rounds_BN - 1).clamp(min=0))
-    chosen_BN = torch.where(num_rounds_BN > 0, rounds_BNK.gather(-1, pick_BN[..., None]).squeeze(-1), NO_ROUND)
-    return _mask_from_rounds(steps_BNK, valid_BNK, chosen_BN, step_map_BL.shape[1])
+    steps_BMK, valid_BMK, rounds_BMK, num_rounds_BM = _block_rounds(step_map_BL.cpu(), lengths_B.cpu(), block_size)
+    u = torch.rand(num_rounds_BM.shape, generator=generator)
+    pick_BM = (u * num_rounds_BM).long().clamp(max=(num_rounds_BM - 1).clamp(min=0))
+    chosen_BM = torch.where(num_rounds_BM > 0, rounds_BMK.gather(-1, pick_BM[..., None]).squeeze(-1), NO_ROUND)
+    return _mask_from_rounds(steps_BMK, valid_BMK, chosen_BM, step_map_BL.shape[1])
 
 
 def select_all_rounds(
@@ -75,15 +75,15 @@ def select_all_rounds(
     Returns:
         ``(masked_RL, source_R)``: the states, and the rollout index each row comes from.
     """
-    steps_BNK, valid_BNK, rounds_BNK, num_rounds_BN = _block_rounds(step_map_BL.cpu(), lengths_B.cpu(), block_size)
+    steps_BMK, valid_BMK, rounds_BMK, num_rounds_BM = _block_rounds(step_map_BL.cpu(), lengths_B.cpu(), block_size)
     rows, sources = [], []
     for i in range(step_map_BL.shape[0]):
-        for k in range(int(num_rounds_BN[i].max()) if num_rounds_BN.shape[1] else 0):
-            chosen_N = (
-                rounds_BNK[i, :, k] if k < rounds_BNK.shape[-1] else torch.full_like(rounds_BNK[i, :, 0], NO_ROUND)
+        for k in range(int(num_rounds_BM[i].max()) if num_rounds_BM.shape[1] else 0):
+            chosen_M = (
+                rounds_BMK[i, :, k] if k < rounds_BMK.shape[-1] else torch.full_like(rounds_BMK[i, :, 0], NO_ROUND)
             )
             rows.append(
-                _mask_from_rounds(steps_BNK[i : i + 1], valid_BNK[i : i + 1], chosen_N[None], step_map_BL.shape[1])
+                _mask_from_rounds(steps_BMK[i : i + 1], valid_BMK[i : i + 1], chosen_M[None], step_map_BL.shape[1])
             )
             sources.append(i)
     if not rows:

@@ -46,7 +46,7 @@ def student_hidden_states(
         prompt_lens_B: true prompt lengths.
         clean_BL: the finished response (context for later blocks).
         noisy_BL: the selected state (mask token where masked).
-        block_size: B.
+        block_size: tokens per block.
         logit_shift: output ``j - 1`` predicts ``j`` instead of ``j`` predicting ``j``.
         backend: attention backend of ``model``.
         prompt_attention: the student's ``block`` or ``causal`` prompt (``StudentMeta.prompt_attention``).

@@ -9,10 +9,14 @@ full, for tests and small vocabularies.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 from opdlm.models.attention import causal_padding_mask
 from opdlm.models.geometry import inference_geometry
+from opdlm.train.batch import TrainingRows
 
 
 @torch.no_grad()
@@ -60,3 +64,33 @@ def teacher_target_logprobs(
     """Full-vocabulary target log-probabilities ``(B, L, V)`` (fp32); see :func:`teacher_hidden_states`."""
     hidden_BLH = teacher_hidden_states(teacher, prompt_ids_BP, prompt_lens_B, response_BL, backend)
     return torch.log_softmax(teacher.get_output_embeddings()(hidden_BLH).float(), dim=-1)
+
+
+@dataclass(frozen=True)
+class CausalTarget:
+    """The paper's target (METHOD §4.3): the frozen teacher reads prompt + finished response causally.
+
+    The loss sees a target only through :meth:`hidden_states` and :attr:`head`, so another kind of
+    target is another object with these two members, chosen once where the run is set up.
+
+    Attributes:
+        model: the teacher (a Hugging Face causal LM, no gradient).
+        backend: its attention backend.
+    """
+
+    model: torch.nn.Module
+    backend: str
+
+    def hidden_states(self, mb: TrainingRows) -> torch.Tensor:
+        """``hidden_BLH``: the teacher's final hidden state predicting each response position of ``mb``."""
+        return teacher_hidden_states(self.model, mb.prompt_ids_BP, mb.prompt_lens_B, mb.response_BL, self.backend)
+
+    @property
+    def head(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The teacher's output head (hidden -> logits)."""
+        return self.model.get_output_embeddings()
+
+
+def teacher_target(teacher: torch.nn.Module, backend: str) -> CausalTarget:
+    """The distillation target the loss reads its teacher distributions from."""
+    return CausalTarget(teacher, backend)
