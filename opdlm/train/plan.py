@@ -14,7 +14,7 @@ import torch
 
 from opdlm.config.sampler import SamplerConfig
 from opdlm.config.train import TrainConfig
-from opdlm.train.curriculum import StagePosition, length_cap, stage_at
+from opdlm.train.curriculum import StagePosition, rollout_sampler, stage_at
 from opdlm.train.data import stream_indices
 from opdlm.train.schedule import learning_rate
 
@@ -76,7 +76,7 @@ def plan_step(cfg: TrainConfig, step: int, num_rows: int, seed: int, rank: int =
         world_size: ranks in the run.
     """
     pos = stage_at(cfg.stages, step)
-    block_size = cfg.stage_block_size(pos.stage)
+    sampler = rollout_sampler(cfg, pos.stage, pos.step_in_stage)  # block size, threshold and length cap
     indices = stream_indices(num_rows, step * cfg.prompts_per_rollout, cfg.prompts_per_rollout, seed)
     k_steps = cfg.optimizer_steps_per_rollout
     peak = pos.stage.lr if pos.stage.lr is not None else cfg.lr
@@ -86,13 +86,9 @@ def plan_step(cfg: TrainConfig, step: int, num_rows: int, seed: int, rank: int =
     return StepPlan(
         step=step,
         position=pos,
-        block_size=block_size,
-        length_cap=length_cap(pos.stage.length, pos.step_in_stage, block_size),
-        sampler=(
-            cfg.rollout.with_overrides(block_size=block_size, threshold=pos.stage.threshold)
-            if cfg.objective == "opd"
-            else None
-        ),
+        block_size=sampler.block_size,
+        length_cap=sampler.max_new_tokens,
+        sampler=sampler if cfg.objective == "opd" else None,
         prompt_indices=tuple(indices[rank::world_size]),
         lrs=tuple(learning_rate(step * k_steps + k, total_opt, warmup, peak, cfg.min_lr) for k in range(k_steps)),
         rollout_seed=step_seed(seed, step, ROLLOUT, rank),
