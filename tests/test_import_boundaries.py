@@ -38,28 +38,45 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN_IN_LIBRARY = {"prefect", "mlflow", "dvc", "boto3", "botocore"}
 
-# The layers of opdlm/, lowest first, each with why it sits there: it imports only what is above it
-# in this list (its own layer aside), and what is below may import it.
+# The layers of opdlm/, lowest first. A module imports its own layer and the layers listed before it,
+# never one listed after; each entry says what it needs from below (why it is no lower) and what
+# above it needs it (why it is no higher).
 LAYERS: tuple[tuple[str, str], ...] = (
     ("opdlm", "the package root (__version__): every import of an opdlm module runs it first, so it imports nothing"),
     ("errors", "the user-facing exception types every layer raises; imports nothing"),
     ("fsutil", "atomic writes and checked reads of files and folders; raises errors only"),
-    ("progress", "the bar-or-lines progress reporter of long loops; the standard library only"),
-    ("storage", "S3 transfers (boto3 lazily); needs fsutil for atomic folders and nothing of the method"),
-    ("config", "typed, validated settings of every section (recipe, sampler, train, eval, teacher, ...): data only"),
-    ("data", "the canonical row, prompt formatting, the synthetic suite, the dataset download; reads config"),
-    ("models", "the student and teacher networks on disk: geometry, attention, loading, causal -> student conversion"),
-    ("sampling", "the block-diffusion sampler and autoregressive decoding over the models"),
-    ("formats", "released checkpoint formats in (divelab, SDAR) and serving-engine formats out (SGLang, LMDeploy)"),
-    ("teacher", "the tiny teacher's bootstrap: trains a model on data and checks it with the sampling layer"),
-    ("sources", "model source -> local directory: hf://, s3://, builtin:tiny (bootstrapped), imports via formats"),
-    ("eval", "benchmarks, scoring, sandbox and harness over models and sampling"),
-    ("train", "the OPD / mdm_sft loop; resolves its teacher and converts its student through sources"),
-    ("lmeval", "lm-evaluation-harness model type; decodes through the eval harness"),
-    ("pipeline", "one function per pipeline stage, composing every layer below for Prefect and DVC"),
-    ("study", "the toy-scale reproduction study (leaving the library): trains, evaluates and tabulates arms"),
+    ("progress", "the bar-or-lines reporter of long loops (bootstrap, training, eval); the standard library only"),
+    ("storage", "S3 transfers (boto3 lazily): fsutil's atomic folders; data and sources download through it"),
+    (
+        "config",
+        "every typed settings section (recipe, sampler, train, eval, teacher, benchmark names): data only, "
+        "so all layers above can be driven by a recipe and none is needed to validate one",
+    ),
+    ("data", "rows, prompt formatting, the synthetic suite, the dataset download: config's StrictModel, storage"),
+    (
+        "models",
+        "networks on disk: geometry, attention, loading, causal -> student conversion of a local directory; "
+        "knows no source names (sources), no released formats (formats) and no bootstrap (teacher)",
+    ),
+    ("sampling", "the block-diffusion sampler and autoregressive decoding: runs the models' networks"),
+    (
+        "formats",
+        "released checkpoints in (divelab, SDAR) and engine exports out (SGLang, LMDeploy): reads and "
+        "writes model directories (config, models' directory checks), never runs a network; sources imports with it",
+    ),
+    ("teacher", "the tiny teacher's bootstrap: trains on data, checks itself with sampling's decoding"),
+    (
+        "sources",
+        "source name -> local directory (hf://, s3://, builtin:tiny built by teacher with the recipe's "
+        "settings) and convert (formats' import or models' conversion): composes the four layers below it",
+    ),
+    ("eval", "benchmarks, scoring, sandbox, harness, sweep: decodes with sampling on local model directories"),
+    ("train", "the OPD / mdm_sft loop: resolves its teacher and converts its student through sources"),
+    ("lmeval", "the lm-evaluation-harness model type: decodes through eval's harness"),
+    ("pipeline", "one function per pipeline stage for Prefect and DVC: composes sources, eval, train, lmeval"),
+    ("study", "the toy-scale reproduction study (leaving the library): trains and evaluates arms"),
     ("cli", "the `opdlm` command: parses arguments and calls any layer"),
-    ("testing", "test fixtures (tiny models); the library never depends on them"),
+    ("testing", "test fixtures (tiny models) for tests and benchmarks; the library never depends on them"),
 )
 LAYER_RANK = {name: rank for rank, (name, _) in enumerate(LAYERS)}
 
