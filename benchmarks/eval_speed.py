@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
 
     from opdlm.config.recipe import load_recipe
     from opdlm.eval.harness import evaluate
-    from opdlm.models.convert import convert_teacher
+    from opdlm.sources.convert import convert_teacher
 
     recipe = load_recipe(args.config, [f"eval.limit={args.limit}"] if args.limit else [])
     config = recipe.eval.model_copy(update={"device": "cpu"})

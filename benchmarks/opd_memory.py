@@ -82,7 +82,7 @@ def build_models(root: Path, hidden: int, full_width_layers: int | None = None) 
     ``full_width_layers`` None: tiny hidden size ``hidden``, 2 layers. Otherwise Qwen3-0.6B's width
     with that many layers.
     """
-    from opdlm.models.convert import convert_teacher
+    from opdlm.sources.convert import convert_teacher
     from opdlm.testing.tiny import build_char_tokenizer, make_tiny_causal_lm
 
     tok = build_char_tokenizer()

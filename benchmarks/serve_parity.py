@@ -114,11 +114,12 @@ def main() -> None:
     from opdlm.data.prompting import encode_prompts, format_prompt
     from opdlm.data.synthetic import load_split
     from opdlm.formats.engine import export_student
-    from opdlm.models.sources import resolve_model_source
     from opdlm.models.student import load_student
     from opdlm.sampling.block_sampler import BlockDiffusionSampler
+    from opdlm.sources.resolve import resolve_model_source
 
-    student = load_student(resolve_model_source(args.model, "student"), device="cuda")
+    student_dir = resolve_model_source(args.model, "student")
+    student = load_student(student_dir, device="cuda")
     sampler = student.meta.sampler_defaults.with_overrides(temperature=0.0, max_new_tokens=args.max_new_tokens)
     out = args.out or Path(tempfile.mkdtemp(prefix="serve-parity-")) / args.format
     overrides = {
@@ -127,7 +128,7 @@ def main() -> None:
         "threshold": sampler.threshold,
         "denoise_steps_per_block": sampler.denoise_steps_per_block,
     }
-    export_dir, notes = export_student(args.model, out, args.format, overrides, overwrite=True)
+    export_dir, notes = export_student(student_dir, out, args.format, overrides, overwrite=True, source=args.model)
     summary = json.loads((export_dir / "export.json").read_text())
     port = args.port or (30000 if args.format == "sglang" else 23333)
     command = (

@@ -11,7 +11,9 @@ from prefect.cache_policies import NO_CACHE
 
 from opdlm.pipeline.fingerprint import model_dir_fingerprint
 from opdlm.pipeline.keys import teacher_key
-from opdlm.pipeline.stages import BUILTIN_TEACHER, bootstrap_command, teacher_source, teacher_stage
+from opdlm.pipeline.stages import teacher_stage
+from opdlm.sources.builtin import BUILTIN_TEACHER, bootstrap_command
+from opdlm.sources.resolve import teacher_source
 from tasks import tracking
 from tasks.caching import content_cache_key, run_cached
 from tasks.context import PipelineRun

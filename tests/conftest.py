@@ -46,7 +46,7 @@ def tiny_teacher_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_student_dir(tiny_teacher_dir, tmp_path_factory):
     """``tiny_teacher_dir`` converted with block size 4, no logit shift."""
-    from opdlm.models.convert import convert_teacher
+    from opdlm.sources.convert import convert_teacher
 
     return convert_teacher(tiny_teacher_dir, tmp_path_factory.mktemp("student") / "b4", block_size=4)
 

@@ -53,7 +53,7 @@ def test_short_run_saves_an_ordinary_qwen3_directory(short_run):
 def test_conversion_reuses_a_padded_row_for_the_mask(short_run, tmp_path):
     from transformers import AutoConfig, AutoTokenizer
 
-    from opdlm.models.convert import convert_teacher
+    from opdlm.sources.convert import convert_teacher
 
     out, _ = short_run
     student = convert_teacher(out, tmp_path / "student", block_size=4)

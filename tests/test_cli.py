@@ -69,7 +69,7 @@ def test_errors_are_one_line_and_nonzero(args, needle, tiny_teacher_dir, tiny_st
 def test_train_refuses_a_student_with_another_prompt_geometry(tiny_teacher_dir, tmp_path, capsys):
     from pathlib import Path
 
-    from opdlm.models.convert import convert_teacher
+    from opdlm.sources.convert import convert_teacher
 
     causal = convert_teacher(tiny_teacher_dir, tmp_path / "causal", block_size=4, prompt_attention="causal")
     config = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"

@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from opdlm.errors import OpdlmError
-from opdlm.models.convert import MASK_TOKEN, convert_teacher
+from opdlm.models.convert import MASK_TOKEN
+from opdlm.sources.convert import convert_teacher
 from opdlm.testing.tiny import make_tiny_causal_lm
 
 

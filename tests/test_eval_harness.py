@@ -11,8 +11,8 @@ import pytest
 from opdlm.config.eval import EvalConfig
 from opdlm.errors import ConfigError, OpdlmError
 from opdlm.eval.benchmarks import get_benchmark, load_benchmark
-from opdlm.eval.harness import evaluate, evaluate_rows, read_result, sampler_config, samples_path_for
-from opdlm.eval.metrics import EvalResult
+from opdlm.eval.harness import evaluate, evaluate_rows, read_result, sampler_config
+from opdlm.eval.metrics import EvalResult, samples_path_for
 from opdlm.eval.runners import ModelRunner, is_student_dir
 from opdlm.eval.sweep import pareto_flags, sweep
 from opdlm.sampling.output import SampleBatch

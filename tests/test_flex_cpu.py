@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from opdlm.config.sampler import SamplerConfig
-from opdlm.models.convert import convert_teacher
 from opdlm.models.student import load_student
 from opdlm.sampling.block_sampler import BlockDiffusionSampler
+from opdlm.sources.convert import convert_teacher
 from opdlm.train.student_forward import student_logits
 
 BLOCK_SIZES = (1, 4, 8)

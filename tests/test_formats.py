@@ -39,7 +39,7 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def student(models):
     """Our own conversion of the Qwen3-vocabulary teacher (mask at 151669, no logit shift)."""
-    from opdlm.models.convert import convert_teacher
+    from opdlm.sources.convert import convert_teacher
 
     return convert_teacher(models["teacher"], models["root"] / "student")
 
@@ -226,7 +226,7 @@ def test_every_field_each_engine_reads_is_present_with_the_right_value(student, 
 
 @pytest.fixture(scope="module")
 def shifted_student(models):
-    from opdlm.models.convert import convert_teacher
+    from opdlm.sources.convert import convert_teacher
 
     return convert_teacher(models["teacher"], models["root"] / "shifted", logit_shift=True)
 

@@ -63,7 +63,7 @@ def process_results(doc, results):
 def world(tmp_path_factory):
     """Peaky tiny teacher + student with the suite's chat-template tokenizer, and two local lm-eval tasks."""
     from opdlm.data.tokenizer import build_tokenizer
-    from opdlm.models.convert import convert_teacher
+    from opdlm.sources.convert import convert_teacher
     from opdlm.testing.tiny import make_tiny_causal_lm
 
     root = tmp_path_factory.mktemp("lmeval")

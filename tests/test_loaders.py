@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from opdlm.config.benchmarks import BENCHMARK_NAMES
 from opdlm.errors import OpdlmError
 from opdlm.eval import loaders
-from opdlm.eval.benchmarks import BENCHMARK_NAMES, get_benchmark, load_benchmark
+from opdlm.eval.benchmarks import BENCHMARKS, get_benchmark, load_benchmark
 
 FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"
 ALT = Path(__file__).parent / "fixtures" / "benchmarks_alt"
@@ -83,6 +84,11 @@ def test_mbpp_test_split_and_setup_code():
 def test_synthetic_needs_no_files(tmp_path):
     rows = load_benchmark("synthetic", tmp_path, limit=10)
     assert len(rows) == 10 and all(r.id for r in rows) and rows[0].source.startswith("builtin:synthetic/")
+
+
+def test_the_registry_holds_exactly_the_names_recipes_accept():
+    """eval.benchmarks is validated against the config layer's names; the registry has one entry for each."""
+    assert tuple(BENCHMARKS) == BENCHMARK_NAMES
 
 
 def test_every_benchmark_loads_from_the_fixtures():

@@ -13,8 +13,9 @@ from opdlm.errors import ConfigError, OpdlmError
 from opdlm.pipeline import keys
 from opdlm.pipeline.fingerprint import config_hash, model_dir_fingerprint
 from opdlm.pipeline.recipes import resolve_recipe
-from opdlm.pipeline.stages import bootstrap_command, stage_steps, training_progress
+from opdlm.pipeline.stages import stage_steps, training_progress
 from opdlm.pipeline.training_metrics import read_metric_steps
+from opdlm.sources.builtin import bootstrap_command
 
 
 def _recipe(**changes) -> Recipe:
@@ -105,7 +106,7 @@ def test_bootstrap_command_round_trips_every_setting(tmp_path):
     cmd = bootstrap_command(recipe, tmp_path / "t", python="python")
     assert cmd[:7] == ["python", "-m", "opdlm.cli.main", "teacher", "bootstrap", "--out", str(tmp_path / "t")]
     from opdlm.config.base import apply_overrides, validate_config
-    from opdlm.teacher.config import BootstrapConfig
+    from opdlm.config.teacher import BootstrapConfig
 
     parsed = validate_config(BootstrapConfig, apply_overrides({}, [a for a in cmd if "=" in a]))
     assert parsed == recipe.teacher.bootstrap

@@ -15,9 +15,9 @@ import torch
 from opdlm.cli.main import main
 from opdlm.config.sampler import SamplerConfig
 from opdlm.data.prompting import format_prompt
-from opdlm.models.convert import convert_teacher
 from opdlm.models.student import load_student
 from opdlm.sampling.block_sampler import BlockDiffusionSampler
+from opdlm.sources.convert import convert_teacher
 from opdlm.testing.qwen3 import END_THINK_ID, IM_END_ID, QWEN3_EMBEDDING_ROWS, QWEN3_TOKENIZER_SIZE, THINK_ID
 
 REPO = Path(__file__).resolve().parents[1]

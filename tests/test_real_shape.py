@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from opdlm.config.train import TrainConfig, paper_rollout_sampler
-from opdlm.models.convert import convert_teacher
 from opdlm.models.student import load_causal_lm, load_student
+from opdlm.sources.convert import convert_teacher
 from opdlm.train.batch import make_rows, pad_step_maps, right_pad
 from opdlm.train.loss_mask import response_loss_mask
 from opdlm.train.optimise import microbatch_loss

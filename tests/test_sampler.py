@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from opdlm.config.sampler import SamplerConfig
-from opdlm.models.convert import convert_teacher
 from opdlm.models.student import load_causal_lm, load_student
 from opdlm.sampling.autoregressive import generate_autoregressive
 from opdlm.sampling.block_sampler import BlockDiffusionSampler
 from opdlm.sampling.reference import reference_generate
+from opdlm.sources.convert import convert_teacher
 from opdlm.testing.tiny import make_tiny_causal_lm
 
 PROMPTS = ["Hello there", "12+3=", "a", "The quick brown fox"]

@@ -114,7 +114,7 @@ def test_bad_uri():
 
 
 def test_model_source_from_s3_converts(endpoint, tmp_path, monkeypatch, tiny_teacher_dir):
-    from opdlm.models.convert import convert_teacher
+    from opdlm.sources.convert import convert_teacher
 
     monkeypatch.setenv("OPDLM_CACHE", str(tmp_path / "cache"))
     s3.upload_dir(tiny_teacher_dir, "s3://opdlm/teachers/tiny")
@@ -124,7 +124,7 @@ def test_model_source_from_s3_converts(endpoint, tmp_path, monkeypatch, tiny_tea
 
 def test_unknown_builtin_model(tmp_path):
     from opdlm.errors import SourceError
-    from opdlm.models.sources import resolve_model_source
+    from opdlm.sources.resolve import resolve_model_source
 
     with pytest.raises(SourceError, match="unknown builtin model 'builtin:huge'"):
         resolve_model_source("builtin:huge")

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from opdlm.models.attention import attention_mask
-from opdlm.models.convert import convert_teacher
 from opdlm.models.geometry import inference_geometry
 from opdlm.models.student import load_causal_lm, load_student
 from opdlm.sampling.block_sampler import left_pad
+from opdlm.sources.convert import convert_teacher
 from opdlm.train.student_forward import noisy_copy, student_logits
 from opdlm.train.targets import teacher_target_logprobs
 

@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
         teacher: str = typer.Option(
             ...,
             "--teacher",
-            help="Source: a local Hugging Face model directory, hf://ORG/MODEL or s3://...; "
+            help="Source: a local Hugging Face model directory, hf://ORG/MODEL, s3://... or builtin:tiny; "
             "a causal LM, or a divelab (a2d-qwen3) / SDAR block-diffusion checkpoint to import.",
         ),
         out: Path = typer.Option(..., "--out", help="Output directory for the converted student (must not exist)."),
@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
         """Convert a causal LM into a block-diffusion student (weights unchanged, mask token added)."""
         import json
 
-        from opdlm.models.convert import convert_teacher
+        from opdlm.sources.convert import convert_teacher
 
         notes: list[str] = []
         path = convert_teacher(

@@ -28,6 +28,7 @@ def register(app: typer.Typer) -> None:
 
         from opdlm.errors import ConfigError
         from opdlm.formats.engine import export_student
+        from opdlm.sources.resolve import resolve_model_source
 
         overrides = {
             "denoise_steps_per_block": steps_per_block,
@@ -36,7 +37,8 @@ def register(app: typer.Typer) -> None:
             "temperature": temperature,
         }
         try:
-            path, notes = export_student(model, out, fmt, overrides, overwrite=overwrite)
+            student = resolve_model_source(model, "student")
+            path, notes = export_student(student, out, fmt, overrides, overwrite=overwrite, source=model)
         except ValidationError as exc:
             err = exc.errors()[0]
             raise ConfigError(f"sampler: {'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}") from None

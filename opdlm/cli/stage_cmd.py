@@ -44,7 +44,8 @@ def register(app: typer.Typer) -> None:
         overrides: list[str] = overrides_arg,
     ) -> None:
         """builtin:tiny: bootstrap it (as `opdlm teacher bootstrap`) into OUT; other sources: resolve and link into OUT."""
-        from opdlm.pipeline.stages import teacher_source, teacher_stage
+        from opdlm.pipeline.stages import teacher_stage
+        from opdlm.sources.resolve import teacher_source
 
         r = _recipe(recipe, overrides)
         typer.echo(f"teacher: {teacher_source(r)} -> {teacher_stage(r, out)}")

@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train a Qwen3-architecture teacher on the synthetic suite; writes an ordinary HF model directory."""
         from opdlm.config.base import apply_overrides, validate_config
-        from opdlm.teacher.config import BootstrapConfig
+        from opdlm.config.teacher import BootstrapConfig
 
         options = {k: v for k, v in {"max_seconds": seconds, "seed": seed}.items() if v is not None}
         config = validate_config(

@@ -60,7 +60,7 @@ class EvalConfig(StrictModel):
     @field_validator("benchmarks")
     @classmethod
     def _known_benchmarks(cls, names: list[str]) -> list[str]:
-        from opdlm.eval.benchmarks import BENCHMARK_NAMES
+        from opdlm.config.benchmarks import BENCHMARK_NAMES
 
         unknown = [n for n in names if n not in BENCHMARK_NAMES]
         if unknown:

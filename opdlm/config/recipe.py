@@ -23,9 +23,9 @@ from opdlm.config.eval import EvalConfig
 from opdlm.config.registry import RegistryConfig
 from opdlm.config.resources import ResourcesConfig
 from opdlm.config.sampler import SamplerConfig
+from opdlm.config.teacher import TeacherConfig
 from opdlm.config.train import TrainConfig
 from opdlm.errors import ConfigError
-from opdlm.teacher.config import BootstrapConfig
 
 
 class DataConfig(StrictModel):
@@ -40,26 +40,6 @@ class DataConfig(StrictModel):
     limit: int | None = Field(
         None, ge=1, description="Keep the first N rows (builtin:synthetic: train.num_prompts when unset)."
     )
-
-
-class TeacherConfig(StrictModel):
-    """The frozen autoregressive teacher."""
-
-    source: str = Field(
-        "builtin:tiny", description="Teacher source: builtin:tiny, a local HF directory, hf://ORG/MODEL."
-    )
-    path: str | None = Field(None, description="Local directory of the resolved teacher.")
-    bootstrap: BootstrapConfig = Field(
-        default_factory=BootstrapConfig, description="builtin:tiny only: how `opdlm teacher bootstrap` trains it."
-    )
-
-    def weights_settings(self) -> dict:
-        """The settings that decide the teacher's weights: everything but display (``bootstrap.progress``).
-
-        Cache keys and training-folder fingerprints hash this, so turning progress output on or off
-        never makes a finished run look like a different one.
-        """
-        return self.model_dump(mode="json", exclude={"bootstrap": {"progress"}})
 
 
 class ConvertConfig(StrictModel):

@@ -1,7 +1,8 @@
 """The benchmark registry: for each name, how to load it, prompt for it and score it.
 
-Adding a benchmark means one loader in :mod:`opdlm.eval.loaders` and one :class:`Benchmark` entry
-here; the harness, ``opdlm eval`` and ``opdlm score`` pick it up by name.
+Adding a benchmark means one loader in :mod:`opdlm.eval.loaders`, one :class:`Benchmark` entry
+here and its name in :data:`opdlm.config.benchmarks.BENCHMARK_NAMES` (what recipes are validated
+against); the harness, ``opdlm eval`` and ``opdlm score`` pick it up by name.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from opdlm.config.benchmarks import BENCHMARK_NAMES
 from opdlm.data.schema import Row
 from opdlm.errors import OpdlmError
 from opdlm.eval import loaders
@@ -132,8 +134,6 @@ BENCHMARKS: dict[str, Benchmark] = {
         ),
     )
 }
-
-BENCHMARK_NAMES = tuple(BENCHMARKS)
 
 
 def get_benchmark(name: str) -> Benchmark:

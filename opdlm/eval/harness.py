@@ -16,7 +16,7 @@ from opdlm.data.prompting import encode_prompts
 from opdlm.data.schema import Row
 from opdlm.errors import ConfigError, OpdlmError
 from opdlm.eval.benchmarks import Benchmark, get_benchmark, load_benchmark
-from opdlm.eval.metrics import EvalResult, SampleRecord, summarize, with_retention
+from opdlm.eval.metrics import EvalResult, SampleRecord, samples_path_for, summarize, with_retention
 from opdlm.eval.runners import ModelRunner, load_runner
 from opdlm.eval.sandbox import SandboxLimits, check_sandbox
 from opdlm.eval.scoring import score_completions
@@ -151,13 +151,6 @@ def evaluate_rows(
         sampler=cfg.model_dump() if runner.kind == "student" else None,
     )
     return result, records
-
-
-def samples_path_for(json_path: str | Path) -> Path:
-    """Where the per-sample JSONL of a result JSON goes: ``run.json`` -> ``run.samples.jsonl``."""
-    json_path = Path(json_path)
-    stem = json_path.name[: -len(".json")] if json_path.name.endswith(".json") else json_path.name
-    return json_path.with_name(f"{stem}.samples.jsonl")
 
 
 def write_run(result: EvalResult, records: list[SampleRecord], json_path: str | Path) -> EvalResult:

@@ -1,4 +1,4 @@
-"""Per-sample records and the run-level metrics computed from them.
+"""Per-sample records, the run-level metrics computed from them, and where the records are written.
 
 Tokens per step is the paper's: total generated tokens over total denoising steps (a step is one
 distinct entry of a sequence's step map), so autoregressive decoding scores exactly 1.0.
@@ -7,6 +7,7 @@ distinct entry of a sequence's step map), so autoregressive decoding scores exac
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -123,3 +124,10 @@ def with_retention(result: EvalResult, teacher: EvalResult | dict) -> EvalResult
     result.teacher_accuracy = teacher_acc
     result.retention = round(result.accuracy / teacher_acc, 6) if teacher_acc > 0 else None
     return result
+
+
+def samples_path_for(json_path: str | Path) -> Path:
+    """Where the per-sample JSONL of a result JSON goes: ``run.json`` -> ``run.samples.jsonl``."""
+    json_path = Path(json_path)
+    stem = json_path.name[: -len(".json")] if json_path.name.endswith(".json") else json_path.name
+    return json_path.with_name(f"{stem}.samples.jsonl")

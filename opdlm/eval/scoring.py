@@ -160,7 +160,7 @@ def score_file(benchmark: str, completions_path: str | Path, config=None, json_o
     """
     from opdlm.config.eval import EvalConfig
     from opdlm.eval.benchmarks import get_benchmark, load_benchmark
-    from opdlm.eval.harness import samples_path_for
+    from opdlm.eval.metrics import samples_path_for
     from opdlm.fsutil import atomic_write_text
 
     config = config or EvalConfig()

@@ -51,6 +51,35 @@ class Declared:
     where: str
 
 
+@dataclass(frozen=True)
+class ImportFormat:
+    """What a released format is and what its own code does (cited in the format's module).
+
+    Attributes:
+        name: short name, recorded as ``opdlm_imported_format``.
+        model_types: ``config.json`` ``model_type`` values of the format.
+        architectures: accepted ``architectures[0]`` values.
+        block_size_keys: ``config.json`` keys that may declare the block size.
+        default_block_size: the block size its training uses when the checkpoint states none.
+        engine_mask_id: the mask id its own inference engine hard-codes (the tokenizer must agree).
+        logit_shift: whether its models predict token j at position j-1.
+        prompt_attention: how its prompt attends ("block": bidirectional in B-blocks).
+        native_alignment: where its blocks start: "response" (counted back from the response
+            start, which opdlm's geometry expresses) or "absolute" (from position 0, which it
+            expresses only when the prompt length is a multiple of B).
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    architectures: tuple[str, ...]
+    block_size_keys: tuple[str, ...]
+    default_block_size: Declared
+    engine_mask_id: int
+    logit_shift: bool
+    prompt_attention: str
+    native_alignment: str
+
+
 def read_json(path: Path) -> dict:
     """A JSON file as a dict; one line naming the file when it is missing or malformed."""
     if not path.is_file():

@@ -26,8 +26,7 @@ model cards huggingface.co/divelab/OPDLM-4B and huggingface.co/divelab/Qwen3-4B-
 
 from __future__ import annotations
 
-from opdlm.formats.common import Declared
-from opdlm.formats.importer import ImportFormat
+from opdlm.formats.common import Declared, ImportFormat
 
 FORMAT = ImportFormat(
     name="divelab",

@@ -14,41 +14,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from opdlm.errors import OpdlmError
+from opdlm.formats.serving import Engine, Refusal
 
 ENGINE_ARCHITECTURE = "SDARForCausalLM"
 EXPORT_SUMMARY = "export.json"
-
-
-class Refusal(OpdlmError):
-    """The engine would serve this student differently from our sampler, silently."""
-
-
-@dataclass(frozen=True)
-class Engine:
-    """One serving engine's view of an SDAR-format model.
-
-    Attributes:
-        name: ``sglang`` or ``lmdeploy``.
-        mask_id: the mask token id the engine hard-codes.
-        model_type: what ``config.json``'s ``model_type`` must say for the engine.
-        config_fields: field -> (required value or None for "present", where the engine reads it).
-        settings: sampler -> (engine settings dict, notes); raises :class:`Refusal`.
-        settings_file: file name of the settings in the export.
-        launch: (model dir, settings path, settings) -> the shell command that serves it.
-    """
-
-    name: str
-    mask_id: int
-    model_type: str
-    config_fields: dict[str, tuple[object, str]]
-    settings: Callable
-    settings_file: str
-    launch: Callable[[str, str, dict], str]
 
 
 def engines() -> dict[str, Engine]:
@@ -148,15 +120,22 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def export_student(
-    student: str | Path, out: str | Path, engine_name: str, overrides: dict | None = None, overwrite: bool = False
+    student: str | Path,
+    out: str | Path,
+    engine_name: str,
+    overrides: dict | None = None,
+    overwrite: bool = False,
+    source: str | None = None,
 ) -> tuple[Path, list[str]]:
     """Write ``student`` as a directory ``engine_name`` serves.
 
     Args:
-        student: a converted student (local directory, ``hf://`` or ``s3://``).
+        student: a converted student's local directory (``opdlm export`` resolves ``hf://`` and
+            ``s3://`` names first, :func:`opdlm.sources.resolve.resolve_model_source`).
         out: output directory (atomic).
         engine_name: ``sglang`` or ``lmdeploy``.
         overrides: sampler fields to serve with instead of the student's defaults (None = keep).
+        source: how the student was named, recorded in ``export.json`` and the README (default ``student``).
 
     Returns:
         ``(path, notes)``.
@@ -166,10 +145,10 @@ def export_student(
     """
     from opdlm.formats.common import TOKENIZER_FILES, read_json, weight_files
     from opdlm.fsutil import atomic_dir
-    from opdlm.models.sources import resolve_model_source
+    from opdlm.models.model_dir import check_model_dir
 
     engine = get_engine(engine_name)
-    src = resolve_model_source(student, what="student")
+    src = check_model_dir(Path(student).expanduser(), what="student")
     config = read_json(src / "config.json")
     check_student(config, engine, str(src))
     sampler = _student_sampler(config, overrides or {})
@@ -200,7 +179,7 @@ def export_student(
         command = engine.launch(str(final), str(settings_path), settings)
         summary = {
             "engine": engine.name,
-            "student": str(student),
+            "student": str(student if source is None else source),
             "launch": command,
             "sampler": sampler.model_dump(),
             "settings": settings,

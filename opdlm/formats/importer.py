@@ -2,7 +2,7 @@
 
 :func:`import_checkpoint` is what ``opdlm convert --teacher SRC`` runs when ``SRC`` is in one of
 the formats of :data:`FORMATS` (dispatched on ``config.json``'s ``model_type``). The output is the
-same kind of directory :func:`opdlm.models.convert.convert_teacher` writes from a causal teacher:
+same kind of directory :func:`opdlm.models.convert.convert_causal_lm` writes from a causal teacher:
 ``model_type: qwen3``, the checkpoint's safetensors unchanged, its tokenizer with the mask token
 registered, and ``block_size``, ``mask_token_id``, ``logit_shift``, ``prompt_attention`` and
 ``sampler_defaults`` in ``config.json``, taken from what the checkpoint declares or documents.
@@ -11,41 +11,11 @@ registered, and ``block_size``, ``mask_token_id``, ``logit_shift``, ``prompt_att
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from opdlm.errors import SourceError
 from opdlm.formats import common
-from opdlm.formats.common import Declared
-
-
-@dataclass(frozen=True)
-class ImportFormat:
-    """What a released format is and what its own code does (cited in the format's module).
-
-    Attributes:
-        name: short name, recorded as ``opdlm_imported_format``.
-        model_types: ``config.json`` ``model_type`` values of the format.
-        architectures: accepted ``architectures[0]`` values.
-        block_size_keys: ``config.json`` keys that may declare the block size.
-        default_block_size: the block size its training uses when the checkpoint states none.
-        engine_mask_id: the mask id its own inference engine hard-codes (the tokenizer must agree).
-        logit_shift: whether its models predict token j at position j-1.
-        prompt_attention: how its prompt attends ("block": bidirectional in B-blocks).
-        native_alignment: where its blocks start: "response" (counted back from the response
-            start, which opdlm's geometry expresses) or "absolute" (from position 0, which it
-            expresses only when the prompt length is a multiple of B).
-    """
-
-    name: str
-    model_types: tuple[str, ...]
-    architectures: tuple[str, ...]
-    block_size_keys: tuple[str, ...]
-    default_block_size: Declared
-    engine_mask_id: int
-    logit_shift: bool
-    prompt_attention: str
-    native_alignment: str
+from opdlm.formats.common import ImportFormat
 
 
 def _formats() -> dict[str, ImportFormat]:

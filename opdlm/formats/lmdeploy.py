@@ -41,7 +41,7 @@ from our ``>`` only for a confidence exactly at the threshold.
 
 from __future__ import annotations
 
-from opdlm.formats.engine import Engine, Refusal
+from opdlm.formats.serving import Engine, Refusal
 
 MASK_ID = 151669
 

@@ -28,8 +28,7 @@ vendored in divelab/OPDLM @3bb8bf60 ``models/sdar/``; model card huggingface.co/
 
 from __future__ import annotations
 
-from opdlm.formats.common import Declared
-from opdlm.formats.importer import ImportFormat
+from opdlm.formats.common import Declared, ImportFormat
 
 FORMAT = ImportFormat(
     name="sdar",

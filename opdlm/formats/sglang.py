@@ -36,7 +36,7 @@ schedule. Any other quota, or a temperature above 0, cannot be expressed and is 
 
 from __future__ import annotations
 
-from opdlm.formats.engine import Engine, Refusal
+from opdlm.formats.serving import Engine, Refusal
 
 MASK_ID = 151669
 

@@ -5,6 +5,9 @@ when the embedding matrix is larger than the tokenizer, else resizing); ``config
 ``block_size``, ``mask_token_id``, ``logit_shift``, ``prompt_attention``, ``enable_thinking`` and
 ``sampler_defaults``. The result is written
 to a temporary sibling directory and renamed into place only when complete.
+
+This module converts a local causal-LM directory (:func:`convert_causal_lm`); resolving a source name
+and importing released block-diffusion checkpoints instead is :func:`opdlm.sources.convert.convert_teacher`.
 """
 
 from __future__ import annotations
@@ -17,8 +20,6 @@ from opdlm import __version__
 from opdlm.config.sampler import SamplerConfig
 from opdlm.errors import OpdlmError, SourceError
 from opdlm.fsutil import atomic_dir
-from opdlm.models.geometry import check_prompt_attention
-from opdlm.models.sources import resolve_model_source
 
 MASK_TOKEN = "<|MASK|>"
 # Families whose attention takes a 4-D mask and explicit position ids as given (transformers 5.x).
@@ -26,7 +27,7 @@ SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2", "llama", "mistral")
 _WEIGHT_GLOBS = ("*.safetensors", "model.safetensors.index.json")
 
 
-def _read_config(src_dir: Path) -> dict:
+def read_config(src_dir: Path) -> dict:
     try:
         return json.loads((src_dir / "config.json").read_text())
     except json.JSONDecodeError as exc:
@@ -34,7 +35,7 @@ def _read_config(src_dir: Path) -> dict:
 
 
 def _check_architecture(src_dir: Path) -> dict:
-    raw = _read_config(src_dir)
+    raw = read_config(src_dir)
     model_type = raw.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise SourceError(
@@ -57,68 +58,37 @@ def _mask_token_id(tokenizer) -> tuple[int, bool]:
     return mask_id, True
 
 
-def convert_teacher(
-    teacher: str | Path,
+def convert_causal_lm(
+    src_dir: Path,
     out: str | Path,
-    block_size: int | None = None,
+    block_size: int,
     logit_shift: bool = False,
     sampler: SamplerConfig | None = None,
     overwrite: bool = False,
     prompt_attention: str = "block",
     enable_thinking: bool = False,
-    notes: list[str] | None = None,
+    source: str | None = None,
 ) -> Path:
-    """Write a block-diffusion student converted from ``teacher`` to ``out``.
+    """Write a block-diffusion student converted from the causal LM in local directory ``src_dir`` to ``out``.
 
-    A ``teacher`` that is already a block-diffusion checkpoint in a released format (divelab's
-    ``a2d-qwen3``, JetAstra's ``sdar``) is imported instead (:mod:`opdlm.formats.importer`): same
-    weights, its declared block size and mask token, no remote code run.
+    What :func:`opdlm.sources.convert.convert_teacher` runs once the teacher is resolved to a
+    directory and is not a released block-diffusion checkpoint to import.
 
     Args:
-        teacher: a model source (local Hugging Face directory or a registered scheme).
+        src_dir: a checked local Hugging Face directory of one of :data:`SUPPORTED_MODEL_TYPES`.
         out: output directory; must not exist unless ``overwrite``.
-        block_size: B of the block-causal attention (>= 1); None means 4, or what an imported
-            checkpoint declares (a different explicit value then fails).
+        block_size: B of the block-causal attention (>= 1).
         logit_shift: position j-1 predicts token j (Fast-dLLM v2 style) instead of j predicting j.
         sampler: sampler defaults stored in ``config.json``; ``block_size`` is forced to match.
-        prompt_attention: ``block`` (the paper's: the prompt is bidirectional inside B-blocks counted
-            backwards from the response start) or ``causal``; an import must match its format's.
-        enable_thinking: the chat template's thinking mode for every prompt the student sees
-            (METHOD §6: false for the paper's non-thinking runs).
-        notes: when given, receives lines worth telling the user (what an import read from where).
+        prompt_attention: ``block`` (the paper's) or ``causal``.
+        enable_thinking: the chat template's thinking mode for every prompt the student sees.
+        source: how the teacher was named (stamped as ``opdlm_converted_from``; default ``src_dir``).
 
     Returns:
         The absolute output path.
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    from opdlm.formats.importer import detect_format, import_checkpoint
-
-    if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
-        raise OpdlmError(f"block_size must be an integer >= 1 (got {block_size!r})")
-    try:
-        check_prompt_attention(prompt_attention)
-    except ValueError as exc:
-        raise OpdlmError(str(exc)) from None
-    src_dir = resolve_model_source(teacher, what="teacher")
-    fmt = detect_format(_read_config(src_dir), f"{src_dir}/config.json")
-    if fmt is not None:
-        path, lines = import_checkpoint(
-            src_dir,
-            out,
-            fmt,
-            str(teacher),
-            block_size,
-            logit_shift,
-            sampler,
-            overwrite,
-            prompt_attention=prompt_attention,
-            enable_thinking=enable_thinking,
-        )
-        if notes is not None:
-            notes.extend(lines)
-        return path
-    block_size = 4 if block_size is None else block_size
     _check_architecture(src_dir)
     sampler = (sampler or SamplerConfig()).with_overrides(block_size=block_size)
 
@@ -146,7 +116,7 @@ def convert_teacher(
         config.enable_thinking = bool(enable_thinking)
         config.sampler_defaults = sampler.model_dump()
         config.opdlm_version = __version__
-        config.opdlm_converted_from = str(teacher)
+        config.opdlm_converted_from = str(src_dir if source is None else source)
         config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if (src_dir / "generation_config.json").is_file():

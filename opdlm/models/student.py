@@ -130,7 +130,7 @@ def stored_sampler_defaults(path: str | Path) -> SamplerConfig:
     """
     import json
 
-    from opdlm.models.sources import check_model_dir
+    from opdlm.models.model_dir import check_model_dir
 
     path = check_model_dir(Path(path), "student")
     try:
@@ -188,8 +188,8 @@ class Student:
 
 
 def load_student(path: str | Path, device: str = "auto", dtype: str = "auto", backend: str | None = None) -> Student:
-    """Load a converted student directory (see :func:`opdlm.models.convert.convert_teacher`)."""
-    from opdlm.models.sources import check_model_dir
+    """Load a converted student directory (see :func:`opdlm.sources.convert.convert_teacher`)."""
+    from opdlm.models.model_dir import check_model_dir
 
     path = check_model_dir(Path(path), "student")
     if backend is not None:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from opdlm.config.recipe import Recipe
 from opdlm.pipeline.fingerprint import config_hash
-from opdlm.pipeline.stages import BUILTIN_TEACHER, data_source, teacher_source, training_seed
+from opdlm.pipeline.stages import data_source, training_seed
+from opdlm.sources.builtin import BUILTIN_TEACHER
+from opdlm.sources.resolve import teacher_source
 
 
 def data_key(recipe: Recipe) -> str | None:

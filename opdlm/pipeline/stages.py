@@ -7,11 +7,12 @@ these, so the two orchestrators cannot drift apart:
 stage    here                                             library function
 ======== ================================================ ===========================================
 data     :func:`data_stage`                               :func:`opdlm.data.download.download_dataset`
-teacher  :func:`teacher_stage`, :func:`bootstrap_command` ``builtin:tiny``: :func:`opdlm.teacher.bootstrap_teacher`
-                                                          (``opdlm teacher bootstrap``; Prefect runs
-                                                          that command as a subprocess); else
-                                                          :func:`opdlm.models.sources.resolve_model_source`
-convert  :func:`convert_stage`                            :func:`opdlm.models.convert.convert_teacher`
+teacher  :func:`teacher_stage`                            ``builtin:tiny``: :func:`opdlm.sources.builtin.builtin_teacher`
+                                                          (Prefect runs its command form,
+                                                          :func:`opdlm.sources.builtin.bootstrap_command`,
+                                                          as a subprocess); else
+                                                          :func:`opdlm.sources.resolve.resolve_model_source`
+convert  :func:`convert_stage`                            :func:`opdlm.sources.convert.convert_teacher`
 train    ``opdlm train --until-stage`` (a subprocess)     :func:`opdlm.train.loop.train`
 eval     :func:`eval_model_stage`, :func:`sweep_stage`    :func:`opdlm.eval.harness.evaluate`,
                                                           :func:`opdlm.eval.sweep.sweep`
@@ -28,8 +29,8 @@ from opdlm.config.recipe import Recipe
 from opdlm.data.download import DatasetInfo
 from opdlm.errors import OpdlmError
 from opdlm.fsutil import atomic_dir, atomic_write_text
-
-BUILTIN_TEACHER = "builtin:tiny"
+from opdlm.sources.builtin import BUILTIN_TEACHER, builtin_teacher
+from opdlm.sources.resolve import resolve_teacher, teacher_source
 
 
 def training_seed(recipe: Recipe) -> int:
@@ -59,11 +60,6 @@ def data_stage(recipe: Recipe, out_path: str | Path) -> DatasetInfo:
     )
 
 
-def teacher_source(recipe: Recipe) -> str:
-    """The teacher the recipe asks for: ``teacher.path`` when set, else ``teacher.source``."""
-    return recipe.teacher.path or recipe.teacher.source
-
-
 def teacher_stage(recipe: Recipe, out_dir: str | Path | None = None) -> Path:
     """A local Hugging Face directory holding the recipe's teacher.
 
@@ -78,15 +74,8 @@ def teacher_stage(recipe: Recipe, out_dir: str | Path | None = None) -> Path:
             raise OpdlmError(
                 "teacher builtin:tiny is bootstrapped into a folder: give the teacher stage an output folder"
             )
-        from opdlm.teacher import bootstrap_teacher
-
-        bootstrap_teacher(
-            out_dir, recipe.teacher.bootstrap, overwrite=True, enable_thinking=recipe.convert.enable_thinking
-        )
-        return Path(out_dir).absolute()
-    from opdlm.models.sources import resolve_model_source
-
-    resolved = resolve_model_source(src, "teacher").absolute()
+        return builtin_teacher(src, recipe.teacher, recipe.convert.enable_thinking, out_dir)
+    resolved = resolve_teacher(recipe)
     if out_dir is None:
         return resolved
     with atomic_dir(out_dir, overwrite=True) as tmp:
@@ -98,44 +87,13 @@ def teacher_stage(recipe: Recipe, out_dir: str | Path | None = None) -> Path:
     return Path(out_dir).absolute()
 
 
-def bootstrap_command(recipe: Recipe, out_dir: str | Path, python: str | None = None) -> list[str]:
-    """The ``opdlm teacher bootstrap`` command that trains ``builtin:tiny`` with the recipe's settings.
-
-    The pipeline runs it as a subprocess (it is a training job of a few minutes); every
-    ``teacher.bootstrap`` field is passed as a ``key=value`` override, so the command alone says
-    exactly what was trained.
-    """
-    import sys
-
-    import yaml
-
-    settings = recipe.teacher.bootstrap.model_dump(mode="json")
-    overrides = [
-        f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-        for k, v in settings.items()
-    ]
-    thinking = "--enable-thinking" if recipe.convert.enable_thinking else "--no-enable-thinking"
-    return [
-        python or sys.executable,
-        "-m",
-        "opdlm.cli.main",
-        "teacher",
-        "bootstrap",
-        "--out",
-        str(out_dir),
-        "--overwrite",
-        thinking,
-        *overrides,
-    ]
-
-
 def convert_stage(recipe: Recipe, teacher_dir: str | Path, out_dir: str | Path) -> Path:
     """Convert the teacher into the block-diffusion student the training starts from (``convert`` + ``sampler``).
 
     With ``convert.student_source`` set, that released block-diffusion checkpoint is imported instead
     (:mod:`opdlm.formats.importer`); the teacher stays the distillation target.
     """
-    from opdlm.models.convert import convert_teacher
+    from opdlm.sources.convert import convert_teacher
 
     return convert_teacher(
         recipe.convert.student_source or teacher_dir,
@@ -146,6 +104,7 @@ def convert_stage(recipe: Recipe, teacher_dir: str | Path, out_dir: str | Path) 
         overwrite=True,
         prompt_attention=recipe.convert.prompt_attention,
         enable_thinking=recipe.convert.enable_thinking,
+        teacher_config=recipe.teacher,
     )
 
 

@@ -97,7 +97,7 @@ def run_reference(job: dict) -> dict:
     """
     from opdlm.config.recipe import Recipe
     from opdlm.eval.harness import evaluate
-    from opdlm.models.convert import convert_teacher
+    from opdlm.sources.convert import convert_teacher
 
     folder, fingerprint = Path(job["folder"]), job_fingerprint(job)
     if (done := cached_result(folder, fingerprint)) is not None:

@@ -41,9 +41,9 @@ TOKEN_UNIT = (
 
 def resolve_teacher(recipe: Recipe, teacher: str | None) -> Path:
     """The teacher directory: ``teacher``, else ``recipe.teacher.path``, else its source (bootstrapped when builtin)."""
-    from opdlm.models.sources import resolve_model_source
+    from opdlm.sources.resolve import resolve_teacher as resolve_recipe_teacher
 
-    return resolve_model_source(teacher or recipe.teacher.path or recipe.teacher.source, "teacher").absolute()
+    return resolve_recipe_teacher(recipe, teacher)
 
 
 class Planner:

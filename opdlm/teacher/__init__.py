@@ -4,7 +4,7 @@ It is saved as an ordinary Hugging Face model directory, so conversion, OPD and 
 exactly like Qwen3 from the hub. Heavy imports (torch, transformers) happen in the submodules.
 """
 
-from opdlm.teacher.config import BootstrapConfig
+from opdlm.config.teacher import BootstrapConfig  # the settings bootstrap_teacher takes (their home: config)
 
 __all__ = ["BootstrapConfig", "bootstrap_teacher"]
 

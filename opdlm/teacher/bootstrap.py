@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from opdlm.config.teacher import BootstrapConfig
 from opdlm.data.schema import Row
 from opdlm.fsutil import atomic_dir
-from opdlm.teacher.config import BootstrapConfig
 from opdlm.teacher.sft_data import batch_indices, collate, encode_example
 
 METRICS_FILE = "bootstrap_metrics.json"

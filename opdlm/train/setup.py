@@ -127,16 +127,6 @@ def run_fingerprint(recipe: Recipe, teacher: str | None, student: str | None, da
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _teacher_source(recipe: Recipe, teacher: str | None) -> str:
-    src = teacher or recipe.teacher.path or recipe.teacher.source
-    if src.startswith("builtin:tiny"):
-        raise SourceError(
-            "teacher builtin:tiny must be built first: run `opdlm teacher bootstrap --out DIR` and pass --teacher DIR "
-            "(or set teacher.path)"
-        )
-    return src
-
-
 def _check_out(out: Path, fingerprint: str) -> None:
     run_file = out / RUN_FILE
     if run_file.is_file():
@@ -157,7 +147,7 @@ def _student_dir(ctx_out: Path, recipe: Recipe, teacher_dir: Path | None, studen
     ``OUT/converted`` is derived from the teacher, so one whose weights do not read back (left by an
     older version that copied a corrupt teacher unread) is converted again rather than reused.
     """
-    from opdlm.models.sources import check_weight_files
+    from opdlm.models.model_dir import check_weight_files
 
     if student:
         return Path(student)
@@ -170,7 +160,7 @@ def _student_dir(ctx_out: Path, recipe: Recipe, teacher_dir: Path | None, studen
             pass
     if teacher_dir is None:
         raise OpdlmError("no --student given and no teacher to convert")
-    from opdlm.models.convert import convert_teacher
+    from opdlm.sources.convert import convert_teacher
 
     return convert_teacher(
         teacher_dir,
@@ -257,7 +247,7 @@ def check_inputs(recipe: Recipe, rows: list[Row], teacher_dir: Path | None, stud
     """
     from transformers import AutoTokenizer
 
-    from opdlm.models.sources import check_model_dir
+    from opdlm.models.model_dir import check_model_dir
     from opdlm.train.rollout import encode_rows
 
     cfg = recipe.train
@@ -312,12 +302,11 @@ def setup_run(
     # every input is checked before OUT is touched: a bad one leaves OUT exactly as it was
     rows = load_training_rows(recipe.data.source, data or recipe.data.path, cfg.num_prompts, seed)
     needs_teacher = cfg.objective == "opd"
-    teacher_src = _teacher_source(recipe, teacher) if (needs_teacher or not student) else None
     teacher_dir = None
-    if teacher_src is not None:
-        from opdlm.models.sources import resolve_model_source
+    if needs_teacher or not student:  # builtin:tiny is built here, with the recipe's teacher settings
+        from opdlm.sources.resolve import resolve_teacher
 
-        teacher_dir = distributed.on_main(lambda: resolve_model_source(teacher_src, "teacher"))
+        teacher_dir = distributed.on_main(lambda: resolve_teacher(recipe, teacher))
     distributed.on_main(lambda: check_inputs(recipe, rows, teacher_dir, student))
     distributed.on_main(lambda: _check_out(out, fingerprint))
 

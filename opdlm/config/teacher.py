@@ -1,4 +1,9 @@
-"""Settings of the tiny teacher's bootstrap: model size, optimisation, time budget, data sizes."""
+"""The recipe's ``teacher`` section: the teacher's source and, for ``builtin:tiny``, how its bootstrap trains it.
+
+Here, in the config layer, so the recipe composes it without importing the teacher package (which
+trains; this only describes), and the one place that resolves ``builtin:tiny``
+(:mod:`opdlm.sources.builtin`) reads its settings from the recipe that asked for it.
+"""
 
 from __future__ import annotations
 
@@ -80,3 +85,23 @@ class BootstrapConfig(StrictModel):
         if self.warmup_steps >= self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < steps ({self.steps})")
         return self
+
+
+class TeacherConfig(StrictModel):
+    """The frozen autoregressive teacher."""
+
+    source: str = Field(
+        "builtin:tiny", description="Teacher source: builtin:tiny, a local HF directory, hf://ORG/MODEL."
+    )
+    path: str | None = Field(None, description="Local directory of the resolved teacher.")
+    bootstrap: BootstrapConfig = Field(
+        default_factory=BootstrapConfig, description="builtin:tiny only: how `opdlm teacher bootstrap` trains it."
+    )
+
+    def weights_settings(self) -> dict:
+        """The settings that decide the teacher's weights: everything but display (``bootstrap.progress``).
+
+        Cache keys and training-folder fingerprints hash this, so turning progress output on or off
+        never makes a finished run look like a different one.
+        """
+        return self.model_dump(mode="json", exclude={"bootstrap": {"progress"}})
