@@ -13,8 +13,9 @@ from opdlm.errors import ConfigError, OpdlmError
 from opdlm.pipeline import keys
 from opdlm.pipeline.fingerprint import config_hash, model_dir_fingerprint
 from opdlm.pipeline.recipes import resolve_recipe
-from opdlm.pipeline.stages import bootstrap_command, stage_steps, training_progress
+from opdlm.pipeline.stages import bootstrap_command, stage_steps
 from opdlm.pipeline.training_metrics import read_metric_steps
+from opdlm.train.folder import TrainingFolder
 
 
 def _recipe(**changes) -> Recipe:
@@ -74,13 +75,18 @@ def test_stage_steps_and_progress(tmp_path):
     assert stage_steps(recipe, "a") == (0, 3) and stage_steps(recipe, "b") == (3, 5)
     with pytest.raises(OpdlmError, match="no stage 'c'; stages: a, b"):
         stage_steps(recipe, "c")
-    assert training_progress(tmp_path) == 0
-    (tmp_path / "train_summary.json").write_text(json.dumps({"rollout_step": 3}))
-    assert training_progress(tmp_path) == 3
+    folder = TrainingFolder(tmp_path)
+    assert folder.progress() == 0 and not folder.is_finished()
+    folder.summary_file.write_text(json.dumps({"rollout_step": 3}))
+    assert folder.progress() == 3 and not folder.is_finished()
+    folder.summary_file.write_text(json.dumps({"rollout_step": 5, "total_rollout_steps": 5, "finished": True}))
+    assert folder.is_finished() and folder.is_finished(5) and not folder.is_finished(6)
+    folder.summary_file.write_text('{"rollout_st')  # being replaced: read as not there yet
+    assert folder.progress() == 0 and folder.summary() == {}
 
 
 def test_metrics_replay_skips_partial_lines_and_strings(tmp_path):
-    f = tmp_path / "metrics.jsonl"
+    f = TrainingFolder(tmp_path).metrics_file
     f.write_text(
         '{"step": 0, "loss": 1.5, "stage_name": "a", "grad_norm": NaN}\n{"step": 1, "loss": 1.0, "eos_rate": 1}\n{"step": 2, "lo'
     )
