@@ -203,3 +203,21 @@ def test_tracked_metrics_put_key_curves_first_and_leave_stage_settings_out():
         "rollouts": 4,
         "optimizer_steps": 1,
     }
+
+
+def test_student_stage_exports_only_a_finished_folder(tmp_path):
+    from opdlm.pipeline.stages import student_stage
+
+    folder = TrainingFolder(tmp_path / "train")
+    with pytest.raises(OpdlmError, match=r"holds no finished training run \(it has no train_summary.json\)"):
+        student_stage(folder.path, tmp_path / "student")
+    folder.path.mkdir()
+    folder.summary_file.write_text(json.dumps({"rollout_step": 2, "total_rollout_steps": 5, "finished": False}))
+    with pytest.raises(OpdlmError, match="it stopped at rollout step 2 of 5"):
+        student_stage(folder.path, tmp_path / "student")
+    folder.summary_file.write_text(json.dumps({"rollout_step": 5, "total_rollout_steps": 5, "finished": True}))
+    with pytest.raises(OpdlmError, match="it trained 5 rollout steps, not 6"):
+        student_stage(folder.path, tmp_path / "student", total_rollout_steps=6)  # the recipe asks for more
+    with pytest.raises(OpdlmError, match="has no checkpoint"):
+        student_stage(folder.path, tmp_path / "student")
+    assert not (tmp_path / "student").exists()

@@ -112,11 +112,14 @@ class TrainingFolder:
         """
         if not self.is_finished(total_rollout_steps):
             summary = self.summary()
-            said = (
-                f"it stopped at rollout step {summary.get('rollout_step')} of {summary.get('total_rollout_steps')}"
-                if summary
-                else f"it has no {SUMMARY_FILE}"
-            )
+            if not summary:
+                said = f"it has no {SUMMARY_FILE}"
+            elif summary.get("finished"):
+                said = f"it trained {summary.get('rollout_step')} rollout steps, not {total_rollout_steps}"
+            else:
+                said = (
+                    f"it stopped at rollout step {summary.get('rollout_step')} of {summary.get('total_rollout_steps')}"
+                )
             raise OpdlmError(f"{self.path} holds no finished training run ({said})")
         return self.summary()
 
