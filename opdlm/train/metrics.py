@@ -2,20 +2,19 @@
 
 ``metrics.jsonl`` is the one tracking channel: the trainer never talks to a tracking service; the
 pipeline (or ``opdlm track`` after a SLURM job) replays the file into MLflow
-(:func:`opdlm.pipeline.training_metrics.replay_metrics`). Nothing here touches the outside world.
+(:class:`opdlm.pipeline.training_metrics.MetricReplay`). Nothing here touches the outside world.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Protocol, TextIO, runtime_checkable
+from typing import Any, Protocol, TextIO
 
 from opdlm.progress import progress
 from opdlm.train.folder import TrainingFolder
 
 
-@runtime_checkable
 class MetricLogger(Protocol):
     """Receives run parameters once and a dict of scalar metrics per rollout step (rank 0 only)."""
 
