@@ -1,7 +1,8 @@
 """Serving-engine exports of a registered student, logged as artifacts of its MLflow run.
 
-The register task calls :func:`log_engine_exports` on the run that logs the model (the pipeline run), so each
-export (``opdlm export --format sglang|lmdeploy``) sits beside the model version as
+The register task calls :func:`log_engine_exports` on the run that logs the model (the pipeline run).
+The exports themselves are :func:`opdlm.pipeline.stages.engine_export_stage`, the function ``opdlm
+stage engines`` (DVC) runs too; here each one is logged beside the model version as
 ``export/<format>/``. A student an engine would mis-serve is not an error of the pipeline: the
 refusal is recorded as the run tag ``export.<format>``.
 """
@@ -9,6 +10,8 @@ refusal is recorded as the run tag ``export.<format>``.
 from __future__ import annotations
 
 from pathlib import Path
+
+from opdlm.pipeline.stages import engine_export_stage
 
 MAX_TAG = 5000  # MLflow's limit on a tag value
 
@@ -23,19 +26,14 @@ def log_engine_exports(
     """
     import mlflow
 
-    from opdlm.formats.engine import Refusal, export_student
-
     client = mlflow.MlflowClient()
     results: dict[str, str] = {}
-    for fmt in formats:
-        try:
-            path, _ = export_student(student_dir, Path(out_root) / fmt, fmt, overwrite=True)
-        except Refusal as exc:
-            results[fmt] = f"refused: {exc}"
+    for fmt, outcome in engine_export_stage(formats, student_dir, out_root).items():
+        if outcome.startswith("refused: "):
+            results[fmt] = outcome
             continue
-        client.log_artifacts(run_id, str(path), artifact_path=f"export/{fmt}")
+        client.log_artifacts(run_id, outcome, artifact_path=f"export/{fmt}")
         results[fmt] = f"export/{fmt}"
-    if results:
-        for fmt, value in results.items():
-            client.set_tag(run_id, f"export.{fmt}", value[:MAX_TAG])
+    for fmt, value in results.items():
+        client.set_tag(run_id, f"export.{fmt}", value[:MAX_TAG])
     return results

@@ -1,8 +1,9 @@
 """Running a long job (training, the teacher bootstrap) as a subprocess of a task.
 
 A task timeout or cancellation cannot interrupt in-process training, and multi-GPU launchers need a
-process of their own anyway. The job's output goes to the task's log; its metrics file is tailed and
-new steps are forwarded while it runs.
+process of their own anyway. The job's output goes to the task's log; ``on_poll`` (the training
+task's :class:`~opdlm.pipeline.training_metrics.MetricReplay`) runs every few seconds while it runs
+and once when it has ended, so metrics reach the tracking service live.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 from opdlm.errors import OpdlmError
-from opdlm.pipeline.training_metrics import read_metric_steps
 
 POLL_SECONDS = 2.0
 
@@ -31,12 +31,10 @@ def run_streaming(
     logger,
     *,
     name: str,
-    metrics_path: Path | None = None,
-    steps: range | None = None,
-    forward=None,
-) -> set[int]:
-    """Run ``cmd`` with its output in the task's log; forward new ``metrics_path`` lines whose step is
-    in ``steps`` to ``forward`` while it runs. Returns the steps forwarded.
+    on_poll: Callable[[], object] | None = None,
+) -> None:
+    """Run ``cmd`` with its output in the task's log, calling ``on_poll()`` every
+    :data:`POLL_SECONDS` while it runs and once after it exits (whatever its exit code).
 
     Raises:
         OpdlmError: the process exited with code 2 (an ``opdlm`` user error: its ``error:`` line is quoted).
@@ -64,16 +62,11 @@ def run_streaming(
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
-    forwarded: set[int] = set()
-    last = steps.start - 1 if steps else -1  # earlier stages' lines are in the same file: never forward them here
     try:
         while True:
             done = proc.poll() is not None
-            new = [(s, m) for s, m in read_metric_steps(metrics_path, last) if s in steps] if metrics_path else []
-            if new:
-                forward(new)
-                forwarded |= {s for s, _ in new}
-                last = max(s for s, _ in new)
+            if on_poll is not None:
+                on_poll()  # after exit too: the lines the process wrote since the last poll
             if done:
                 break
             time.sleep(POLL_SECONDS)
@@ -88,4 +81,3 @@ def run_streaming(
     if proc.returncode != 0:
         shown = "\n".join(list(tail)[-10:])
         raise ProcessCrashed(f"{name} process exited with code {proc.returncode}; last output:\n{shown}")
-    return forwarded

@@ -21,8 +21,9 @@ from opdlm.errors import OpdlmError
 from opdlm.fsutil import atomic_write_text
 from opdlm.pipeline.gate import champion_gate
 from opdlm.pipeline.model_card import ModelCardFacts, render_model_card
-from opdlm.pipeline.stages import data_source
-from opdlm.train.checkpoint import export_model, verify_checkpoint
+from opdlm.pipeline.stages import data_source, student_stage
+from opdlm.train.checkpoint import verify_checkpoint
+from opdlm.train.folder import TrainingFolder
 from tasks import tracking
 from tasks.context import PipelineRun
 from tasks.engine_exports import log_engine_exports
@@ -205,9 +206,9 @@ def register(run_file: str, teacher_record: dict, data_record: dict, final_recor
     run = PipelineRun.load(run_file)
     recipe = run.recipe()
     checkpoint = Path(final_record["checkpoint"])
-    train_summary_path = Path(final_record["train_dir"]) / "train_summary.json"
-    train_summary = json.loads(train_summary_path.read_text()) if train_summary_path.is_file() else {}
-    if not train_summary.get("finished") or final_record["rollout_step"] != recipe.train.total_rollout_steps:
+    folder, total = TrainingFolder(final_record["train_dir"]), recipe.train.total_rollout_steps
+    train_summary = folder.summary()
+    if not folder.is_finished(total) or final_record["rollout_step"] != total:
         raise OpdlmError(
             f"training in {final_record['train_dir']} did not finish every curriculum stage; not registering"
         )
@@ -226,8 +227,7 @@ def register(run_file: str, teacher_record: dict, data_record: dict, final_recor
     decision = champion_gate(student_acc, teacher_acc, _champion_accuracy(client, name, bench), recipe.registry)
 
     student_dir = Path(run.run_dir) / "student"
-    student_dir.mkdir(parents=True, exist_ok=True)
-    export_model(checkpoint, student_dir)  # model files only: no optimizer state in the registry
+    student_stage(folder.path, student_dir, total)  # model files only: no optimizer state in the registry
     sampler = json.loads((student_dir / "config.json").read_text()).get("sampler_defaults", recipe.sampler.model_dump())
     shutil.copyfile(run.recipe_file, student_dir / RECIPE_FILE)  # the full recipe travels with the weights
     facts = _card_facts(

@@ -16,6 +16,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from opdlm.fsutil import atomic_write_text
+from opdlm.train.folder import TrainingFolder
 from tasks import tracking
 from tasks.context import PipelineRun
 
@@ -57,8 +58,7 @@ def render_summary(run: PipelineRun, eval_record: dict, train_records: list[dict
     model_url = tracking.ui_url(mlflow_base, f"models/{quote(reg['name'])}/versions/{reg['version']}")
     flow_url = f"{prefect_base}/runs/flow-run/{run.flow_run_id}" if run.flow_run_id else None
     train_dir = Path(train_records[-1]["train_dir"])
-    summary_file = train_dir / "train_summary.json"
-    train_summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    train_summary = TrainingFolder(train_dir).summary()
     lines = [
         f"# opdlm run `{Path(run.run_dir).name}`",
         "",

@@ -7,23 +7,24 @@ run"), so tasks in worker threads or retried on another worker log to the right 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Param, RunTag
 
 from opdlm.pipeline.params import flatten
+
+# the one metrics logger and the metrics.jsonl replay, shared with `opdlm track`
+from opdlm.pipeline.training_metrics import MetricReplay, log_metric_steps  # noqa: F401
 
 PARENT_TAG = "mlflow.parentRunId"
 FLOW_RUN_TAG = "prefect.flow_run_id"
 STAGE_TAG = "opdlm.stage"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a parameter value
 PARAMS_PER_BATCH = 100
-METRICS_PER_BATCH = 1000
 NOTE_TAG = "mlflow.note.content"  # shown as a run's Description in the UI
 PLOTS_DIR = "plots"  # the pipeline run's folder of figures (training curves, sweep Pareto fronts)
 # MLflow 3.17's UI takes its workflow (GenAI or model training) from this query parameter, falling
@@ -74,14 +75,6 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> Non
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
     """Log one step's metrics (None values skipped)."""
     log_metric_steps(client, run_id, [(step, metrics)])
-
-
-def log_metric_steps(client: MlflowClient, run_id: str, steps: list[tuple[int, dict[str, float]]]) -> None:
-    """Log ``(step, {name: value})`` pairs in batches."""
-    now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step) for step, metrics in steps for k, v in metrics.items() if v is not None]
-    for i in range(0, len(items), METRICS_PER_BATCH):
-        client.log_batch(run_id, metrics=items[i : i + METRICS_PER_BATCH], synchronous=True)
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:

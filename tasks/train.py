@@ -2,10 +2,12 @@
 
 Training runs in its own process (a task timeout cannot interrupt in-process training, and
 ``torchrun``/``deepspeed`` start multi-GPU jobs the same way); the command and environment come from
-:mod:`opdlm.train.launch`. Every stage of a run trains into the same content-addressed folder, so a
-retried or restarted stage resumes from that folder's newest checkpoint. While the process runs, new
-lines of its ``metrics.jsonl`` are forwarded to the stage's MLflow run (and the parent's) with their
-global rollout step.
+:mod:`opdlm.train.launch`. Every stage of a run trains into the same content-addressed folder
+(:class:`~opdlm.train.folder.TrainingFolder`), so a retried or restarted stage resumes from that
+folder's newest checkpoint. The trainer's rank 0 writes ``metrics.jsonl``; a
+:class:`~opdlm.pipeline.training_metrics.MetricReplay` puts its lines into the stage's MLflow run
+(and the parent's) with their global rollout step while the process runs, and whatever is left once
+the stage ends (a cached stage, the last lines), each step once.
 """
 
 from __future__ import annotations
@@ -16,21 +18,17 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from opdlm.errors import OpdlmError
 from opdlm.pipeline.keys import train_key
 from opdlm.pipeline.plots import write_training_curves
-from opdlm.pipeline.stages import stage_steps, training_progress
-from opdlm.pipeline.training_metrics import read_metric_steps, stage_constants, tracked_metrics
-from opdlm.train.checkpoint import list_checkpoints
+from opdlm.pipeline.stages import stage_steps
+from opdlm.pipeline.training_metrics import read_metric_steps, stage_constants
+from opdlm.train.folder import TrainingFolder
 from opdlm.train.launch import training_command, training_env
 from tasks import tracking
 from tasks.caching import content_cache_key, run_cached
 from tasks.context import PipelineRun
 from tasks.process import run_streaming
 from tasks.retry import retry_transient
-
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "train_summary.json"
 
 
 def train_dir_of(run: PipelineRun, teacher_record: dict, student_record: dict, data_record: dict) -> Path:
@@ -42,14 +40,6 @@ def train_dir_of(run: PipelineRun, teacher_record: dict, student_record: dict, d
 def _stage_key(run: PipelineRun, params: dict) -> str:
     train_dir = train_dir_of(run, params["teacher_record"], params["student_record"], params["data_record"])
     return f"{train_dir.name}-{params['stage']}"
-
-
-def _stage_checkpoint(train_dir: Path, end: int) -> Path:
-    """The checkpoint at the stage's end (or, if rotation removed it, the newest one after it)."""
-    found = [p for p in list_checkpoints(train_dir / "checkpoints") if int(p.name.split("-")[1]) >= end]
-    if not found:
-        raise OpdlmError(f"training folder {train_dir} has no checkpoint at or after rollout step {end}")
-    return found[0]
 
 
 @task(name="train-stage-process", cache_key_fn=content_cache_key("train", _stage_key), persist_result=True)
@@ -64,9 +54,9 @@ def run_training_stage(
     run = PipelineRun.load(run_file)
     recipe = run.recipe()
     train_dir = train_dir_of(run, teacher_record, student_record, data_record)
+    folder = TrainingFolder(train_dir)
     start, end = stage_steps(recipe, stage)
-    streamed: set[int] = set()
-    resumed_at = training_progress(train_dir)
+    resumed_at = folder.progress()
     if resumed_at < end:
         cmd = training_command(
             run.recipe_file,
@@ -78,30 +68,13 @@ def run_training_stage(
             until_stage=stage,
             deepspeed_config=recipe.train.deepspeed,
         )
-        env = training_env(
-            os.environ,
-            mlflow_run_id=mlflow_run_ids[0] if mlflow_run_ids else None,
-            resources=recipe.resources,
-            parent_run_id=run.parent_run_id,
+        env = training_env(os.environ, resources=recipe.resources)
+        replay = tracking.MetricReplay(
+            tracking.client_for(run.tracking_uri), mlflow_run_ids, folder.metrics_file, range(start, end)
         )
-        client = tracking.client_for(run.tracking_uri)
-
-        def forward(steps):
-            tracked = [(step, tracked_metrics(m)) for step, m in steps]
-            for run_id in mlflow_run_ids:
-                tracking.log_metric_steps(client, run_id, tracked)
-
         logger.info("train %s: steps %d..%d in %s\n$ %s", stage, start, end - 1, train_dir, " ".join(cmd))
-        streamed = run_streaming(
-            cmd,
-            env,
-            logger,
-            name=f"training stage {stage!r}",
-            metrics_path=train_dir / METRICS_FILE,
-            steps=range(start, end),
-            forward=forward,
-        )
-    checkpoint = _stage_checkpoint(train_dir, end)
+        run_streaming(cmd, env, logger, name=f"training stage {stage!r}", on_poll=replay)
+    checkpoint = folder.checkpoint_at_or_after(end)
     return {
         "stage": stage,
         "train_dir": str(train_dir),
@@ -109,7 +82,6 @@ def run_training_stage(
         "rollout_step": end,
         "start_step": start,
         "resumed_at": resumed_at,
-        "streamed_steps": sorted(streamed),
         "key": train_dir.name.removeprefix("train-"),
     }
 
@@ -130,11 +102,15 @@ def train_stage(
     data_record: dict,
     checkpoint_in: str | None = None,
 ) -> dict:
-    """Stage 4 (one task per curriculum stage): checkpoint in, checkpoint out, as a nested MLflow run.
+    """Stage 4 (one task per curriculum stage): train to the stage's end, checkpoint out, as a nested MLflow run.
+
+    Training continues from the training folder's newest checkpoint (every stage of a run trains
+    into the same content-addressed folder), which is ``checkpoint_in`` or, when this stage already
+    ran (a retry, a cache hit), a later one.
 
     Args:
-        checkpoint_in: the previous stage's checkpoint (None for the first stage, which starts from
-            the converted student); training resumes from it.
+        checkpoint_in: the previous stage's checkpoint out (None for the first stage, which starts from
+            the converted student), logged as this stage's lineage parameter.
 
     Returns:
         The stage record: ``train_dir``, ``checkpoint`` (out), ``rollout_step``, ``key``.
@@ -159,20 +135,16 @@ def train_stage(
             output=lambda r: r["checkpoint"],
         )
         start, end = record["start_step"], record["rollout_step"]
-        streamed = set() if cached else set(record["streamed_steps"])
-        train_dir = Path(record["train_dir"])
-        lines = [(s, m) for s, m in read_metric_steps(train_dir / METRICS_FILE) if start <= s < end]
-        missing = [(s, tracked_metrics(m)) for s, m in lines if s not in streamed]
-        for target in (run_id, run.parent_run_id):
-            tracking.log_metric_steps(client, target, missing)
+        folder = TrainingFolder(record["train_dir"])
+        # whatever the live replay did not log (a cached stage: all of it), each step once per run
+        tracking.MetricReplay(client, [run_id, run.parent_run_id], folder.metrics_file, range(start, end))()
+        lines = [(s, m) for s, m in read_metric_steps(folder.metrics_file) if start <= s < end]
         tracking.log_params(client, run_id, {"measured": stage_constants(lines)})  # settings, not curves
         tracking.set_tags(
-            client, run_id, {"checkpoint_out": record["checkpoint"], "train_dir": str(train_dir), "cached": cached}
+            client, run_id, {"checkpoint_out": record["checkpoint"], "train_dir": str(folder.path), "cached": cached}
         )
-        csv_path, png_path = write_training_curves(train_dir / METRICS_FILE, Path(run.run_dir) / "plots")
-        tracking.log_artifacts(
-            client, run_id, [train_dir / SUMMARY_FILE, train_dir / "params.json", csv_path, png_path]
-        )
+        csv_path, png_path = write_training_curves(folder.metrics_file, Path(run.run_dir) / "plots")
+        tracking.log_artifacts(client, run_id, [folder.summary_file, folder.params_file, csv_path, png_path])
         tracking.log_artifacts(
             client, run.parent_run_id, [csv_path, png_path], artifact_path=tracking.PLOTS_DIR
         )  # the curves so far

@@ -21,6 +21,7 @@ import pytest
 from helpers import train_cmd
 
 from opdlm.cli.main import main
+from opdlm.train.folder import TrainingFolder
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -95,7 +96,9 @@ def test_interrupted_train_exits_130_and_says_how_to_resume(sig, tiny_teacher_di
     cmd = train_cmd(out, tiny_teacher_dir, *LONG)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None and not list((out / "checkpoints").glob("step-*")):
+    while (
+        time.monotonic() < deadline and proc.poll() is None and not list(TrainingFolder(out).checkpoints.glob("step-*"))
+    ):
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
     proc.send_signal(sig)
@@ -157,12 +160,12 @@ def test_truncated_weights_are_refused_before_anything_is_written(
 def test_train_recovers_from_a_corrupt_converted_left_in_out(tiny_teacher_dir, truncated_teacher, tmp_path, capsys):
     """OUT/converted is derived from the teacher: one whose weights do not read back is converted again."""
     out = tmp_path / "run"
-    (out / "converted").mkdir(parents=True)
+    TrainingFolder(out).converted.mkdir(parents=True)
     for p in truncated_teacher.iterdir():  # what an older version left: the bad teacher copied unread
-        shutil.copy2(p, out / "converted" / p.name)
+        shutil.copy2(p, TrainingFolder(out).converted / p.name)
     args = ["train", "--config", str(TINY), "--out", str(out), "--teacher", str(tiny_teacher_dir), "--quiet", *FAST]
     assert main(args) == 0, capsys.readouterr().err
-    assert (out / "train_summary.json").is_file()
+    assert TrainingFolder(out).summary_file.is_file()
 
 
 def test_train_with_a_bad_teacher_leaves_an_existing_out_as_it_was(truncated_teacher, tmp_path, capsys):
@@ -234,7 +237,9 @@ def test_a_run_that_took_no_optimizer_step_fails_and_exports_nothing(tiny_teache
             teacher=str(tiny_teacher_dir),
             console=False,
         )
-    assert not (tmp_path / "o" / "train_summary.json").exists() and not (tmp_path / "o" / "model.safetensors").exists()
+    assert (
+        not TrainingFolder(tmp_path / "o").summary_file.exists() and not (tmp_path / "o" / "model.safetensors").exists()
+    )
 
 
 # --- students that cannot work, and generate's options --------------------------------------------------------

@@ -21,7 +21,8 @@ import torch
 from helpers import FAST, TINY, train_cmd, weights
 
 from opdlm.config.recipe import load_recipe
-from opdlm.train.loop import SUMMARY_FILE, train
+from opdlm.train.folder import TrainingFolder
+from opdlm.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 ONE_STEP_STAGES = "train.stages=[{name: a, rollout_steps: 1, length: {start: 8, end: 8}}, {name: b, rollout_steps: 1, length: {start: 8, end: 8}}]"
@@ -60,16 +61,16 @@ def test_two_steps_through_deepspeed_zero2_match_plain_pytorch_and_resume(refere
     zero2 = f"train.deepspeed={REPO / 'configs' / 'deepspeed' / 'zero2.json'}"
     first = _train_cli(out, tiny_teacher_dir, zero2, "--until-stage", "a")
     assert first.returncode == 0, first.stderr[-3000:]
-    ckpt = out / "checkpoints" / "step-000001"
+    ckpt = TrainingFolder(out).checkpoints / "step-000001"
     assert (ckpt / "deepspeed" / "state").is_dir() and not (ckpt / "optimizer.pt").exists()
     second = _train_cli(out, tiny_teacher_dir, zero2, "--until-stage", "b")  # resumes DeepSpeed's optimizer state
     assert second.returncode == 0, second.stderr[-3000:]
 
-    summary = json.loads((out / SUMMARY_FILE).read_text())
+    summary = json.loads(TrainingFolder(out).summary_file.read_text())
     assert summary["finished"] and summary["rollout_step"] == 2 and summary["optimizer_steps"] >= 2
     assert_close_weights(weights(out), weights(ref))
-    metrics = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
-    ref_metrics = [json.loads(ln) for ln in (ref / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(ln) for ln in TrainingFolder(out).metrics_file.read_text().splitlines()]
+    ref_metrics = [json.loads(ln) for ln in TrainingFolder(ref).metrics_file.read_text().splitlines()]
     assert [round(m["loss"], 4) for m in metrics] == [round(m["loss"], 4) for m in ref_metrics]
 
 
@@ -80,6 +81,6 @@ def test_zero3_student_with_zero3_offloaded_teacher_matches_plain_pytorch(refere
     offload = f"train.teacher_deepspeed={REPO / 'configs' / 'deepspeed' / 'zero3_teacher_offload.json'}"
     done = _train_cli(out, tiny_teacher_dir, zero3, "train.teacher_offload=true", offload, "--until-stage", "a")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (out / "checkpoints" / "step-000001" / "deepspeed" / "state").is_dir()
+    assert (TrainingFolder(out).checkpoints / "step-000001" / "deepspeed" / "state").is_dir()
     # the exported student is whole (gathered from ZeRO-3's partitions) and equals PyTorch's first step
-    assert_close_weights(weights(out), weights(reference / "checkpoints" / "step-000001"))
+    assert_close_weights(weights(out), weights(TrainingFolder(reference).checkpoints / "step-000001"))

@@ -58,7 +58,7 @@ def repo(tmp_path):
 def test_dvc_repro_then_noop_then_s3_remote(repo):
     repo, env = repo
     out = _run(["dvc", "repro"], repo, env)
-    for stage in ("data", "teacher", "convert", "train", "eval"):
+    for stage in ("data", "teacher", "convert", "train", "export", "eval"):
         assert f"Running stage '{stage}'" in out
     runs = repo / "runs" / "dvc"
     metrics = json.loads((runs / "eval" / "metrics.json").read_text())["synthetic"]
@@ -66,6 +66,14 @@ def test_dvc_repro_then_noop_then_s3_remote(repo):
     assert (runs / "student" / "model.safetensors").is_file() and not (runs / "student" / "optimizer.pt").exists()
     assert (runs / "eval" / "sweep" / "synthetic" / "sweep_pareto.png").is_file()
     assert (runs / "plots" / "train_curves.csv").read_text().startswith("step,loss")
+    exports = json.loads((runs / "export" / "exports.json").read_text())  # the register stage's export function
+    assert set(exports) == {"sglang", "lmdeploy"}  # registry.export_formats' default
+    for fmt, result in exports.items():  # an export folder, or the engine's refusal in one line
+        assert (
+            (runs / "export" / fmt / "config.json").is_file()
+            if not result.startswith("refused: ")
+            else "\n" not in result
+        )
     info = json.loads((runs / "data" / "train.jsonl.info.json").read_text())
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     data_out = next(o for o in lock["stages"]["data"]["outs"] if o["path"].endswith("train.jsonl"))

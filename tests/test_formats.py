@@ -365,3 +365,23 @@ def test_train_and_eval_start_from_an_imported_checkpoint(models, tmp_path, caps
         == 0
     )
     assert (tmp_path / "eval.json").is_file()
+
+
+def test_engine_export_stage_is_what_dvc_runs(student, tiny_student_dir, tmp_path, capsys):
+    """`opdlm stage engines` (dvc.yaml's export stage) exports registry.export_formats through the stage
+    function the register task logs; a refusal is recorded in exports.json and leaves no folder."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "train:\n  stages: [{name: only, rollout_steps: 1}]\nregistry:\n  export_formats: [sglang, lmdeploy]\n"
+    )
+    out = tmp_path / "export"
+    assert main(["stage", "engines", "--recipe", str(recipe), "--student", str(student), "--out", str(out)]) == 0
+    results = json.loads((out / "exports.json").read_text())
+    assert results == {"sglang": str(out / "sglang"), "lmdeploy": str(out / "lmdeploy")}
+    assert (out / "sglang" / "dllm_algorithm.yaml").is_file() and (out / "lmdeploy" / "lmdeploy_engine.json").is_file()
+    assert "sglang: " in capsys.readouterr().out
+    args = ["stage", "engines", "--recipe", str(recipe), "--student", str(tiny_student_dir), "--out", str(out)]
+    assert main([*args, "registry.export_formats=[sglang]"]) == 0
+    results = json.loads((out / "exports.json").read_text())
+    assert list(results) == ["sglang"] and results["sglang"].startswith("refused: mask_token_id")
+    assert not (out / "sglang").exists()  # the earlier student's export is not left to look like this one's

@@ -277,6 +277,52 @@ def test_sbatch_renders_one_deepspeed_launch_per_node(tmp_path):
         assert "train.deepspeed=configs/deepspeed/zero3.json" in ns.user_args
 
 
+def test_sbatch_replays_the_metrics_into_mlflow_after_the_job_even_when_it_fails(tmp_path):
+    """With MLFLOW_RUN_ID set, the job's metrics.jsonl reaches that run once srun returns (`opdlm track`),
+    and the job's own exit code is kept."""
+    from mlflow import MlflowClient
+
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    (shims / "scontrol").write_text('#!/bin/bash\nprintf "gpu-a\\n"\n')
+    # the "training": rank 0's two lines in OUT/metrics.jsonl, then a crash
+    (shims / "srun").write_text(
+        "#!/bin/bash\nwhile [[ $# -gt 0 && $1 != --out ]]; do shift; done\n"
+        """printf '{"step": 0, "loss": 1.0, "length_cap": 8}\\n{"step": 1, "loss": 0.5, "length_cap": 8}\\n'"""
+        ' > "$2/metrics.jsonl"\nexit 3\n'
+    )
+    for shim in shims.iterdir():
+        shim.chmod(0o755)
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("slurm", (tmp_path / "art").as_uri())).info.run_id
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: t\ntrain:\n  stages: [{name: s, rollout_steps: 2}]\n")
+    env = {
+        **os.environ,
+        "PATH": f"{shims}:{os.environ['PATH']}",
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_GPUS_ON_NODE": "8",
+        "SLURM_JOB_NODELIST": "gpu-a",
+        "SLURM_JOB_ID": "78",
+        "OPDLM_PYTHON": sys.executable,
+        "MLFLOW_TRACKING_URI": uri,
+        "MLFLOW_RUN_ID": run_id,
+    }
+    env.pop("OPDLM_LAUNCH_DRY_RUN", None)
+    proc = subprocess.run(
+        ["bash", str(INFRA / "slurm" / "train.sbatch"), str(recipe), str(tmp_path / "out")],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "track: 2 step(s)" in proc.stdout
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "1_key/loss")] == [(0, 1.0), (1, 0.5)]
+
+
 # --- local stack scripts ----------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from opdlm.config.base import validate_config
 from opdlm.config.recipe import Recipe
 from opdlm.config.resources import ResourcesConfig
 from opdlm.errors import ConfigError
+from opdlm.train.folder import TrainingFolder
 from opdlm.train.launch import training_command, training_env
 
 PY = "/venv/bin/python"
@@ -184,23 +185,13 @@ def test_bad_resources_in_a_recipe_fail_in_one_line(resources, needle):
     assert needle in str(info.value) and "\n" not in str(info.value)
 
 
-def test_training_env_sets_run_id_and_splits_threads():
+def test_training_env_splits_threads_and_keeps_the_users_settings():
     res = ResourcesConfig(gpus_per_node=4)
-    env = training_env(
-        {"PATH": "/bin", "MLFLOW_RUN_ID": "stale"},
-        mlflow_run_id="abc123",
-        resources=res,
-        parent_run_id="parent9",
-        cpu_count=32,
-    )
-    assert env["MLFLOW_RUN_ID"] == "abc123" and env["MLFLOW_PARENT_RUN_ID"] == "parent9" and env["PATH"] == "/bin"
+    env = training_env({"PATH": "/bin"}, resources=res, cpu_count=32)
+    assert env["PATH"] == "/bin" and not any(k.startswith("MLFLOW_") for k in env)  # ranks never log to MLflow
     assert env["OMP_NUM_THREADS"] == "8" and env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
-    kept = training_env(
-        {"OMP_NUM_THREADS": "2", "MLFLOW_RUN_ID": "stale"}, mlflow_run_id=None, resources=ResourcesConfig(), cpu_count=2
-    )
-    assert (
-        kept["OMP_NUM_THREADS"] == "2" and "MLFLOW_RUN_ID" not in kept and "TORCH_NCCL_ASYNC_ERROR_HANDLING" not in kept
-    )
+    kept = training_env({"OMP_NUM_THREADS": "2"}, resources=ResourcesConfig(), cpu_count=2)
+    assert kept["OMP_NUM_THREADS"] == "2" and "TORCH_NCCL_ASYNC_ERROR_HANDLING" not in kept
 
 
 def test_opdlm_launch_dry_run_uses_the_recipe(tmp_path, capsys, monkeypatch):
@@ -238,9 +229,9 @@ def test_torchrun_command_trains_with_two_cpu_ranks(tiny_teacher_dir, tmp_path):
     argv = training_command(
         repo / "configs" / "tiny.yaml", out, resources=resources, teacher=str(tiny_teacher_dir), overrides=overrides
     )
-    env = training_env(os.environ, mlflow_run_id=None, resources=resources)
+    env = training_env(os.environ, resources=resources)
     proc = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("trained student ->") == 2  # one line per rank
-    summary = json.loads((out / "train_summary.json").read_text())
+    summary = json.loads(TrainingFolder(out).summary_file.read_text())
     assert summary["finished"] and summary["last_stage_completed"] == "only" and summary["rollout_step"] == 1

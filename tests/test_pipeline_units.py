@@ -13,9 +13,10 @@ from opdlm.errors import ConfigError, OpdlmError
 from opdlm.pipeline import keys
 from opdlm.pipeline.fingerprint import config_hash, model_dir_fingerprint
 from opdlm.pipeline.recipes import resolve_recipe
-from opdlm.pipeline.stages import stage_steps, training_progress
+from opdlm.pipeline.stages import stage_steps
 from opdlm.pipeline.training_metrics import read_metric_steps
 from opdlm.sources.builtin import bootstrap_command
+from opdlm.train.folder import TrainingFolder
 
 
 def _recipe(**changes) -> Recipe:
@@ -75,13 +76,18 @@ def test_stage_steps_and_progress(tmp_path):
     assert stage_steps(recipe, "a") == (0, 3) and stage_steps(recipe, "b") == (3, 5)
     with pytest.raises(OpdlmError, match="no stage 'c'; stages: a, b"):
         stage_steps(recipe, "c")
-    assert training_progress(tmp_path) == 0
-    (tmp_path / "train_summary.json").write_text(json.dumps({"rollout_step": 3}))
-    assert training_progress(tmp_path) == 3
+    folder = TrainingFolder(tmp_path)
+    assert folder.progress() == 0 and not folder.is_finished()
+    folder.summary_file.write_text(json.dumps({"rollout_step": 3}))
+    assert folder.progress() == 3 and not folder.is_finished()
+    folder.summary_file.write_text(json.dumps({"rollout_step": 5, "total_rollout_steps": 5, "finished": True}))
+    assert folder.is_finished() and folder.is_finished(5) and not folder.is_finished(6)
+    folder.summary_file.write_text('{"rollout_st')  # being replaced: read as not there yet
+    assert folder.progress() == 0 and folder.summary() == {}
 
 
 def test_metrics_replay_skips_partial_lines_and_strings(tmp_path):
-    f = tmp_path / "metrics.jsonl"
+    f = TrainingFolder(tmp_path).metrics_file
     f.write_text(
         '{"step": 0, "loss": 1.5, "stage_name": "a", "grad_norm": NaN}\n'
         '{"step": 1, "loss": 1.0, "eos_rate": 1}\n{"step": 2, "lo'
@@ -199,3 +205,21 @@ def test_tracked_metrics_put_key_curves_first_and_leave_stage_settings_out():
         "rollouts": 4,
         "optimizer_steps": 1,
     }
+
+
+def test_student_stage_exports_only_a_finished_folder(tmp_path):
+    from opdlm.pipeline.stages import student_stage
+
+    folder = TrainingFolder(tmp_path / "train")
+    with pytest.raises(OpdlmError, match=r"holds no finished training run \(it has no train_summary.json\)"):
+        student_stage(folder.path, tmp_path / "student")
+    folder.path.mkdir()
+    folder.summary_file.write_text(json.dumps({"rollout_step": 2, "total_rollout_steps": 5, "finished": False}))
+    with pytest.raises(OpdlmError, match="it stopped at rollout step 2 of 5"):
+        student_stage(folder.path, tmp_path / "student")
+    folder.summary_file.write_text(json.dumps({"rollout_step": 5, "total_rollout_steps": 5, "finished": True}))
+    with pytest.raises(OpdlmError, match="it trained 5 rollout steps, not 6"):
+        student_stage(folder.path, tmp_path / "student", total_rollout_steps=6)  # the recipe asks for more
+    with pytest.raises(OpdlmError, match="has no checkpoint"):
+        student_stage(folder.path, tmp_path / "student")
+    assert not (tmp_path / "student").exists()

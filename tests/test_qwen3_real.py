@@ -19,6 +19,7 @@ from opdlm.models.student import load_student
 from opdlm.sampling.block_sampler import BlockDiffusionSampler
 from opdlm.sources.convert import convert_teacher
 from opdlm.testing.qwen3 import END_THINK_ID, IM_END_ID, QWEN3_EMBEDDING_ROWS, QWEN3_TOKENIZER_SIZE, THINK_ID
+from opdlm.train.folder import TrainingFolder
 
 REPO = Path(__file__).resolve().parents[1]
 GENERATION_PROMPT = "<|im_start|>assistant\n"
@@ -183,7 +184,7 @@ def test_opd_train_on_the_paper_recipe_at_full_vocabulary(qwen3_06b_shaped, tmp_
         ]
     )
     assert code == 0
-    summary = json.loads((out / "train_summary.json").read_text())
+    summary = json.loads(TrainingFolder(out).summary_file.read_text())
     assert summary["rollout_step"] == 2 and summary["finished"]
     config = json.loads((out / "config.json").read_text())
     assert config["vocab_size"] == QWEN3_EMBEDDING_ROWS and config["mask_token_id"] == 151_669

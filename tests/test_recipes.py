@@ -216,7 +216,7 @@ def test_a_student_stored_with_another_prompt_format_fails_before_the_teacher_is
 ):
     """Stored-vs-recipe checks need the student's config.json: they read it before data or teacher are fetched."""
     from opdlm.cli.main import main
-    from opdlm.models.convert import convert_teacher
+    from opdlm.sources.convert import convert_teacher
 
     causal = convert_teacher(tiny_teacher_dir, tmp_path / "causal", block_size=4, prompt_attention="causal")
     out = tmp_path / "run"

@@ -19,7 +19,8 @@ from helpers import FAST, TINY, assert_same_weights, fast_recipe, train_cmd, wei
 
 from opdlm.errors import ConfigError
 from opdlm.train.checkpoint import CheckpointError, list_checkpoints
-from opdlm.train.loop import SUMMARY_FILE, train
+from opdlm.train.folder import TrainingFolder
+from opdlm.train.loop import train
 
 METRIC_KEYS = {
     "loss",
@@ -51,11 +52,11 @@ def test_run_exports_a_student_and_logs_every_metric(uninterrupted):
     from opdlm.models.student import load_student
     from opdlm.sampling.block_sampler import BlockDiffusionSampler
 
-    summary = json.loads((uninterrupted / SUMMARY_FILE).read_text())
+    summary = json.loads(TrainingFolder(uninterrupted).summary_file.read_text())
     assert summary["finished"] and summary["last_stage_completed"] == "full"
     assert summary["rollout_step"] == 4 and summary["optimizer_steps"] > 0
     assert summary["cumulative_train_tokens"] > 0 and summary["flops"] > 0
-    lines = [json.loads(ln) for ln in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(ln) for ln in TrainingFolder(uninterrupted).metrics_file.read_text().splitlines()]
     assert [m["step"] for m in lines] == [0, 1, 2, 3]
     for m in lines:
         assert METRIC_KEYS <= m.keys(), METRIC_KEYS - m.keys()
@@ -68,19 +69,19 @@ def test_run_exports_a_student_and_logs_every_metric(uninterrupted):
         [[5, 6, 7]], student.meta.sampler_defaults.with_overrides(max_new_tokens=8)
     )
     assert len(out.response_ids[0]) <= 8
-    assert_same_weights(uninterrupted, list_checkpoints(uninterrupted / "checkpoints")[-1])
-    start = weights(uninterrupted / "converted")
+    assert_same_weights(uninterrupted, list_checkpoints(TrainingFolder(uninterrupted).checkpoints)[-1])
+    start = weights(TrainingFolder(uninterrupted).converted)
     assert any(not torch.equal(start[k], w) for k, w in weights(uninterrupted).items()), "training changed nothing"
 
 
 def test_until_stage_stops_after_each_stage_and_continues_the_same_run(uninterrupted, tiny_teacher_dir, tmp_path):
     out = tmp_path / "staged"
     train(fast_recipe(), out, teacher=str(tiny_teacher_dir), until_stage="short", console=False)
-    summary = json.loads((out / SUMMARY_FILE).read_text())
+    summary = json.loads(TrainingFolder(out).summary_file.read_text())
     assert summary["last_stage_completed"] == "short" and not summary["finished"] and summary["rollout_step"] == 2
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()  # usable after every stage
     train(fast_recipe(), out, teacher=str(tiny_teacher_dir), until_stage="full", console=False)
-    summary = json.loads((out / SUMMARY_FILE).read_text())
+    summary = json.loads(TrainingFolder(out).summary_file.read_text())
     assert summary["finished"] and summary["rollout_step"] == 4
     assert_same_weights(out, uninterrupted)  # stage by stage == one call
     # a further call has nothing left to do and changes nothing
@@ -125,17 +126,21 @@ def test_sigkill_then_resume_reaches_the_uninterrupted_weights(uninterrupted, ti
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(_cli(out, tiny_teacher_dir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None and len(list_checkpoints(out / "checkpoints")) < 2:
+    while (
+        time.monotonic() < deadline
+        and proc.poll() is None
+        and len(list_checkpoints(TrainingFolder(out).checkpoints)) < 2
+    ):
         time.sleep(0.05)
     assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
     proc.send_signal(signal.SIGKILL)  # mid-run: between steps, inside a step or inside a checkpoint write
     proc.wait()
-    done = len(list_checkpoints(out / "checkpoints"))
+    done = len(list_checkpoints(TrainingFolder(out).checkpoints))
     assert 2 <= done < 4
     resumed = subprocess.run(_cli(out, tiny_teacher_dir), env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_same_weights(out, uninterrupted)
-    lines = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(ln)["step"] for ln in TrainingFolder(out).metrics_file.read_text().splitlines()]
     assert lines == [0, 1, 2, 3]  # steps re-run after the kill are logged once
 
 
@@ -160,7 +165,7 @@ def test_failure_inside_a_checkpoint_write_leaves_no_partial_checkpoint(
     monkeypatch.setattr(saving, "_write_payload", crashing)
     with pytest.raises(KeyboardInterrupt):
         train(fast_recipe(), out, teacher=str(tiny_teacher_dir), console=False)
-    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-000001", "step-000002"]
+    assert [p.name for p in list_checkpoints(TrainingFolder(out).checkpoints)] == ["step-000001", "step-000002"]
     monkeypatch.setattr(saving, "_write_payload", real)
     train(fast_recipe(), out, teacher=str(tiny_teacher_dir), console=False)
     assert_same_weights(out, uninterrupted)
@@ -171,7 +176,7 @@ def test_corrupt_or_partial_checkpoint_is_reported_not_loaded(uninterrupted, tin
 
     out = tmp_path / "corrupt"
     shutil.copytree(uninterrupted, out)
-    newest = list_checkpoints(out / "checkpoints")[-1]
+    newest = list_checkpoints(TrainingFolder(out).checkpoints)[-1]
     blob = bytearray((newest / "model.safetensors").read_bytes())
     blob[-5] ^= 0xFF
     (newest / "model.safetensors").write_bytes(bytes(blob))
@@ -204,21 +209,21 @@ def test_empty_and_eos_only_rollouts_are_counted_and_skipped(tiny_teacher_dir, t
     monkeypatch.setattr(loop, "rollout", garbled)
     out = tmp_path / "garbled"
     train(fast_recipe(), out, teacher=str(tiny_teacher_dir), until_stage="short", console=False)
-    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(ln) for ln in TrainingFolder(out).metrics_file.read_text().splitlines()]
     assert [m["skipped_rollouts"] for m in lines] == [4, 4]
     assert all(m["loss_tokens"] == 0 and "loss" not in m for m in lines)
-    assert json.loads((out / SUMMARY_FILE).read_text())["skipped_rollouts"] == 8
+    assert json.loads(TrainingFolder(out).summary_file.read_text())["skipped_rollouts"] == 8
 
 
 def test_mdm_sft_baseline_runs_through_the_same_loop(tiny_student_dir, tmp_path):
     out = tmp_path / "mdm"
     recipe = fast_recipe("train.objective=mdm_sft")
     train(recipe, out, student=str(tiny_student_dir), until_stage="short", console=False)
-    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(ln) for ln in TrainingFolder(out).metrics_file.read_text().splitlines()]
     assert len(lines) == 2 and all(m["loss"] > 0 and m["loss_tokens"] > 0 for m in lines)
     # responses are ground truth truncated to the cap (8 tokens, so no EOS survives)
     assert all(m["rollout_tokens"] == 4 * 8 for m in lines)
-    assert not (out / "converted").exists()  # the given student is used, no teacher needed
+    assert not TrainingFolder(out).converted.exists()  # the given student is used, no teacher needed
 
 
 def test_gradient_checkpointing_top_k_kl_and_all_rounds_run(tiny_teacher_dir, tmp_path):
@@ -231,7 +236,7 @@ def test_gradient_checkpointing_top_k_kl_and_all_rounds_run(tiny_teacher_dir, tm
         "train.exclude_eos_from_loss=false",
     )
     train(recipe, out, teacher=str(tiny_teacher_dir), until_stage="short", console=False)
-    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(ln) for ln in TrainingFolder(out).metrics_file.read_text().splitlines()]
     assert len(lines) == 2 and all(m["loss"] >= 0 and m["loss_tokens"] > 0 for m in lines)
 
 
@@ -246,6 +251,6 @@ def test_filler_micro_batches_and_empty_chunks_change_nothing(tiny_teacher_dir, 
     padded = tmp_path / "padded"
     train(fast_recipe(), padded, teacher=str(tiny_teacher_dir), until_stage="short", console=False)
     assert_same_weights(ref, padded)
-    lines = [json.loads(ln) for ln in (padded / "metrics.jsonl").read_text().splitlines()]
-    ref_lines = [json.loads(ln) for ln in (ref / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(ln) for ln in TrainingFolder(padded).metrics_file.read_text().splitlines()]
+    ref_lines = [json.loads(ln) for ln in TrainingFolder(ref).metrics_file.read_text().splitlines()]
     assert [m["loss_tokens"] for m in lines] == [m["loss_tokens"] for m in ref_lines]

@@ -19,6 +19,7 @@ from opdlm.data.synthetic import load_split
 from opdlm.models.student import load_causal_lm, load_student
 from opdlm.sampling.block_sampler import BlockDiffusionSampler
 from opdlm.train.batch import make_rows, pad_step_maps, right_pad
+from opdlm.train.folder import TrainingFolder
 from opdlm.train.kl import forward_kl_from_logprobs
 from opdlm.train.loop import train
 from opdlm.train.loss_mask import response_loss_mask
@@ -90,13 +91,13 @@ def test_a_few_hundred_opd_steps_lower_the_kl_clearly(tmp_path):
     out = tmp_path / "opd"
     train(load_recipe(TINY, OVERRIDES), out, teacher=str(teacher), console=False)
 
-    metrics = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(ln) for ln in TrainingFolder(out).metrics_file.read_text().splitlines()]
     assert metrics[-1]["optimizer_step"] == 4 * STEPS
     losses = [m["loss"] for m in metrics]
     early, late = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
     assert late < 0.75 * early, f"training KL {early:.3f} -> {late:.3f}"
 
-    states = heldout_states(out / "converted")
-    before, after = mean_kl(out / "converted", teacher, states), mean_kl(out, teacher, states)
+    states = heldout_states(TrainingFolder(out).converted)
+    before, after = mean_kl(TrainingFolder(out).converted, teacher, states), mean_kl(out, teacher, states)
     assert int(states.loss_BL.sum()) > 50
     assert after < 0.75 * before, f"held-out KL {before:.3f} -> {after:.3f}"

@@ -3,7 +3,8 @@
 What a SLURM or Kubernetes job script calls on every node: it builds the ``torchrun``/``deepspeed``
 command with :func:`opdlm.train.launch.training_command`, the environment with
 :func:`~opdlm.train.launch.training_env`, and execs it (so the scheduler's signals reach the
-launcher directly). ``--dry-run`` prints the command instead.
+launcher directly). ``--dry-run`` prints the command instead. The ranks log nothing to MLflow:
+``opdlm track`` replays the shared training folder into a run once the job has ended.
 """
 
 from __future__ import annotations
@@ -22,12 +23,6 @@ def register(app: typer.Typer) -> None:
         student: Path = typer.Option(None, "--student", help="Converted student, passed to `opdlm train`."),
         data: Path = typer.Option(None, "--data", help="Training JSONL, passed to `opdlm train`."),
         until_stage: str = typer.Option(None, "--until-stage", help="Stop after this curriculum stage."),
-        mlflow_run_id: str = typer.Option(
-            None,
-            "--mlflow-run-id",
-            envvar="MLFLOW_RUN_ID",
-            help="MLflow run the training logs into (default: $MLFLOW_RUN_ID).",
-        ),
         dry_run: bool = typer.Option(
             False, "--dry-run", help="Print the command (shell-quoted) instead of running it."
         ),
@@ -56,5 +51,5 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             typer.echo(shlex.join(argv))
             return
-        env = training_env(os.environ, mlflow_run_id=mlflow_run_id, resources=recipe.resources)
+        env = training_env(os.environ, resources=recipe.resources)
         os.execve(argv[0], argv, env)

@@ -2,7 +2,8 @@
 
 Each command calls the same function in :mod:`opdlm.pipeline.stages` that the Prefect task of that
 stage calls, with the same recipe, so DVC and Prefect cannot drift apart. Training is ``opdlm
-train`` itself; ``opdlm stage export`` then takes the final weights and curves out of its folder.
+train`` itself; ``opdlm stage export`` then takes the final weights and curves out of its folder and
+``opdlm stage engines`` exports them for the serving engines.
 """
 
 from __future__ import annotations
@@ -69,27 +70,25 @@ def register(app: typer.Typer) -> None:
         plots: Path = typer.Option(..., "--plots", help="Folder for train_curves.csv/.png and train_summary.json."),
     ) -> None:
         """Copy the finished run's final weights out of the training folder (no optimizer state) and plot its curves."""
-        import json
-        import shutil
+        from opdlm.pipeline.stages import student_stage
 
-        from opdlm.errors import OpdlmError
-        from opdlm.fsutil import atomic_dir
-        from opdlm.pipeline.plots import write_training_curves
-        from opdlm.train.checkpoint import export_model, latest_checkpoint
+        last, _ = student_stage(train_dir, out, plots_dir=plots)
+        typer.echo(f"student -> {out} (from {last.name}); curves and summary -> {plots}")
 
-        summary = train_dir / "train_summary.json"
-        if not summary.is_file() or not json.loads(summary.read_text()).get("finished"):
-            raise OpdlmError(
-                f"{train_dir} holds no finished training run (train_summary.json says unfinished or is missing)"
-            )
-        last = latest_checkpoint(train_dir / "checkpoints")
-        if last is None:
-            raise OpdlmError(f"{train_dir} has no checkpoint")
-        with atomic_dir(out, overwrite=True) as tmp:
-            export_model(last, tmp)
-        csv_path, png_path = write_training_curves(train_dir / "metrics.jsonl", plots)
-        shutil.copy2(summary, plots / summary.name)
-        typer.echo(f"student -> {out} (from {last.name}); curves -> {csv_path}, {png_path}")
+    @stage_app.command("engines")
+    def engines(
+        recipe: Path = recipe_opt,
+        student: Path = typer.Option(..., "--student", help="Student directory."),
+        out: Path = typer.Option(..., "--out", help="Output folder: one subfolder per exported engine."),
+        overrides: list[str] = overrides_arg,
+    ) -> None:
+        """Serving-engine exports of registry.export_formats (SGLang, LMDeploy); refusals in OUT/exports.json."""
+        from opdlm.pipeline.stages import engine_export_stage
+
+        for fmt, result in engine_export_stage(
+            _recipe(recipe, overrides).registry.export_formats, student, out
+        ).items():
+            typer.echo(f"{fmt}: {result}")
 
     @stage_app.command("eval")
     def eval_(

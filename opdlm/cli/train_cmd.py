@@ -58,10 +58,11 @@ def register(app: typer.Typer) -> None:
 def where_stopped(out: Path, total_steps: int) -> str:
     """One line for an interrupted run: its newest checkpoint and that the same command resumes from it."""
     from opdlm.errors import OpdlmError
-    from opdlm.train.checkpoint import latest_checkpoint, read_train_state
+    from opdlm.train.checkpoint import read_train_state
+    from opdlm.train.folder import TrainingFolder
 
     try:
-        last = latest_checkpoint(Path(out) / "checkpoints")
+        last = TrainingFolder(out).latest_checkpoint()
     except OpdlmError as exc:  # a checkpoint being written when the signal came is never renamed into place
         return f"{exc}"
     if last is None:

@@ -14,8 +14,12 @@ teacher  :func:`teacher_stage`                            ``builtin:tiny``: :fun
                                                           :func:`opdlm.sources.resolve.resolve_model_source`
 convert  :func:`convert_stage`                            :func:`opdlm.sources.convert.convert_teacher`
 train    ``opdlm train --until-stage`` (a subprocess)     :func:`opdlm.train.loop.train`
+student  :func:`student_stage`                            :func:`opdlm.train.checkpoint.export_model`
+                                                          (the finished folder's final weights)
 eval     :func:`eval_model_stage`, :func:`sweep_stage`    :func:`opdlm.eval.harness.evaluate`,
                                                           :func:`opdlm.eval.sweep.sweep`
+export   :func:`engine_export_stage`                      :func:`opdlm.formats.engine.export_student`
+                                                          (``registry.export_formats``)
 ======== ================================================ ===========================================
 """
 
@@ -31,6 +35,7 @@ from opdlm.errors import OpdlmError
 from opdlm.fsutil import atomic_dir, atomic_write_text
 from opdlm.sources.builtin import BUILTIN_TEACHER, builtin_teacher
 from opdlm.sources.resolve import resolve_teacher, teacher_source
+from opdlm.train.folder import TrainingFolder
 
 
 def training_seed(recipe: Recipe) -> int:
@@ -127,15 +132,79 @@ def stage_steps(recipe: Recipe, stage: str) -> tuple[int, int]:
     raise OpdlmError(f"train.stages has no stage {stage!r}; stages: {', '.join(stage_names(recipe))}")
 
 
-def training_progress(train_dir: str | Path) -> int:
-    """Rollout steps a training folder has completed and exported (0 when it has no summary yet)."""
-    summary = Path(train_dir) / "train_summary.json"
-    if not summary.is_file():
-        return 0
-    try:
-        return int(json.loads(summary.read_text()).get("rollout_step", 0))
-    except (json.JSONDecodeError, ValueError, TypeError):
-        return 0
+def student_stage(
+    train_dir: str | Path,
+    out_dir: str | Path,
+    total_rollout_steps: int | None = None,
+    plots_dir: str | Path | None = None,
+) -> tuple[Path, dict]:
+    """Publish the final weights of a finished training folder as a model directory at ``out_dir``.
+
+    Model files only (no optimizer state), copied from the newest checkpoint (verified against its
+    manifest); ``out_dir`` is replaced atomically. With ``plots_dir``, the run's curves
+    (``train_curves.csv``/``.png``) and a copy of its summary go there too.
+
+    Args:
+        train_dir: an ``opdlm train`` output folder.
+        out_dir: the student directory to write.
+        total_rollout_steps: when given, the run must have trained exactly this many rollout steps.
+        plots_dir: folder for the curves and the summary (None: none written).
+
+    Returns:
+        ``(checkpoint exported, the folder's summary)``.
+
+    Raises:
+        OpdlmError: the run is unfinished, or the folder has no checkpoint (one line).
+    """
+    from opdlm.train.checkpoint import export_model
+
+    folder = TrainingFolder(train_dir)
+    summary = folder.require_finished(total_rollout_steps)
+    last = folder.latest_checkpoint()
+    if last is None:
+        raise OpdlmError(f"{folder.path} has no checkpoint")
+    with atomic_dir(out_dir, overwrite=True) as tmp:
+        export_model(last, tmp)
+    if plots_dir is not None:
+        import shutil
+
+        from opdlm.pipeline.plots import write_training_curves
+
+        write_training_curves(folder.metrics_file, plots_dir)
+        shutil.copy2(folder.summary_file, Path(plots_dir) / folder.summary_file.name)
+    return last, summary
+
+
+EXPORTS_FILE = "exports.json"
+
+
+def engine_export_stage(formats: list[str], student_dir: str | Path, out_root: str | Path) -> dict[str, str]:
+    """Export ``student_dir`` for every engine in ``formats`` (a recipe's ``registry.export_formats``)
+    into ``OUT_ROOT/<format>/``.
+
+    A student an engine would serve differently is not an error of the pipeline: its refusal is the
+    result for that format. The results are also written to ``OUT_ROOT/exports.json``.
+
+    Returns:
+        format -> ``OUT_ROOT/<format>`` (the export folder) or ``refused: <reason>``.
+    """
+    import shutil
+
+    from opdlm.formats.engine import Refusal, export_student
+
+    out_root = Path(out_root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    results: dict[str, str] = {}
+    for fmt in formats:
+        try:
+            path, _ = export_student(student_dir, out_root / fmt, fmt, overwrite=True)
+        except Refusal as exc:
+            shutil.rmtree(out_root / fmt, ignore_errors=True)  # an earlier export of another student
+            results[fmt] = f"refused: {exc}"
+            continue
+        results[fmt] = str(path)
+    atomic_write_text(out_root / EXPORTS_FILE, json.dumps(results, indent=2) + "\n")
+    return results
 
 
 def eval_model_stage(

@@ -1,14 +1,21 @@
-"""Reading the trainer's ``metrics.jsonl`` (one JSON line per rollout step) for a tracking service.
+"""The one tracking channel: the trainer's ``metrics.jsonl`` (one JSON line per rollout step) into MLflow.
 
-The trainer writes the file; the pipeline tails it while a training subprocess runs and forwards
-each new step's numbers (the library itself never talks to a tracking service).
+Training (rank 0 only) writes the file and never talks to a tracking service. :class:`MetricReplay`
+puts its lines into MLflow runs, each step exactly once per run, whatever launched the training:
+the pipeline calls it every few seconds while a ``python``/``torchrun``/``deepspeed`` subprocess
+runs and once after it ends; after a SLURM job (or any training run elsewhere) ``opdlm track
+--train-dir DIR --run-id ID`` replays the shared folder the same way. mlflow is imported only when
+a replay logs.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 
 def numeric_metrics(record: dict) -> dict[str, float]:
@@ -89,3 +96,56 @@ def stage_constants(steps: list[tuple[int, dict[str, float]]]) -> dict[str, int 
         if found:
             return {k: int(v) if float(v).is_integer() else v for k, v in found.items()}
     return {}
+
+
+# Every training line has a length cap (the loop sets it each step), so the history of this tracked
+# name is the set of steps a run already holds.
+STEP_MARKER = f"{KEY_SECTION}/length_cap"
+METRICS_PER_BATCH = 1000  # MLflow's limit on metrics per log_batch call
+
+
+def log_metric_steps(client: Any, run_id: str, steps: Iterable[tuple[int, dict[str, float]]]) -> None:
+    """Log ``(step, {name: value})`` pairs to MLflow run ``run_id`` in batches (None values skipped).
+
+    Args:
+        client: an ``mlflow.MlflowClient``.
+    """
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for step, metrics in steps for k, v in metrics.items() if v is not None]
+    for i in range(0, len(items), METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=items[i : i + METRICS_PER_BATCH], synchronous=True)
+
+
+class MetricReplay:
+    """Replays a training folder's ``metrics.jsonl`` into MLflow runs, each step at most once per run.
+
+    Each call logs the lines that appeared since the last one, under their tracking names
+    (:func:`tracked_metrics`), and returns their steps. Which steps a run already holds is read from
+    the run itself (:data:`STEP_MARKER`) when the replay is made, so a retried task, a cached stage
+    or a replay after a SLURM job never logs a step twice.
+
+    Args:
+        client: an ``mlflow.MlflowClient``.
+        run_ids: the runs to log into (a stage's run and the pipeline's parent run).
+        metrics_file: the folder's ``metrics.jsonl`` (:attr:`opdlm.train.folder.TrainingFolder.metrics_file`).
+        steps: only these global rollout steps (a curriculum stage's range); None for every line.
+    """
+
+    def __init__(self, client: Any, run_ids: Iterable[str], metrics_file: str | Path, steps: range | None = None):
+        self.client, self.metrics_file, self.steps = client, Path(metrics_file), steps
+        self.logged: dict[str, set[int]] = {
+            run_id: {m.step for m in client.get_metric_history(run_id, STEP_MARKER)} for run_id in run_ids
+        }
+
+    def __call__(self) -> list[int]:
+        lines = [(s, m) for s, m in read_metric_steps(self.metrics_file) if self.steps is None or s in self.steps]
+        new: set[int] = set()
+        for run_id, logged in self.logged.items():
+            missing = [(s, tracked_metrics(m)) for s, m in lines if s not in logged]
+            if missing:
+                log_metric_steps(self.client, run_id, missing)
+                logged.update(s for s, _ in missing)
+                new.update(s for s, _ in missing)
+        return sorted(new)

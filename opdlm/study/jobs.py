@@ -20,6 +20,7 @@ from pathlib import Path
 
 from opdlm.errors import OpdlmError
 from opdlm.fsutil import atomic_write_text
+from opdlm.train.folder import TrainingFolder
 
 RESULT_FILE = "result.json"
 BENCHMARK = "synthetic"
@@ -171,8 +172,9 @@ def run_arm(job: dict) -> dict:
     model_dir = train(recipe, folder / "train", teacher=job["teacher"], console=False)
     train_seconds = time.perf_counter() - start
     _threads(recipe.train.num_threads)
-    summary = json.loads((model_dir / "train_summary.json").read_text())
-    if not summary.get("finished"):
+    folder = TrainingFolder(model_dir)
+    summary = folder.summary()
+    if not folder.is_finished():
         raise OpdlmError(
             f"arm {job['arm']['arm_id']}: training stopped at step {summary.get('rollout_step')} of {summary.get('total_rollout_steps')}"
         )
@@ -196,14 +198,14 @@ def run_arm(job: dict) -> dict:
         **_eval_fields(evaluated),
         "teacher_accuracy": evaluated.teacher_accuracy,
         "retention": evaluated.retention,
-        "final_loss": _final_loss(model_dir / "metrics.jsonl"),
+        "final_loss": _final_loss(folder.metrics_file),
         "train_seconds": round(train_seconds, 1),
         "eval_sampler": evaluated.sampler,
         "model_dir": str(model_dir),
     }
     if job.get("prune"):  # the exported model in train/ stays; resumable state is no longer needed
-        shutil.rmtree(model_dir / "checkpoints", ignore_errors=True)
-        shutil.rmtree(model_dir / "converted", ignore_errors=True)
+        shutil.rmtree(folder.checkpoints, ignore_errors=True)
+        shutil.rmtree(folder.converted, ignore_errors=True)
     return _write_result(folder, result)
 
 

@@ -11,6 +11,8 @@ import os
 import time
 from pathlib import Path
 
+from opdlm.train.folder import TrainingFolder
+
 PARENT_TAG = "mlflow.parentRunId"
 METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
 
@@ -33,7 +35,7 @@ def _metrics(values: dict, step: int = 0, now: int | None = None) -> list:
 
 def _training_curve(model_dir: str | None) -> list:
     """Per-rollout-step loss and tokens from the arm's metrics.jsonl (empty when it is gone)."""
-    path = Path(model_dir or "") / "metrics.jsonl"
+    path = TrainingFolder(model_dir or "").metrics_file
     if not model_dir or not path.is_file():
         return []
     now, out = int(time.time() * 1000), []

@@ -1,10 +1,12 @@
 """The training stage's process launcher: a recipe's ``resources`` -> the command line and environment.
 
 :func:`training_command` builds the argv of ``opdlm train`` wrapped in the right launcher (one plain
-Python process, ``torchrun`` or ``deepspeed``); :func:`training_env` builds the environment that
-carries the MLflow run id into every rank. The pipeline runs the result as a subprocess (a task
-timeout cannot interrupt in-process training, and multi-GPU launchers need their own process);
-``opdlm launch`` execs it under SLURM or Kubernetes.
+Python process, ``torchrun`` or ``deepspeed``); :func:`training_env` builds the ranks' environment
+(threads, NCCL, unbuffered output). The pipeline runs the result as a subprocess (a task timeout
+cannot interrupt in-process training, and multi-GPU launchers need their own process); ``opdlm
+launch`` execs it under SLURM. No rank talks to a tracking service: rank 0 writes the training
+folder's ``metrics.jsonl``, which the pipeline (or ``opdlm track`` after a SLURM job) replays into
+MLflow (:class:`opdlm.pipeline.training_metrics.MetricReplay`).
 
 Both launchers are invoked through the interpreter that runs the pipeline (``python -m
 torch.distributed.run`` is exactly ``torchrun``; ``python -m deepspeed.launcher.runner`` is exactly
@@ -75,32 +77,18 @@ def training_command(
 
 
 def training_env(
-    base_env: Mapping[str, str],
-    *,
-    mlflow_run_id: str | None,
-    resources: ResourcesConfig,
-    parent_run_id: str | None = None,
-    cpu_count: int | None = None,
+    base_env: Mapping[str, str], *, resources: ResourcesConfig, cpu_count: int | None = None
 ) -> dict[str, str]:
     """A copy of ``base_env`` for the training processes.
 
-    ``MLFLOW_RUN_ID`` makes ``mlflow.start_run()`` in rank 0 resume the pipeline's run instead of
-    opening a new one (None removes an inherited id, so training never logs into a stranger's run).
     Values the user already set for threads and NCCL are kept.
 
     Args:
         base_env: environment to copy (usually ``os.environ``).
-        mlflow_run_id: MLflow run the training logs into.
         resources: the recipe's ``resources`` section (threads are split between a node's processes).
-        parent_run_id: the pipeline's parent run, exported as ``MLFLOW_PARENT_RUN_ID`` when given.
         cpu_count: CPUs of this machine (default: those this process may use).
     """
     out = dict(base_env)
-    out.pop("MLFLOW_RUN_ID", None)
-    if mlflow_run_id:
-        out["MLFLOW_RUN_ID"] = mlflow_run_id
-    if parent_run_id:
-        out["MLFLOW_PARENT_RUN_ID"] = parent_run_id
     cpus = cpu_count if cpu_count is not None else _usable_cpus()
     # torchrun would otherwise force 1 thread per rank; N ranks x all cores would oversubscribe.
     out.setdefault("OMP_NUM_THREADS", str(max(1, cpus // resources.procs_per_node)))

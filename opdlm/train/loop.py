@@ -32,17 +32,18 @@ from opdlm.train import distributed
 from opdlm.train.batch import TrainingRows, make_rows, pad_step_maps, right_pad
 from opdlm.train.checkpoint import export_model
 from opdlm.train.curriculum import domain_cap, stage_end_step
+from opdlm.train.folder import TrainingFolder
 from opdlm.train.loss_mask import response_loss_mask
 from opdlm.train.mdm import random_block_mask, response_tokens
 from opdlm.train.metrics import ConsoleLogger, JsonlLogger, MetricLogger, MultiLogger
 from opdlm.train.optimise import OptimiseResult, optimise
 from opdlm.train.plan import StepPlan, plan_step, seeded_generator
 from opdlm.train.rollout import Episodes, encode_rows, rollout
-from opdlm.train.saving import SUMMARY_FILE, checkpoint, final_checkpoint, write_summary
+from opdlm.train.saving import checkpoint, final_checkpoint, write_summary
 from opdlm.train.setup import Counters, Resume, RunContext, setup_run
 from opdlm.train.states import select_states
 
-__all__ = ["SUMMARY_FILE", "train", "train_step"]
+__all__ = ["train", "train_step"]
 
 
 def collect_episodes(ctx: RunContext, plan: StepPlan) -> tuple[Episodes, int]:
@@ -231,7 +232,7 @@ def step_metrics(outcome: StepOutcome, c: Counters) -> dict:
 
 def default_loggers(ctx: RunContext, resume: Resume, console: bool = True) -> MetricLogger:
     resume_after = resume.counters.rollout_step - 1 if resume.checkpoint is not None else None
-    loggers: list[MetricLogger] = [JsonlLogger(ctx.out / "metrics.jsonl", resume_after=resume_after)]
+    loggers: list[MetricLogger] = [JsonlLogger(TrainingFolder(ctx.out), resume_after=resume_after)]
     if console:
         loggers.append(ConsoleLogger(ctx.cfg.total_rollout_steps))
     return MultiLogger(loggers)
@@ -245,14 +246,14 @@ def train(
     student: str | None = None,
     data: str | None = None,
     until_stage: str | None = None,
-    loggers: list[MetricLogger] | None = None,
     console: bool = True,
 ) -> Path:
     """Train a block-diffusion student by OPD (or the mdm_sft baseline) and return ``out_dir``.
 
     Re-running with the same arguments resumes from the newest checkpoint. ``out_dir`` ends up an
-    ordinary converted model directory (``opdlm generate --model OUT``) plus ``checkpoints/``,
-    ``metrics.jsonl``, ``params.json``, ``run.json`` and ``train_summary.json``.
+    ordinary converted model directory (``opdlm generate --model OUT``) plus the files of a
+    training folder (:mod:`opdlm.train.folder`: checkpoints, ``metrics.jsonl``, the summary). Rank 0
+    alone writes ``metrics.jsonl``: the one channel a tracking service reads the run from.
 
     Args:
         recipe: validated recipe (its ``train`` section drives everything here).
@@ -264,7 +265,6 @@ def train(
         until_stage: stop after this curriculum stage (inclusive), checkpointed and exported; a
             later call with the next stage's name (or None) on the same ``out_dir`` continues the
             same run. None runs to the end of the curriculum.
-        loggers: extra metric loggers (for example MLflow, from outside the library).
         console: print one progress line per step.
 
     Raises:
@@ -272,7 +272,7 @@ def train(
     """
     end = stage_end_step(recipe.train.stages, until_stage)  # validate before touching the folder
     with _process_settings():
-        return _train(recipe, out_dir, teacher, student, data, end, until_stage, loggers, console)
+        return _train(recipe, out_dir, teacher, student, data, end, until_stage, console)
 
 
 @contextlib.contextmanager
@@ -296,11 +296,11 @@ def _check_trained_something(ctx: RunContext, c: Counters, end: int) -> None:
         )
 
 
-def _train(recipe, out_dir, teacher, student, data, end, until_stage, loggers, console) -> Path:
+def _train(recipe, out_dir, teacher, student, data, end, until_stage, console) -> Path:
     ctx, resume = setup_run(recipe, out_dir, teacher, student, data)
     total = ctx.cfg.total_rollout_steps
     main_rank = ctx.rank == 0
-    logger = MultiLogger(([default_loggers(ctx, resume, console)] if main_rank else []) + list(loggers or []))
+    logger = default_loggers(ctx, resume, console) if main_rank else MultiLogger([])
     logger.log_params(
         {
             "objective": ctx.cfg.objective,

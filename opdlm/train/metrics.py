@@ -1,22 +1,22 @@
-"""A small metric-logger protocol and the library's two implementations (console, JSON lines).
+"""The trainer's metric loggers: progress on the console and ``metrics.jsonl`` in the training folder.
 
-Tracking services (MLflow) implement the same protocol outside ``opdlm/``; nothing here touches
-the outside world at import time.
+``metrics.jsonl`` is the one tracking channel: the trainer never talks to a tracking service; the
+pipeline (or ``opdlm track`` after a SLURM job) replays the file into MLflow
+(:class:`opdlm.pipeline.training_metrics.MetricReplay`). Nothing here touches the outside world.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
-from typing import Any, Protocol, TextIO, runtime_checkable
+from typing import Any, Protocol, TextIO
 
 from opdlm.progress import progress
+from opdlm.train.folder import TrainingFolder
 
 
-@runtime_checkable
 class MetricLogger(Protocol):
-    """Receives run parameters once and a dict of scalar metrics per rollout step."""
+    """Receives run parameters once and a dict of scalar metrics per rollout step (rank 0 only)."""
 
     def log_params(self, params: dict[str, Any]) -> None: ...
 
@@ -53,16 +53,16 @@ class ConsoleLogger:
 
 
 class JsonlLogger:
-    """Appends ``{"step": n, ...metrics}`` lines to a file.
+    """Appends ``{"step": n, ...metrics}`` lines to a training folder's ``metrics.jsonl``.
 
     Args:
-        path: the JSONL file.
+        folder: the training folder (its ``metrics_file`` and ``params_file``).
         resume_after: on resume, lines of steps after this one (re-run after a crash) are dropped
             first, so the file holds each step exactly once.
     """
 
-    def __init__(self, path: str | Path, resume_after: int | None = None):
-        self.path = Path(path)
+    def __init__(self, folder: TrainingFolder, resume_after: int | None = None):
+        self.path, self.params_path = folder.metrics_file, folder.params_file
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_after is not None and self.path.is_file():
             kept = [
@@ -76,7 +76,7 @@ class JsonlLogger:
         self._fh = self.path.open("a")
 
     def log_params(self, params: dict[str, Any]) -> None:
-        (self.path.parent / "params.json").write_text(json.dumps(params, indent=1, default=str))
+        self.params_path.write_text(json.dumps(params, indent=1, default=str))
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self._fh.write(json.dumps({"step": step, **metrics}, default=str) + "\n")

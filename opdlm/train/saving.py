@@ -8,12 +8,11 @@ from pathlib import Path
 
 import torch
 
-from opdlm.train.checkpoint import save_checkpoint, step_dir_name, write_json
+from opdlm.train.checkpoint import save_checkpoint, step_dir_name
 from opdlm.train.curriculum import last_completed_stage, stage_at
+from opdlm.train.folder import TrainingFolder, summary_fields
 from opdlm.train.schedule import SCHEDULER_FILE, schedule_state
 from opdlm.train.setup import Counters, RunContext
-
-SUMMARY_FILE = "train_summary.json"
 
 
 def _write_payload(ctx: RunContext, counters: Counters, block_size: int):
@@ -73,10 +72,9 @@ def final_checkpoint(ctx: RunContext, counters: Counters, newest: Path | None) -
 
 
 def write_summary(ctx: RunContext, c: Counters) -> dict:
-    """Write ``OUT/train_summary.json`` (atomically) with the run's counters ``c``; returns the summary."""
+    """Write the folder's summary (:meth:`TrainingFolder.write_summary`) with the run's counters ``c``; returns it."""
     summary = {
-        "rollout_step": c.rollout_step,
-        "total_rollout_steps": ctx.cfg.total_rollout_steps,
+        **summary_fields(c.rollout_step, ctx.cfg.total_rollout_steps),
         "optimizer_steps": c.optimizer_steps,
         "cumulative_train_tokens": c.train_tokens,
         "rollout_tokens": c.rollout_tokens,
@@ -84,9 +82,8 @@ def write_summary(ctx: RunContext, c: Counters) -> dict:
         "skipped_rollouts": c.skipped_rollouts,
         "skipped_prompts": c.skipped_prompts,
         "last_stage_completed": last_completed_stage(ctx.cfg.stages, c.rollout_step),
-        "finished": c.rollout_step >= ctx.cfg.total_rollout_steps,
         "objective": ctx.cfg.objective,
         "stages": [s.name for s in ctx.cfg.stages],
     }
-    write_json(ctx.out / SUMMARY_FILE, summary)
+    TrainingFolder(ctx.out).write_summary(summary)
     return summary

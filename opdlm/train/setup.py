@@ -30,12 +30,11 @@ from opdlm.fsutil import atomic_write_text
 from opdlm.models.attention import resolve_teacher_backend
 from opdlm.models.student import Student, load_causal_lm, load_student, resolve_device, resolve_dtype
 from opdlm.train import distributed
-from opdlm.train.checkpoint import latest_checkpoint, read_train_state
+from opdlm.train.checkpoint import read_train_state
 from opdlm.train.data import load_training_rows
+from opdlm.train.folder import CONVERTED_DIR, TrainingFolder
 from opdlm.train.schedule import SCHEDULER_FILE, schedule_state
 from opdlm.train.targets import CausalTarget, teacher_target
-
-RUN_FILE = "run.json"
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ class RunContext:
 
     @property
     def checkpoints(self) -> Path:
-        return self.out / "checkpoints"
+        return TrainingFolder(self.out).checkpoints
 
     @property
     def teacher(self) -> torch.nn.Module | None:
@@ -128,7 +127,7 @@ def run_fingerprint(recipe: Recipe, teacher: str | None, student: str | None, da
 
 
 def _check_out(out: Path, fingerprint: str) -> None:
-    run_file = out / RUN_FILE
+    run_file = TrainingFolder(out).run_file
     if run_file.is_file():
         previous = json.loads(run_file.read_text()).get("fingerprint")
         if previous != fingerprint:
@@ -136,7 +135,7 @@ def _check_out(out: Path, fingerprint: str) -> None:
                 f"{out} holds a run of a different recipe (fingerprint {previous} != {fingerprint}); "
                 "use a new --out, or delete the folder to start over"
             )
-    elif out.exists() and any(p.name != "converted" and not p.name.startswith(".") for p in out.iterdir()):
+    elif out.exists() and any(p.name != CONVERTED_DIR and not p.name.startswith(".") for p in out.iterdir()):
         # (dot-names are temporaries of an interrupted conversion; they never hold results)
         raise OpdlmError(f"output directory {out} is not empty and holds no opdlm training run; use a new --out")
 
@@ -151,7 +150,7 @@ def _student_dir(ctx_out: Path, recipe: Recipe, teacher_dir: Path | None, studen
 
     if student:
         return Path(student)
-    converted = ctx_out / "converted"
+    converted = TrainingFolder(ctx_out).converted
     if (converted / "config.json").is_file():
         try:
             check_weight_files(converted, "converted student")
@@ -226,7 +225,7 @@ def _prepare_out(
 ) -> tuple[Path, Path | None]:
     """Check/create the output folder; returns ``(student_dir_to_start_from, newest_checkpoint)`` (rank 0's job)."""
     _check_out(out, fingerprint)
-    ckpt = latest_checkpoint(out / "checkpoints")
+    ckpt = TrainingFolder(out).latest_checkpoint()
     start_dir = ckpt if ckpt is not None else _student_dir(out, recipe, teacher_dir, student)
     out.mkdir(parents=True, exist_ok=True)
     return start_dir, ckpt
@@ -234,8 +233,9 @@ def _prepare_out(
 
 def _write_run_file(out: Path, fingerprint: str, recipe: Recipe) -> None:
     """Mark ``out`` as this recipe's run, once its models have loaded (rank 0's job)."""
-    if not (out / RUN_FILE).is_file():
-        atomic_write_text(out / RUN_FILE, json.dumps({"fingerprint": fingerprint, "recipe": recipe.name}, indent=1))
+    run_file = TrainingFolder(out).run_file
+    if not run_file.is_file():
+        atomic_write_text(run_file, json.dumps({"fingerprint": fingerprint, "recipe": recipe.name}, indent=1))
 
 
 def check_inputs(recipe: Recipe, rows: list[Row], teacher_dir: Path | None, student: str | None) -> None:
