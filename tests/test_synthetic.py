@@ -149,7 +149,7 @@ def test_readme_examples_are_held_out_suite_rows_with_the_answers_it_shows():
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = readme[readme.index('model.predict({"prompt": [') :].split("```")[0]
+    block = readme[readme.index("model.predict(") :].split("```")[0]
     prompts = re.findall(r'"([^"]+\.)"', block)
     answers = re.findall(r"\\boxed\{(\w+)\}", block.split("right answers:")[1])
     held_out = {r.question: r.answer for r in load_split("eval", 50)}
