@@ -238,9 +238,11 @@ def test_teacher_branch_forward_matches_causal_forwards_of_substituted_rows(tiny
     scored = scored_future(masked, lengths, 4, "final")[row_N, col_N]
     branches = build_branches(response, row_N, col_N, cand_NK, scored)
     assert len(branches) > 0
-    got, work = teacher_branch_logprobs(
-        tiny_lm, prompt_ids, prompt_lens, response, branches, backend, max_branch_tokens
-    )
+    from opdlm.train.targets import teacher_hidden_states
+
+    _, cache = teacher_hidden_states(tiny_lm, prompt_ids, prompt_lens, response, backend, return_cache=True)
+    got, work = teacher_branch_logprobs(tiny_lm, cache, prompt_lens, P, branches, backend, max_branch_tokens)
+    assert cache.get_seq_length() == P + 8  # the read's cache is not extended by the branches
     assert work.forwards == len(plan_pieces(branches, 2, max_branch_tokens))
     assert work.head_tokens == int(branches.weight_JW.sum())
     for j in range(len(branches)):
@@ -252,20 +254,19 @@ def test_teacher_branch_forward_matches_causal_forwards_of_substituted_rows(tiny
             target = int(branches.targets_JW[j, t])
             want = float(lp[len(prompts[b]) + i + t, target]) if branches.weight_JW[j, t] else 0.0
             assert got[j, t].item() == pytest.approx(want, abs=1e-5), (j, t)
-    assert P == prompt_ids.shape[1]
     tiny_lm.set_attn_implementation("sdpa")
 
 
 def test_branch_layout_attended_pairs_count_by_hand():
-    """One row, prompt 2, one job at i = 1 with a 2-token branch: clean part is prompt + x_0."""
+    """Prompt 2 of width 3, response 4, one job at i = 1 with a 2-token branch, against the cached read."""
     response = torch.tensor([[5, 6, 7, 8]])
     scored = torch.tensor([[True, True, False]])
     br = build_branches(response, torch.tensor([0]), torch.tensor([1]), torch.tensor([[9]]), scored)
-    layout = branch_layout(torch.tensor([[1, 2]]), torch.tensor([2]), response, br, [(0, torch.tensor([0]))])
-    assert layout.ids_BT.tolist() == [[1, 2, 5, 9, 7]]
-    assert layout.position_ids_BT.tolist() == [[0, 1, 2, 3, 4]]
-    # clean: causal over 3 tokens = 6 pairs; branch token 0 sees 3 clean + itself, token 1 sees 3 + 2
-    assert layout.attended_pairs == 6 + 4 + 5 and layout.real_tokens == 5
+    layout = branch_layout(torch.tensor([2]), 3 + 4, 3, br, [(0, torch.tensor([0]))])
+    assert layout.ids_BQ.tolist() == [[9, 7]] and layout.position_ids_BQ.tolist() == [[3, 4]]
+    # cached keys: the 2 real prompt slots and x_0 (index 3); then the branch itself, causally
+    assert layout.allowed_BQK[0].int().tolist() == [[0, 1, 1, 1, 0, 0, 0, 1, 0], [0, 1, 1, 1, 0, 0, 0, 1, 1]]
+    assert layout.attended_pairs == 4 + 5
 
 
 # --- train.target end to end ---------------------------------------------------------------------

@@ -56,11 +56,13 @@ extra branch per position and is not offered. MC-TCSM's random routing of positi
 disagreements, 10% of agreements) is not used: every masked position with a counted future is
 corrected, so the loss stays deterministic given the state.
 
-**Cost.** ``k`` branches per corrected position, each ``|branch| = max F(i) - i`` tokens long
-(at most ``B - 1``), appended to the teacher's one causal forward (:func:`teacher_forward_with_branches`):
-each branch token attends to the prompt, the response before ``i`` and its own branch. So the extra
-teacher cost is about ``k * (B - 1) / 2`` tokens per masked position with a future (B = 4, k = 16:
-~24 tokens), counted in :mod:`opdlm.train.flops`.
+**Cost.** ``k`` branches per corrected position, each ``n = max F(i) - i`` tokens long (at most
+``B - 1``). They run as extra teacher forwards against the KV cache of the one causal read
+(:func:`teacher_branch_logprobs`): each branch token attends to the cached prompt, the cached response
+before ``i`` and its own branch, so nothing before ``i`` is recomputed. On top of the causal read,
+that is about ``k (B - 1) / 2`` tokens per masked position with a future (B = 4, k = 16: ~24), each
+attending to about as many keys as a token of the read, plus one more output-head pass over the loss
+positions (the candidates); :mod:`opdlm.train.flops` counts all of it.
 """
 
 from __future__ import annotations
@@ -329,100 +331,93 @@ def corrected_target_logprobs(
     return out
 
 
-# --- the teacher side: forwards over [prompt | response prefix | branch tokens] ----------------------
+# --- the teacher side: branch tokens against the causal read's KV cache ---------------------------
 
 
 @dataclass
 class BranchLayout:
-    """One teacher forward's layout: per layout row ``[left-padded prompt | response prefix | branch tokens]``.
+    """One rescoring forward: per layout row, branch tokens as queries against a cached ``[prompt | response]``.
 
     Attributes:
-        ids_BT, position_ids_BT: tokens and rotary positions.
-        allowed_BTT: boolean attention mask (query, key).
-        branch_job_M, branch_off_M, branch_row_M, branch_col_M: for each of the ``M`` branch tokens,
-            its job, offset, layout row and column.
+        src_B: the training row whose cache each layout row reads.
+        ids_BQ, position_ids_BQ: the branch tokens and their rotary positions.
+        allowed_BQK: boolean attention mask, keys ``[cache (P + L) | branch tokens (Q)]``.
+        job_M, off_M, row_M, col_M: for each of the ``M`` branch tokens, its job, offset, layout row
+            and query column.
         attended_pairs: real (query, key) pairs the mask allows (for the FLOPs count).
-        real_tokens: non-padding tokens of the layout.
     """
 
-    ids_BT: torch.Tensor
-    position_ids_BT: torch.Tensor
-    allowed_BTT: torch.Tensor
-    branch_job_M: torch.Tensor
-    branch_off_M: torch.Tensor
-    branch_row_M: torch.Tensor
-    branch_col_M: torch.Tensor
+    src_B: torch.Tensor
+    ids_BQ: torch.Tensor
+    position_ids_BQ: torch.Tensor
+    allowed_BQK: torch.Tensor
+    job_M: torch.Tensor
+    off_M: torch.Tensor
+    row_M: torch.Tensor
+    col_M: torch.Tensor
     attended_pairs: int
-    real_tokens: int
 
 
 def branch_layout(
-    prompt_ids_BP: torch.Tensor,
     prompt_lens_B: torch.Tensor,
-    response_BL: torch.Tensor,
+    cache_len: int,
+    prompt_width: int,
     branches: Branches,
     pieces: list[tuple[int, torch.Tensor]],
 ) -> BranchLayout:
-    """Lay out each piece ``(row, jobs)`` as the row's prefix followed by its jobs' branch tokens.
+    """Lay out each piece ``(row, jobs)`` as its jobs' branch tokens, reading the row's cached causal read.
 
-    A piece's clean part is the prompt and the response before its latest job's start (causal; left
-    padding never attended). A branch token of job ``j`` (start ``i``) at offset ``t`` attends to the
-    prompt, the response before ``i`` and its own branch up to ``t``, at position id
+    A branch token of job ``j`` (start ``i``) at offset ``t`` attends to the cached prompt (never its
+    left padding), the cached response before ``i`` and its own branch up to ``t``, at position id
     ``prompt_len + i + t``: it computes what a causal forward over ``x_<i, c, x_{i+1..i+t}`` would.
+
+    Args:
+        prompt_lens_B: true prompt lengths of the training rows.
+        cache_len: ``P + L``, the cached layout's length.
+        prompt_width: ``P``.
     """
-    device = response_BL.device
-    P = prompt_ids_BP.shape[1]
+    device = branches.tokens_JW.device
+    P = prompt_width
     src = torch.tensor([r for r, _ in pieces], dtype=torch.long, device=device)
     n = len(pieces)
-    clean_B = torch.tensor([int(branches.start_J[j].max()) for _, j in pieces], dtype=torch.long, device=device)
-    R = int(clean_B.max())
-    counts = [int(branches.length_J[j].sum()) for _, j in pieces]
-    T = P + R + max(counts)
-    t_T = torch.arange(T, device=device)
-    plen_B = prompt_lens_B[src]
-    ids = torch.zeros((n, T), dtype=torch.long, device=device)
-    ids[:, :P], ids[:, P : P + R] = prompt_ids_BP[src], response_BL[src, :R]
-    pos = (t_T[None, :] - (P - plen_B[:, None])).clamp(min=0)
-    # labels: seg 0 = clean, 1 + job = branch token, -1 = padding
-    clean_valid = (t_T[None, :] >= P - plen_B[:, None]) & (t_T[None, :] < P + clean_B[:, None])
-    seg = torch.where(clean_valid, 0, -1)
-    limit = torch.zeros((n, T), dtype=torch.long, device=device)  # a branch token's clean keys: before P + i
-    order = t_T[None].expand(n, T).clone()  # clean: its index; branch: its offset
+    Q = max(int(branches.length_J[j].sum()) for _, j in pieces)
+    ids = torch.zeros((n, Q), dtype=torch.long, device=device)
+    pos = torch.zeros((n, Q), dtype=torch.long, device=device)
+    job = torch.full((n, Q), -1, dtype=torch.long, device=device)  # -1: padding query
+    off = torch.zeros((n, Q), dtype=torch.long, device=device)
+    limit = torch.zeros((n, Q), dtype=torch.long, device=device)  # cached keys before P + i
     rows_M, cols_M, jobs_M, offs_M = [], [], [], []
-    for b, (_, jobs) in enumerate(pieces):
+    for b, (r, jobs) in enumerate(pieces):
         lens = branches.length_J[jobs]
         job_M = jobs.repeat_interleave(lens)
-        first_M = (torch.cumsum(lens, 0) - lens).repeat_interleave(lens)
-        off_M = torch.arange(len(job_M), device=device) - first_M
-        col_M = P + R + torch.arange(len(job_M), device=device)
+        off_M = torch.arange(len(job_M), device=device) - (torch.cumsum(lens, 0) - lens).repeat_interleave(lens)
+        col_M = torch.arange(len(job_M), device=device)
         start_M = branches.start_J[job_M]
         ids[b, col_M] = branches.tokens_JW[job_M, off_M]
-        pos[b, col_M] = plen_B[b] + start_M + off_M
-        seg[b, col_M] = 1 + job_M
-        limit[b, col_M] = P + start_M
-        order[b, col_M] = off_M
+        pos[b, col_M] = prompt_lens_B[r] + start_M + off_M
+        job[b, col_M], off[b, col_M], limit[b, col_M] = job_M, off_M, P + start_M
         rows_M.append(torch.full_like(job_M, b))
         cols_M.append(col_M)
         jobs_M.append(job_M)
         offs_M.append(off_M)
-    sq, sk = seg[:, :, None], seg[:, None, :]
-    kq, kk = t_T[None, :, None], t_T[None, None, :]
-    clean_k = sk == 0
-    allowed = ((sq == 0) & clean_k & (kk <= kq)) | (
-        (sq > 0) & ((clean_k & (kk < limit[:, :, None])) | ((sk == sq) & (order[:, None, :] <= order[:, :, None])))
-    )
-    pairs = int(allowed.sum())
-    allowed = allowed | ((sq < 0) & (kq == kk))  # a padding query sees itself: finite softmax
+    k_K = torch.arange(cache_len, device=device)
+    first_real = (P - prompt_lens_B[src])[:, None, None]
+    real_q = (job >= 0)[:, :, None]
+    cached = real_q & (k_K[None, None, :] >= first_real) & (k_K[None, None, :] < limit[:, :, None])
+    own = real_q & (job[:, :, None] == job[:, None, :]) & (off[:, None, :] <= off[:, :, None])
+    pairs = int(cached.sum()) + int(own.sum())
+    # a padding query sees itself only (finite softmax)
+    eye = torch.eye(Q, dtype=torch.bool, device=device)[None] & ~real_q
     return BranchLayout(
+        src,
         ids,
         pos,
-        allowed,
+        torch.cat([cached, own | eye], dim=-1),
         torch.cat(jobs_M),
         torch.cat(offs_M),
         torch.cat(rows_M),
         torch.cat(cols_M),
         pairs,
-        int((seg >= 0).sum()),
     )
 
 
@@ -465,16 +460,23 @@ def _masked_attention(model: torch.nn.Module, backend: str):
         model.set_attn_implementation(FLASH)
 
 
-def _backend_mask(allowed_BTT: torch.Tensor, backend: str, dtype: torch.dtype):
+def _backend_mask(allowed_BQK: torch.Tensor, backend: str, dtype: torch.dtype):
     if backend != "flex_attention":
-        return dense_to_backend(allowed_BTT, backend, dtype)
+        return dense_to_backend(allowed_BQK, backend, dtype)
     from torch.nn.attention.flex_attention import create_block_mask
 
     def mask_mod(b, h, q_idx, kv_idx):
-        return allowed_BTT[b, q_idx, kv_idx]
+        return allowed_BQK[b, q_idx, kv_idx]
 
-    n, T, _ = allowed_BTT.shape
-    return create_block_mask(mask_mod, B=n, H=None, Q_LEN=T, KV_LEN=T, device=allowed_BTT.device)
+    n, Q, K = allowed_BQK.shape
+    return create_block_mask(mask_mod, B=n, H=None, Q_LEN=Q, KV_LEN=K, device=allowed_BQK.device)
+
+
+def _cache_rows(cache, rows: torch.Tensor):
+    """A new cache holding ``rows`` of ``cache`` (the branch forward appends to its copy, never to ``cache``)."""
+    from transformers import DynamicCache
+
+    return DynamicCache([(layer.keys[rows], layer.values[rows]) for layer in cache.layers])
 
 
 @dataclass
@@ -490,9 +492,9 @@ class BranchWork:
 @torch.no_grad()
 def teacher_branch_logprobs(
     teacher: torch.nn.Module,
-    prompt_ids_BP: torch.Tensor,
+    cache,
     prompt_lens_B: torch.Tensor,
-    response_BL: torch.Tensor,
+    prompt_width: int,
     branches: Branches,
     backend: str,
     max_branch_tokens: int = 4096,
@@ -502,40 +504,46 @@ def teacher_branch_logprobs(
 
     Args:
         teacher: the frozen causal LM (``teacher.model`` its decoder).
-        prompt_ids_BP, prompt_lens_B, response_BL: the training rows (left-padded prompts).
+        cache: the KV cache of the causal read over ``[left-padded prompt | response]``
+            (:func:`opdlm.train.targets.teacher_hidden_states` with ``return_cache=True``).
+        prompt_lens_B: true prompt lengths.
+        prompt_width: ``P``, the padded prompt width of that read.
         branches: from :func:`build_branches`.
         backend: the teacher's attention backend (flash-attn runs these forwards with SDPA).
-        max_branch_tokens: branch tokens per forward (memory bound; each extra forward re-reads a prefix).
+        max_branch_tokens: branch tokens per forward (bounds its memory: each layout row holds a
+            copy of its training row's cache).
         head_chunk: branch tokens per output-head chunk.
 
     Returns:
         ``(target_logprobs_JW, work)``.
     """
-    target_JW = torch.zeros(branches.tokens_JW.shape, dtype=torch.float32, device=response_BL.device)
+    target_JW = torch.zeros(branches.tokens_JW.shape, dtype=torch.float32, device=branches.tokens_JW.device)
     work = BranchWork()
     if not len(branches):
         return target_JW, work
     dtype = next(teacher.parameters()).dtype
     head = teacher.get_output_embeddings()
-    for group in plan_pieces(branches, prompt_ids_BP.shape[0], max_branch_tokens):
-        layout = branch_layout(prompt_ids_BP, prompt_lens_B, response_BL, branches, group)
+    cache_len = cache.get_seq_length()
+    for group in plan_pieces(branches, len(prompt_lens_B), max_branch_tokens):
+        layout = branch_layout(prompt_lens_B, cache_len, prompt_width, branches, group)
         with _masked_attention(teacher, backend) as used:
             out = teacher.model(
-                input_ids=layout.ids_BT,
-                attention_mask=_backend_mask(layout.allowed_BTT, used, dtype),
-                position_ids=layout.position_ids_BT,
-                use_cache=False,
+                input_ids=layout.ids_BQ,
+                attention_mask=_backend_mask(layout.allowed_BQK, used, dtype),
+                position_ids=layout.position_ids_BQ,
+                past_key_values=_cache_rows(cache, layout.src_B),
+                use_cache=True,
             )
         # only the branch tokens whose target counts go through the head, a chunk at a time
-        keep_M = branches.weight_JW[layout.branch_job_M, layout.branch_off_M]
-        job_M, off_M = layout.branch_job_M[keep_M], layout.branch_off_M[keep_M]
-        h_MH = out.last_hidden_state[layout.branch_row_M[keep_M], layout.branch_col_M[keep_M]]
+        keep_M = branches.weight_JW[layout.job_M, layout.off_M]
+        job_M, off_M = layout.job_M[keep_M], layout.off_M[keep_M]
+        h_MH = out.last_hidden_state[layout.row_M[keep_M], layout.col_M[keep_M]]
         for s in range(0, len(job_M), head_chunk):
             rows = slice(s, s + head_chunk)
             logprobs = torch.log_softmax(head(h_MH[rows]).float(), dim=-1)
             targets = branches.targets_JW[job_M[rows], off_M[rows]]
             target_JW[job_M[rows], off_M[rows]] = logprobs.gather(-1, targets[:, None]).squeeze(-1)
-        work.tokens += layout.real_tokens
+        work.tokens += len(layout.job_M)
         work.attended_pairs += layout.attended_pairs
         work.head_tokens += len(job_M)
         work.forwards += 1

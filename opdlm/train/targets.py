@@ -35,7 +35,8 @@ def teacher_hidden_states(
     prompt_lens_B: torch.Tensor,
     response_BL: torch.Tensor,
     backend: str,
-) -> torch.Tensor:
+    return_cache: bool = False,
+):
     """Teacher final hidden states that predict each response position.
 
     Args:
@@ -44,9 +45,11 @@ def teacher_hidden_states(
         prompt_lens_B: true prompt lengths (each >= 1).
         response_BL: responses (right padding is harmless: causal attention never looks ahead).
         backend: the teacher's attention backend (``flash_attention_2`` gets the 2-D padding mask).
+        return_cache: also return the forward's KV cache (the future-aware rescoring reads it).
 
     Returns:
-        ``hidden_BLH``: row ``j`` is the state at index ``P + j - 1``.
+        ``hidden_BLH``: row ``j`` is the state at index ``P + j - 1``; ``(hidden_BLH, cache)`` with
+        ``return_cache``.
     """
     P, L = prompt_ids_BP.shape[1], response_BL.shape[1]
     # block size 1 makes the block-causal rule plain causal, with the prompt's left padding masked
@@ -57,9 +60,10 @@ def teacher_hidden_states(
         input_ids=ids_BT,
         attention_mask=causal_padding_mask(geom, backend, dtype),
         position_ids=geom.position_ids_BT,
-        use_cache=False,
+        use_cache=return_cache,
     )
-    return out.last_hidden_state[:, P - 1 : P + L - 1]
+    hidden_BLH = out.last_hidden_state[:, P - 1 : P + L - 1]
+    return (hidden_BLH, out.past_key_values) if return_cache else hidden_BLH
 
 
 @torch.no_grad()
@@ -122,14 +126,13 @@ def loss_targets(
     Args:
         rows: a :class:`~opdlm.train.batch.TrainingRows` micro-batch on the teacher's device.
     """
-    hidden_NH = teacher_hidden_states(teacher, rows.prompt_ids_BP, rows.prompt_lens_B, rows.response_BL, backend)
-    hidden_NH = hidden_NH[row_N, col_N]
-    if cfg.target == "causal":
-        return LossTargets(hidden_NH)
+    args = (teacher, rows.prompt_ids_BP, rows.prompt_lens_B, rows.response_BL, backend)
     fa = cfg.future_aware
-    weight = ramp_weight(step, fa.weight, fa.ramp_steps, fa.ramp_shape)
-    if weight == 0.0 or hidden_NH.shape[0] == 0:
-        return LossTargets(hidden_NH)
+    weight = ramp_weight(step, fa.weight, fa.ramp_steps, fa.ramp_shape) if cfg.target == "future_aware" else 0.0
+    if weight == 0.0 or row_N.numel() == 0:
+        return LossTargets(teacher_hidden_states(*args)[row_N, col_N])
+    hidden_BLH, cache = teacher_hidden_states(*args, return_cache=True)
+    hidden_NH = hidden_BLH[row_N, col_N]
     cand_NK, idx_NK = _top_candidates_chunked(teacher, hidden_NH, fa.top_k, cfg.kl_chunk_size)
     scored_NW = scored_future(rows.masked_BL, rows.lengths_B, block_size, fa.scope)[row_N, col_N]
     work = BranchWork()
@@ -137,9 +140,9 @@ def loss_targets(
     def scorer(branches):
         target_JW, done = teacher_branch_logprobs(
             teacher,
-            rows.prompt_ids_BP,
+            cache,
             rows.prompt_lens_B,
-            rows.response_BL,
+            rows.prompt_ids_BP.shape[1],
             branches,
             backend,
             fa.max_branch_tokens,
