@@ -321,6 +321,10 @@ def test_future_aware_training_runs_and_counts_its_teacher_flops(tiny_teacher_di
         assert last["flops_total"] == pytest.approx(flops["total"]) and last["flops_teacher"] == flops["teacher"]
         assert [m["flops_total"] for m in lines] == sorted(m["flops_total"] for m in lines)
         assert all(m["loss"] == m["loss"] for m in lines)  # finite, not nan
+    fa_lines = runs["future_aware"][1]
+    assert all(m["future_aware_weight"] == 1.0 and m["future_aware_corrected"] > 0 for m in fa_lines)
+    assert all(m["future_aware_corrected"] <= m["loss_tokens"] for m in fa_lines)
+    assert "future_aware_weight" not in runs["causal"][1][0]
     causal, fa = runs["causal"][0]["flops"], runs["future_aware"][0]["flops"]
     # same seed, same first rollouts: the step-0 rollout and student work agree; the teacher pays for rescoring
     first_c, first_f = runs["causal"][1][0], runs["future_aware"][1][0]

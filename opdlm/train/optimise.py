@@ -15,6 +15,7 @@ from opdlm.train import distributed
 from opdlm.train.batch import TrainingRows, make_rows
 from opdlm.train.curriculum import StagePosition
 from opdlm.train.flops import ModelShape, forward_flops, student_train_flops, teacher_read_flops
+from opdlm.train.future_aware import ramp_weight
 from opdlm.train.kl import cross_entropy_chunked, forward_kl_chunked, num_chunks
 from opdlm.train.schedule import learning_rate
 from opdlm.train.setup import RunContext
@@ -83,6 +84,8 @@ def microbatch_loss(ctx: RunContext, mb: TrainingRows, block_size: int) -> tuple
         "teacher_tokens": int((mb.prompt_lens_B.sum() + mb.lengths_B.sum()).item()),
         "flops_student": microbatch_student_flops(ctx, mb, int(row_N.numel()), block_size),
         "flops_teacher": microbatch_teacher_flops(ctx, mb, targets) if ctx.cfg.objective == "opd" else 0.0,
+        # future-aware: loss positions whose target the correction changed
+        "corrected": int(targets.edit.edit_N.sum()) if ctx.cfg.objective == "opd" and targets.edit is not None else 0,
     }
     return loss_sum, stats
 
@@ -145,6 +148,7 @@ def optimise(ctx: RunContext, rows: TrainingRows | None, pos: StagePosition, ste
     by_pos_sum, by_pos_count = torch.zeros(block_size), torch.zeros(block_size)
     seq_tokens = teacher_tokens = 0
     flops_student = flops_teacher = 0.0
+    corrected = 0
     for k, group in enumerate(torch.tensor_split(order, k_steps)):
         micro = list(group.split(cfg.micro_batch_size)) if len(group) else []
         n_micro = distributed.all_reduce_max(len(micro))
@@ -168,6 +172,7 @@ def optimise(ctx: RunContext, rows: TrainingRows | None, pos: StagePosition, ste
             teacher_tokens += stats["teacher_tokens"]
             flops_student += stats["flops_student"]
             flops_teacher += stats["flops_teacher"]
+            corrected += stats["corrected"]
         lr = learning_rate(step * k_steps + k, total_opt, cfg.warmup_rollout_steps * k_steps, peak, cfg.min_lr)
         norms.append(ctx.stepper.step(lr))
         if micro:
@@ -187,6 +192,10 @@ def optimise(ctx: RunContext, rows: TrainingRows | None, pos: StagePosition, ste
     }
     if losses:
         out["loss"] = sum(losses) / len(losses)
+    if cfg.target == "future_aware":
+        fa = cfg.future_aware
+        out["future_aware_weight"] = ramp_weight(step, fa.weight, fa.ramp_steps, fa.ramp_shape)
+        out["future_aware_corrected"] = corrected
     for i in range(block_size):
         if by_pos_count[i] > 0:
             out[f"kl_by_block_position/{i}"] = float(by_pos_sum[i] / by_pos_count[i])
