@@ -117,3 +117,27 @@ def test_summary_total_flops_reads_both_formats():
     assert summary_total_flops({"rollout": 1.0, "teacher": 2.0, "student": 3.0, "total": 6.0}) == 6.0
     assert summary_total_flops({"rollout": 1.0, "teacher": 2.0, "student": 3.0}) == 6.0
     assert summary_total_flops(4.5e12) == 4.5e12 and summary_total_flops(None) == 0.0
+
+
+def test_mdm_sft_counts_student_flops_only(tiny_student_dir, tmp_path):
+    import json
+    from pathlib import Path
+
+    from opdlm.config.recipe import load_recipe
+    from opdlm.train.loop import SUMMARY_FILE, train
+
+    over = [
+        "train.objective=mdm_sft",
+        "train.prompts_per_rollout=4",
+        "train.optimizer_steps_per_rollout=2",
+        "train.micro_batch_size=2",
+        "train.num_prompts=64",
+        "train.stages=[{name: short, rollout_steps: 2, length: {start: 8, end: 8}}]",
+    ]
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    train(load_recipe(tiny, over), tmp_path / "m", student=str(tiny_student_dir), console=False)
+    flops = json.loads((tmp_path / "m" / SUMMARY_FILE).read_text())["flops"]
+    assert flops["rollout"] == 0 and flops["teacher"] == 0 and flops["student"] > 0
+    assert flops["total"] == flops["student"]
+    lines = [json.loads(ln) for ln in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["flops_total"] == flops["total"] and lines[0]["flops_student"] < lines[1]["flops_student"]

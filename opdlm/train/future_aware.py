@@ -179,7 +179,11 @@ def build_branches(
     N, K = cand_NK.shape
     W = scored_NW.shape[1]
     offsets_W = torch.arange(1, W + 1, device=device)
-    length_N = torch.where(scored_NW, offsets_W[None, :], 0).amax(dim=1) if W else torch.zeros(N, dtype=torch.long)
+    length_N = (
+        torch.where(scored_NW, offsets_W[None, :], 0).amax(dim=1)
+        if W
+        else torch.zeros(N, dtype=torch.long, device=device)
+    )
     slots = (length_N > 0).nonzero().squeeze(-1)
     slot_J = slots.repeat_interleave(K)
     rank_J = torch.arange(K, device=device).repeat(len(slots))
