@@ -71,14 +71,39 @@ def test_counters_advance_in_one_place_from_a_step_outcome():
     from opdlm.train.setup import Counters
 
     plan = plan_step(_cfg(), 3, 10, 7)
-    optimised = OptimiseResult(8, (1.0, 3.0), 2e-4, (0.5,), torch.ones(8), torch.full((8,), 2.0), 11, 5)
-    outcome = StepOutcome(plan, optimised, 40, 6, 3, 1, 2, 1.5, 100.0)
-    before = Counters(3, 9, 100, 100, 1000.0, 4, 5)
+    optimised = OptimiseResult(8, (1.0, 3.0), 2e-4, (0.5,), torch.ones(8), torch.full((8,), 2.0), 60.0, 30.0, 0)
+    outcome = StepOutcome(plan, optimised, 40, 6, 3, 1, 2, 1.5, 10.0, 30.0, 60.0)
+    assert outcome.flops == 100.0
+    before = Counters(3, 9, 100, 100, 1000.0, 4, 5, 100.0, 300.0, 600.0)
     after = advance(before, outcome)
-    assert after == Counters(4, 11, 140, 140, 1100.0, 5, 7)
-    assert before == Counters(3, 9, 100, 100, 1000.0, 4, 5)  # a new value; the old one is unchanged
+    assert after == Counters(4, 11, 140, 140, 1100.0, 5, 7, 110.0, 330.0, 660.0)
+    assert before == Counters(
+        3, 9, 100, 100, 1000.0, 4, 5, 100.0, 300.0, 600.0
+    )  # a new value; the old one is unchanged
     metrics = step_metrics(outcome, after)
     assert not any(k.startswith("_") for k in metrics)
+    assert metrics["flops"] == 100.0 and metrics["cumulative_flops"] == metrics["flops_total"] == 1100.0
+    assert (metrics["flops_rollout"], metrics["flops_teacher"], metrics["flops_student"]) == (110.0, 330.0, 660.0)
+    assert "future_aware_weight" not in metrics  # a causal run's plan has no target weight
     assert metrics["block_size"] == 8 and metrics["optimizer_step"] == 11 and metrics["loss_tokens"] == 16
     assert metrics["cumulative_train_tokens"] == 140 and metrics["grad_norm"] == 2.0
     assert metrics["kl_by_block_position/7"] == 0.5
+
+
+def test_plan_carries_the_future_aware_weight_of_its_step():
+    import torch
+
+    from opdlm.train.future_aware import ramp_weight
+    from opdlm.train.loop import StepOutcome, step_metrics
+    from opdlm.train.optimise import OptimiseResult
+    from opdlm.train.setup import Counters
+
+    cfg = _cfg(target="future_aware", future_aware={"weight": 0.8, "ramp_steps": 4, "ramp_shape": "cos"})
+    weights = [plan_step(cfg, s, 10, 7).target_weight for s in range(5)]
+    assert weights == [ramp_weight(s, 0.8, 4, "cos") for s in range(5)]
+    assert weights[0] == 0.0 and weights[4] == 0.8
+    assert plan_step(_cfg(), 2, 10, 7).target_weight is None
+    optimised = OptimiseResult(8, (1.0,), 2e-4, (0.5,), torch.ones(8), torch.full((8,), 2.0), 6.0, 3.0, 7)
+    outcome = StepOutcome(plan_step(cfg, 2, 10, 7), optimised, 40, 6, 3, 1, 2, 1.5, 1.0, 3.0, 6.0)
+    metrics = step_metrics(outcome, Counters())
+    assert metrics["future_aware_weight"] == weights[2] and metrics["future_aware_corrected"] == 7

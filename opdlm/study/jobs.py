@@ -20,6 +20,7 @@ from pathlib import Path
 
 from opdlm.errors import OpdlmError
 from opdlm.fsutil import atomic_write_text
+from opdlm.train.flops import summary_total_flops
 from opdlm.train.folder import TrainingFolder
 
 RESULT_FILE = "result.json"
@@ -193,7 +194,7 @@ def run_arm(job: dict) -> dict:
         "rollout_steps": job["rollout_steps"],
         "planned_tokens": round(job["planned_tokens"]),
         "training_tokens": summary["cumulative_train_tokens"],
-        "flops": summary["flops"],
+        "flops": summary_total_flops(summary["flops"]),
         "skipped_rollouts": summary["skipped_rollouts"],
         **_eval_fields(evaluated),
         "teacher_accuracy": evaluated.teacher_accuracy,

@@ -32,6 +32,7 @@ from opdlm.train import distributed
 from opdlm.train.batch import TrainingRows, make_rows, pad_step_maps, right_pad
 from opdlm.train.checkpoint import export_model
 from opdlm.train.curriculum import domain_cap, stage_end_step
+from opdlm.train.flops import ModelShape, rollout_flops
 from opdlm.train.folder import TrainingFolder
 from opdlm.train.loss_mask import response_loss_mask
 from opdlm.train.mdm import random_block_mask, response_tokens
@@ -103,26 +104,21 @@ def select_rows(ctx: RunContext, episodes: Episodes, plan: StepPlan) -> tuple[Tr
     return rows, skipped
 
 
-def _num_params(model: torch.nn.Module | None) -> int:
-    # ZeRO-3 leaves an empty placeholder in each parameter; ds_numel is its real size
-    return 0 if model is None else sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-
-
-def estimate_flops(
-    n_student: int, n_teacher: int, episodes: Episodes, block_size: int, student_tokens: int, teacher_tokens: int
-) -> float:
-    """``2 N`` per token forward (rollout, teacher) and ``6 N`` per token trained (student, both copies).
-
-    Args:
-        n_student: student parameters.
-        n_teacher: teacher parameters (0 without a teacher).
-        episodes: this rank's rollouts (each forward of the sampler reads the prompt's cache and one block).
-        block_size: the rollout's block size.
-        student_tokens: tokens of the student's training forwards.
-        teacher_tokens: tokens of the teacher's forwards.
-    """
-    rollout_tokens = sum(len(p) + f * block_size for p, f in zip(episodes.prompts, episodes.num_forwards))
-    return 2.0 * n_student * rollout_tokens + 2.0 * n_teacher * teacher_tokens + 6.0 * n_student * student_tokens
+def episode_flops(ctx: RunContext, episodes: Episodes, block_size: int) -> float:
+    """FLOPs of every sampler forward of this rank's rollouts (:func:`opdlm.train.flops.rollout_flops`; 0 for mdm_sft)."""
+    if not any(episodes.num_forwards):
+        return 0.0
+    meta = ctx.student.meta
+    return rollout_flops(
+        ModelShape.from_config(ctx.student.model.config),
+        [len(p) for p in episodes.prompts],
+        episodes.step_maps,
+        [len(r) for r in episodes.responses],
+        episodes.num_forwards,
+        block_size,
+        meta.prompt_attention,
+        meta.logit_shift,
+    )
 
 
 @dataclass(frozen=True)
@@ -138,7 +134,9 @@ class StepOutcome:
         skipped_rollouts: episodes with no token to learn from.
         skipped_prompts: prompts skipped before rollout (too long, or no response for ``mdm_sft``).
         tokens_per_step: this rank's rollout tokens per denoising step.
-        flops: estimated FLOPs of the step (:func:`estimate_flops`).
+        flops_rollout: FLOPs of the step's sampler forwards (:func:`episode_flops`).
+        flops_teacher: FLOPs of everything the target ran (:func:`opdlm.train.optimise.teacher_flops`).
+        flops_student: FLOPs of the student's training forwards and backwards.
     """
 
     plan: StepPlan
@@ -149,7 +147,14 @@ class StepOutcome:
     skipped_rollouts: int
     skipped_prompts: int
     tokens_per_step: float
-    flops: float
+    flops_rollout: float
+    flops_teacher: float
+    flops_student: float
+
+    @property
+    def flops(self) -> float:
+        """The step's FLOPs, all parts (:mod:`opdlm.train.flops`)."""
+        return self.flops_rollout + self.flops_teacher + self.flops_student
 
 
 def train_step(ctx: RunContext, plan: StepPlan) -> StepOutcome:
@@ -157,14 +162,6 @@ def train_step(ctx: RunContext, plan: StepPlan) -> StepOutcome:
     episodes, skipped_prompts = collect_episodes(ctx, plan)
     rows, skipped_rollouts = select_rows(ctx, episodes, plan)
     optimised = optimise(ctx, rows, plan)
-    flops = estimate_flops(
-        _num_params(ctx.student.model),
-        _num_params(ctx.teacher),
-        episodes,
-        plan.block_size,
-        optimised.student_tokens,
-        optimised.teacher_tokens,
-    )
     # counters are global: summed over the ranks (each rank rolls out its share of the prompts)
     rollout_tokens, skipped_rollouts, skipped_prompts, n_eps, n_finished = distributed.all_reduce_sum(
         [
@@ -175,7 +172,9 @@ def train_step(ctx: RunContext, plan: StepPlan) -> StepOutcome:
             sum(episodes.finished),
         ]
     )
-    (flops,) = distributed.all_reduce_sum([flops])
+    f_rollout, f_teacher, f_student = distributed.all_reduce_sum(
+        [episode_flops(ctx, episodes, plan.block_size), optimised.teacher_flops, optimised.student_flops]
+    )
     return StepOutcome(
         plan,
         optimised,
@@ -185,7 +184,9 @@ def train_step(ctx: RunContext, plan: StepPlan) -> StepOutcome:
         skipped_rollouts,
         skipped_prompts,
         episodes.tokens_per_step,
-        flops,
+        f_rollout,
+        f_teacher,
+        f_student,
     )
 
 
@@ -198,6 +199,9 @@ def advance(c: Counters, outcome: StepOutcome) -> Counters:
         rollout_tokens=c.rollout_tokens + outcome.rollout_tokens,
         train_tokens=c.train_tokens + outcome.rollout_tokens,
         flops=c.flops + outcome.flops,
+        flops_rollout=c.flops_rollout + outcome.flops_rollout,
+        flops_teacher=c.flops_teacher + outcome.flops_teacher,
+        flops_student=c.flops_student + outcome.flops_student,
         skipped_rollouts=c.skipped_rollouts + outcome.skipped_rollouts,
         skipped_prompts=c.skipped_prompts + outcome.skipped_prompts,
     )
@@ -207,6 +211,10 @@ def step_metrics(outcome: StepOutcome, c: Counters) -> dict:
     """The metrics line of a step (``c``: the counters after it)."""
     plan, n_eps = outcome.plan, outcome.rollouts
     metrics = outcome.optimised.metrics()
+    if plan.target_weight is not None and outcome.optimised.optimizer_steps:
+        # future-aware: this step's lambda, and this rank's loss positions whose target it changed
+        metrics["future_aware_weight"] = plan.target_weight
+        metrics["future_aware_corrected"] = outcome.optimised.corrected
     metrics.update(
         {
             "stage": plan.position.index,
@@ -223,6 +231,11 @@ def step_metrics(outcome: StepOutcome, c: Counters) -> dict:
             "cumulative_train_tokens": c.train_tokens,
             "flops": outcome.flops,
             "cumulative_flops": c.flops,
+            # cumulative, by part (what the study plots accuracy against)
+            "flops_rollout": c.flops_rollout,
+            "flops_teacher": c.flops_teacher,
+            "flops_student": c.flops_student,
+            "flops_total": c.flops,
             "optimizer_step": c.optimizer_steps,
         }
     )

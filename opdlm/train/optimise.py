@@ -1,10 +1,10 @@
 """Step 3 of the loop: turn one batch of training rows into AdamW steps (METHOD §4.3-4.6).
 
-Per optimizer step: micro-batches of rows -> teacher targets (one causal forward) -> student forward
-on ``[prompt | clean | noisy]`` -> chunked forward KL (or masked cross-entropy for ``mdm_sft``) ->
-backward -> clip -> AdamW at the planned learning rate. In a multi-process run every rank makes
-the same number of forward/backward calls and head calls (zero-weighted fillers, padded chunks),
-which DeepSpeed's collectives require.
+Per optimizer step: micro-batches of rows -> teacher targets (one causal forward, plus the candidate
+rescoring of ``train.target: future_aware``) -> student forward on ``[prompt | clean | noisy]`` ->
+chunked forward KL (or masked cross-entropy for ``mdm_sft``) -> backward -> clip -> AdamW at the
+planned learning rate. In a multi-process run every rank makes the same number of forward/backward
+calls and head calls (zero-weighted fillers, padded chunks), which DeepSpeed's collectives require.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from opdlm.config.train import TrainConfig
 from opdlm.models.student import Student
 from opdlm.train import distributed
 from opdlm.train.batch import TrainingRows, make_rows
+from opdlm.train.flops import ModelShape, forward_flops, student_train_flops, teacher_read_flops
 from opdlm.train.kl import cross_entropy_chunked, forward_kl_chunked, num_chunks
 from opdlm.train.plan import StepPlan, seeded_generator
 from opdlm.train.setup import RunContext
 from opdlm.train.student_forward import noisy_copy, student_hidden_states
-from opdlm.train.targets import CausalTarget
+from opdlm.train.targets import CausalTarget, LossTargets, step_target
 
 
 @dataclass(frozen=True)
@@ -33,15 +34,17 @@ class MicroBatchStats:
         loss_sum_K: per-token loss summed by position inside the block (``K = block_size`` entries).
         loss_count_K: loss positions counted by position inside the block.
         tokens: loss positions.
-        student_tokens: tokens of the student forward (prompt + clean + noisy copy).
-        teacher_tokens: tokens of the teacher forward (prompt + response).
+        student_flops: the student's forward + backward (:func:`student_flops`).
+        teacher_flops: everything the target ran (:func:`teacher_flops`; 0 without a teacher).
+        corrected: loss positions whose target the future-aware correction changed (0 otherwise).
     """
 
     loss_sum_K: torch.Tensor
     loss_count_K: torch.Tensor
     tokens: int
-    student_tokens: int
-    teacher_tokens: int
+    student_flops: float
+    teacher_flops: float
+    corrected: int
 
 
 def loss_top_k(cfg: TrainConfig) -> int | None:
@@ -63,8 +66,9 @@ def microbatch_loss(
 
     Args:
         student: the student being trained (model, mask id, logit shift, prompt attention, backend).
-        target: where the teacher distributions come from (:func:`opdlm.train.targets.teacher_target`);
-            None is the ``mdm_sft`` baseline: cross-entropy against the clean tokens.
+        target: where the teacher distributions come from (:func:`opdlm.train.targets.teacher_target`:
+            causal, or future-aware at the step's weight); None is the ``mdm_sft`` baseline:
+            cross-entropy against the clean tokens.
         mb: the micro-batch, on the student's device.
         block_size: the block size of the step (its stage's).
         top_k: the KL over the teacher's top-k slice (:func:`loss_top_k`); None for the full vocabulary.
@@ -97,10 +101,18 @@ def microbatch_loss(
             meta.prompt_attention,
         )
         student_NH = hidden_BLH[row_N, col_N]
+        read = None
         if target is not None:
-            teacher_NH = target.hidden_states(mb)[row_N, col_N]
+            read = target.read(mb, row_N, col_N, block_size, chunk_size)
             per_token_N = forward_kl_chunked(
-                teacher_NH, student_NH, target.head, model.get_output_embeddings(), top_k, chunk_size, min_chunks
+                read.hidden_NH,
+                student_NH,
+                target.head,
+                model.get_output_embeddings(),
+                top_k,
+                chunk_size,
+                min_chunks,
+                read.edit,
             )
         else:
             targets_N = mb.response_BL[row_N, col_N]
@@ -119,10 +131,34 @@ def microbatch_loss(
         .index_add_(0, pos_N, torch.ones_like(detached_N))
         .cpu(),
         tokens=int(row_N.numel()),
-        student_tokens=int((mb.prompt_lens_B.sum() + 2 * mb.lengths_B.sum()).item()),
-        teacher_tokens=int((mb.prompt_lens_B.sum() + mb.lengths_B.sum()).item()),
+        student_flops=student_flops(student, mb, int(row_N.numel()), block_size),
+        teacher_flops=teacher_flops(target, mb, read) if target is not None else 0.0,
+        corrected=read.corrected if read is not None else 0,
     )
     return loss_sum, stats
+
+
+def student_flops(student: Student, mb: TrainingRows, loss_tokens: int, block_size: int) -> float:
+    """Forward + backward FLOPs of the student on the micro-batch ``mb`` (:mod:`opdlm.train.flops`)."""
+    return student_train_flops(
+        ModelShape.from_config(student.model.config),
+        mb.prompt_lens_B.tolist(),
+        mb.lengths_B.tolist(),
+        loss_tokens,
+        block_size,
+        student.meta.prompt_attention,
+    )
+
+
+def teacher_flops(target: CausalTarget, mb: TrainingRows, read: LossTargets) -> float:
+    """The teacher's causal read of ``mb`` (head at the loss positions), plus what a future-aware ``read`` added:
+    the candidates' head pass and the rescoring forwards."""
+    shape = ModelShape.from_config(target.model.config)
+    n = int(read.hidden_NH.shape[0])
+    work = read.branch_work
+    return teacher_read_flops(shape, mb.prompt_lens_B.tolist(), mb.lengths_B.tolist(), n) + forward_flops(
+        shape, work.tokens, work.attended_pairs, work.head_tokens + read.candidate_head_tokens
+    )
 
 
 def filler_rows(eos_id: int, pad_id: int, block_size: int) -> TrainingRows:
@@ -148,8 +184,9 @@ class OptimiseResult:
         losses: loss of each optimizer step that had rows on this rank.
         loss_sum_K: per-token loss summed by position inside the block.
         loss_count_K: loss positions by position inside the block.
-        student_tokens: tokens of the student forwards.
-        teacher_tokens: tokens of the teacher forwards.
+        student_flops: FLOPs of the student's forwards and backwards (:func:`student_flops`).
+        teacher_flops: FLOPs of everything the target ran (:func:`teacher_flops`).
+        corrected: loss positions whose target the future-aware correction changed.
     """
 
     block_size: int
@@ -158,8 +195,9 @@ class OptimiseResult:
     losses: tuple[float, ...]
     loss_sum_K: torch.Tensor
     loss_count_K: torch.Tensor
-    student_tokens: int
-    teacher_tokens: int
+    student_flops: float
+    teacher_flops: float
+    corrected: int
 
     @property
     def optimizer_steps(self) -> int:
@@ -192,11 +230,12 @@ def optimise(ctx: RunContext, rows: TrainingRows | None, plan: StepPlan) -> Opti
     cfg, block_size, meta = ctx.cfg, plan.block_size, ctx.student.meta
     n_rows = len(rows) if rows is not None else 0
     order = torch.randperm(n_rows, generator=seeded_generator(plan.order_seed))
+    target = step_target(ctx.target, plan.target_weight)  # a future-aware target at this step's lambda
 
     def loss_of(mb: TrainingRows) -> tuple[torch.Tensor, MicroBatchStats]:
         return microbatch_loss(
             ctx.student,
-            ctx.target,
+            target,
             mb.to(ctx.device),
             block_size,
             top_k=loss_top_k(cfg),
@@ -207,7 +246,8 @@ def optimise(ctx: RunContext, rows: TrainingRows | None, plan: StepPlan) -> Opti
     ctx.student.model.train()
     norms, losses, lr = [], [], 0.0
     loss_sum_K, loss_count_K = torch.zeros(block_size), torch.zeros(block_size)
-    student_tokens = teacher_tokens = 0
+    corrected = 0
+    flops_student = flops_teacher = 0.0
     for k, group in enumerate(torch.tensor_split(order, len(plan.lrs))):
         micro = list(group.split(cfg.micro_batch_size)) if len(group) else []
         n_micro = distributed.all_reduce_max(len(micro))
@@ -230,12 +270,21 @@ def optimise(ctx: RunContext, rows: TrainingRows | None, plan: StepPlan) -> Opti
             group_loss += float(loss_sum.detach()) / len(group)
             loss_sum_K += stats.loss_sum_K
             loss_count_K += stats.loss_count_K
-            student_tokens += stats.student_tokens
-            teacher_tokens += stats.teacher_tokens
+            flops_student += stats.student_flops
+            flops_teacher += stats.teacher_flops
+            corrected += stats.corrected
         lr = plan.lrs[k]
         norms.append(ctx.stepper.step(lr))
         if micro:
             losses.append(group_loss)
     return OptimiseResult(
-        block_size, tuple(norms), lr, tuple(losses), loss_sum_K, loss_count_K, student_tokens, teacher_tokens
+        block_size,
+        tuple(norms),
+        lr,
+        tuple(losses),
+        loss_sum_K,
+        loss_count_K,
+        flops_student,
+        flops_teacher,
+        corrected,
     )

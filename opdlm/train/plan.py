@@ -1,9 +1,9 @@
 """What one rollout step will do, decided before it runs: a pure function of the config and the step index.
 
 Everything a step derives from where it stands in the curriculum (its stage, block size, length cap,
-rollout sampler, prompts, learning rates, random seeds, whether a checkpoint follows) is computed
-here once, so the step functions read one frozen :class:`StepPlan` instead of re-deriving it, and a
-resumed run plans exactly the step an uninterrupted one would.
+rollout sampler, prompts, learning rates, the future-aware target's weight, random seeds, whether a
+checkpoint follows) is computed here once, so the step functions read one frozen :class:`StepPlan`
+instead of re-deriving it, and a resumed run plans exactly the step an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from opdlm.config.sampler import SamplerConfig
 from opdlm.config.train import TrainConfig
 from opdlm.train.curriculum import StagePosition, rollout_sampler, stage_at
 from opdlm.train.data import stream_indices
+from opdlm.train.future_aware import ramp_weight
 from opdlm.train.schedule import learning_rate
 
 # what each of a step's random streams is for (part of its seed, so the streams never coincide)
@@ -45,6 +46,8 @@ class StepPlan:
             which trains on ground-truth responses and rolls out nothing.
         prompt_indices: indices of the training rows this rank rolls out.
         lrs: the learning rate of each of the step's ``optimizer_steps_per_rollout`` optimizer steps.
+        target_weight: ``lambda`` of the future-aware target at this step (``train.future_aware``'s
+            weight with its ramp applied); None for ``train.target: causal``.
         rollout_seed: seed of the rollout sampler's generator.
         selection_seed: seed of the state selection (or of the mdm_sft masks).
         order_seed: seed of the row order over the optimizer steps.
@@ -58,6 +61,7 @@ class StepPlan:
     sampler: SamplerConfig | None
     prompt_indices: tuple[int, ...]
     lrs: tuple[float, ...]
+    target_weight: float | None
     rollout_seed: int
     selection_seed: int
     order_seed: int
@@ -83,6 +87,8 @@ def plan_step(cfg: TrainConfig, step: int, num_rows: int, seed: int, rank: int =
     total_opt, warmup = cfg.total_rollout_steps * k_steps, cfg.warmup_rollout_steps * k_steps
     total = cfg.total_rollout_steps
     stage_end = step + 1 == total or pos.index != stage_at(cfg.stages, step + 1).index
+    fa = cfg.future_aware
+    weight = ramp_weight(step, fa.weight, fa.ramp_steps, fa.ramp_shape) if cfg.target == "future_aware" else None
     return StepPlan(
         step=step,
         position=pos,
@@ -91,6 +97,7 @@ def plan_step(cfg: TrainConfig, step: int, num_rows: int, seed: int, rank: int =
         sampler=sampler if cfg.objective == "opd" else None,
         prompt_indices=tuple(indices[rank::world_size]),
         lrs=tuple(learning_rate(step * k_steps + k, total_opt, warmup, peak, cfg.min_lr) for k in range(k_steps)),
+        target_weight=weight,
         rollout_seed=step_seed(seed, step, ROLLOUT, rank),
         selection_seed=step_seed(seed, step, SELECTION, rank),
         order_seed=step_seed(seed, step, ORDER, rank),

@@ -49,9 +49,13 @@ class Counters:
     optimizer_steps: int = 0
     rollout_tokens: int = 0
     train_tokens: int = 0
-    flops: float = 0.0
+    flops: float = 0.0  # total; the flops_* parts below add up to it
     skipped_rollouts: int = 0
     skipped_prompts: int = 0
+    # FLOPs by part (opdlm.train.flops); after the older fields, so that their order is unchanged
+    flops_rollout: float = 0.0
+    flops_teacher: float = 0.0
+    flops_student: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -65,7 +69,8 @@ class RunContext:
         cfg: the recipe's train section.
         out: the output folder (absolute).
         student: the student being trained.
-        target: the teacher target the loss distils from; None for ``mdm_sft``.
+        target: the teacher target the loss distils from (``train.target``: causal or future-aware); None for
+            ``mdm_sft``.
         rows: the training rows (the prompt stream's source).
         stepper: the optimiser side (:class:`~opdlm.train.stepper.TorchStepper` or DeepSpeed's).
         seed: the training seed.
@@ -347,7 +352,7 @@ def setup_run(
         cfg,
         out,
         student_obj,
-        teacher_target(teacher_model, teacher_backend) if teacher_model is not None else None,
+        teacher_target(teacher_model, teacher_backend, cfg) if teacher_model is not None else None,
         rows,
         stepper,
         seed,
