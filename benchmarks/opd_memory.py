@@ -292,9 +292,8 @@ def sweep(args) -> None:
     xs = torch.tensor(lengths, dtype=torch.float64)
     ys = torch.tensor([r["peak_bytes"] for r in results], dtype=torch.float64)
     for L, r in zip(lengths, results):
-        print(
-            f"{L:>6}{r['peak_bytes'] / 2**30:>28.2f}{r['peak_bytes'] / (args.rows * L) / 2**10:>31.1f}{r['loss_positions']:>16}"
-        )
+        per_token_kib = r["peak_bytes"] / (args.rows * L) / 2**10
+        print(f"{L:>6}{r['peak_bytes'] / 2**30:>28.2f}{per_token_kib:>31.1f}{r['loss_positions']:>16}")
     line = torch.linalg.lstsq(torch.stack([torch.ones_like(xs), xs], 1), ys[:, None]).solution.flatten()
     parabola = torch.linalg.lstsq(torch.stack([torch.ones_like(xs), xs, xs**2], 1), ys[:, None]).solution.flatten()
     intercept, slope_per_row = float(line[0]), float(line[1]) / args.rows
@@ -311,7 +310,8 @@ def sweep(args) -> None:
     curved = float(parabola[2]) > 0
     upper = float(parabola[0] + parabola[1] * CURRICULUM_END + parabola[2] * CURRICULUM_END**2) if curved else None
     print(
-        f"extrapolated to L={CURRICULUM_END} ({args.rows} row(s), {args.layers} layers): {at_end / 2**30:.2f} GiB on the line"
+        f"extrapolated to L={CURRICULUM_END} ({args.rows} row(s), {args.layers} layers): {at_end / 2**30:.2f} GiB on "
+        "the line"
         + (
             f", {upper / 2**30:.2f} GiB on the parabola (quadratic attention scores)"
             if curved

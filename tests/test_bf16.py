@@ -105,7 +105,10 @@ def test_bf16_run_with_flash_requested_falls_back_resumes_and_exports(tiny_teach
     from opdlm.train.loop import train
 
     repo = Path(__file__).resolve().parents[1]
-    stages = "[{name: short, rollout_steps: 1, length: {start: 8, end: 8}}, {name: full, rollout_steps: 1, length: {start: 8, end: 8}}]"
+    stages = (
+        "[{name: short, rollout_steps: 1, length: {start: 8, end: 8}}, {name: full, rollout_steps: 1, length: {start: "
+        "8, end: 8}}]"
+    )
     recipe = load_recipe(
         repo / "configs" / "tiny.yaml",
         [

@@ -25,7 +25,10 @@ from opdlm.train.folder import TrainingFolder
 from opdlm.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
-ONE_STEP_STAGES = "train.stages=[{name: a, rollout_steps: 1, length: {start: 8, end: 8}}, {name: b, rollout_steps: 1, length: {start: 8, end: 8}}]"
+ONE_STEP_STAGES = (
+    "train.stages=[{name: a, rollout_steps: 1, length: {start: 8, end: 8}}, {name: b, rollout_steps: 1, length: "
+    "{start: 8, end: 8}}]"
+)
 OVERRIDES = [*FAST, ONE_STEP_STAGES]
 
 

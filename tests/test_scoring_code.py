@@ -64,7 +64,8 @@ def test_mbpp_reference_code_passes_and_wrong_code_fails():
 
 HOSTILE = {
     "fork bomb": (
-        "    import os\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n"
+        "    import os\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            "
+        "pass\n"
     ),
     "infinite loop": "    while True:\n        pass\n",
     "huge allocation": "    x = bytearray(64 * 1024**3)\n",

@@ -37,12 +37,17 @@ class BootstrapConfig(StrictModel):
     vocab_multiple: int = Field(
         64,
         ge=1,
-        description="Embedding rows are padded to a multiple of this, strictly above the tokenizer size, leaving rows for the mask token.",
+        description=(
+            "Embedding rows are padded to a multiple of this, strictly above the tokenizer size, leaving rows for the "
+            "mask token."
+        ),
     )
     steps: int = Field(
         1000,
         ge=1,
-        description="Optimizer steps (the learning-rate schedule spans these, or the time budget if that runs out first).",
+        description=(
+            "Optimizer steps (the learning-rate schedule spans these, or the time budget if that runs out first)."
+        ),
     )
     batch_size: int = Field(32, ge=1, description="Sequences per optimizer step.")
     lr: float = Field(3e-3, gt=0, description="Peak AdamW learning rate.")
@@ -53,7 +58,11 @@ class BootstrapConfig(StrictModel):
     max_seconds: float | None = Field(
         None,
         gt=0,
-        description="Optional wall-clock budget for training (null: none, the default, so the result depends only on the seed): when set, the learning-rate decay also completes by it, and training stops (and says so) when it is spent, making the teacher depend on the machine's speed and load.",
+        description=(
+            "Optional wall-clock budget for training (null: none, the default, so the result depends only on the "
+            "seed): when set, the learning-rate decay also completes by it, and training stops (and says so) when it "
+            "is spent, making the teacher depend on the machine's speed and load."
+        ),
     )
     seed: int = Field(0, description="Seed of the data sample, initialisation and batch order.")
     n_train: int = Field(
@@ -67,7 +76,11 @@ class BootstrapConfig(StrictModel):
     num_threads: int | None = Field(
         None,
         ge=1,
-        description="torch CPU threads (null: torch's default, all cores). On a quiet 2-core machine 2 threads ran 1000 steps in 149 s vs 242 s for 1; on a box shared with other jobs set 1 (a waiting second OpenMP thread was measured ~10x slower).",
+        description=(
+            "torch CPU threads (null: torch's default, all cores). On a quiet 2-core machine 2 threads ran 1000 steps "
+            "in 149 s vs 242 s for 1; on a box shared with other jobs set 1 (a waiting second OpenMP thread was "
+            "measured ~10x slower)."
+        ),
     )
     progress: bool = Field(True, description="Show a progress bar.")
 

@@ -145,7 +145,10 @@ class TrainConfig(StrictModel):
     kl_chunk_size: int = Field(1024, ge=1, description="Loss positions per chunk of the vocabulary-sized KL.")
     exclude_eos_from_loss: bool = Field(
         True,
-        description="Leave the EOS position out of the loss (paper, for OPD). Set false for mdm_sft: a masked-diffusion student learns to stop only from EOS targets.",
+        description=(
+            "Leave the EOS position out of the loss (paper, for OPD). Set false for mdm_sft: a masked-diffusion "
+            "student learns to stop only from EOS targets."
+        ),
     )
     mdm_min_mask_ratio: float = Field(
         0.0, ge=0.0, lt=1.0, description="mdm_sft: per-block mask ratio t ~ U(min, 1); at least one token is masked."
@@ -214,7 +217,8 @@ class TrainConfig(StrictModel):
             raise ValueError("teacher_deepspeed is only used with teacher_offload: true")
         if self.target == "future_aware" and self.objective != "opd":
             raise ValueError(
-                f"target: future_aware corrects the teacher's targets and needs objective: opd (got {self.objective!r}, "
+                "target: future_aware corrects the teacher's targets and needs objective: opd (got "
+                f"{self.objective!r}, "
                 "which has no teacher)"
             )
         if self.target == "future_aware" and self.teacher_offload:

@@ -7,7 +7,8 @@ these, so the two orchestrators cannot drift apart:
 stage    here                                             library function
 ======== ================================================ ===========================================
 data     :func:`data_stage`                               :func:`opdlm.data.download.download_dataset`
-teacher  :func:`teacher_stage`                            ``builtin:tiny``: :func:`opdlm.sources.builtin.builtin_teacher`
+teacher  :func:`teacher_stage`                            ``builtin:tiny``:
+                                                          :func:`opdlm.sources.builtin.builtin_teacher`
                                                           (Prefect runs its command form,
                                                           :func:`opdlm.sources.builtin.bootstrap_command`,
                                                           as a subprocess); else

@@ -24,7 +24,8 @@ ROLLOUT, SELECTION, ORDER = 1, 2, 3
 
 
 def step_seed(seed: int, step: int, purpose: int, rank: int) -> int:
-    """The seed of one random stream of rollout ``step`` on ``rank`` (a resumed run draws what an uninterrupted one would)."""
+    """The seed of one random stream of rollout ``step`` on ``rank`` (a resumed run draws what an uninterrupted one
+    would)."""
     return (seed * 1_000_003 + step) * 8 + purpose + rank * 7_919
 
 

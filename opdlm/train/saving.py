@@ -63,7 +63,8 @@ def checkpoint(ctx: RunContext, counters: Counters, block_size: int) -> Path:
 
 
 def final_checkpoint(ctx: RunContext, counters: Counters, newest: Path | None) -> Path:
-    """The checkpoint of the current step: ``newest`` (the one just written or resumed from) if it is that, else a new one."""
+    """The checkpoint of the current step: ``newest`` (the one just written or resumed from) if it is that, else a new
+    one."""
     current = ctx.checkpoints / step_dir_name(counters.rollout_step)
     if current == newest:
         return current

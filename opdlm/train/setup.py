@@ -382,7 +382,8 @@ def _restore(ctx: RunContext, ckpt: Path) -> Resume:
     # plain PyTorch state is the same on every rank, so any world size may resume it; DeepSpeed's is per rank
     if ctx.cfg.deepspeed and state.get("world_size", 1) != ctx.world_size:
         raise OpdlmError(
-            f"checkpoint {ckpt} was written by {state.get('world_size', 1)} DeepSpeed ranks; resume with the same number "
+            f"checkpoint {ckpt} was written by {state.get('world_size', 1)} DeepSpeed ranks; resume with the same "
+            "number "
             f"(this run has {ctx.world_size})"
         )
     _check_scheduler(ckpt, ctx.cfg, counters.rollout_step)

@@ -206,7 +206,8 @@ class FutureAwareTarget(CausalTarget):
 
 
 def teacher_target(teacher: torch.nn.Module, backend: str, cfg: TrainConfig | None = None) -> CausalTarget:
-    """The distillation target the loss reads its teacher distributions from: ``cfg.target``'s kind (causal without cfg)."""
+    """The distillation target the loss reads its teacher distributions from: ``cfg.target``'s kind (causal without
+    cfg)."""
     if cfg is not None and cfg.target == "future_aware":
         return FutureAwareTarget(teacher, backend, cfg.future_aware, cfg.future_aware.weight)
     return CausalTarget(teacher, backend)
