@@ -6,22 +6,27 @@
 
 Each writes ``result.json`` atomically as its last act and returns it; when that file already holds
 the same job (by fingerprint), the work is skipped, so an interrupted study resumes where it stopped.
-Jobs run in worker processes (:mod:`opdlm.study.pool`), so they take paths and return dicts, never
-models or tensors.
+The study flow's tasks (:mod:`tasks.study`) run them in Prefect's process pool, so they take paths
+and return dicts, never models or tensors. :func:`init_worker` prepares each pool process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
 from opdlm.errors import OpdlmError
 from opdlm.fsutil import atomic_write_text
+from opdlm.study.table import flops_fields
 
 RESULT_FILE = "result.json"
+LOCK_NAME = ".study.lock"
 BENCHMARK = "synthetic"
 
 
@@ -62,12 +67,75 @@ def _write_result(folder: Path, result: dict) -> dict:
     return result
 
 
+_HELD: dict[Path, object] = {}  # study folders this process holds the lock of (re-entry is no second lock)
+
+
+@contextlib.contextmanager
+def exclusive(out: Path):
+    """Hold an exclusive lock on study folder ``out`` (created) while the block runs.
+
+    Two studies in one folder would train the same arm into the same directory at once (measured:
+    the second run then reused an arm folder the first had half-written). Re-entering in the same
+    process (the CLI holds it, then the flow takes it) holds the one lock.
+
+    Raises:
+        OpdlmError: another process holds the lock (one line naming the folder).
+    """
+    import fcntl
+
+    out = Path(out).absolute()
+    if out in _HELD:
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK_NAME, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OpdlmError(
+                f"another study is running in {out} (it holds {out / LOCK_NAME}); wait for it or pass --out DIR"
+            ) from None
+        _HELD[out] = handle
+        try:
+            yield
+        finally:
+            del _HELD[out]
+
+
 def quiet_libraries() -> None:
     """Silence per-load progress bars and info logs of transformers (many models load in a study)."""
     from transformers.utils import logging
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+
+
+PARENT_CHECK_SECONDS = 1.0
+
+
+def exit_with_parent(parent_pid: int, interval: float = PARENT_CHECK_SECONDS) -> threading.Thread:
+    """Start a daemon thread that ends this process as soon as ``parent_pid`` is no longer its parent.
+
+    A pool worker whose parent died blocks forever on its task queue; a reparented process
+    (``getppid`` changes) is the portable sign that the parent is gone. Workers never outlive the
+    study, however it was killed (SIGTERM, SIGKILL).
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread
+
+
+def init_worker() -> None:
+    """The study's process-pool initializer: exit with the process that started the pool (the flow's;
+    read here, in the worker, so a flow run in any process gets it right), quiet library logs."""
+    exit_with_parent(os.getppid())
+    quiet_libraries()
 
 
 def _threads(n: int | None) -> None:
@@ -191,7 +259,7 @@ def run_arm(job: dict) -> dict:
         "rollout_steps": job["rollout_steps"],
         "planned_tokens": round(job["planned_tokens"]),
         "training_tokens": summary["cumulative_train_tokens"],
-        "flops": summary["flops"],
+        **flops_fields(summary.get("flops")),
         "skipped_rollouts": summary["skipped_rollouts"],
         **_eval_fields(evaluated),
         "teacher_accuracy": evaluated.teacher_accuracy,
