@@ -103,6 +103,37 @@ def test_grid_has_every_main_arm_ablation_and_matched_baseline():
     assert sorted({a.budget for a in base}) == [130, 260, 999] and {a.objective for a in base} == {"mdm_sft"}
 
 
+def test_plan_matches_the_baseline_to_opd_and_sweeps_the_largest_arms(tmp_path):
+    from opdlm.study.plan import cost_estimate, matched_budgets, sweep_jobs
+
+    spec = load_study(STUDY_YAML, ["study.budgets=[100,200]", "study.seeds=[0,1]"])
+    results = [
+        {"group": "main", "objective": "opd", "budget": 100, "seed": 0, "training_tokens": 90, "arm_id": "o1"},
+        {"group": "main", "objective": "opd", "budget": 200, "seed": 0, "training_tokens": 190, "arm_id": "o2s0"},
+        {"group": "main", "objective": "opd", "budget": 200, "seed": 1, "training_tokens": 211, "arm_id": "o2s1"},
+        {"group": "ablation", "objective": "opd", "budget": 200, "seed": 0, "training_tokens": 999, "arm_id": "a"},
+        {"group": "main", "objective": "mdm_sft", "budget": 200, "seed": 0, "training_tokens": 200, "arm_id": "m"},
+    ]
+    assert matched_budgets(results) == {100: 90, 200: 200}  # ablations and the baseline do not count
+    for r in results:
+        r["model_dir"] = f"/models/{r['arm_id']}"
+    jobs = sweep_jobs(spec, tmp_path, results, teacher_accuracy=0.9)
+    assert [(j["meta"]["arm_id"], j["meta"]["objective"]) for j in jobs] == [("o2s0", "opd"), ("m", "mdm_sft")]
+    assert jobs[0]["folder"] == str(tmp_path / "sweeps" / "o2s0")
+
+    def job(tokens, **train):
+        return {"planned_tokens": tokens, "recipe": {"train": {"objective": "opd", **train}}}
+
+    costs = [
+        cost_estimate(job(480_000, objective="mdm_sft")),
+        cost_estimate(job(24_000, state_selection="all_rounds")),
+        cost_estimate(job(24_000, target="future_aware")),
+        cost_estimate(job(24_000)),
+        cost_estimate(job(24_000, objective="mdm_sft")),
+    ]
+    assert costs == sorted(costs, reverse=True)
+
+
 # ---- the headline ------------------------------------------------------------------------------
 
 
@@ -261,8 +292,16 @@ def test_shipped_study_file_and_its_quick_size_validate():
     full, quick = load_study(STUDY_YAML), load_study(STUDY_YAML, quick=True)
     assert len(opd_arms(quick.study)) < len(opd_arms(full.study))
     assert quick.recipe.eval.limit < full.recipe.eval.limit
-    assert {a.name for a in full.study.ablations} >= {"no_curriculum", "all_rounds", "top_k_kl", "no_logit_shift"}
-    assert {"future_aware", "future_aware_top_k"} <= {a.name for a in full.study.ablations}
+    assert {a.name for a in full.study.ablations} == {
+        "no_curriculum",
+        "all_rounds",
+        "top_k_kl",
+        "no_logit_shift",
+        "future_aware",
+        "future_aware_top_k",
+        "all_rounds_top_k",
+    }
+    assert full.recipe.convert.prompt_attention == "block"  # the paper's and configs/tiny.yaml's
     for ablation in full.study.ablations:  # every ablation's overrides apply to the recipe
         arm_recipe(full.recipe, Arm("ablation", "opd", ablation.name, 1, 0, tuple(ablation.overrides)))
 
