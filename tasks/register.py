@@ -23,6 +23,7 @@ from opdlm.pipeline.gate import champion_gate
 from opdlm.pipeline.model_card import ModelCardFacts, render_model_card
 from opdlm.pipeline.stages import data_source
 from opdlm.train.checkpoint import export_model, verify_checkpoint
+from opdlm.train.flops import summary_total_flops
 from tasks import tracking
 from tasks.context import PipelineRun
 from tasks.engine_exports import log_engine_exports
@@ -178,7 +179,7 @@ def _card_facts(
         code_version=run.code_version,
         training_tokens=int(train_summary.get("cumulative_train_tokens", 0)),
         rollout_steps=int(train_summary.get("rollout_step", final_record["rollout_step"])),
-        flops=float(train_summary.get("flops", 0.0)),
+        flops=summary_total_flops(train_summary.get("flops", 0.0)),
         sampler_defaults=sampler,
         scores=scores,
         gate=gate_reason,

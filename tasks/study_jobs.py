@@ -259,7 +259,7 @@ def run_arm(job: dict) -> dict:
         "rollout_steps": job["rollout_steps"],
         "planned_tokens": round(job["planned_tokens"]),
         "training_tokens": summary["cumulative_train_tokens"],
-        **flops_fields(summary.get("flops")),
+        **flops_fields(summary.get("flops")),  # total and its rollout / teacher / student parts
         "skipped_rollouts": summary["skipped_rollouts"],
         **_eval_fields(evaluated),
         "teacher_accuracy": evaluated.teacher_accuracy,

@@ -65,6 +65,37 @@ class CurriculumStage(StrictModel):
         return self
 
 
+class FutureAwareConfig(StrictModel):
+    """Settings of ``train.target: future_aware`` (:mod:`opdlm.train.future_aware` defines the target)."""
+
+    top_k: int = Field(
+        16, ge=1, description="Candidates per masked position: the teacher's top-k under the causal target."
+    )
+    scope: Literal["visible", "final"] = Field(
+        "visible",
+        description="Which later in-block tokens are scored: visible = unmasked in the training state (what the "
+        "student sees); final = every finished token after the position (both reference implementations).",
+    )
+    tail: Literal["keep", "drop"] = Field(
+        "keep",
+        description="Tokens outside the top-k: keep their causal probability (the candidates share their own "
+        "causal mass); drop = the target is the posterior over the candidates alone.",
+    )
+    weight: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="lambda of the tempered posterior p(c) * L(c)^lambda: 0 = causal target, 1 = full correction.",
+    )
+    ramp_steps: int = Field(
+        0, ge=0, description="Rollout steps over which lambda rises from 0 to `weight`; 0 = constant."
+    )
+    ramp_shape: Literal["linear", "cos"] = Field("linear", description="Shape of the lambda ramp.")
+    max_branch_tokens: int = Field(
+        4096, ge=1, description="Candidate-branch tokens per teacher rescoring forward (bounds its memory)."
+    )
+
+
 class TrainConfig(StrictModel):
     """On-policy distillation (or the masked-diffusion SFT baseline) of a converted student."""
 
@@ -99,6 +130,14 @@ class TrainConfig(StrictModel):
         "full", description="Full-vocabulary forward KL, or the teacher's top-k slice."
     )
     kl_top_k: int = Field(16, ge=1, description="k of the top-k KL (paper: 16 at 4B/8B).")
+    target: Literal["causal", "future_aware"] = Field(
+        "causal",
+        description="Teacher target at a masked position: causal = p_T(x_i | x_<i) (the paper); future_aware = "
+        "its top-k candidates re-weighted by how well the teacher explains the rest of the block given each.",
+    )
+    future_aware: FutureAwareConfig = Field(
+        default_factory=FutureAwareConfig, description="Settings of target: future_aware."
+    )
     kl_chunk_size: int = Field(1024, ge=1, description="Loss positions per chunk of the vocabulary-sized KL.")
     exclude_eos_from_loss: bool = Field(
         True,
@@ -169,6 +208,23 @@ class TrainConfig(StrictModel):
             raise ValueError("teacher_offload needs deepspeed (a ZeRO config such as configs/deepspeed/zero3.json)")
         if self.teacher_deepspeed and not self.teacher_offload:
             raise ValueError("teacher_deepspeed is only used with teacher_offload: true")
+        if self.target == "future_aware" and self.objective != "opd":
+            raise ValueError(
+                f"target: future_aware corrects the teacher's targets and needs objective: opd (got {self.objective!r}, "
+                "which has no teacher)"
+            )
+        if self.target == "future_aware" and self.teacher_offload:
+            raise ValueError(
+                "target: future_aware is not supported with teacher_offload: its rescoring forwards differ in number "
+                "between ranks, which a ZeRO-3 teacher's collective weight gathers cannot allow"
+            )
+        if self.target == "future_aware":
+            for stage in self.stages:
+                if self.stage_block_size(stage) < 2:
+                    raise ValueError(
+                        f"stage {stage.name!r}: target: future_aware needs block_size >= 2 (a block of 1 has no "
+                        "in-block future; use target: causal)"
+                    )
         names = [s.name for s in self.stages]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -46,9 +46,13 @@ def _chunk_kl(
     teacher_head: Callable[[torch.Tensor], torch.Tensor],
     student_head: Callable[[torch.Tensor], torch.Tensor],
     top_k: int | None,
+    teacher_edit: Callable[[torch.Tensor, slice], torch.Tensor] | None = None,
+    rows: slice | None = None,
 ) -> torch.Tensor:
     with torch.no_grad():
         teacher_logprobs = torch.log_softmax(teacher_head(teacher_hidden_CH).float(), dim=-1)
+        if teacher_edit is not None:
+            teacher_logprobs = teacher_edit(teacher_logprobs, rows)
     student_logprobs = torch.log_softmax(student_head(student_hidden_CH).float(), dim=-1)
     return forward_kl_from_logprobs(teacher_logprobs, student_logprobs, top_k)
 
@@ -61,6 +65,7 @@ def forward_kl_chunked(
     top_k: int | None = None,
     chunk_size: int = 1024,
     min_chunks: int = 0,
+    teacher_edit: Callable[[torch.Tensor, slice], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Forward KL at N positions, computing the vocabulary-sized tensors ``chunk_size`` rows at a time.
 
@@ -73,6 +78,9 @@ def forward_kl_chunked(
         chunk_size: positions per chunk.
         min_chunks: run at least this many chunks, the extra ones empty. Under ZeRO-3 every call of
             a head gathers its weights collectively, so all ranks must make the same number of calls.
+        teacher_edit: ``(teacher_logprobs_CV, rows) -> teacher_logprobs_CV``, applied to each chunk's
+            teacher log-probabilities (``rows`` of the N positions): the future-aware target
+            (:class:`opdlm.train.future_aware.TargetEdit`). None keeps the causal target.
 
     Returns:
         ``kl_N`` (fp32), differentiable with respect to ``student_hidden_NH`` and the student head.
@@ -86,7 +94,7 @@ def forward_kl_chunked(
     needs_grad = torch.is_grad_enabled() and student_hidden_NH.requires_grad
     for start in _chunk_starts(n, chunk_size, min_chunks):
         rows = slice(start, start + chunk_size)
-        args = (teacher_hidden_NH[rows], student_hidden_NH[rows], teacher_head, student_head, top_k)
+        args = (teacher_hidden_NH[rows], student_hidden_NH[rows], teacher_head, student_head, top_k, teacher_edit, rows)
         if needs_grad:
             pieces.append(checkpoint(_chunk_kl, *args, use_reentrant=False))
         else:

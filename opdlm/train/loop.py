@@ -27,6 +27,7 @@ from opdlm.train.batch import TrainingRows, make_rows, pad_step_maps, right_pad
 from opdlm.train.checkpoint import export_model
 from opdlm.train.curriculum import StagePosition, domain_cap, length_cap, stage_at, stage_end_step
 from opdlm.train.data import stream_indices
+from opdlm.train.flops import FLOPS_KEYS, ModelShape, rollout_flops
 from opdlm.train.loss_mask import response_loss_mask
 from opdlm.train.mdm import random_block_mask, response_tokens
 from opdlm.train.metrics import ConsoleLogger, JsonlLogger, MetricLogger, MultiLogger
@@ -101,20 +102,26 @@ def select_rows(ctx: RunContext, episodes: Episodes, block_size: int, step: int)
     return rows, skipped
 
 
-def _num_params(model: torch.nn.Module | None) -> int:
-    # ZeRO-3 leaves an empty placeholder in each parameter; ds_numel is its real size
-    return 0 if model is None else sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-
-
-def estimate_flops(ctx: RunContext, episodes: Episodes, block_size: int, stats: dict) -> float:
-    """``2 N`` per token forward (rollout, teacher) and ``6 N`` per token trained (student, both copies)."""
-    n_student, n_teacher = _num_params(ctx.student.model), _num_params(ctx.teacher)
-    rollout_tokens = sum(len(p) + f * block_size for p, f in zip(episodes.prompts, episodes.num_forwards))
-    return (
-        2.0 * n_student * rollout_tokens
-        + 2.0 * n_teacher * stats.get("_teacher_tokens", 0)
-        + 6.0 * n_student * stats.get("_student_tokens", 0)
-    )
+def step_flops(ctx: RunContext, episodes: Episodes, block_size: int, stats: dict) -> dict[str, float]:
+    """This rank's FLOPs of the step by part (:mod:`opdlm.train.flops`): rollout, teacher, student."""
+    rollout = 0.0
+    if any(episodes.num_forwards):
+        meta = ctx.student.meta
+        rollout = rollout_flops(
+            ModelShape.from_config(ctx.student.model.config),
+            [len(p) for p in episodes.prompts],
+            episodes.step_maps,
+            [len(r) for r in episodes.responses],
+            episodes.num_forwards,
+            block_size,
+            meta.prompt_attention,
+            meta.logit_shift,
+        )
+    return {
+        "rollout": rollout,
+        "teacher": stats.get("_flops_teacher", 0.0),
+        "student": stats.get("_flops_student", 0.0),
+    }
 
 
 def train_step(ctx: RunContext, step: int) -> dict:
@@ -133,7 +140,12 @@ def train_step(ctx: RunContext, step: int) -> dict:
     c.skipped_rollouts += skipped
     c.rollout_tokens += rollout_tokens
     c.train_tokens += rollout_tokens
-    (flops,) = distributed.all_reduce_sum([estimate_flops(ctx, episodes, block_size, stats)])
+    parts = step_flops(ctx, episodes, block_size, stats)
+    f_rollout, f_teacher, f_student = distributed.all_reduce_sum([parts[k] for k in FLOPS_KEYS])
+    flops = f_rollout + f_teacher + f_student
+    c.flops_rollout += f_rollout
+    c.flops_teacher += f_teacher
+    c.flops_student += f_student
     c.flops += flops
     metrics = {k: v for k, v in stats.items() if not k.startswith("_")}
     metrics.update(
@@ -152,6 +164,11 @@ def train_step(ctx: RunContext, step: int) -> dict:
             "cumulative_train_tokens": c.train_tokens,
             "flops": flops,
             "cumulative_flops": c.flops,
+            # cumulative, by part (what the study plots accuracy against)
+            "flops_rollout": c.flops_rollout,
+            "flops_teacher": c.flops_teacher,
+            "flops_student": c.flops_student,
+            "flops_total": c.flops,
             "optimizer_step": c.optimizer_steps,
         }
     )

@@ -14,11 +14,12 @@ import torch
 from opdlm.train import distributed
 from opdlm.train.batch import TrainingRows, make_rows
 from opdlm.train.curriculum import StagePosition
+from opdlm.train.flops import ModelShape, forward_flops, student_train_flops, teacher_read_flops
 from opdlm.train.kl import cross_entropy_chunked, forward_kl_chunked, num_chunks
 from opdlm.train.schedule import learning_rate
 from opdlm.train.setup import RunContext
 from opdlm.train.student_forward import noisy_copy, student_hidden_states
-from opdlm.train.targets import teacher_hidden_states
+from opdlm.train.targets import LossTargets, loss_targets
 
 
 def microbatch_loss(ctx: RunContext, mb: TrainingRows, block_size: int) -> tuple[torch.Tensor, dict]:
@@ -46,18 +47,20 @@ def microbatch_loss(ctx: RunContext, mb: TrainingRows, block_size: int) -> tuple
         )
         student_NH = hidden_BLH[row_N, col_N]
         if ctx.cfg.objective == "opd":
-            teacher_NH = teacher_hidden_states(
-                ctx.teacher, mb.prompt_ids_BP, mb.prompt_lens_B, mb.response_BL, ctx.teacher_backend
-            )[row_N, col_N]
+            # the current rollout step: counters.rollout_step counts the completed ones
+            targets = loss_targets(
+                ctx.teacher, mb, row_N, col_N, ctx.teacher_backend, ctx.cfg, ctx.counters.rollout_step, block_size
+            )
             top_k = ctx.cfg.kl_top_k if ctx.cfg.kl == "top_k" else None
             per_token_N = forward_kl_chunked(
-                teacher_NH,
+                targets.hidden_NH,
                 student_NH,
                 ctx.teacher.get_output_embeddings(),
                 model.get_output_embeddings(),
                 top_k,
                 ctx.cfg.kl_chunk_size,
                 min_chunks,
+                targets.edit,
             )
         else:
             targets_N = mb.response_BL[row_N, col_N]
@@ -78,8 +81,32 @@ def microbatch_loss(ctx: RunContext, mb: TrainingRows, block_size: int) -> tuple
         "tokens": int(row_N.numel()),
         "seq_tokens": int((mb.prompt_lens_B.sum() + 2 * mb.lengths_B.sum()).item()),
         "teacher_tokens": int((mb.prompt_lens_B.sum() + mb.lengths_B.sum()).item()),
+        "flops_student": microbatch_student_flops(ctx, mb, int(row_N.numel()), block_size),
+        "flops_teacher": microbatch_teacher_flops(ctx, mb, targets) if ctx.cfg.objective == "opd" else 0.0,
     }
     return loss_sum, stats
+
+
+def microbatch_student_flops(ctx: RunContext, mb: TrainingRows, loss_tokens: int, block_size: int) -> float:
+    """Forward + backward FLOPs of the student on this micro-batch (:mod:`opdlm.train.flops`)."""
+    return student_train_flops(
+        ModelShape.from_config(ctx.student.model.config),
+        mb.prompt_lens_B.tolist(),
+        mb.lengths_B.tolist(),
+        loss_tokens,
+        block_size,
+        ctx.student.meta.prompt_attention,
+    )
+
+
+def microbatch_teacher_flops(ctx: RunContext, mb: TrainingRows, targets: LossTargets) -> float:
+    """The teacher's causal read, plus the future-aware candidate pass and rescoring forwards."""
+    shape = ModelShape.from_config(ctx.teacher.config)
+    n = int(targets.hidden_NH.shape[0])
+    work = targets.branch_work
+    return teacher_read_flops(shape, mb.prompt_lens_B.tolist(), mb.lengths_B.tolist(), n) + forward_flops(
+        shape, work.tokens, work.attended_pairs, work.head_tokens + targets.candidate_head_tokens
+    )
 
 
 def filler_rows(ctx: RunContext, block_size: int) -> TrainingRows:
@@ -117,6 +144,7 @@ def optimise(ctx: RunContext, rows: TrainingRows | None, pos: StagePosition, ste
     losses, norms, lr = [], [], 0.0
     by_pos_sum, by_pos_count = torch.zeros(block_size), torch.zeros(block_size)
     seq_tokens = teacher_tokens = 0
+    flops_student = flops_teacher = 0.0
     for k, group in enumerate(torch.tensor_split(order, k_steps)):
         micro = list(group.split(cfg.micro_batch_size)) if len(group) else []
         n_micro = distributed.all_reduce_max(len(micro))
@@ -138,6 +166,8 @@ def optimise(ctx: RunContext, rows: TrainingRows | None, pos: StagePosition, ste
             by_pos_count += stats["by_pos_count"]
             seq_tokens += stats["seq_tokens"]
             teacher_tokens += stats["teacher_tokens"]
+            flops_student += stats["flops_student"]
+            flops_teacher += stats["flops_teacher"]
         lr = learning_rate(step * k_steps + k, total_opt, cfg.warmup_rollout_steps * k_steps, peak, cfg.min_lr)
         norms.append(ctx.stepper.step(lr))
         if micro:
@@ -152,6 +182,8 @@ def optimise(ctx: RunContext, rows: TrainingRows | None, pos: StagePosition, ste
         "optimizer_steps": len(norms),
         "_student_tokens": seq_tokens,
         "_teacher_tokens": teacher_tokens,
+        "_flops_student": flops_student,
+        "_flops_teacher": flops_teacher,
     }
     if losses:
         out["loss"] = sum(losses) / len(losses)

@@ -72,7 +72,7 @@ def write_summary(ctx: RunContext) -> dict:
         "optimizer_steps": c.optimizer_steps,
         "cumulative_train_tokens": c.train_tokens,
         "rollout_tokens": c.rollout_tokens,
-        "flops": c.flops,
+        "flops": {"rollout": c.flops_rollout, "teacher": c.flops_teacher, "student": c.flops_student, "total": c.flops},
         "skipped_rollouts": c.skipped_rollouts,
         "skipped_prompts": c.skipped_prompts,
         "last_stage_completed": last_completed_stage(ctx.cfg.stages, c.rollout_step),

@@ -45,7 +45,10 @@ class Counters:
     optimizer_steps: int = 0
     rollout_tokens: int = 0
     train_tokens: int = 0
-    flops: float = 0.0
+    flops: float = 0.0  # total; the parts below add up to it
+    flops_rollout: float = 0.0
+    flops_teacher: float = 0.0
+    flops_student: float = 0.0
     skipped_rollouts: int = 0
     skipped_prompts: int = 0
 
