@@ -21,6 +21,8 @@ done. The plan (budgets, arms, jobs) and the numbers (table, plots) are the libr
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from pathlib import Path
 
@@ -48,6 +50,36 @@ def study_out_dir(out: str | Path | None, quick: bool) -> Path:
 def task_runner(workers: int) -> ProcessPoolTaskRunner:
     """``workers`` spawned processes; each exits with the flow's process and keeps library logs quiet."""
     return ProcessPoolTaskRunner(max_workers=workers, initializer=init_worker)
+
+
+@contextlib.contextmanager
+def prefect_api():
+    """The Prefect API the flow and its pool workers share while the block runs.
+
+    ``PREFECT_API_URL`` when set; else a temporary local server started here and named in the
+    environment, which the spawned workers inherit. (Prefect's ephemeral mode would start a
+    server in the flow's process and another in every worker process: measured, ~15 s each.)
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    before = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before
+        server.stop()
 
 
 def close_failed_study(flow, flow_run, state) -> None:
@@ -84,7 +116,7 @@ def run_study(
     """
     spec = load_study(recipe, list(overrides), quick=quick)
     out_dir = study_out_dir(out, quick)
-    with exclusive(out_dir):
+    with exclusive(out_dir), prefect_api():
         configured = study_flow.with_options(task_runner=task_runner(spec.study.workers))
         return configured(
             recipe=str(recipe),

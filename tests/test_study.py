@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -491,6 +492,41 @@ def test_quick_study_writes_table_plots_and_mlflow_run_and_resumes(
     assert {p: p.stat().st_mtime_ns for p in (out / "arms").glob("*/result.json")} == stamps
     again = json.loads((out / "results.json").read_text())
     assert [r["accuracy"] for r in again["rows"]] == [r["accuracy"] for r in rows]
+
+
+@pytest.mark.slow  # starts a Prefect server (~15-30 s on 2 busy cores)
+def test_pool_workers_report_to_the_flows_own_prefect_server(tmp_path):
+    """Without PREFECT_API_URL the study starts one server and its pool workers use it (Prefect's
+    ephemeral mode would start one more in every worker process)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os\n"
+        "from prefect import flow, task\n"
+        "from flows.study import prefect_api, task_runner\n"
+        "@task\n"
+        "def url():\n"
+        "    from prefect.settings import PREFECT_API_URL\n"
+        "    return PREFECT_API_URL.value()\n"
+        "@flow(task_runner=task_runner(2))\n"
+        "def f():\n"
+        "    return [u.result() for u in [url.submit(), url.submit()]]\n"
+        "if __name__ == '__main__':\n"
+        "    with prefect_api():\n"
+        "        api = os.environ['PREFECT_API_URL']\n"
+        "        assert f() == [api, api], api\n"
+        "    assert 'PREFECT_API_URL' not in os.environ\n"
+        "    print('ok', api)\n"
+    )
+    (tmp_path / "pool_api.py").write_text(script)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "pool_api.py")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith("ok http://127.0.0.1:"), proc.stderr[-3000:]
+    assert proc.stderr.count("Starting temporary server") <= 1
 
 
 def test_bad_override_fails_with_one_line_and_writes_nothing(study_command, tmp_path, capsys):
