@@ -75,6 +75,12 @@ def prefect_api():
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield
     finally:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        # logs and events are sent in the background: deliver them while the server still answers
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
         if before is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:
