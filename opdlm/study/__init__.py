@@ -1,8 +1,10 @@
-"""The reproduction study: OPD vs the masked-diffusion baseline at matched token budgets, with ablations.
+"""The reproduction study's library side: what to train and how to read the results.
 
-``opdlm study --recipe configs/study.yaml`` trains every arm of the grid (:mod:`opdlm.study.arms`),
-evaluates each on the same held-out harness with the teacher as reference
-(:mod:`opdlm.study.runner`), and writes a table (:mod:`opdlm.study.table`), plots
-(:mod:`opdlm.study.plots`) and an MLflow run (:mod:`opdlm.study.tracking`). Heavy imports (torch,
-transformers, matplotlib, mlflow) happen inside the functions that need them.
+``opdlm study --recipe configs/study.yaml`` runs the study as the Prefect flow ``opdlm-study``
+(``flows/study.py``, its tasks in ``tasks/study*.py``). The library keeps the pure parts: the study
+file (:mod:`opdlm.study.config`), the arms (:mod:`opdlm.study.arms`), token budgets
+(:mod:`opdlm.study.budget`), the plan of jobs (:mod:`opdlm.study.plan`), the table and headline
+ratios against training tokens and training FLOPs (:mod:`opdlm.study.table`) and the plots
+(:mod:`opdlm.study.plots`). Heavy imports (transformers, matplotlib) happen inside the functions
+that need them; nothing here imports Prefect or MLflow.
 """

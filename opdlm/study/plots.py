@@ -2,6 +2,7 @@
 
 * ``accuracy_vs_tokens.png``: held-out accuracy against training tokens for OPD and the baseline
   (seed means with their spread, single seeds as dots, ablations as markers), teacher as reference.
+* ``accuracy_vs_flops.png``: the same against training FLOPs (rollout + teacher + student).
 * ``accuracy_vs_tokens_per_step.png``: accuracy against tokens per step over the sweep's thresholds,
   one line per (model, block size).
 """
@@ -39,18 +40,45 @@ def _references(ax, teacher_accuracy: float, target_retention: float, untrained:
         ax.axhline(untrained, color="gray", lw=1, ls="--", label=f"untrained student ({100 * untrained:.1f}%)")
 
 
+AXIS_LABELS = {
+    "training_tokens": ("training tokens (response tokens trained on)", "Accuracy vs training tokens"),
+    "flops": ("training FLOPs (rollout + teacher + student)", "Accuracy vs training FLOPs"),
+}
+
+
 def plot_accuracy_vs_tokens(
     rows: list[dict], teacher_accuracy: float, untrained: float | None, target_retention: float, out: str | Path
 ) -> Path:
     """Accuracy against training tokens (log x) for OPD, the baseline and the ablations."""
+    return plot_accuracy_vs(rows, "training_tokens", teacher_accuracy, untrained, target_retention, out)
+
+
+def plot_accuracy_vs_flops(
+    rows: list[dict], teacher_accuracy: float, untrained: float | None, target_retention: float, out: str | Path
+) -> Path:
+    """Accuracy against training FLOPs (log x) for OPD, the baseline and the ablations."""
+    return plot_accuracy_vs(rows, "flops", teacher_accuracy, untrained, target_retention, out)
+
+
+def plot_accuracy_vs(
+    rows: list[dict],
+    axis: str,
+    teacher_accuracy: float,
+    untrained: float | None,
+    target_retention: float,
+    out: str | Path,
+) -> Path:
+    """Accuracy against ``axis`` (``training_tokens`` or ``flops``, log x); arms without that value are left out."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    means = seed_means(rows)
+    rows = [r for r in rows if r.get(axis) is not None]
+    means = [g for g in seed_means(rows) if g.get(axis) is not None]
     for objective in ("opd", "mdm_sft"):
         line = [g for g in means if g["group"] == "main" and g["objective"] == objective]
         if not line:
             continue
-        x = [g["training_tokens"] for g in line]
+        line.sort(key=lambda g: g[axis])
+        x = [g[axis] for g in line]
         ax.errorbar(
             x,
             [g["accuracy"] for g in line],
@@ -60,15 +88,13 @@ def plot_accuracy_vs_tokens(
             label=LABELS[objective],
             capsize=3,
         )
-        singles = [
-            (r["training_tokens"], r["accuracy"]) for r in rows if r["group"] == "main" and r["objective"] == objective
-        ]
+        singles = [(r[axis], r["accuracy"]) for r in rows if r["group"] == "main" and r["objective"] == objective]
         ax.scatter(*zip(*singles), color=COLORS[objective], alpha=0.3, s=12)
     styles = iter(zip("s^vDP*Xh", ABLATION_COLORS))
     for g in (g for g in means if g["group"] == "ablation"):
         marker, color = next(styles, ("x", "gray"))
         ax.errorbar(
-            [g["training_tokens"]],
+            [g[axis]],
             [g["accuracy"]],
             yerr=[g["accuracy_std"]],
             marker=marker,
@@ -79,10 +105,11 @@ def plot_accuracy_vs_tokens(
         )
     _references(ax, teacher_accuracy, target_retention, untrained)
     ax.set_xscale("log")
-    ax.set_xlabel("training tokens (response tokens trained on)")
+    xlabel, title = AXIS_LABELS[axis]
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("held-out accuracy")
     ax.set_ylim(0, 1.02)
-    ax.set_title("Accuracy vs training tokens")
+    ax.set_title(title)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return _save(fig, out, plt)

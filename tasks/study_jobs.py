@@ -6,24 +6,28 @@
 
 Each writes ``result.json`` atomically as its last act and returns it; when that file already holds
 the same job (by fingerprint), the work is skipped, so an interrupted study resumes where it stopped.
-Jobs run in worker processes (:mod:`opdlm.study.pool`), so they take paths and return dicts, never
-models or tensors.
+The study flow's tasks (:mod:`tasks.study`) run them in Prefect's process pool, so they take paths
+and return dicts, never models or tensors. :func:`init_worker` prepares each pool process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
 from opdlm.errors import OpdlmError
 from opdlm.fsutil import atomic_write_text
-from opdlm.train.flops import summary_total_flops
+from opdlm.study.table import flops_fields
 from opdlm.train.folder import TrainingFolder
 
 RESULT_FILE = "result.json"
+LOCK_NAME = ".study.lock"
 BENCHMARK = "synthetic"
 
 
@@ -64,12 +68,75 @@ def _write_result(folder: Path, result: dict) -> dict:
     return result
 
 
+_HELD: dict[Path, object] = {}  # study folders this process holds the lock of (re-entry is no second lock)
+
+
+@contextlib.contextmanager
+def exclusive(out: Path):
+    """Hold an exclusive lock on study folder ``out`` (created) while the block runs.
+
+    Two studies in one folder would train the same arm into the same directory at once (measured:
+    the second run then reused an arm folder the first had half-written). Re-entering in the same
+    process (the CLI holds it, then the flow takes it) holds the one lock.
+
+    Raises:
+        OpdlmError: another process holds the lock (one line naming the folder).
+    """
+    import fcntl
+
+    out = Path(out).absolute()
+    if out in _HELD:
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK_NAME, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OpdlmError(
+                f"another study is running in {out} (it holds {out / LOCK_NAME}); wait for it or pass --out DIR"
+            ) from None
+        _HELD[out] = handle
+        try:
+            yield
+        finally:
+            del _HELD[out]
+
+
 def quiet_libraries() -> None:
     """Silence per-load progress bars and info logs of transformers (many models load in a study)."""
     from transformers.utils import logging
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+
+
+PARENT_CHECK_SECONDS = 1.0
+
+
+def exit_with_parent(parent_pid: int, interval: float = PARENT_CHECK_SECONDS) -> threading.Thread:
+    """Start a daemon thread that ends this process as soon as ``parent_pid`` is no longer its parent.
+
+    A pool worker whose parent died blocks forever on its task queue; a reparented process
+    (``getppid`` changes) is the portable sign that the parent is gone. Workers never outlive the
+    study, however it was killed (SIGTERM, SIGKILL).
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread
+
+
+def init_worker() -> None:
+    """The study's process-pool initializer: exit with the process that started the pool (the flow's;
+    read here, in the worker, so a flow run in any process gets it right), quiet library logs."""
+    exit_with_parent(os.getppid())
+    quiet_libraries()
 
 
 def _threads(n: int | None) -> None:
@@ -173,9 +240,9 @@ def run_arm(job: dict) -> dict:
     model_dir = train(recipe, folder / "train", teacher=job["teacher"], console=False)
     train_seconds = time.perf_counter() - start
     _threads(recipe.train.num_threads)
-    folder = TrainingFolder(model_dir)
-    summary = folder.summary()
-    if not folder.is_finished():
+    run = TrainingFolder(model_dir)
+    summary = run.summary()
+    if not run.is_finished():
         raise OpdlmError(
             f"arm {job['arm']['arm_id']}: training stopped at step {summary.get('rollout_step')} of {summary.get('total_rollout_steps')}"
         )
@@ -194,19 +261,19 @@ def run_arm(job: dict) -> dict:
         "rollout_steps": job["rollout_steps"],
         "planned_tokens": round(job["planned_tokens"]),
         "training_tokens": summary["cumulative_train_tokens"],
-        "flops": summary_total_flops(summary["flops"]),
+        **flops_fields(summary.get("flops")),  # total and its rollout / teacher / student parts
         "skipped_rollouts": summary["skipped_rollouts"],
         **_eval_fields(evaluated),
         "teacher_accuracy": evaluated.teacher_accuracy,
         "retention": evaluated.retention,
-        "final_loss": _final_loss(folder.metrics_file),
+        "final_loss": _final_loss(run.metrics_file),
         "train_seconds": round(train_seconds, 1),
         "eval_sampler": evaluated.sampler,
         "model_dir": str(model_dir),
     }
     if job.get("prune"):  # the exported model in train/ stays; resumable state is no longer needed
-        shutil.rmtree(folder.checkpoints, ignore_errors=True)
-        shutil.rmtree(folder.converted, ignore_errors=True)
+        shutil.rmtree(run.checkpoints, ignore_errors=True)
+        shutil.rmtree(run.converted, ignore_errors=True)
     return _write_result(folder, result)
 
 
