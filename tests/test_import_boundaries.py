@@ -299,3 +299,24 @@ def _picture() -> None:
 
 if __name__ == "__main__":
     _picture()
+
+
+def test_every_opdlm_import_names_a_module_that_exists():
+    """Lazy imports too: a module moved between layers must leave no import of its old path behind
+    (they fail only when that code path runs, e.g. deep inside a study arm)."""
+    import importlib.util
+
+    missing = []
+    for top in ("opdlm", "tasks", "flows", "tests", "benchmarks"):
+        for p in (ROOT / top).rglob("*.py"):
+            for sub in ast.walk(ast.parse(p.read_text())):
+                if isinstance(sub, ast.ImportFrom) and sub.level == 0 and sub.module:
+                    names = [sub.module]
+                elif isinstance(sub, ast.Import):
+                    names = [a.name for a in sub.names]
+                else:
+                    continue
+                for name in names:
+                    if name.split(".")[0] in {"opdlm", "tasks", "flows"} and importlib.util.find_spec(name) is None:
+                        missing.append(f"{p.relative_to(ROOT)}: {name}")
+    assert missing == []
