@@ -86,7 +86,8 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"study -> {out_dir / RESULTS_MD} (plots in {out_dir / 'plots'}, e.g. {PLOT_TOKENS}, {PLOT_FLOPS})")
         if "opd_accuracy" in summary:
             typer.echo(
-                f"teacher {summary['teacher_accuracy']:.3f}; OPD {summary['opd_accuracy']:.3f} at {summary['opd_tokens']:,.0f} tokens "
+                f"teacher {summary['teacher_accuracy']:.3f}; OPD {summary['opd_accuracy']:.3f} at "
+                f"{summary['opd_tokens']:,.0f} tokens "
                 f"({summary['opd_retention'] or 0:.1%} of the teacher)"
             )
         typer.echo(summary["statement"])

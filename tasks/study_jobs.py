@@ -244,7 +244,8 @@ def run_arm(job: dict) -> dict:
     summary = run.summary()
     if not run.is_finished():
         raise OpdlmError(
-            f"arm {job['arm']['arm_id']}: training stopped at step {summary.get('rollout_step')} of {summary.get('total_rollout_steps')}"
+            f"arm {job['arm']['arm_id']}: training stopped at step {summary.get('rollout_step')} of "
+            f"{summary.get('total_rollout_steps')}"
         )
     evaluated = evaluate(
         model_dir,

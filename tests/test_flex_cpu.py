@@ -71,7 +71,8 @@ def test_training_layout_logits_flex_equal_sdpa(students, eager_flex, block_size
 
 @pytest.mark.parametrize("block_size", BLOCK_SIZES)
 def test_sampler_tokens_and_step_maps_flex_equal_sdpa(students, eager_flex, block_size):
-    """Temperature 0, left-padded block prompts of different lengths (partial first blocks): same tokens and step maps."""
+    """Temperature 0, left-padded block prompts of different lengths (partial first blocks): same tokens and step
+    maps."""
     prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
     cfg = SamplerConfig(
         block_size=block_size,

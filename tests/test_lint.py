@@ -1,4 +1,5 @@
-"""The code stays as ruff formats and lints it ([tool.ruff] in pyproject.toml): `ruff format . && ruff check --fix .`."""
+"""The code stays as ruff formats and lints it ([tool.ruff] in pyproject.toml): `ruff format . && ruff check --fix
+.`."""
 
 import shutil
 import subprocess

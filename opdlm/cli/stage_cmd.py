@@ -44,7 +44,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Output teacher directory."),
         overrides: list[str] = overrides_arg,
     ) -> None:
-        """builtin:tiny: bootstrap it (as `opdlm teacher bootstrap`) into OUT; other sources: resolve and link into OUT."""
+        """builtin:tiny: bootstrap it (as `opdlm teacher bootstrap`) into OUT; other sources: resolve and link into
+        OUT."""
         from opdlm.pipeline.stages import teacher_stage
         from opdlm.sources.resolve import teacher_source
 

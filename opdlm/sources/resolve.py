@@ -80,7 +80,8 @@ def resolve_model_source(
 
 
 def teacher_source(recipe: Recipe, override: str | None = None) -> str:
-    """The teacher a run uses: ``override`` (``--teacher``) when given, else ``teacher.path``, else ``teacher.source``."""
+    """The teacher a run uses: ``override`` (``--teacher``) when given, else ``teacher.path``, else
+    ``teacher.source``."""
     return override or recipe.teacher.path or recipe.teacher.source
 
 

@@ -41,7 +41,9 @@ class StudyConfig(StrictModel):
     budgets: list[int] = Field(
         ...,
         min_length=1,
-        description="Training-token budgets of the OPD arms; the baseline is matched to the tokens OPD actually used at each.",
+        description=(
+            "Training-token budgets of the OPD arms; the baseline is matched to the tokens OPD actually used at each."
+        ),
     )
     baseline_extra_budgets: list[int] = Field(
         default_factory=list,
@@ -59,24 +61,34 @@ class StudyConfig(StrictModel):
     ablation_seeds: list[int] | None = Field(None, description="Seeds of the ablations (default: `seeds`).")
     baseline_overrides: list[str] = Field(
         default_factory=list,
-        description="Dotted recipe overrides for every mdm_sft arm (e.g. no length ramp: the baseline has no rollouts).",
+        description=(
+            "Dotted recipe overrides for every mdm_sft arm (e.g. no length ramp: the baseline has no rollouts)."
+        ),
     )
     opd_fill_estimate: float = Field(
         0.6,
         gt=0.0,
         le=1.0,
-        description="Expected rollout length / length cap, used only to turn an OPD budget into rollout steps; the tokens actually used are measured and reported.",
+        description=(
+            "Expected rollout length / length cap, used only to turn an OPD budget into rollout steps; the tokens "
+            "actually used are measured and reported."
+        ),
     )
     sweep_objectives: list[Objective] = Field(
         default_factory=lambda: ["opd", "mdm_sft"],
-        description="Objectives whose model at the largest matched budget (first seed) gets the threshold x block-size sweep (grid: recipe.eval).",
+        description=(
+            "Objectives whose model at the largest matched budget (first seed) gets the threshold x block-size sweep "
+            "(grid: recipe.eval)."
+        ),
     )
     workers: int = Field(
         2, ge=1, description="Arms trained at once, one process each (one CPU thread each: train.num_threads)."
     )
     prune_checkpoints: bool = Field(
         True,
-        description="Delete an arm's checkpoints/ and converted/ once its result is written (its exported model stays).",
+        description=(
+            "Delete an arm's checkpoints/ and converted/ once its result is written (its exported model stays)."
+        ),
     )
     target_retention: float = Field(
         0.9, gt=0.0, description="Target: OPD accuracy / teacher accuracy at the largest budget."
@@ -136,7 +148,8 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), quick: bool = False) -> StudyFile:
-    """Load a study YAML: the base recipe merged under ``recipe``, then ``quick`` overrides (when asked), then ``overrides``.
+    """Load a study YAML: the base recipe merged under ``recipe``, then ``quick`` overrides (when asked), then
+    ``overrides``.
 
     Raises:
         ConfigError: missing file, bad YAML, an override that does not apply, or a field that does

@@ -197,7 +197,8 @@ def ratio_statement(r: dict, unit: str = "tokens") -> str:
     if r["kind"] == "never":
         return (
             f"Within the budgets tried (up to {r['largest_baseline_ratio']:.1f}x OPD's {opd} {what.split()[1]}) "
-            f"the baseline never reaches OPD's accuracy of {acc}: the ratio is above {r['largest_baseline_ratio']:.1f}x."
+            f"the baseline never reaches OPD's accuracy of {acc}: the ratio is above "
+            f"{r['largest_baseline_ratio']:.1f}x."
         )
     base = _amount(r[f"baseline_{unit}"], unit)
     if r["ratio"] < 1.0:
@@ -351,7 +352,8 @@ def markdown(rows: list[dict], sweep: list[dict], summary: dict, meta: dict) -> 
         f"Command: `{meta['command']}`",
         "",
         f"Teacher: `{meta['teacher']}`, accuracy **{_pct(summary['teacher_accuracy'])}%** on {meta['n_eval']} held-out "
-        f"synthetic rows (autoregressive, greedy); untrained converted student: {_pct(summary['untrained_accuracy'])}%. "
+        "synthetic rows (autoregressive, greedy); untrained converted student: "
+        f"{_pct(summary['untrained_accuracy'])}%. "
         f"Students are scored on the same rows with the recipe's sampler ({meta['eval_sampler']}). "
         f"Training tokens: {meta['token_unit']}",
     ]
@@ -364,7 +366,8 @@ def markdown(rows: list[dict], sweep: list[dict], summary: dict, meta: dict) -> 
             f"- OPD at {summary['opd_tokens']:,.0f} tokens: accuracy {_pct(summary['opd_accuracy'])}%, "
             f"{_pct(summary['opd_retention'])}% of the teacher (target {_pct(t['retention'])}%: "
             f"{_verdict(t['retention_met'])}).",
-            f"- Token ratio (target >= {t['token_ratio']:g}x: {_verdict(t['token_ratio_met'])}): {summary['statement']}",
+            f"- Token ratio (target >= {t['token_ratio']:g}x: {_verdict(t['token_ratio_met'])}): "
+            f"{summary['statement']}",
         ]
         if summary.get("flops_statement"):
             lines.append(
@@ -381,13 +384,16 @@ def markdown(rows: list[dict], sweep: list[dict], summary: dict, meta: dict) -> 
         "",
         "## OPD vs baseline at matched token budgets",
         "",
-        "| objective | training tokens | training FLOPs | rollout steps | accuracy % (mean ± std over seeds) | of teacher % | tokens/step | final loss | seeds |",
+        "| objective | training tokens | training FLOPs | rollout steps | accuracy % (mean ± std over seeds) | of "
+        "teacher % | tokens/step | final loss | seeds |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for g in (g for g in means if g["group"] == "main"):
         lines.append(
-            f"| {g['objective']} | {g['training_tokens']:,.0f} | {_flops(g.get('flops'))} | {_num(g['rollout_steps'], 0)} | "
-            f"{_acc(g)} | {_pct(g['retention'])} | {_num(g['tokens_per_step'])} | {_num(g['final_loss'], 3)} | {g['seeds']} |"
+            f"| {g['objective']} | {g['training_tokens']:,.0f} | {_flops(g.get('flops'))} | "
+            f"{_num(g['rollout_steps'], 0)} | "
+            f"{_acc(g)} | {_pct(g['retention'])} | {_num(g['tokens_per_step'])} | {_num(g['final_loss'], 3)} | "
+            f"{g['seeds']} |"
         )
     if summary.get("token_ratio_by_budget"):
         lines += [

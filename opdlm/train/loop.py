@@ -105,7 +105,8 @@ def select_rows(ctx: RunContext, episodes: Episodes, plan: StepPlan) -> tuple[Tr
 
 
 def episode_flops(ctx: RunContext, episodes: Episodes, block_size: int) -> float:
-    """FLOPs of every sampler forward of this rank's rollouts (:func:`opdlm.train.flops.rollout_flops`; 0 for mdm_sft)."""
+    """FLOPs of every sampler forward of this rank's rollouts (:func:`opdlm.train.flops.rollout_flops`; 0 for
+    mdm_sft)."""
     if not any(episodes.num_forwards):
         return 0.0
     meta = ctx.student.meta
