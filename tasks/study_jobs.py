@@ -166,7 +166,7 @@ def run_reference(job: dict) -> dict:
     """
     from opdlm.config.recipe import Recipe
     from opdlm.eval.harness import evaluate
-    from opdlm.sources.convert import convert_teacher
+    from opdlm.pipeline.stages import convert_stage
 
     folder, fingerprint = Path(job["folder"]), job_fingerprint(job)
     if (done := cached_result(folder, fingerprint)) is not None:
@@ -185,16 +185,7 @@ def run_reference(job: dict) -> dict:
     )
     converted = folder / "converted"
     if not (converted / "config.json").is_file():
-        convert_teacher(
-            job["teacher"],
-            converted,
-            block_size=recipe.convert.block_size,
-            logit_shift=recipe.convert.logit_shift,
-            sampler=recipe.sampler,
-            overwrite=True,
-            prompt_attention=recipe.convert.prompt_attention,
-            enable_thinking=recipe.convert.enable_thinking,
-        )
+        convert_stage(recipe, job["teacher"], converted)  # the pipeline's convert stage: one home for its settings
     untrained = evaluate(
         converted,
         BENCHMARK,
