@@ -1,4 +1,5 @@
-"""Atomic file-system writes: results appear whole under their final name or not at all."""
+"""File-system helpers: atomic writes (results appear whole under their final name or not at all) and
+reads of user files that fail with one line naming the file."""
 
 from __future__ import annotations
 
@@ -87,3 +88,25 @@ def read_text(path: str | Path) -> str:
         raise OpdlmError(
             f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
         ) from None
+
+
+def read_json_object(path: str | Path, error: type[OpdlmError] = OpdlmError, context: str = "") -> dict:
+    """A JSON file holding an object, as a dict.
+
+    A missing file, text that is not UTF-8 or not JSON, or JSON that is not an object fails with one
+    line: ``error(context + message naming the file)`` (``context`` e.g. ``"train.deepspeed: "``).
+    """
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{context}{path} not found")
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise error(f"{context}{path} is not valid JSON: {exc.msg} (line {exc.lineno})") from None
+    except OpdlmError as exc:
+        raise error(f"{context}{exc}") from None
+    if not isinstance(data, dict):
+        raise error(f"{context}{path} must hold a JSON object")
+    return data

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from opdlm.errors import SourceError
+from opdlm.fsutil import read_json_object
 
 # Qwen3 architecture fields an imported config must carry (all Qwen3Config arguments).
 QWEN3_REQUIRED_FIELDS = (
@@ -82,15 +83,7 @@ class ImportFormat:
 
 def read_json(path: Path) -> dict:
     """A JSON file as a dict; one line naming the file when it is missing or malformed."""
-    if not path.is_file():
-        raise SourceError(f"{path} is missing")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SourceError(f"{path} is not valid JSON: {exc.msg} (line {exc.lineno})") from None
-    if not isinstance(data, dict):
-        raise SourceError(f"{path} must hold a JSON object")
-    return data
+    return read_json_object(path, SourceError)
 
 
 def require_fields(raw: dict, where: str, fields=QWEN3_REQUIRED_FIELDS) -> None:

@@ -23,6 +23,7 @@ import torch
 
 from opdlm.config.train import TrainConfig
 from opdlm.errors import ConfigError
+from opdlm.fsutil import read_json_object
 from opdlm.models.student import Student
 from opdlm.train import distributed
 
@@ -38,16 +39,7 @@ TEACHER_OFFLOAD_DEFAULT: dict[str, Any] = {
 
 def read_ds_json(path: str | Path, field: str) -> dict[str, Any]:
     """Read a DeepSpeed JSON config; a missing or invalid file fails with one line naming ``field``."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{field}: DeepSpeed config {path} not found")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{field}: {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{field}: {path} must hold a JSON object")
-    return data
+    return read_json_object(path, ConfigError, f"{field}: DeepSpeed config ")
 
 
 def _check_precision(ds: dict[str, Any], where: str) -> None:
