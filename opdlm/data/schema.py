@@ -57,10 +57,3 @@ def read_rows(path: str | Path) -> list[Row]:
     if not rows:
         raise OpdlmError(f"dataset file {path} has no rows")
     return rows
-
-
-def write_rows(path: str | Path, rows: list[Row]) -> None:
-    """Write rows as JSONL atomically."""
-    from opdlm.fsutil import atomic_write_text
-
-    atomic_write_text(path, "".join(r.model_dump_json(exclude_none=True) + "\n" for r in rows))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from pathlib import Path
 
 PAD, EOS, UNK = "<|pad|>", "<|endoftext|>", "<|unk|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
@@ -94,10 +93,3 @@ def build_tokenizer(words: list[str] | None = None):
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
-
-
-def save_tokenizer(out_dir: str | Path, words: list[str] | None = None) -> Path:
-    """Build the suite tokenizer and save it as an ordinary Hugging Face tokenizer directory."""
-    out = Path(out_dir)
-    build_tokenizer(words).save_pretrained(out)
-    return out

@@ -50,19 +50,6 @@ def read_metric_steps(path: str | Path, after_step: int = -1) -> list[tuple[int,
     return steps
 
 
-def last_record(path: str | Path) -> dict:
-    """The last complete line of ``metrics.jsonl`` as a dict ({} when there is none)."""
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    for line in reversed(path.read_text().splitlines()):
-        try:
-            return json.loads(line)
-        except json.JSONDecodeError:
-            continue
-    return {}
-
-
 # How a training line appears in a tracking service. The run page of MLflow sorts charts into
 # sections by the prefix before the first "/" (sections in code-point order, unprefixed ones last),
 # so the curves a person looks at first carry a prefix that sorts before any letter.
