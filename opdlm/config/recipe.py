@@ -152,17 +152,8 @@ class Recipe(StrictModel):
                 f"registry.gate_benchmark {self.registry.gate_benchmark!r} must be one of eval.benchmarks "
                 f"({', '.join(self.eval.benchmarks)}): the champion gate compares scores the eval stage measured"
             )
-        res = self.resources
-        if res.launcher == "deepspeed" and not train.deepspeed:
-            raise ValueError(
-                "resources.launcher is 'deepspeed' but train.deepspeed is not set; "
-                "set train.deepspeed=configs/deepspeed/zero2.json or use launcher torchrun for plain PyTorch"
-            )
-        if res.resolve_launcher(train.deepspeed) == "deepspeed" and res.nodes > 1 and not res.hostfile:
-            raise ValueError(
-                f"resources.hostfile is not set but deepspeed on {res.nodes} nodes (resources.nodes) needs one "
-                "(one `host slots=GPUS` line per node; infra/slurm/train.sbatch writes it)"
-            )
+        if problem := self.resources.deepspeed_problem(train.deepspeed):
+            raise ValueError(problem)
         return self
 
 

@@ -91,6 +91,24 @@ class ResourcesConfig(StrictModel):
         """Training processes in the whole job."""
         return self.nodes * self.procs_per_node
 
+    def deepspeed_problem(self, deepspeed_config: str | None) -> str | None:
+        """Why these resources cannot launch DeepSpeed with ``train.deepspeed`` = ``deepspeed_config`` (None: they can).
+
+        The one home of the rule: the recipe validator refuses such a recipe when it loads, and the launcher
+        refuses such arguments when it is called directly.
+        """
+        if self.launcher == "deepspeed" and not deepspeed_config:
+            return (
+                "resources.launcher is 'deepspeed' but train.deepspeed is not set; "
+                "set train.deepspeed=configs/deepspeed/zero2.json or use launcher torchrun for plain PyTorch"
+            )
+        if self.resolve_launcher(deepspeed_config) == "deepspeed" and self.nodes > 1 and not self.hostfile:
+            return (
+                f"resources.hostfile is not set but deepspeed on {self.nodes} nodes (resources.nodes) needs one "
+                "(one `host slots=GPUS` line per node; infra/slurm/train.sbatch writes it)"
+            )
+        return None
+
     def resolve_launcher(self, deepspeed_config: str | None) -> Launcher:
         """The launcher ``auto`` stands for, given the recipe's ``train.deepspeed`` (see module doc)."""
         if self.launcher != "auto":

@@ -142,11 +142,8 @@ def _torchrun_args(res: ResourcesConfig, env: Mapping[str, str]) -> list[str]:
 
 
 def _deepspeed_args(res: ResourcesConfig, deepspeed_config: str | None, env: Mapping[str, str]) -> list[str]:
-    if not deepspeed_config:
-        raise ConfigError(
-            "resources.launcher is 'deepspeed' but train.deepspeed is not set; "
-            "set train.deepspeed=configs/deepspeed/zero2.json or use launcher torchrun for plain PyTorch"
-        )
+    if problem := res.deepspeed_problem(deepspeed_config):  # the recipe validator's rule, for direct callers
+        raise ConfigError(problem)
     # The rank reads LOCAL_RANK from its environment; `--local_rank=N` would be an unknown CLI option.
     common = [
         "--num_nodes",
@@ -159,11 +156,6 @@ def _deepspeed_args(res: ResourcesConfig, deepspeed_config: str | None, env: Map
     ]
     if res.nodes == 1:
         return common
-    if not res.hostfile:
-        raise ConfigError(
-            f"resources.hostfile is not set but deepspeed on {res.nodes} nodes needs one "
-            "(one `host slots=GPUS` line per node; infra/slurm/train.sbatch writes it)"
-        )
     args = ["--hostfile", res.hostfile, *common]
     if res.node_launch == "head":
         # DeepSpeed asks the first host for its address over ssh when MASTER_ADDR is not given.
