@@ -1,38 +1,123 @@
-"""File-system helpers: atomic writes (results appear whole under their final name or not at all) and
+"""File-system helpers: atomic writes (results appear whole under their final name or not at all), guarded
+output locations (a command never replaces what it did not create, nor writes over its own inputs) and
 reads of user files that fail with one line naming the file."""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from opdlm.errors import OpdlmError
 
+# (temporary directory, the path it is published as) of every atomic_dir block now open, outermost first
+_PUBLISHING: contextvars.ContextVar[tuple[tuple[Path, Path], ...]] = contextvars.ContextVar("publishing", default=())
 
-@contextlib.contextmanager
-def atomic_dir(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling directory that is renamed to ``out`` only if the block succeeds.
 
-    A failure (exception, KeyboardInterrupt) deletes the temporary directory, so ``out`` is never
-    left half-written. The temporary directory lives next to ``out`` so the final rename is atomic
-    on the same file system.
+def check_output_location(
+    out: str | Path,
+    inputs: Mapping[str, str | Path | None] | None = None,
+    *,
+    flag: str = "output path",
+    replaces: bool = True,
+) -> None:
+    """Refuse an output location that would destroy an input or the working directory.
+
+    ``out`` may not be an input, lie inside one (writing there alters the input) or, when the command
+    replaces ``out`` as a whole (``replaces``), hold one or the current directory: replacing it would
+    delete them. ``--overwrite`` never lifts this. Inputs that are not local paths (``hf://``,
+    ``s3://``, ``builtin:``) or do not exist are skipped.
+
+    Args:
+        out: the output path (file or folder) a command is about to write.
+        inputs: what the command reads, by the option that names it, e.g. ``{"--train-dir": path}``.
+        flag: the option that named ``out`` (for the message).
+        replaces: whether ``out`` is replaced as a whole (a folder published by :func:`atomic_dir`).
 
     Raises:
-        OpdlmError: ``out`` exists and is not empty, and ``overwrite`` is false.
+        OpdlmError: one line naming both options and paths.
     """
-    out = Path(out).absolute()
+    target = Path(out).resolve()
+    for name, given in (inputs or {}).items():
+        if given is None or "://" in str(given) or str(given).startswith("builtin:"):
+            continue
+        source = Path(given).resolve()
+        if not source.exists():
+            continue
+        if target == source:
+            raise OpdlmError(
+                f"{flag} {out} is the {name} itself; an output never replaces an input: choose another path"
+            )
+        if target.is_relative_to(source):
+            raise OpdlmError(f"{flag} {out} is inside the {name} {given}; write outside it")
+        if replaces and source.is_relative_to(target):
+            raise OpdlmError(
+                f"{flag} {out} holds the {name} {given}; replacing it would delete it: choose a folder outside it"
+            )
+    if replaces and Path.cwd().resolve().is_relative_to(target):
+        raise OpdlmError(f"{flag} {out} holds the current directory; replacing it would delete it: choose another")
+
+
+def published_path(path: str | Path) -> str | Path:
+    """The path ``path`` will have once every :func:`atomic_dir` block now open is published.
+
+    Whatever a result records about where its files are (a samples file, a sweep point) goes through
+    here, so the record names the final file, not the temporary folder it was written in. A path
+    outside those folders comes back unchanged.
+    """
+    found = Path(path).absolute()
+    moved = False
+    for tmp, final in reversed(_PUBLISHING.get()):  # innermost first: its final path lies in the next one's tmp
+        if found.is_relative_to(tmp):
+            found, moved = final / found.relative_to(tmp), True
+    return (str(found) if isinstance(path, str) else found) if moved else path
+
+
+@contextlib.contextmanager
+def atomic_dir(
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    inputs: Mapping[str, str | Path | None] | None = None,
+    flag: str = "output directory",
+) -> Iterator[Path]:
+    """Yield a temporary sibling directory that is renamed to ``out`` only if the block succeeds.
+
+    A failure (exception, KeyboardInterrupt, SIGTERM) deletes the temporary directory, so ``out`` is
+    never left half-written. The temporary directory lives next to ``out`` so the final rename is
+    atomic on the same file system. Inside the block, :func:`published_path` maps paths under the
+    temporary directory to their final place.
+
+    Args:
+        out: the folder to publish.
+        overwrite: replace an existing non-empty ``out`` (the user said ``--overwrite``); without it
+            such a folder, which this command did not create, is refused.
+        inputs: what the command reads (see :func:`check_output_location`): never replaced, even
+            with ``overwrite``.
+        flag: the option that named ``out`` (for messages; default "output directory").
+
+    Raises:
+        OpdlmError: ``out`` exists and is not empty, and ``overwrite`` is false; ``out`` is a file;
+            ``out`` is, holds or lies inside an input or holds the current directory.
+    """
+    check_output_location(out, inputs, flag=flag)
+    shown, out = out, Path(out).absolute()
     if out.exists() and not out.is_dir():
-        raise OpdlmError(f"output path {out} exists and is not a directory")
+        raise OpdlmError(f"{flag} {shown} exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise OpdlmError(f"output directory {out} already exists and is not empty (pass --overwrite to replace it)")
+        raise OpdlmError(f"{flag} {shown} already exists and is not empty (pass --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    token = _PUBLISHING.set((*_PUBLISHING.get(), (tmp, out)))
     try:
-        yield tmp
+        try:
+            yield tmp
+        finally:
+            _PUBLISHING.reset(token)
         if out.exists():
             trash = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, trash)

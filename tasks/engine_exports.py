@@ -28,7 +28,7 @@ def log_engine_exports(
 
     client = mlflow.MlflowClient()
     results: dict[str, str] = {}
-    for fmt, outcome in engine_export_stage(formats, student_dir, out_root).items():
+    for fmt, outcome in engine_export_stage(formats, student_dir, out_root, overwrite=True).items():
         if outcome.startswith("refused: "):
             results[fmt] = outcome
             continue

@@ -62,7 +62,7 @@ def eval_sweep(run_file: str, model_dir: str, model_key: str) -> str:
     run = PipelineRun.load(run_file)
     _, marker = _eval_output(run, model_key, "sweep")
     if not marker.is_file():
-        tables = sweep_stage(run.recipe(), model_dir, marker.parent)
+        tables = sweep_stage(run.recipe(), model_dir, marker.parent, overwrite=True)  # the store's folder
         atomic_write_text(marker, json.dumps(tables, indent=2) + "\n")  # last: marks the sweep complete
     return str(marker.parent)
 

@@ -228,7 +228,9 @@ def register(run_file: str, teacher_record: dict, data_record: dict, final_recor
     decision = champion_gate(student_acc, teacher_acc, _champion_accuracy(client, name, bench), recipe.registry)
 
     student_dir = Path(run.run_dir) / "student"
-    student_stage(folder.path, student_dir, total)  # model files only: no optimizer state in the registry
+    student_stage(
+        folder.path, student_dir, total, overwrite=True
+    )  # this run's own; model files only: no optimizer state in the registry
     sampler = json.loads((student_dir / "config.json").read_text()).get("sampler_defaults", recipe.sampler.model_dump())
     shutil.copyfile(run.recipe_file, student_dir / RECIPE_FILE)  # the full recipe travels with the weights
     facts = _card_facts(

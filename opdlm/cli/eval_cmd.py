@@ -97,6 +97,9 @@ def register(app: typer.Typer) -> None:
         allow_unsandboxed: bool = typer.Option(
             None, "--allow-unsandboxed", help="Run code tests without bubblewrap (unsafe)."
         ),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="With --sweep: replace an existing non-empty --out-dir."
+        ),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
         overrides: list[str] = typer.Argument(
             None, help="key=value overrides of the eval config, e.g. code_timeout_s=5."
@@ -133,27 +136,18 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(
                     "--sweep takes its grid from --thresholds and --block-sizes, not --threshold / --block-size"
                 )
-            from opdlm.eval.sweep import PLOT_FILE, TABLE_FILE
-            from opdlm.eval.sweep import sweep as run_sweep
-
-            for name in cfg.benchmarks:
-                target = out_dir / name if len(cfg.benchmarks) > 1 else out_dir
-                table = run_sweep(
-                    model, name, cfg, target, sampler=sampler, progress=progress, enable_thinking=thinking
-                )
-                for p in table:
-                    mark = " *" if p["pareto"] else ""
-                    typer.echo(
-                        f"{name} B={p['block_size']} threshold={p['threshold']:g}: accuracy {p['accuracy']:.4f}, "
-                        f"{p['tokens_per_step']:.2f} tokens/step{mark}"
-                    )
-                typer.echo(f"sweep -> {target / TABLE_FILE}, {target / PLOT_FILE} (* = Pareto front)")
+            _sweep(model, cfg, out_dir, overwrite, sampler, progress, thinking)
             return
 
         from opdlm.eval.harness import evaluate, read_result
+        from opdlm.fsutil import check_output_location
 
         if json_out is not None and len(cfg.benchmarks) > 1:
             raise ConfigError("--json-out takes one benchmark; pass --benchmark NAME or use --out-dir")
+        inputs = {"--model": model, "--teacher": teacher, "--teacher-json": teacher_json, "--data-dir": data_dir}
+        for flag, given in (("--json-out", json_out), ("--out-dir", out_dir)):
+            if given is not None:
+                check_output_location(given, inputs, flag=flag, replaces=False)
         teacher_loaded = read_result(teacher_json) if teacher_json is not None else None
         for name in cfg.benchmarks:
             target = json_out or (out_dir / f"{name}.json" if out_dir is not None else None)
@@ -187,3 +181,30 @@ def register(app: typer.Typer) -> None:
             typer.echo(_summary(result))
             if target is not None:
                 typer.echo(f"result -> {target} (samples: {result.samples_path})")
+
+
+def _sweep(model: Path, cfg, out_dir: Path, overwrite: bool, sampler, progress: bool, thinking) -> None:
+    """``eval --sweep``: one sweep per benchmark into ``out_dir`` (``out_dir/<benchmark>`` for several),
+    published whole once every benchmark is done: an interrupted sweep leaves no folder."""
+    from opdlm.eval.sweep import PLOT_FILE, TABLE_FILE
+    from opdlm.eval.sweep import sweep as run_sweep
+    from opdlm.fsutil import atomic_dir
+
+    def one(name: str, target: Path, shown: Path) -> None:
+        table = run_sweep(
+            model, name, cfg, target, sampler=sampler, progress=progress, enable_thinking=thinking, overwrite=overwrite
+        )
+        for p in table:
+            mark = " *" if p["pareto"] else ""
+            typer.echo(
+                f"{name} B={p['block_size']} threshold={p['threshold']:g}: accuracy {p['accuracy']:.4f}, "
+                f"{p['tokens_per_step']:.2f} tokens/step{mark}"
+            )
+        typer.echo(f"sweep -> {shown / TABLE_FILE}, {shown / PLOT_FILE} (* = Pareto front)")
+
+    if len(cfg.benchmarks) == 1:
+        one(cfg.benchmarks[0], out_dir, out_dir)
+        return
+    with atomic_dir(out_dir, overwrite=overwrite, inputs={"--model": model}, flag="--out-dir") as tmp:
+        for name in cfg.benchmarks:
+            one(name, tmp / name, out_dir / name)

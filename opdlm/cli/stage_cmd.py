@@ -25,6 +25,9 @@ def register(app: typer.Typer) -> None:
     )
     recipe_opt = typer.Option(..., "--recipe", help="Recipe YAML.")
     overrides_arg = typer.Argument(None, help="Dotted recipe overrides.")
+    overwrite_opt = typer.Option(
+        False, "--overwrite", help="Replace an existing non-empty OUT (never one that holds an input)."
+    )
 
     @stage_app.command("data")
     def data(
@@ -42,6 +45,7 @@ def register(app: typer.Typer) -> None:
     def teacher(
         recipe: Path = recipe_opt,
         out: Path = typer.Option(..., "--out", help="Output teacher directory."),
+        overwrite: bool = overwrite_opt,
         overrides: list[str] = overrides_arg,
     ) -> None:
         """builtin:tiny: bootstrap it (as `opdlm teacher bootstrap`) into OUT; other sources: resolve and link into
@@ -50,30 +54,33 @@ def register(app: typer.Typer) -> None:
         from opdlm.sources.resolve import teacher_source
 
         r = _recipe(recipe, overrides)
-        typer.echo(f"teacher: {teacher_source(r)} -> {teacher_stage(r, out)}")
+        typer.echo(f"teacher: {teacher_source(r)} -> {teacher_stage(r, out, overwrite=overwrite)}")
 
     @stage_app.command("convert")
     def convert(
         recipe: Path = recipe_opt,
         teacher: Path = typer.Option(..., "--teacher", help="Teacher directory."),
         out: Path = typer.Option(..., "--out", help="Output student directory."),
+        overwrite: bool = overwrite_opt,
         overrides: list[str] = overrides_arg,
     ) -> None:
         """Convert the teacher with the recipe's convert and sampler sections."""
         from opdlm.pipeline.stages import convert_stage
 
-        typer.echo(f"converted {teacher} -> {convert_stage(_recipe(recipe, overrides), teacher, out)}")
+        path = convert_stage(_recipe(recipe, overrides), teacher, out, overwrite=overwrite)
+        typer.echo(f"converted {teacher} -> {path}")
 
     @stage_app.command("export")
     def export(
         train_dir: Path = typer.Option(..., "--train-dir", help="An `opdlm train` output folder."),
         out: Path = typer.Option(..., "--out", help="Output model directory (model files only)."),
         plots: Path = typer.Option(..., "--plots", help="Folder for train_curves.csv/.png and train_summary.json."),
+        overwrite: bool = overwrite_opt,
     ) -> None:
         """Copy the finished run's final weights out of the training folder (no optimizer state) and plot its curves."""
         from opdlm.pipeline.stages import student_stage
 
-        last, _ = student_stage(train_dir, out, plots_dir=plots)
+        last, _ = student_stage(train_dir, out, plots_dir=plots, overwrite=overwrite)
         typer.echo(f"student -> {out} (from {last.name}); curves and summary -> {plots}")
 
     @stage_app.command("engines")
@@ -81,14 +88,14 @@ def register(app: typer.Typer) -> None:
         recipe: Path = recipe_opt,
         student: Path = typer.Option(..., "--student", help="Student directory."),
         out: Path = typer.Option(..., "--out", help="Output folder: one subfolder per exported engine."),
+        overwrite: bool = overwrite_opt,
         overrides: list[str] = overrides_arg,
     ) -> None:
         """Serving-engine exports of registry.export_formats (SGLang, LMDeploy); refusals in OUT/exports.json."""
         from opdlm.pipeline.stages import engine_export_stage
 
-        for fmt, result in engine_export_stage(
-            _recipe(recipe, overrides).registry.export_formats, student, out
-        ).items():
+        formats = _recipe(recipe, overrides).registry.export_formats
+        for fmt, result in engine_export_stage(formats, student, out, overwrite=overwrite).items():
             typer.echo(f"{fmt}: {result}")
 
     @stage_app.command("eval")
@@ -97,22 +104,13 @@ def register(app: typer.Typer) -> None:
         student: Path = typer.Option(..., "--student", help="Student directory."),
         teacher: Path = typer.Option(..., "--teacher", help="Teacher directory."),
         out: Path = typer.Option(..., "--out", help="Output folder."),
+        overwrite: bool = overwrite_opt,
         overrides: list[str] = overrides_arg,
     ) -> None:
         """Teacher, student (with retention) and the student's sweep on the recipe's benchmarks; OUT/metrics.json."""
-        import json
+        from opdlm.pipeline.stages import eval_stage
 
-        from opdlm.fsutil import atomic_write_text
-        from opdlm.pipeline.stages import eval_metrics, eval_model_stage, sweep_stage
-
-        r = _recipe(recipe, overrides)
-        teacher_results = eval_model_stage(r, teacher, out / "teacher")
-        student_results = eval_model_stage(r, student, out / "student", teacher_results)
-        tables = sweep_stage(r, student, out / "sweep")
-        points = [{"benchmark": b, **p} for b, table in tables.items() for p in table]
-        atomic_write_text(out / "sweep_points.json", json.dumps(points, indent=2) + "\n")
-        metrics = eval_metrics(student_results, teacher_results)
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        metrics = eval_stage(_recipe(recipe, overrides), student, teacher, out, overwrite=overwrite)
         for bench, m in metrics.items():
             typer.echo(
                 f"{bench}: student {m['student_accuracy']:.4f}, teacher {m['teacher_accuracy']:.4f}, "

@@ -20,7 +20,7 @@ from opdlm.eval.metrics import EvalResult, SampleRecord, samples_path_for, summa
 from opdlm.eval.runners import ModelRunner, load_runner
 from opdlm.eval.sandbox import SandboxLimits, check_sandbox
 from opdlm.eval.scoring import score_completions
-from opdlm.fsutil import atomic_write_text
+from opdlm.fsutil import atomic_write_text, published_path
 
 
 def sampler_config(
@@ -155,10 +155,11 @@ def evaluate_rows(
 
 def write_run(result: EvalResult, records: list[SampleRecord], json_path: str | Path) -> EvalResult:
     """Write the result to ``json_path`` and one line per sample to :func:`samples_path_for` (each
-    atomically); returns the result with ``samples_path`` set."""
+    atomically); returns the result with ``samples_path`` set (where the file is once a folder being
+    published, :func:`opdlm.fsutil.atomic_dir`, is in place)."""
     samples = samples_path_for(json_path)
     atomic_write_text(samples, "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records))
-    result.samples_path = str(samples)
+    result.samples_path = str(published_path(samples))
     atomic_write_text(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
     return result
 

@@ -161,7 +161,11 @@ def score_file(benchmark: str, completions_path: str | Path, config=None, json_o
     from opdlm.config.eval import EvalConfig
     from opdlm.eval.benchmarks import get_benchmark, load_benchmark
     from opdlm.eval.metrics import samples_path_for
-    from opdlm.fsutil import atomic_write_text
+    from opdlm.fsutil import atomic_write_text, check_output_location
+
+    if json_out is not None:  # neither the summary nor its samples file may land on what is scored
+        for flag, target in (("--json-out", json_out), ("--json-out's samples file", samples_path_for(json_out))):
+            check_output_location(target, {"--completions": completions_path}, flag=flag, replaces=False)
 
     config = config or EvalConfig()
     bench = get_benchmark(benchmark)

@@ -16,7 +16,7 @@ from opdlm.config.eval import EvalConfig
 from opdlm.config.sampler import SamplerConfig
 from opdlm.errors import ConfigError
 from opdlm.eval.harness import evaluate_rows, prepare, sampler_config, write_run
-from opdlm.fsutil import atomic_write_text
+from opdlm.fsutil import atomic_dir, atomic_write_text, published_path
 
 TABLE_FILE = "sweep.json"
 PLOT_FILE = "sweep_pareto.png"
@@ -102,6 +102,7 @@ def sweep(
     sampler: SamplerConfig | None = None,
     progress: bool = False,
     enable_thinking: bool | None = None,
+    overwrite: bool = False,
 ) -> list[dict]:
     """Decode ``benchmark`` with the student in ``model_dir`` at every point of the sweep grid.
 
@@ -110,7 +111,10 @@ def sweep(
         benchmark: benchmark name.
         config: the grid (``sweep_thresholds`` x ``sweep_block_sizes``), limit, batch size, ...
         out_dir: when set, writes ``sweep.json`` (the table), ``sweep_pareto.png`` and each point's
-            result and per-sample JSONL under ``points/``.
+            result and per-sample JSONL under ``points/``. The folder is published whole once the
+            last point is scored (:func:`opdlm.fsutil.atomic_dir`): an interrupted sweep leaves no
+            folder, never a partial one. An existing non-empty one is replaced only with ``overwrite``.
+        overwrite: replace an existing non-empty ``out_dir``.
         sampler: base decoding settings (default: the student's stored ones); every point uses
             dynamic remasking with its own threshold and block size.
         enable_thinking: the recipe's ``convert.enable_thinking`` (None: the student's stored value).
@@ -120,13 +124,28 @@ def sweep(
         in grid order.
     """
     config = config or EvalConfig()
+    if out_dir is None:
+        return _sweep_points(model_dir, benchmark, config, None, sampler, progress, enable_thinking)
+    with atomic_dir(out_dir, overwrite=overwrite, inputs={"--model": model_dir}, flag="--out-dir") as tmp:
+        return _sweep_points(model_dir, benchmark, config, tmp, sampler, progress, enable_thinking)
+
+
+def _sweep_points(
+    model_dir: str | Path,
+    benchmark: str,
+    config: EvalConfig,
+    out: Path | None,
+    sampler: SamplerConfig | None,
+    progress: bool,
+    enable_thinking: bool | None,
+) -> list[dict]:
+    """:func:`sweep`'s work, writing into ``out`` (the folder being published; None: nothing written)."""
     runner, bench, rows = prepare(model_dir, benchmark, config, enable_thinking)
     if runner.kind != "student":
         raise ConfigError(
             f"--sweep needs a converted student; {model_dir} is a plain causal LM (no threshold or block size)"
         )
     max_new_tokens = config.max_new_tokens or (sampler.max_new_tokens if sampler else bench.max_new_tokens)
-    out = Path(out_dir) if out_dir is not None else None
     points: list[SweepPoint] = []
     for block_size in config.sweep_block_sizes:
         for threshold in config.sweep_thresholds:
@@ -145,7 +164,7 @@ def sweep(
                     tokens_per_second=result.tokens_per_second,
                     mean_length=result.mean_length,
                     n=result.n,
-                    result_path=str(json_path) if json_path is not None else None,
+                    result_path=str(published_path(json_path)) if json_path is not None else None,
                 )
             )
     for point, flag in zip(points, pareto_flags([(p.accuracy, p.tokens_per_step) for p in points])):

@@ -144,9 +144,10 @@ def export_student(
         Refusal: the engine would serve the student differently (one line naming the field).
     """
     from opdlm.formats.common import TOKENIZER_FILES, read_json, weight_files
-    from opdlm.fsutil import atomic_dir
+    from opdlm.fsutil import atomic_dir, check_output_location, published_path
     from opdlm.models.model_dir import check_model_dir
 
+    check_output_location(out, {"--model": student}, flag="--out")
     engine = get_engine(engine_name)
     src = check_model_dir(Path(student).expanduser(), what="student")
     config = read_json(src / "config.json")
@@ -161,14 +162,14 @@ def export_student(
         raise Refusal(f"{src}/config.json: {problems[0]}")
 
     files = weight_files(src)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, inputs={"--model": src}, flag="--out") as tmp:
         for path in files:
             _link_or_copy(path, tmp / path.name)
         for name in (*TOKENIZER_FILES, "generation_config.json"):
             if (src / name).is_file():
                 shutil.copy2(src / name, tmp / name)
         (tmp / "config.json").write_text(json.dumps(exported, indent=2) + "\n")
-        final = Path(out).absolute()
+        final = Path(published_path(Path(out).absolute()))  # where it is served from, once published
         settings_path = final / engine.settings_file
         if engine.settings_file.endswith(".yaml"):
             import yaml
@@ -187,7 +188,7 @@ def export_student(
         }
         (tmp / EXPORT_SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
         (tmp / "README.md").write_text(render_readme(engine, summary))
-    return final, notes
+    return Path(out).absolute(), notes
 
 
 def render_readme(engine: Engine, summary: dict) -> str:

@@ -33,7 +33,7 @@ from pathlib import Path
 from opdlm.config.recipe import Recipe
 from opdlm.data.download import DatasetInfo
 from opdlm.errors import OpdlmError
-from opdlm.fsutil import atomic_dir, atomic_write_text
+from opdlm.fsutil import atomic_dir, atomic_write_text, check_output_location
 from opdlm.sources.builtin import BUILTIN_TEACHER, builtin_teacher
 from opdlm.sources.resolve import resolve_teacher, teacher_source
 from opdlm.train.folder import TrainingFolder
@@ -58,6 +58,7 @@ def data_stage(recipe: Recipe, out_path: str | Path) -> DatasetInfo:
     from opdlm.data.download import download_dataset
 
     source = data_source(recipe)
+    check_output_location(out_path, {"data.source": source}, flag="--out", replaces=False)
     limit = recipe.data.limit
     if limit is None and source.startswith("builtin:"):
         limit = recipe.train.num_prompts
@@ -66,13 +67,14 @@ def data_stage(recipe: Recipe, out_path: str | Path) -> DatasetInfo:
     )
 
 
-def teacher_stage(recipe: Recipe, out_dir: str | Path | None = None) -> Path:
+def teacher_stage(recipe: Recipe, out_dir: str | Path | None = None, overwrite: bool = False) -> Path:
     """A local Hugging Face directory holding the recipe's teacher.
 
     ``builtin:tiny`` is trained into ``out_dir`` by the bootstrap (``teacher.bootstrap`` settings),
     the same function ``opdlm teacher bootstrap`` runs. Any other source is resolved (downloaded to
     its cache when remote); with ``out_dir`` set, ``out_dir`` becomes a folder of links to the
-    resolved files, so a DVC stage has a workspace output without copying the weights.
+    resolved files, so a DVC stage has a workspace output without copying the weights. An existing
+    non-empty ``out_dir`` is replaced only with ``overwrite``; one that holds the resolved teacher never.
     """
     src = teacher_source(recipe)
     if src == BUILTIN_TEACHER:
@@ -80,11 +82,11 @@ def teacher_stage(recipe: Recipe, out_dir: str | Path | None = None) -> Path:
             raise OpdlmError(
                 "teacher builtin:tiny is bootstrapped into a folder: give the teacher stage an output folder"
             )
-        return builtin_teacher(src, recipe.teacher, recipe.convert.enable_thinking, out_dir)
+        return builtin_teacher(src, recipe.teacher, recipe.convert.enable_thinking, out_dir, overwrite=overwrite)
     resolved = resolve_teacher(recipe)
     if out_dir is None:
         return resolved
-    with atomic_dir(out_dir, overwrite=True) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, inputs={"teacher": resolved}, flag="--out") as tmp:
         for f in sorted(resolved.rglob("*")):
             if f.is_file():
                 link = tmp / f.relative_to(resolved)
@@ -93,8 +95,10 @@ def teacher_stage(recipe: Recipe, out_dir: str | Path | None = None) -> Path:
     return Path(out_dir).absolute()
 
 
-def convert_stage(recipe: Recipe, teacher_dir: str | Path, out_dir: str | Path) -> Path:
+def convert_stage(recipe: Recipe, teacher_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Convert the teacher into the block-diffusion student the training starts from (``convert`` + ``sampler``).
+
+    An existing non-empty ``out_dir`` is replaced only with ``overwrite``.
 
     With ``convert.student_source`` set, that released block-diffusion checkpoint is imported instead
     (:mod:`opdlm.formats.importer`); the teacher stays the distillation target.
@@ -107,7 +111,7 @@ def convert_stage(recipe: Recipe, teacher_dir: str | Path, out_dir: str | Path) 
         block_size=recipe.convert.block_size,
         logit_shift=recipe.convert.logit_shift,
         sampler=recipe.sampler,
-        overwrite=True,
+        overwrite=overwrite,
         prompt_attention=recipe.convert.prompt_attention,
         enable_thinking=recipe.convert.enable_thinking,
         teacher_config=recipe.teacher,
@@ -138,33 +142,44 @@ def student_stage(
     out_dir: str | Path,
     total_rollout_steps: int | None = None,
     plots_dir: str | Path | None = None,
+    overwrite: bool = False,
 ) -> tuple[Path, dict]:
     """Publish the final weights of a finished training folder as a model directory at ``out_dir``.
 
     Model files only (no optimizer state), copied from the newest checkpoint (verified against its
-    manifest); ``out_dir`` is replaced atomically. With ``plots_dir``, the run's curves
-    (``train_curves.csv``/``.png``) and a copy of its summary go there too.
+    manifest); ``out_dir`` is published atomically, and an existing non-empty one is replaced only
+    with ``overwrite``. Neither ``out_dir`` nor ``plots_dir`` may be, hold or lie inside the training
+    folder. With ``plots_dir``, the run's curves (``train_curves.csv``/``.png``) and a copy of its
+    summary go there too.
 
     Args:
         train_dir: an ``opdlm train`` output folder.
         out_dir: the student directory to write.
         total_rollout_steps: when given, the run must have trained exactly this many rollout steps.
         plots_dir: folder for the curves and the summary (None: none written).
+        overwrite: replace an existing non-empty ``out_dir``.
 
     Returns:
         ``(checkpoint exported, the folder's summary)``.
 
     Raises:
-        OpdlmError: the run is unfinished, or the folder has no checkpoint (one line).
+        OpdlmError: the run is unfinished, the folder has no checkpoint or no metrics, or an output
+            would replace something it should not (one line).
     """
     from opdlm.train.checkpoint import export_model
 
+    inputs = {"--train-dir": train_dir}
+    check_output_location(out_dir, inputs, flag="--out")
+    if plots_dir is not None:
+        check_output_location(plots_dir, inputs, flag="--plots", replaces=False)
     folder = TrainingFolder(train_dir)
     summary = folder.require_finished(total_rollout_steps)
     last = folder.latest_checkpoint()
     if last is None:
         raise OpdlmError(f"{folder.path} has no checkpoint")
-    with atomic_dir(out_dir, overwrite=True) as tmp:
+    if plots_dir is not None and not folder.metrics_file.is_file():
+        raise OpdlmError(f"{folder.path} has no {folder.metrics_file.name} to plot")
+    with atomic_dir(out_dir, overwrite=overwrite, inputs=inputs, flag="--out") as tmp:
         export_model(last, tmp)
     if plots_dir is not None:
         import shutil
@@ -179,32 +194,32 @@ def student_stage(
 EXPORTS_FILE = "exports.json"
 
 
-def engine_export_stage(formats: list[str], student_dir: str | Path, out_root: str | Path) -> dict[str, str]:
+def engine_export_stage(
+    formats: list[str], student_dir: str | Path, out_root: str | Path, overwrite: bool = False
+) -> dict[str, str]:
     """Export ``student_dir`` for every engine in ``formats`` (a recipe's ``registry.export_formats``)
     into ``OUT_ROOT/<format>/``.
 
     A student an engine would serve differently is not an error of the pipeline: its refusal is the
-    result for that format. The results are also written to ``OUT_ROOT/exports.json``.
+    result for that format. The results are also written to ``OUT_ROOT/exports.json``. ``OUT_ROOT``
+    is published whole (atomically); an existing non-empty one is replaced only with ``overwrite``.
 
     Returns:
         format -> ``OUT_ROOT/<format>`` (the export folder) or ``refused: <reason>``.
     """
-    import shutil
-
     from opdlm.formats.engine import Refusal, export_student
 
-    out_root = Path(out_root)
-    out_root.mkdir(parents=True, exist_ok=True)
+    out_root = Path(out_root).absolute()
     results: dict[str, str] = {}
-    for fmt in formats:
-        try:
-            path, _ = export_student(student_dir, out_root / fmt, fmt, overwrite=True)
-        except Refusal as exc:
-            shutil.rmtree(out_root / fmt, ignore_errors=True)  # an earlier export of another student
-            results[fmt] = f"refused: {exc}"
-            continue
-        results[fmt] = str(path)
-    atomic_write_text(out_root / EXPORTS_FILE, json.dumps(results, indent=2) + "\n")
+    with atomic_dir(out_root, overwrite=overwrite, inputs={"--student": student_dir}, flag="--out") as tmp:
+        for fmt in formats:
+            try:
+                export_student(student_dir, tmp / fmt, fmt)
+            except Refusal as exc:
+                results[fmt] = f"refused: {exc}"
+                continue
+            results[fmt] = str(out_root / fmt)
+        atomic_write_text(tmp / EXPORTS_FILE, json.dumps(results, indent=2) + "\n")
     return results
 
 
@@ -254,10 +269,13 @@ def eval_model_stage(
     return results
 
 
-def sweep_stage(recipe: Recipe, student_dir: str | Path, out_dir: str | Path) -> dict[str, list[dict]]:
+def sweep_stage(
+    recipe: Recipe, student_dir: str | Path, out_dir: str | Path, overwrite: bool = False
+) -> dict[str, list[dict]]:
     """The parallelism sweep (``eval.sweep_thresholds`` x ``eval.sweep_block_sizes``) on every benchmark.
 
-    Writes ``OUT/<benchmark>/sweep.json`` and ``OUT/<benchmark>/sweep_pareto.png``.
+    Writes ``OUT/<benchmark>/sweep.json`` and ``OUT/<benchmark>/sweep_pareto.png`` (each folder whole
+    or not at all; an existing one is replaced only with ``overwrite``).
 
     Returns:
         ``{benchmark: table}`` (one dict per grid point, with its Pareto flag).
@@ -273,9 +291,34 @@ def sweep_stage(recipe: Recipe, student_dir: str | Path, out_dir: str | Path) ->
             sampler=recipe.sampler,
             progress=True,
             enable_thinking=recipe.convert.enable_thinking,
+            overwrite=overwrite,
         )
         for name in recipe.eval.benchmarks
     }
+
+
+def eval_stage(
+    recipe: Recipe, student_dir: str | Path, teacher_dir: str | Path, out_dir: str | Path, overwrite: bool = False
+) -> dict[str, dict[str, float | None]]:
+    """The DVC eval stage: teacher, student (with retention) and the student's sweep into ``out_dir``.
+
+    ``OUT/teacher/``, ``OUT/student/`` (:func:`eval_model_stage`), ``OUT/sweep/`` (:func:`sweep_stage`),
+    ``OUT/sweep_points.json`` and ``OUT/metrics.json`` (:func:`eval_metrics`). ``out_dir`` is published
+    whole or not at all; an existing non-empty one is replaced only with ``overwrite``.
+
+    Returns:
+        The metrics (what ``OUT/metrics.json`` holds).
+    """
+    inputs = {"--student": student_dir, "--teacher": teacher_dir}
+    with atomic_dir(out_dir, overwrite=overwrite, inputs=inputs, flag="--out") as tmp:
+        teacher_results = eval_model_stage(recipe, teacher_dir, tmp / "teacher")
+        student_results = eval_model_stage(recipe, student_dir, tmp / "student", teacher_results)
+        tables = sweep_stage(recipe, student_dir, tmp / "sweep")
+        points = [{"benchmark": b, **p} for b, table in tables.items() for p in table]
+        atomic_write_text(tmp / "sweep_points.json", json.dumps(points, indent=2) + "\n")
+        metrics = eval_metrics(student_results, teacher_results)
+        atomic_write_text(tmp / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
 
 
 def eval_metrics(student: dict[str, dict], teacher: dict[str, dict]) -> dict[str, dict[str, float | None]]:

@@ -34,7 +34,11 @@ def builtin_key(teacher: TeacherConfig) -> str:
 
 
 def builtin_teacher(
-    src: str, teacher: TeacherConfig, enable_thinking: bool = False, out_dir: str | Path | None = None
+    src: str,
+    teacher: TeacherConfig,
+    enable_thinking: bool = False,
+    out_dir: str | Path | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """The directory of built-in model ``src``, trained with ``teacher.bootstrap``.
 
@@ -42,7 +46,8 @@ def builtin_teacher(
         src: a ``builtin:`` source; only ``builtin:tiny`` exists.
         teacher: the recipe's ``teacher`` section (its ``bootstrap`` settings train the model).
         enable_thinking: the recipe's ``convert.enable_thinking`` (the prompts' thinking mode).
-        out_dir: train into this folder (replaced); None: into the cache, reused when already built.
+        out_dir: train into this folder; None: into the cache, reused when already built.
+        overwrite: replace an existing non-empty ``out_dir`` (the cache's own folder is always replaced).
 
     Raises:
         SourceError: an unknown ``builtin:`` name.
@@ -55,7 +60,8 @@ def builtin_teacher(
         out_dir = cache_dir() / "builtin" / f"tiny-{builtin_key(teacher)}"
         if (out_dir / "config.json").is_file():
             return out_dir
-    bootstrap_teacher(out_dir, teacher.bootstrap, overwrite=True, enable_thinking=enable_thinking)
+        overwrite = True  # the cache's folder is ours: a partial one from an older version is rebuilt
+    bootstrap_teacher(out_dir, teacher.bootstrap, overwrite=overwrite, enable_thinking=enable_thinking)
     return Path(out_dir).absolute()
 
 

@@ -285,7 +285,11 @@ def setup_run(
         ``(ctx, resume)``: the run, and the counters to continue from (restored from the newest
         checkpoint, with optimiser state and RNG, when the folder holds one).
     """
+    from opdlm.fsutil import check_output_location
+
     cfg, out = recipe.train, Path(out).absolute()
+    inputs = {"--teacher": teacher or recipe.teacher.path, "--student": student, "--data": data or recipe.data.path}
+    check_output_location(out, inputs, flag="--out", replaces=False)  # a run never writes into what it reads
     _check_stored_prompt_format(student, recipe)
     fingerprint = run_fingerprint(recipe, teacher, student, data)
     seed = cfg.seed if cfg.seed is not None else recipe.seed
