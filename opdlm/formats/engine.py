@@ -146,10 +146,12 @@ def export_student(
     from opdlm.formats.common import TOKENIZER_FILES, read_json, weight_files
     from opdlm.fsutil import atomic_dir, check_output_location, published_path
     from opdlm.models.model_dir import check_model_dir
+    from opdlm.models.student import verify_student_dir
 
     check_output_location(out, {"--model": student}, flag="--out")
     engine = get_engine(engine_name)
     src = check_model_dir(Path(student).expanduser(), what="student")
+    verify_student_dir(src)  # an engine would fail on it later, or serve garbage
     config = read_json(src / "config.json")
     check_student(config, engine, str(src))
     sampler = _student_sampler(config, overrides or {})

@@ -79,6 +79,7 @@ def import_checkpoint(
     from opdlm import __version__
     from opdlm.config.sampler import SamplerConfig
     from opdlm.fsutil import atomic_dir
+    from opdlm.models.student import verify_student_dir
 
     where = f"{src_dir}/config.json"
     raw = common.read_json(src_dir / "config.json")
@@ -122,7 +123,7 @@ def import_checkpoint(
             f"{fmt.name} aligns blocks to absolute position 0 (prompt and response share a block); opdlm counts "
             f"them back from the response start: the two agree only when the prompt length is a multiple of {bs.value}"
         )
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, inputs={"--teacher": src_dir}, flag="--out") as tmp:
         common.copy_weights(files, tmp)
         common.copy_tokenizer(src_dir, tmp, mask.value)
         config = Qwen3Config.from_dict(config_dict)
@@ -140,4 +141,6 @@ def import_checkpoint(
         config.save_pretrained(tmp)
         if (src_dir / "generation_config.json").is_file():
             shutil.copy2(src_dir / "generation_config.json", tmp / "generation_config.json")
+        # done only once the output loads: shapes as its config.json says, the mask token where it says
+        verify_student_dir(tmp, f"{fmt.name} checkpoint", where=str(src_dir))
     return Path(out).absolute(), notes

@@ -20,6 +20,8 @@ from opdlm import __version__
 from opdlm.config.sampler import SamplerConfig
 from opdlm.errors import OpdlmError, SourceError
 from opdlm.fsutil import atomic_dir
+from opdlm.models.model_dir import check_weights_match_config
+from opdlm.models.student import verify_student_dir
 
 MASK_TOKEN = "<|MASK|>"
 # Families whose attention takes a 4-D mask and explicit position ids as given (transformers 5.x).
@@ -100,8 +102,9 @@ def convert_causal_lm(
     mask_id, _ = _mask_token_id(tokenizer)
     n_rows = config.get_text_config().vocab_size
     weight_files = [p for g in _WEIGHT_GLOBS for p in sorted(src_dir.glob(g))]
+    check_weights_match_config(src_dir, "teacher")  # before copying: a missing shard, sizes that contradict weights
 
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, inputs={"--teacher": src_dir}, flag="--out") as tmp:
         if mask_id < n_rows and any(p.suffix == ".safetensors" for p in weight_files):
             # The mask reuses an unused padded row: weights are copied byte for byte.
             for p in weight_files:
@@ -121,6 +124,7 @@ def convert_causal_lm(
         tokenizer.save_pretrained(tmp)
         if (src_dir / "generation_config.json").is_file():
             shutil.copy2(src_dir / "generation_config.json", tmp / "generation_config.json")
+        verify_student_dir(tmp, "converted student", where=str(out))  # done only once the output loads
     return Path(out).absolute()
 
 

@@ -157,9 +157,12 @@ def load_causal_lm(path: str | Path, device: str = "auto", dtype: str = "auto", 
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from opdlm.models.model_dir import check_weights_match_config
+
     path = Path(path)
     dev = resolve_device(device)
     backend = check_backend(backend or default_backend(dev), TEACHER_BACKENDS)
+    check_weights_match_config(path)  # a missing shard or sizes that contradict the weights: one line, not a load
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, dev), attn_implementation=backend)
@@ -167,6 +170,36 @@ def load_causal_lm(path: str | Path, device: str = "auto", dtype: str = "auto", 
         raise SourceError(f"could not load model from {path}: {str(exc).splitlines()[0]}") from None
     model.to(dev).eval()
     return model, tokenizer
+
+
+def verify_student_dir(path: str | Path, what: str = "student", where: str | None = None) -> StudentMeta:
+    """Check that ``path`` is a student that loads, without loading its weights.
+
+    Its safetensors shapes match what its ``config.json`` builds
+    (:func:`opdlm.models.model_dir.check_weights_match_config`), its tokenizer loads, and config and
+    tokenizer together describe a block-diffusion student (:meth:`StudentMeta.from_config`: block
+    size, a mask token distinct from EOS and pad, inside the embedding). Conversion and import run
+    this on their output before publishing it, and export on its input.
+
+    Args:
+        where: how messages name the directory (default ``path``).
+
+    Raises:
+        SourceError: one line naming what is wrong.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    from opdlm.models.model_dir import check_weights_match_config
+
+    path = Path(path)
+    shown = where or str(path)
+    check_weights_match_config(path, what, shown)
+    try:
+        config = AutoConfig.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"{what} {shown} does not load: {str(exc).splitlines()[0]}") from None
+    return StudentMeta.from_config(config, tokenizer, where=shown)
 
 
 @dataclass

@@ -18,6 +18,7 @@ import torch
 from opdlm.config.teacher import BootstrapConfig
 from opdlm.data.schema import Row
 from opdlm.fsutil import atomic_dir
+from opdlm.models.model_dir import check_weights_match_config
 from opdlm.teacher.sft_data import batch_indices, collate, encode_example
 
 METRICS_FILE = "bootstrap_metrics.json"
@@ -203,6 +204,7 @@ def bootstrap_teacher(
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+            check_weights_match_config(tmp, "bootstrapped teacher", where=str(out_dir))  # published only if it loads
     finally:
         torch.set_num_threads(previous_threads)
     return metrics
