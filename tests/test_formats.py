@@ -380,7 +380,17 @@ def test_engine_export_stage_is_what_dvc_runs(student, tiny_student_dir, tmp_pat
     assert results == {"sglang": str(out / "sglang"), "lmdeploy": str(out / "lmdeploy")}
     assert (out / "sglang" / "dllm_algorithm.yaml").is_file() and (out / "lmdeploy" / "lmdeploy_engine.json").is_file()
     assert "sglang: " in capsys.readouterr().out
-    args = ["stage", "engines", "--recipe", str(recipe), "--student", str(tiny_student_dir), "--out", str(out)]
+    args = [
+        "stage",
+        "engines",
+        "--recipe",
+        str(recipe),
+        "--student",
+        str(tiny_student_dir),
+        "--out",
+        str(out),
+        "--overwrite",
+    ]
     assert main([*args, "registry.export_formats=[sglang]"]) == 0
     results = json.loads((out / "exports.json").read_text())
     assert list(results) == ["sglang"] and results["sglang"].startswith("refused: mask_token_id")

@@ -151,22 +151,59 @@ def check_qwen3_names(names: set[str], config_dict: dict, where: str) -> None:
         raise SourceError(f"{where}: weight {missing[0]!r} is missing ({len(missing)} missing)")
 
 
+def _added_tokens(src_dir: Path) -> tuple[dict[str, int], str]:
+    """Added tokens by content -> id, from ``tokenizer_config.json``'s ``added_tokens_decoder`` (what
+    transformers 4 writes) and ``tokenizer.json``'s ``added_tokens`` (where transformers 5 keeps them
+    and writes no decoder). Returns the map and where it came from.
+
+    Raises:
+        SourceError: the two files give one token two ids.
+    """
+    cfg = read_json(src_dir / "tokenizer_config.json")
+    decoder = cfg.get("added_tokens_decoder") or {}
+    found = {str(v.get("content")): int(k) for k, v in decoder.items() if isinstance(v, dict)}
+    sources = ["added_tokens_decoder"] if found else []
+    tokenizer_json = src_dir / "tokenizer.json"
+    if tokenizer_json.is_file():
+        listed = read_json(tokenizer_json).get("added_tokens") or []
+        for token in listed:
+            if not isinstance(token, dict) or "content" not in token or "id" not in token:
+                continue
+            content, token_id = str(token["content"]), int(token["id"])
+            if found.get(content, token_id) != token_id:
+                raise SourceError(
+                    f"{src_dir.name}: added token {content!r} is id {found[content]} in tokenizer_config.json "
+                    f"but {token_id} in tokenizer.json"
+                )
+            found[content] = token_id
+        if listed:
+            sources.append("tokenizer.json added_tokens")
+    return found, " / ".join(sources) or "no added tokens"
+
+
 def tokenizer_mask(src_dir: Path) -> Declared:
     """The mask token id the tokenizer files declare, or ``Declared(None, ...)``.
 
-    Reads ``tokenizer_config.json``: its ``mask_token`` (a string or an AddedToken dict) resolved
-    through ``added_tokens_decoder``; failing that, an added token spelled ``<|MASK|>``.
+    Reads ``tokenizer_config.json``'s ``mask_token`` (a string or an AddedToken dict) and resolves
+    it through the added tokens (:func:`_added_tokens`: the config's ``added_tokens_decoder`` or
+    ``tokenizer.json``'s ``added_tokens``, as transformers itself does); failing a ``mask_token``,
+    an added token spelled ``<|MASK|>``.
+
+    Raises:
+        SourceError: ``mask_token`` names a token that is in neither file.
     """
     where = f"{src_dir.name}/tokenizer_config.json"
     cfg = read_json(src_dir / "tokenizer_config.json")
-    decoder = cfg.get("added_tokens_decoder") or {}
-    by_content = {str(v.get("content")): int(k) for k, v in decoder.items() if isinstance(v, dict)}
+    by_content, read_from = _added_tokens(src_dir)
     mask = cfg.get("mask_token")
     mask = mask.get("content") if isinstance(mask, dict) else mask
     if mask is not None:
         if mask not in by_content:
-            raise SourceError(f"{where}: mask_token {mask!r} is not in added_tokens_decoder")
-        return Declared(by_content[mask], f"{where} mask_token {mask!r}")
+            raise SourceError(
+                f"{where}: mask_token {mask!r} is not an added token (neither tokenizer_config.json's "
+                "added_tokens_decoder nor tokenizer.json's added_tokens lists it)"
+            )
+        return Declared(by_content[mask], f"{where} mask_token {mask!r} ({read_from})")
     if MASK_TOKEN in by_content:
         return Declared(by_content[MASK_TOKEN], f"{where} added token {MASK_TOKEN!r} (not registered as mask_token)")
     return Declared(None, where)

@@ -199,7 +199,13 @@ def verify_student_dir(path: str | Path, what: str = "student", where: str | Non
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise SourceError(f"{what} {shown} does not load: {str(exc).splitlines()[0]}") from None
-    return StudentMeta.from_config(config, tokenizer, where=shown)
+    meta = StudentMeta.from_config(config, tokenizer, where=shown)
+    if tokenizer.mask_token_id is not None and tokenizer.mask_token_id != meta.mask_token_id:
+        raise SourceError(
+            f"{what} {shown}: its tokenizer loads mask token {tokenizer.mask_token!r} as id {tokenizer.mask_token_id} "
+            f"but config.json's mask_token_id is {meta.mask_token_id}"
+        )
+    return meta
 
 
 @dataclass

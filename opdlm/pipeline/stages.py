@@ -297,27 +297,41 @@ def sweep_stage(
     }
 
 
+EVAL_STAGE_OUTPUTS = ("teacher", "student", "sweep", "sweep_points.json", "metrics.json")
+
+
 def eval_stage(
     recipe: Recipe, student_dir: str | Path, teacher_dir: str | Path, out_dir: str | Path, overwrite: bool = False
 ) -> dict[str, dict[str, float | None]]:
     """The DVC eval stage: teacher, student (with retention) and the student's sweep into ``out_dir``.
 
     ``OUT/teacher/``, ``OUT/student/`` (:func:`eval_model_stage`), ``OUT/sweep/`` (:func:`sweep_stage`),
-    ``OUT/sweep_points.json`` and ``OUT/metrics.json`` (:func:`eval_metrics`). ``out_dir`` is published
-    whole or not at all; an existing non-empty one is replaced only with ``overwrite``.
+    ``OUT/sweep_points.json`` and ``OUT/metrics.json`` (:func:`eval_metrics`), each published whole,
+    ``metrics.json`` last (it marks the evaluation complete). ``OUT`` itself is not replaced: other
+    files there (DVC's ``.gitignore``) stay. Any of those names already there is replaced only with
+    ``overwrite``.
 
     Returns:
         The metrics (what ``OUT/metrics.json`` holds).
     """
+    out = Path(out_dir)
     inputs = {"--student": student_dir, "--teacher": teacher_dir}
-    with atomic_dir(out_dir, overwrite=overwrite, inputs=inputs, flag="--out") as tmp:
-        teacher_results = eval_model_stage(recipe, teacher_dir, tmp / "teacher")
-        student_results = eval_model_stage(recipe, student_dir, tmp / "student", teacher_results)
-        tables = sweep_stage(recipe, student_dir, tmp / "sweep")
-        points = [{"benchmark": b, **p} for b, table in tables.items() for p in table]
-        atomic_write_text(tmp / "sweep_points.json", json.dumps(points, indent=2) + "\n")
-        metrics = eval_metrics(student_results, teacher_results)
-        atomic_write_text(tmp / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    for name in EVAL_STAGE_OUTPUTS:
+        check_output_location(out / name, inputs, flag="--out")
+    found = [name for name in EVAL_STAGE_OUTPUTS if (out / name).exists()]
+    if found and not overwrite:
+        raise OpdlmError(f"--out {out_dir} already holds {found[0]} (pass --overwrite to replace the evaluation)")
+    (out / "metrics.json").unlink(missing_ok=True)  # no stale marker of completion while this one runs
+    with atomic_dir(out / "teacher", overwrite=True) as tmp:
+        teacher_results = eval_model_stage(recipe, teacher_dir, tmp)
+    with atomic_dir(out / "student", overwrite=True) as tmp:
+        student_results = eval_model_stage(recipe, student_dir, tmp, teacher_results)
+    with atomic_dir(out / "sweep", overwrite=True) as tmp:
+        tables = sweep_stage(recipe, student_dir, tmp)
+    points = [{"benchmark": b, **p} for b, table in tables.items() for p in table]
+    atomic_write_text(out / "sweep_points.json", json.dumps(points, indent=2) + "\n")
+    metrics = eval_metrics(student_results, teacher_results)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

@@ -212,6 +212,13 @@ def _check_stored_prompt_format(student: str | None, recipe: Recipe) -> None:
     except (OSError, ValueError):
         return
     if isinstance(config, dict):
+        missing = [k for k in ("block_size", "mask_token_id") if config.get(k) is None]
+        if missing:  # e.g. the teacher itself: its prompt format would be the wrong thing to talk about
+            raise OpdlmError(
+                f"--student {student} is not a converted student (its config.json has no {' or '.join(missing)}; "
+                f"a plain causal LM such as the teacher); convert it first (`opdlm convert --teacher {student} "
+                "--out DIR`, then --student DIR), or leave --student out to convert the teacher into OUT/converted"
+            )
         stored = SimpleNamespace(
             prompt_attention=config.get("prompt_attention") or LEGACY_PROMPT_ATTENTION,
             enable_thinking=config.get("enable_thinking", False),
