@@ -292,7 +292,8 @@ def run_sweep(job: dict) -> dict:
     for block_size in recipe.eval.sweep_block_sizes:
         config = recipe.eval.model_copy(update={"sweep_block_sizes": [block_size]})
         base = recipe.sampler.with_overrides(block_size=block_size, denoise_steps_per_block=block_size)
-        for point in sweep(job["model_dir"], BENCHMARK, config, folder / f"B{block_size}", sampler=base):
+        target = folder / f"B{block_size}"  # the job's own folder: a retried job replaces it
+        for point in sweep(job["model_dir"], BENCHMARK, config, target, sampler=base, overwrite=True):
             rows.append(
                 {
                     **job["meta"],

@@ -117,8 +117,9 @@ def check_weights_match_config(path: Path, what: str = "model", where: str | Non
         config = AutoConfig.from_pretrained(path)
         with torch.device("meta"):
             expected = {k: tuple(v.shape) for k, v in AutoModelForCausalLM.from_config(config).state_dict().items()}
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise SourceError(f"{what} {shown}/config.json does not build a model: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # noqa: BLE001 - any failure to build from a user's config.json is a bad config
+        first = next((ln.strip() for ln in reversed(str(exc).splitlines()) if ln.strip()), type(exc).__name__)
+        raise SourceError(f"{what} {shown}/config.json does not build a model: {first[:300]}") from None
     tied = getattr(config.get_text_config(), "tie_word_embeddings", False) or getattr(
         config, "tie_word_embeddings", False
     )

@@ -197,8 +197,9 @@ def verify_student_dir(path: str | Path, what: str = "student", where: str | Non
     try:
         config = AutoConfig.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise SourceError(f"{what} {shown} does not load: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # noqa: BLE001 - whatever stops it loading here would stop every later load
+        first = next((ln.strip() for ln in reversed(str(exc).splitlines()) if ln.strip()), type(exc).__name__)
+        raise SourceError(f"{what} {shown} does not load: {first[:300]}") from None
     meta = StudentMeta.from_config(config, tokenizer, where=shown)
     if tokenizer.mask_token_id is not None and tokenizer.mask_token_id != meta.mask_token_id:
         raise SourceError(
