@@ -62,6 +62,16 @@ def check_output_location(
         raise OpdlmError(f"{flag} {out} holds the current directory; replacing it would delete it: choose another")
 
 
+def check_replaceable(out: str | Path, overwrite: bool = False, *, flag: str = "output directory") -> None:
+    """Refuse a folder :func:`atomic_dir` would replace without leave: ``out`` is a file, or a non-empty
+    folder and not ``overwrite``. Callers run it before expensive work (a download, a bootstrap)."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise OpdlmError(f"{flag} {out} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise OpdlmError(f"{flag} {out} already exists and is not empty (pass --overwrite to replace it)")
+
+
 def published_path(path: str | Path) -> str | Path:
     """The path ``path`` will have once every :func:`atomic_dir` block now open is published.
 
@@ -105,11 +115,8 @@ def atomic_dir(
             ``out`` is, holds or lies inside an input or holds the current directory.
     """
     check_output_location(out, inputs, flag=flag)
-    shown, out = out, Path(out).absolute()
-    if out.exists() and not out.is_dir():
-        raise OpdlmError(f"{flag} {shown} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise OpdlmError(f"{flag} {shown} already exists and is not empty (pass --overwrite to replace it)")
+    check_replaceable(out, overwrite, flag=flag)
+    out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     token = _PUBLISHING.set((*_PUBLISHING.get(), (tmp, out)))

@@ -190,21 +190,21 @@ def _sweep(model: Path, cfg, out_dir: Path, overwrite: bool, sampler, progress: 
     from opdlm.eval.sweep import sweep as run_sweep
     from opdlm.fsutil import atomic_dir
 
-    def one(name: str, target: Path, shown: Path) -> None:
+    def one(name: str, target: Path, shown: Path) -> list[str]:
         table = run_sweep(
             model, name, cfg, target, sampler=sampler, progress=progress, enable_thinking=thinking, overwrite=overwrite
         )
-        for p in table:
-            mark = " *" if p["pareto"] else ""
-            typer.echo(
-                f"{name} B={p['block_size']} threshold={p['threshold']:g}: accuracy {p['accuracy']:.4f}, "
-                f"{p['tokens_per_step']:.2f} tokens/step{mark}"
-            )
-        typer.echo(f"sweep -> {shown / TABLE_FILE}, {shown / PLOT_FILE} (* = Pareto front)")
+        lines = [
+            f"{name} B={p['block_size']} threshold={p['threshold']:g}: accuracy {p['accuracy']:.4f}, "
+            f"{p['tokens_per_step']:.2f} tokens/step{' *' if p['pareto'] else ''}"
+            for p in table
+        ]
+        return [*lines, f"sweep -> {shown / TABLE_FILE}, {shown / PLOT_FILE} (* = Pareto front)"]
 
     if len(cfg.benchmarks) == 1:
-        one(cfg.benchmarks[0], out_dir, out_dir)
-        return
-    with atomic_dir(out_dir, overwrite=overwrite, inputs={"--model": model}, flag="--out-dir") as tmp:
-        for name in cfg.benchmarks:
-            one(name, tmp / name, out_dir / name)
+        lines = one(cfg.benchmarks[0], out_dir, out_dir)
+    else:
+        with atomic_dir(out_dir, overwrite=overwrite, inputs={"--model": model}, flag="--out-dir") as tmp:
+            lines = [line for name in cfg.benchmarks for line in one(name, tmp / name, out_dir / name)]
+    for line in lines:  # once the files they name are in place
+        typer.echo(line)

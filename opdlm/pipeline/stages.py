@@ -33,7 +33,7 @@ from pathlib import Path
 from opdlm.config.recipe import Recipe
 from opdlm.data.download import DatasetInfo
 from opdlm.errors import OpdlmError
-from opdlm.fsutil import atomic_dir, atomic_write_text, check_output_location
+from opdlm.fsutil import atomic_dir, atomic_write_text, check_output_location, check_replaceable
 from opdlm.sources.builtin import BUILTIN_TEACHER, builtin_teacher
 from opdlm.sources.resolve import resolve_teacher, teacher_source
 from opdlm.train.folder import TrainingFolder
@@ -77,6 +77,9 @@ def teacher_stage(recipe: Recipe, out_dir: str | Path | None = None, overwrite: 
     non-empty ``out_dir`` is replaced only with ``overwrite``; one that holds the resolved teacher never.
     """
     src = teacher_source(recipe)
+    if out_dir is not None:  # before a download or a bootstrap
+        check_output_location(out_dir, {"teacher": recipe.teacher.path}, flag="--out")
+        check_replaceable(out_dir, overwrite, flag="--out")
     if src == BUILTIN_TEACHER:
         if out_dir is None:
             raise OpdlmError(

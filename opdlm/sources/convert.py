@@ -14,7 +14,7 @@ from opdlm.config.sampler import SamplerConfig
 from opdlm.config.teacher import TeacherConfig
 from opdlm.errors import OpdlmError
 from opdlm.formats.importer import detect_format, import_checkpoint
-from opdlm.fsutil import check_output_location
+from opdlm.fsutil import check_output_location, check_replaceable
 from opdlm.models.convert import convert_causal_lm, read_config
 from opdlm.models.geometry import check_prompt_attention
 from opdlm.sources.resolve import resolve_model_source
@@ -63,6 +63,7 @@ def convert_teacher(
     except ValueError as exc:
         raise OpdlmError(str(exc)) from None
     check_output_location(out, {"--teacher": teacher}, flag="--out")  # before a download or a bootstrap
+    check_replaceable(out, overwrite, flag="--out")
     src_dir = resolve_model_source(teacher, "teacher", teacher_config, enable_thinking)
     check_output_location(out, {"--teacher": src_dir}, flag="--out")  # what it resolved to (a cache, a link)
     fmt = detect_format(read_config(src_dir), f"{src_dir}/config.json")
