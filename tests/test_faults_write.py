@@ -274,6 +274,10 @@ def test_a_checkpoint_whose_config_contradicts_its_weights_is_not_imported_nor_e
         assert main([str(a) for a in args]) == 2, args
         assert "that config.json asks for is in no safetensors file" in error_line(capsys)
     assert not (tmp_path / "e").exists()
+    config["layer_types"] = config["layer_types"][:-1]  # a config transformers itself refuses to build
+    (bad / "config.json").write_text(json.dumps(config))
+    assert main(["generate", "--model", str(bad), "--prompt", "1+1="]) == 2
+    assert "config.json does not build a model: " in error_line(capsys)
 
 
 # --- item 9: an interrupted sweep leaves no folder --------------------------------------------------------------
