@@ -139,72 +139,79 @@ def test_stage_export_replaces_its_own_output_only_when_asked(finished_run, tmp_
 # --- the class: every command that writes a folder or a file ---------------------------------------------------
 
 
-def test_no_command_writes_over_its_input_even_with_overwrite(tiny_teacher_dir, tiny_student_dir, tmp_path, capsys):
-    teacher = tmp_path / "zoo" / "teacher"
-    student = tmp_path / "zoo" / "student"
-    shutil.copytree(tiny_teacher_dir, teacher)
-    shutil.copytree(tiny_student_dir, student)
-    completions = tmp_path / "answers.samples.jsonl"
-    completions.write_text('{"id": "0", "completion": "1"}\n')
-    data = tmp_path / "rows.jsonl"
-    data.write_text(completions.read_text())
-    zoo = snapshot(tmp_path / "zoo")
-    cases = [
-        (["convert", "--teacher", teacher, "--out", teacher, "--overwrite"], "--out .*teacher is the --teacher itself"),
-        (["convert", "--teacher", teacher, "--out", tmp_path / "zoo", "--overwrite"], "holds the --teacher"),
-        (
-            ["export", "--model", student, "--format", "sglang", "--out", student, "--overwrite"],
-            "is the --model itself",
-        ),
-        (
-            ["stage", "engines", "--recipe", TINY, "--student", student, "--out", tmp_path / "zoo", "--overwrite"],
-            "holds the --student",
-        ),
-        (
-            ["stage", "convert", "--recipe", TINY, "--teacher", teacher, "--out", teacher / "s", "--overwrite"],
-            "is inside the --teacher",
-        ),
-        (
-            ["stage", "teacher", "--recipe", TINY, "--out", tmp_path / "zoo", "--overwrite", f"teacher.path={teacher}"],
-            "holds the teacher",
-        ),
-        (["stage", "data", "--recipe", TINY, "--out", data, f"data.source={data}"], "is the data.source itself"),
-        (
-            ["eval", "--model", student, "--benchmark", "synthetic", "--json-out", student / "config.json"],
-            "is inside the --model",
-        ),
-        (
-            ["eval", "--model", student, "--sweep", "--out-dir", tmp_path / "zoo", "--overwrite", "--limit", "2"],
-            "holds the --model",
-        ),
-        (
-            [
-                "score",
-                "--benchmark",
-                "synthetic",
-                "--completions",
-                completions,
-                "--json-out",
-                tmp_path / "answers.json",
-            ],
-            "samples file .*is the --completions itself",
-        ),
-        (
-            ["train", "--config", TINY, "--out", teacher / "run", "--teacher", teacher, *RUN],
-            "is inside the --teacher",
-        ),
-        (["teacher", "bootstrap", "--out", tmp_path, "--overwrite"], "holds the current directory"),
-    ]
-    os.chdir(tmp_path)
-    try:
-        for args, said in cases:
-            assert main([str(a) for a in args]) == 2, args
-            line = error_line(capsys)
-            assert __import__("re").search(said, line), (args, line)
-            assert snapshot(tmp_path / "zoo") == zoo, args
-    finally:
-        os.chdir(REPO)
-    assert completions.read_text() == '{"id": "0", "completion": "1"}\n' and data.read_text() == completions.read_text()
+@pytest.fixture(scope="module")
+def zoo(tiny_teacher_dir, tiny_student_dir, tmp_path_factory) -> Path:
+    """``root/zoo/{teacher,student}`` and two user files beside it, each command's inputs."""
+    root = tmp_path_factory.mktemp("inputs")
+    shutil.copytree(tiny_teacher_dir, root / "zoo" / "teacher")
+    shutil.copytree(tiny_student_dir, root / "zoo" / "student")
+    (root / "answers.samples.jsonl").write_text('{"id": "0", "completion": "1"}\n')  # completions to score
+    (root / "rows.jsonl").write_text('{"id": "0", "question": "1+1=", "answer": "2", "domain": "math"}\n')
+    return root
+
+
+# (arguments with {root}, what the one line says); every one would have replaced or deleted an input
+WRITES_OVER_INPUTS = {
+    "convert-onto-teacher": (
+        "convert --teacher {root}/zoo/teacher --out {root}/zoo/teacher --overwrite",
+        "--out .*teacher is the --teacher itself",
+    ),
+    "convert-holding-teacher": (
+        "convert --teacher {root}/zoo/teacher --out {root}/zoo --overwrite",
+        "holds the --teacher",
+    ),
+    "export-onto-student": (
+        "export --model {root}/zoo/student --format sglang --out {root}/zoo/student --overwrite",
+        "is the --model itself",
+    ),
+    "stage-engines-holding-student": (
+        f"stage engines --recipe {TINY} --student {{root}}/zoo/student --out {{root}}/zoo --overwrite",
+        "holds the --student",
+    ),
+    "stage-convert-inside-teacher": (
+        f"stage convert --recipe {TINY} --teacher {{root}}/zoo/teacher --out {{root}}/zoo/teacher/s --overwrite",
+        "is inside the --teacher",
+    ),
+    "stage-teacher-holding-teacher": (
+        f"stage teacher --recipe {TINY} --out {{root}}/zoo --overwrite teacher.path={{root}}/zoo/teacher",
+        "holds the teacher",
+    ),
+    "stage-data-onto-source": (
+        f"stage data --recipe {TINY} --out {{root}}/rows.jsonl data.source={{root}}/rows.jsonl",
+        "is the data.source itself",
+    ),
+    "eval-json-inside-model": (
+        "eval --model {root}/zoo/student --benchmark synthetic --json-out {root}/zoo/student/config.json",
+        "is inside the --model",
+    ),
+    "eval-sweep-holding-model": (
+        "eval --model {root}/zoo/student --sweep --out-dir {root}/zoo --overwrite --limit 2",
+        "holds the --model",
+    ),
+    "score-samples-onto-completions": (
+        "score --benchmark synthetic --completions {root}/answers.samples.jsonl --json-out {root}/answers.json",
+        "samples file .*is the --completions itself",
+    ),
+    "train-inside-teacher": (
+        f"train --config {TINY} --out {{root}}/zoo/teacher/run --teacher {{root}}/zoo/teacher {' '.join(RUN[:-1])}",
+        "is inside the --teacher",
+    ),
+    "bootstrap-holding-cwd": ("teacher bootstrap --out {root} --overwrite", "holds the current directory"),
+}
+
+
+@pytest.mark.parametrize("case", list(WRITES_OVER_INPUTS))
+def test_no_command_writes_over_its_input_even_with_overwrite(case, zoo, capsys, monkeypatch):
+    import re
+    import shlex
+
+    args, said = WRITES_OVER_INPUTS[case]
+    before = snapshot(zoo)
+    monkeypatch.chdir(zoo)
+    assert main(shlex.split(args.format(root=zoo))) == 2
+    line = error_line(capsys)
+    assert re.search(said, line), line
+    assert snapshot(zoo) == before  # nothing replaced, deleted or added
 
 
 def test_stage_engines_and_eval_publish_whole_folders_and_refuse_a_foreign_one(tiny_student_dir, tmp_path, capsys):
