@@ -290,8 +290,8 @@ def test_a_checkpoint_whose_config_contradicts_its_weights_is_not_imported_nor_e
 # --- item 9: an interrupted sweep leaves no folder --------------------------------------------------------------
 
 
-# slow: a CLI subprocess (torch and transformers imports, a model load) before the signal, ~15 s on an idle
-# 2-core machine, 97 s while eight sessions shared it
+# slow: a CLI subprocess (torch and transformers imports, a model load) before the signal: 36 to 97 s
+# measured while eight sessions shared this 2-core machine
 @pytest.mark.slow
 def test_sigterm_during_a_sweep_leaves_no_folder(tiny_student_dir, tmp_path):
     out = tmp_path / "sweep"
