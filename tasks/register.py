@@ -48,9 +48,12 @@ def model_name(run: PipelineRun) -> str:
 def _signature(sampler_defaults: dict):
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import AnyType
 
     return ModelSignature(
-        inputs=Schema([ColSpec("string", "prompt")]),
+        # Any, not string: MLflow casts a string column with numpy, which turns a null prompt into the text
+        # "None" before predict sees it; untyped, a null or a number reaches the request check and is refused
+        inputs=Schema([ColSpec(AnyType(), "prompt")]),
         outputs=Schema(
             [
                 ColSpec("string", "text"),

@@ -297,3 +297,43 @@ def test_every_printed_serve_command_is_the_one_function():
         'PATH=/v/bin:"$PATH" MLFLOW_TRACKING_URI=sqlite:////r/mlruns.db '
         "mlflow models serve -m models:/m@candidate --env-manager local -p 7"
     )
+
+
+def test_summary_prints_the_serve_line_the_serving_test_runs(tmp_path):
+    """summary.md (also the Prefect artifact and the run's MLflow note) names the alias the version holds."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("prefect")
+    from opdlm.pipeline.serving import serve_command
+    from tasks.report import render_summary
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "train_summary.json").write_text(json.dumps({"cumulative_train_tokens": 1234567}))
+    run = SimpleNamespace(
+        tracking_uri=f"sqlite:///{tmp_path}/mlruns.db",
+        experiment_id="1",
+        parent_run_id="r1",
+        flow_run_id=None,
+        run_dir=str(tmp_path),
+        recipe_source="configs/tiny.yaml",
+        overrides=[],
+    )
+    metrics = {
+        "synthetic": {
+            "student_accuracy": 0.895,
+            "teacher_accuracy": 0.975,
+            "retention": 0.917948717948718,
+            "student_tokens_per_step": 2.3333333,
+            "teacher_tokens_per_step": 1.0,
+        }
+    }
+    reg = {"name": "opdlm-tiny", "version": "1", "aliases": ["candidate"], "promoted": False, "gate": "g"}
+    markdown, facts = render_summary(
+        run, {"metrics": metrics, "sweep_dir": None}, [{"train_dir": str(tmp_path / "train"), "stage": "s"}], reg
+    )
+    venv_bin = os.path.dirname(sys.executable)
+    expected = serve_command("opdlm-tiny", "candidate", tracking_uri=run.tracking_uri, venv_bin=venv_bin)
+    assert f"`{expected}`" in markdown and facts["serve_command"] == expected
+    assert "@champion" not in expected and "holds @candidate only" in markdown
+    assert "| synthetic | 0.8950 | 0.9750 | 0.9179 | 2.33 | 1.00 |" in markdown
+    assert "1,234,567 training tokens" in markdown
