@@ -87,7 +87,9 @@ def main() -> None:
     for (prompt, answer), row in zip(ROWS.items(), rows):
         ok = is_correct(row["text"], answer)
         correct += ok
-        print(f"{prompt!r}: answered {extract_answer(row['text'])!r}, expected {answer!r} ({'right' if ok else 'wrong'})")
+        print(
+            f"{prompt!r}: answered {extract_answer(row['text'])!r}, expected {answer!r} ({'right' if ok else 'wrong'})"
+        )
     mean_rate = sum(r["tokens_per_step"] for r in rows) / len(rows)
     print(f"serve_example: {correct}/{len(rows)} right, {mean_rate:.2f} tokens/step (target: {len(rows)}/{len(rows)})")
 

@@ -75,10 +75,9 @@ class StudentPyfunc(PythonModel):
 
     def load_context(self, context) -> None:
         from opdlm.eval.runners import load_runner
-        from opdlm.models.student import model_limits
 
         self.runner = load_runner(context.artifacts[STUDENT_ARTIFACT], device="auto")
-        self.limits = model_limits(self.runner.model_dir, self.runner.tokenizer)
+        self.limits = self.runner.limits  # positions and longest token, from the model's own files
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from opdlm.config.request import check_prompt_tokens

@@ -337,3 +337,19 @@ def test_summary_prints_the_serve_line_the_serving_test_runs(tmp_path):
     assert "@champion" not in expected and "holds @candidate only" in markdown
     assert "| synthetic | 0.8950 | 0.9750 | 0.9179 | 2.33 | 1.00 |" in markdown
     assert "1,234,567 training tokens" in markdown
+
+
+def test_no_command_help_carries_rst_markup():
+    """A docstring's ``literal`` is RST; typer prints the backticks as they are."""
+    from typer.main import get_command
+
+    from opdlm.cli import main as cli
+
+    cli._register()
+    found, todo = [], [("opdlm", get_command(cli.app))]
+    while todo:
+        path, command = todo.pop()
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        found += [f"{path}: {t[:60]}" for t in texts if "``" in t]
+        todo += [(f"{path} {name}", sub) for name, sub in getattr(command, "commands", {}).items()]
+    assert not found, found

@@ -107,10 +107,10 @@ def _decode(
     nothing is decoded when one row cannot fit.
     """
     from opdlm.config.request import check_prompt_tokens
-    from opdlm.models.student import model_limits
 
     prompt_ids = encode_prompts(runner.tokenizer, prompts)
-    check_prompt_tokens(prompt_ids, cfg, model_limits(runner.model_dir), what=what)
+    if runner.limits is not None:
+        check_prompt_tokens(prompt_ids, cfg, runner.limits, what=what)
     outputs: list[tuple | None] = [None] * len(prompts)
     seconds = 0.0
     for batch, out, batch_s in decode_batches(runner, prompt_ids, cfg, batch_size, seed, progress):
