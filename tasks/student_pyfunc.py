@@ -5,11 +5,12 @@ the model is loaded; the model also carries the opdlm package (``code_paths``) a
 requirements, so ``mlflow.pyfunc.load_model("models:/NAME@champion").predict(...)`` and ``mlflow
 models serve`` work in this environment or in one MLflow builds, with no pickled objects involved.
 
-Input: a DataFrame with a string column ``prompt`` (or ``{"prompt": [...]}``). Params (optional, defaults are
-the student's sampler settings): ``max_new_tokens``, ``threshold``, ``temperature``, ``top_k``, ``top_p``,
-``seed``, ``raw_prompt`` (skip the chat template; otherwise it is rendered in the student's stored
-``enable_thinking`` mode). Output: a DataFrame with ``text``, ``tokens_per_step`` (2 decimals),
-``num_tokens``, ``num_forwards`` and ``finished`` per prompt.
+Input: a DataFrame whose column ``prompt`` holds strings (or ``{"prompt": [...]}``; the signature types
+the column Any so that a null or a number reaches the request check instead of MLflow's cast to text).
+Params (optional, defaults are the student's sampler settings): ``max_new_tokens``, ``threshold``,
+``temperature``, ``top_k``, ``top_p``, ``seed``, ``raw_prompt`` (skip the chat template; otherwise it is
+rendered in the student's stored ``enable_thinking`` mode). Output: a DataFrame with ``text``,
+``tokens_per_step`` (2 decimals), ``num_tokens``, ``num_forwards`` and ``finished`` per prompt.
 
 Every limit is checked before any work (:mod:`opdlm.config.request`: value ranges, seed range, prompt
 type, count and length, prompt plus response against the model's ``max_position_embeddings``); a bad
