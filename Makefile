@@ -30,6 +30,7 @@ test-fast: setup
 bench: setup ## every benchmark script; each prints its headline last
 	for f in benchmarks/*.py; do echo "== $$f"; \
 	  case $$f in *serve_parity.py) echo "skipped: needs a CUDA GPU, sglang or lmdeploy, and --model (run it by hand)"; continue;; esac; \
+	  case $$f in *serve_example.py) [ -f $(RUNS)/mlruns.db ] || { echo "skipped: needs a registered model (make run)"; continue; };; esac; \
 	  $(BIN)/python $$f || exit 1; done
 
 clean:

@@ -15,6 +15,8 @@ import sys
 
 import typer
 
+from opdlm.numbers import show_fraction, show_rate
+
 # Quiet, offline-friendly defaults for the orchestration libraries (a user's own settings win).
 ENV_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",  # start-up takes ~20 s on 2 busy cores
@@ -30,10 +32,9 @@ def print_summary(facts: dict) -> None:
     """Where the run's results are and how to look at them."""
     echo = typer.echo
     for bench, m in facts["metrics"].items():
-        retention = "n/a" if m["retention"] is None else f"{m['retention']:.3f}"
         echo(
-            f"{bench}: student {m['student_accuracy']:.3f}, teacher {m['teacher_accuracy']:.3f}, "
-            f"retention {retention}, {m['student_tokens_per_step']:.2f} tokens/step"
+            f"{bench}: student {show_fraction(m['student_accuracy'])}, teacher {show_fraction(m['teacher_accuracy'])}, "
+            f"retention {show_fraction(m['retention'])}, {show_rate(m['student_tokens_per_step'])} tokens/step"
         )
     echo(
         f"registered model: {facts['model_name']} version {facts['model_version']} ({', '.join(facts['aliases'])}); "
@@ -41,6 +42,8 @@ def print_summary(facts: dict) -> None:
     )
     echo(f"run folder:       {facts['run_dir']}")
     echo(f"MLflow run:       {facts['mlflow_run_id']} in {facts['tracking_uri']}")
+    if facts.get("serve_command"):
+        echo(f"serve it:         {facts['serve_command']}")
     if facts.get("mlflow_ui_command"):
         echo(f"MLflow UI:        {facts['mlflow_ui_command']}")
     echo(f"                  {facts['mlflow_run_url']}")

@@ -7,11 +7,14 @@ carriage-return refreshes would otherwise become one stored line each (two per s
 read line by line).
 
 Every long loop of the library (teacher bootstrap, training, evaluation decode, study jobs) reports
-through :func:`progress`; ``OPDLM_PROGRESS=bar|lines|off`` overrides the choice.
+through :func:`progress`; ``OPDLM_PROGRESS=bar|lines|off`` overrides the choice. The bars of the
+libraries underneath (transformers' ``Loading weights``, huggingface_hub's downloads) follow the same
+policy through :func:`library_bars`: shown where a bar of ours would be, silent anywhere else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -77,6 +80,30 @@ def track(items: Iterable[T], desc: str, unit: str = "it", *, total: int | None 
         for item in items:
             yield item
             bar.update(1)
+
+
+def bars_shown(stream: TextIO | None = None, enabled: bool = True) -> bool:
+    """Whether a live bar is the policy for ``stream`` (default stderr): a terminal, or ``OPDLM_PROGRESS=bar``."""
+    return _mode(stream or sys.stderr, enabled) == "bar"
+
+
+@contextlib.contextmanager
+def library_bars(stream: TextIO | None = None, enabled: bool = True):
+    """Within the block, transformers' (and with it huggingface_hub's) progress bars follow the policy.
+
+    A bar's carriage-return refreshes are noise in a log, a pipe or a Prefect task (``Loading weights``
+    on every model load), so they are switched off unless :func:`bars_shown`; the switch is put back
+    afterwards. Only a transformers already imported is touched: this module imports no third party.
+    """
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is None or bars_shown(stream, enabled) or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def _mode(stream: TextIO, enabled: bool) -> str:

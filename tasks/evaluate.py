@@ -13,6 +13,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from opdlm.fsutil import atomic_write_text
+from opdlm.numbers import show_fraction, show_rate
 from opdlm.pipeline.keys import eval_key
 from opdlm.pipeline.stages import eval_metrics, eval_model_stage, lm_eval_metrics, sweep_stage
 from opdlm.pipeline.training_metrics import KEY_SECTION
@@ -132,12 +133,12 @@ def evaluate(run_file: str, teacher_record: dict, train_record: dict) -> dict:
         tracking.set_tags(client, run_id, {"cached": f"teacher={t_cached} student={s_cached} sweep={w_cached}"})
         for bench, m in metrics.items():
             logger.info(
-                "eval %s: student %.4f, teacher %s, retention %s, %.2f tokens/step",
+                "eval %s: student %s, teacher %s, retention %s, %s tokens/step",
                 bench,
-                m["student_accuracy"],
-                m["teacher_accuracy"],
-                m["retention"],
-                m["student_tokens_per_step"],
+                show_fraction(m["student_accuracy"]),
+                show_fraction(m["teacher_accuracy"]),
+                show_fraction(m["retention"]),
+                show_rate(m["student_tokens_per_step"]),
             )
     return {
         "metrics": metrics,

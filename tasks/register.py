@@ -19,8 +19,10 @@ from prefect.cache_policies import NO_CACHE
 
 from opdlm.errors import OpdlmError
 from opdlm.fsutil import atomic_write_text
+from opdlm.numbers import show_count, show_fraction, show_rate
 from opdlm.pipeline.gate import champion_gate
 from opdlm.pipeline.model_card import ModelCardFacts, render_model_card
+from opdlm.pipeline.serving import CANDIDATE, CHAMPION
 from opdlm.pipeline.stages import data_source, student_stage
 from opdlm.train.checkpoint import verify_checkpoint
 from opdlm.train.flops import summary_total_flops
@@ -32,7 +34,6 @@ from tasks.retry import retry_transient
 
 PYFUNC_FILE = Path(__file__).with_name("student_pyfunc.py")
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
-CANDIDATE, CHAMPION = "candidate", "champion"
 GATE_ACCURACY_TAG = "gate.accuracy"
 PIPELINE_RUN_TAG = "opdlm.pipeline_run"
 MAX_DESCRIPTION = 5000  # MLflow's limit on a model version description
@@ -47,9 +48,12 @@ def model_name(run: PipelineRun) -> str:
 def _signature(sampler_defaults: dict):
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import AnyType
 
     return ModelSignature(
-        inputs=Schema([ColSpec("string", "prompt")]),
+        # Any, not string: MLflow casts a string column with numpy, which turns a null prompt into the text
+        # "None" before predict sees it; untyped, a null or a number reaches the request check and is refused
+        inputs=Schema([ColSpec(AnyType(), "prompt")]),
         outputs=Schema(
             [
                 ColSpec("string", "text"),
@@ -64,6 +68,8 @@ def _signature(sampler_defaults: dict):
                 ParamSpec("max_new_tokens", "long", int(sampler_defaults["max_new_tokens"])),
                 ParamSpec("threshold", "double", float(sampler_defaults["threshold"])),
                 ParamSpec("temperature", "double", float(sampler_defaults["temperature"])),
+                ParamSpec("top_k", "long", int(sampler_defaults.get("top_k", 0))),
+                ParamSpec("top_p", "double", float(sampler_defaults.get("top_p", 1.0))),
                 ParamSpec("seed", "long", 0),
                 ParamSpec("raw_prompt", "boolean", False),
             ]
@@ -104,13 +110,6 @@ def _code_dir(tmp: Path) -> Path:
     out = tmp / "opdlm"
     shutil.copytree(Path(opdlm.__file__).parent, out, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return out
-
-
-def _rounded(value) -> str:
-    """A tag value as a person reads it: floats to 4 significant digits, None as n/a."""
-    if value is None:
-        return "n/a"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def log_student_model(run_id: str, student_dir: str | Path, sampler_defaults: dict, metadata: dict):
@@ -167,7 +166,7 @@ def _existing_version(client, name: str, parent_run_id: str):
 
 
 def _card_facts(
-    run, name, teacher_record, data_record, final_record, scores, gate_reason, train_summary, sampler
+    run, name, teacher_record, data_record, final_record, scores, decision, train_summary, sampler
 ) -> ModelCardFacts:
     recipe = run.recipe()
     return ModelCardFacts(
@@ -183,7 +182,8 @@ def _card_facts(
         flops=summary_total_flops(train_summary.get("flops", 0.0)),
         sampler_defaults=sampler,
         scores=scores,
-        gate=gate_reason,
+        gate=decision.reason,
+        promoted=decision.promote,
         mlflow_run_id=run.parent_run_id,
     )
 
@@ -233,9 +233,7 @@ def register(run_file: str, teacher_record: dict, data_record: dict, final_recor
     )  # this run's own; model files only: no optimizer state in the registry
     sampler = json.loads((student_dir / "config.json").read_text()).get("sampler_defaults", recipe.sampler.model_dump())
     shutil.copyfile(run.recipe_file, student_dir / RECIPE_FILE)  # the full recipe travels with the weights
-    facts = _card_facts(
-        run, name, teacher_record, data_record, final_record, metrics, decision.reason, train_summary, sampler
-    )
+    facts = _card_facts(run, name, teacher_record, data_record, final_record, metrics, decision, train_summary, sampler)
     card = render_model_card(facts)
     atomic_write_text(student_dir / "README.md", card)
     atomic_write_text(Path(run.run_dir) / MODEL_CARD_FILE, card)
@@ -259,22 +257,19 @@ def register(run_file: str, teacher_record: dict, data_record: dict, final_recor
             log_engine_exports(
                 run.parent_run_id, student_dir, Path(run.run_dir) / "export", recipe.registry.export_formats
             )
-            tags = {
+            tags = {  # figures as people read them (opdlm.numbers); gate.accuracy exact: the gate reads it
                 PIPELINE_RUN_TAG: run.parent_run_id,
                 "gate.benchmark": bench,
-                GATE_ACCURACY_TAG: student_acc,
-                "teacher_accuracy": teacher_acc,
-                "retention": metrics[bench]["retention"],
-                "tokens_per_step": metrics[bench]["student_tokens_per_step"],
+                GATE_ACCURACY_TAG: str(student_acc),
+                "teacher_accuracy": show_fraction(teacher_acc),
+                "retention": show_fraction(metrics[bench]["retention"]),
+                "tokens_per_step": show_rate(metrics[bench]["student_tokens_per_step"]),
                 "data_md5": data_record["md5"],
                 "teacher": teacher_record["source"],
                 "code_version": run.code_version,
-                "training_tokens": train_summary.get("cumulative_train_tokens"),
+                "training_tokens": show_count(train_summary.get("cumulative_train_tokens")),
                 "register_run": run_id,
             }
-            tags = {k: _rounded(v) for k, v in tags.items()} | {
-                GATE_ACCURACY_TAG: str(student_acc)
-            }  # exact: the gate reads it
             version = mlflow.register_model(info.model_uri, name, tags=tags)
             client.update_model_version(name, version.version, description=card[:MAX_DESCRIPTION])
         client.set_registered_model_alias(name, CANDIDATE, version.version)

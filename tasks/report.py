@@ -16,6 +16,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from opdlm.fsutil import atomic_write_text
+from opdlm.numbers import show_count, show_fraction, show_rate
+from opdlm.pipeline.serving import alias_note, serve_command, serving_alias
 from opdlm.train.folder import TrainingFolder
 from tasks import tracking
 from tasks.context import PipelineRun
@@ -65,26 +67,28 @@ def render_summary(run: PipelineRun, eval_record: dict, train_records: list[dict
         "| benchmark | student acc | teacher acc | retention | student tokens/step | teacher tokens/step |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    fmt = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
+    frac, rate = show_fraction, show_rate
     for bench, m in eval_record["metrics"].items():
         lines.append(
-            f"| {bench} | {fmt(m['student_accuracy'])} | {fmt(m['teacher_accuracy'])} | {fmt(m['retention'])} | "
-            f"{fmt(m['student_tokens_per_step'])} | {fmt(m['teacher_tokens_per_step'])} |"
+            f"| {bench} | {frac(m['student_accuracy'])} | {frac(m['teacher_accuracy'])} | {frac(m['retention'])} | "
+            f"{rate(m['student_tokens_per_step'])} | {rate(m['teacher_tokens_per_step'])} |"
         )
+    alias = serving_alias(reg["promoted"])
+    # the run's own registry and this venv's bin: the line works as printed, activated venv or not
+    serve = serve_command(reg["name"], alias, tracking_uri=run.tracking_uri, venv_bin=str(Path(sys.executable).parent))
     lines += [
         "",
         f"Training: {train_summary.get('rollout_step', '?')} rollout steps over stages "
-        f"{', '.join(r['stage'] for r in train_records)}; {train_summary.get('cumulative_train_tokens', '?')} training "
-        "tokens.",
+        f"{', '.join(r['stage'] for r in train_records)}; {show_count(train_summary.get('cumulative_train_tokens'))} "
+        "training tokens.",
         "",
         f"Registered **{reg['name']}** version **{reg['version']}** with alias(es) {', '.join(reg['aliases'])}. "
         f"Gate: {reg['gate']}",
         "",
         f"- MLflow run: [{run.parent_run_id}]({run_url}) (all runs: {runs_url})",
         f"- Model version: [{reg['name']} v{reg['version']}]({model_url})",
-        f'- Load it: `mlflow.pyfunc.load_model("models:/{reg["name"]}@candidate")`',
-        f"- Serve it: `mlflow models serve -m models:/{reg['name']}@candidate -p 5001` (README: serving the registered "
-        "model)",
+        f'- Load it: `mlflow.pyfunc.load_model("models:/{reg["name"]}@{alias}")`. {alias_note(reg["promoted"])}',
+        f"- Serve it: `{serve}` (README: serving the registered model)",
     ]
     if flow_url:
         lines.append(f"- Prefect flow run: [{run.flow_run_id}]({flow_url})")
@@ -108,6 +112,7 @@ def render_summary(run: PipelineRun, eval_record: dict, train_records: list[dict
         "flow_run_id": run.flow_run_id,
         "flow_run_url": flow_url,
         "mlflow_ui_command": mlflow_cmd,
+        "serve_command": serve,
         "prefect_ui_command": prefect_cmd,
         "metrics": eval_record["metrics"],
         "training_tokens": train_summary.get("cumulative_train_tokens"),

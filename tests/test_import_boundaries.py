@@ -44,6 +44,7 @@ FORBIDDEN_IN_LIBRARY = {"prefect", "mlflow", "dvc", "boto3", "botocore"}
 LAYERS: tuple[tuple[str, str], ...] = (
     ("opdlm", "the package root (__version__): every import of an opdlm module runs it first, so it imports nothing"),
     ("errors", "the user-facing exception types every layer raises; imports nothing"),
+    ("numbers", "how figures people read are rounded (fractions, rates, counts); imports nothing"),
     ("fsutil", "atomic writes and checked reads of files and folders; raises errors only"),
     ("progress", "the bar-or-lines reporter of long loops (bootstrap, training, eval); the standard library only"),
     ("storage", "S3 transfers (boto3 lazily): fsutil's atomic folders; data and sources download through it"),

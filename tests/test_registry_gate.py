@@ -53,6 +53,7 @@ def test_model_card_states_provenance_and_scores_in_a_screenful():
             }
         },
         gate="synthetic: promoted",
+        promoted=True,
         mlflow_run_id="r123",
     )
     card = render_model_card(facts)
@@ -62,11 +63,12 @@ def test_model_card_states_provenance_and_scores_in_a_screenful():
         "0123abc",
         "12,345",
         "threshold=0.9",
-        "| synthetic | 0.9545 | 0.97 | 0.9841 | 1.8 |",
+        "| synthetic | 0.9545 | 0.9700 | 0.9841 | 1.80 |",
         "`r123`",
         "synthetic: promoted",
         "recipe.yaml",
-        "mlflow models serve -m models:/opdlm-tiny@champion",
+        "mlflow models serve -m models:/opdlm-tiny@champion --env-manager local -p 5001",
+        "knows only the synthetic suite",  # builtin:tiny: what the tiny model knows, where a user meets it
     ):
         assert text in card
     assert "0.954545" not in card and len(card.splitlines()) < 35  # rounded, and short: no recipe dump

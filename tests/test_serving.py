@@ -1,9 +1,12 @@
 """Serving the registered student as a user does: ``mlflow models serve -m models:/NAME@ALIAS`` and curl.
 
 A tiny converted student is logged and registered exactly as the pipeline's ``register`` task logs it
-(:func:`tasks.register.log_student_model`), then a real ``mlflow models serve`` subprocess (the
-``local`` env manager, the venv's ``bin`` on PATH as an activated venv has it) answers real HTTP
-requests: a good one, bad params (HTTP 400 with one line naming the value) and an empty one.
+(:func:`tasks.register.log_student_model`), then a real ``mlflow models serve`` subprocess, started
+with the very line ``summary.md`` prints (:func:`opdlm.pipeline.serving.serve_command`: the ``local``
+env manager, the venv's ``bin`` first on PATH) from a shell whose PATH lacks the venv, answers real
+HTTP requests: a good one, a batch of bad ones (HTTP 400 with one line naming the field, before any
+decoding: lengths against the model's positions, seed range, prompt type, count and size, value
+ranges) and an empty one.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import pytest
 pytest.importorskip("mlflow")
 
 from helpers import free_port  # noqa: E402
+
+from opdlm.pipeline.serving import serve_command  # noqa: E402
 
 pytestmark = pytest.mark.integration
 MODEL, ALIAS = "opdlm-tiny", "champion"
@@ -72,29 +77,15 @@ def server(registered):
     uri, root = registered
     port = free_port()
     venv_bin = str(Path(sys.executable).parent)
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": uri,
-        "MLFLOW_REGISTRY_URI": uri,
-        "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
+    # a shell whose PATH lacks the venv and with no MLflow URI set: the printed line must bring both
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != venv_bin)
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env["PATH"] = path
     log = (root / "serve.log").open("w")
-    cmd = [
-        f"{venv_bin}/mlflow",
-        "models",
-        "serve",
-        "-m",
-        f"models:/{MODEL}@{ALIAS}",
-        "--env-manager",
-        "local",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-w",
-        "1",
-    ]
-    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    line = serve_command(MODEL, ALIAS, port=port, tracking_uri=uri, venv_bin=venv_bin)  # what summary.md prints
+    proc = subprocess.Popen(
+        ["bash", "-c", line], env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -126,18 +117,36 @@ def test_served_model_generates(server):
     rows = body["predictions"]
     assert len(rows) == 2
     assert all(isinstance(r["text"], str) and 1 <= r["num_tokens"] <= 8 and r["tokens_per_step"] >= 1.0 for r in rows)
+    assert all(round(r["tokens_per_step"], 2) == r["tokens_per_step"] for r in rows)  # opdlm.numbers' rate rule
 
 
-@pytest.mark.parametrize(
-    ("params", "named"),
-    [({"threshold": 5.0}, "threshold"), ({"max_new_tokens": 0}, "max_new_tokens"), ({"seed": -1}, "seed")],
-)
-def test_bad_param_is_http_400_with_one_line(server, params, named):
-    status, body = _post(f"{server}/invocations", {"inputs": {"prompt": ["1+1="]}, "params": params})
-    assert status == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE"
-    reason = body["message"].splitlines()[-1]
-    assert f"params: {named}:" in reason and str(next(iter(params.values()))) in reason
-    assert "stack_trace" not in body and "Traceback" not in body["message"]
+# Every bad request goes to the one served instance (no second server start): each is HTTP 400 with one
+# line naming the field, answered before any decoding (so in seconds, whatever it asked for).
+BAD_REQUESTS = [
+    ({"params": {"threshold": 5.0}}, "params: threshold:", "5.0"),
+    ({"params": {"max_new_tokens": 0}}, "params: max_new_tokens:", "0"),
+    ({"params": {"seed": -1}}, "params: seed:", "-1"),
+    ({"params": {"max_new_tokens": 1_000_000}}, "params: max_new_tokens:", "do not fit the model's 1,024 positions"),
+    ({"params": {"seed": 2**64}}, "params: seed:", "18446744073709551616"),
+    ({"params": {"top_k": -1}}, "params: top_k:", "-1"),
+    ({"params": {"top_p": 1.5}}, "params: top_p:", "1.5"),
+    ({"params": {"temperature": -1.0}}, "params: temperature:", "-1.0"),
+    ({"prompt": [None]}, "inputs: prompt[0]:", "valid string"),
+    ({"prompt": ["x"] * 65}, "inputs: prompt:", "at most 64"),
+    ({"prompt": ["x" * 1000]}, "inputs: prompt[0]:", "exceed the model's 1,024 positions"),
+]
+
+
+def test_bad_requests_are_http_400_with_one_line_before_any_work(server):
+    for extra, named, shown in BAD_REQUESTS:
+        body = {"inputs": {"prompt": extra.get("prompt", ["1+1="])}, "params": extra.get("params", {})}
+        start = time.monotonic()
+        status, reply = _post(f"{server}/invocations", body)
+        assert status == 400 and reply["error_code"] == "INVALID_PARAMETER_VALUE", (extra, reply)
+        reason = reply["message"].splitlines()[-1]
+        assert named in reason and shown in reason, (extra, reason)
+        assert "stack_trace" not in reply and "Traceback" not in reply["message"]
+        assert time.monotonic() - start < 20, (extra, "took long: it decoded before refusing")
 
 
 def test_empty_request_is_http_400(server):

@@ -41,15 +41,34 @@ def _eval_config(config: Path | None, overrides: list[str], flags: dict):
     return validate_config(EvalConfig, data, source="eval options"), sampler, enable_thinking
 
 
+def _check_length_cap(model: Path, max_new_tokens: int, block_size: int | None, flag: str | None) -> None:
+    """Refuse a generation cap that leaves no room for a prompt in the model's positions (config.json only).
+
+    Every prompt is checked against it again, tokenised, before decoding starts (the harness).
+    """
+    from opdlm.config.request import check_max_new_tokens
+    from opdlm.config.sampler import SamplerConfig
+    from opdlm.models.student import model_limits, stored_sampler_defaults
+
+    limits = model_limits(model)
+    block = block_size if (block_size or 0) >= 1 else None  # a bad --block-size is refused with the sampler's
+    block = block or (stored_sampler_defaults(model).block_size if limits.block_causal else 1)
+    cfg = SamplerConfig(max_new_tokens=max_new_tokens, block_size=block, denoise_steps_per_block=1)
+    check_max_new_tokens(cfg, limits, name=lambda field: flag or f"eval.{field}")
+
+
 def _summary(result) -> str:
+    from opdlm.numbers import show_fraction, show_rate
+
     line = (
-        f"{result.benchmark}: accuracy {result.accuracy:.4f} ({result.correct}/{result.n}), "
-        f"{result.tokens_per_step:.2f} tokens/step, {result.mean_forwards:.1f} forwards/sample, "
-        f"{result.tokens_per_second:.1f} tokens/s, mean length {result.mean_length:.1f} [{result.model_kind}]"
+        f"{result.benchmark}: accuracy {show_fraction(result.accuracy)} ({result.correct}/{result.n}), "
+        f"{show_rate(result.tokens_per_step)} tokens/step, {show_rate(result.mean_forwards)} forwards/sample, "
+        f"{show_rate(result.tokens_per_second)} tokens/s, mean length {show_rate(result.mean_length)} "
+        f"[{result.model_kind}]"
     )
     if result.teacher_accuracy is not None:
-        shown = "undefined (teacher scored 0)" if result.retention is None else f"{result.retention:.4f}"
-        line += f"; teacher accuracy {result.teacher_accuracy:.4f}, retention {shown}"
+        shown = "undefined (teacher scored 0)" if result.retention is None else show_fraction(result.retention)
+        line += f"; teacher accuracy {show_fraction(result.teacher_accuracy)}, retention {shown}"
     return line
 
 
@@ -121,6 +140,8 @@ def register(app: typer.Typer) -> None:
             "benchmarks": [benchmark] if benchmark else None,
         }
         cfg, sampler, thinking = _eval_config(config, list(overrides or []), flags)
+        if cfg.max_new_tokens is not None:  # a cap the model cannot hold fails now, not after the model loads
+            _check_length_cap(model, cfg.max_new_tokens, block_size, "--max-new-tokens" if max_new_tokens else None)
         if thinking is None and teacher is not None:  # no recipe: the teacher gets the student's prompts
             from opdlm.eval.runners import stored_enable_thinking
 
@@ -189,14 +210,15 @@ def _sweep(model: Path, cfg, out_dir: Path, overwrite: bool, sampler, progress: 
     from opdlm.eval.sweep import PLOT_FILE, TABLE_FILE
     from opdlm.eval.sweep import sweep as run_sweep
     from opdlm.fsutil import atomic_dir
+    from opdlm.numbers import show_fraction, show_rate
 
     def one(name: str, target: Path, shown: Path) -> list[str]:
         table = run_sweep(
             model, name, cfg, target, sampler=sampler, progress=progress, enable_thinking=thinking, overwrite=overwrite
         )
         lines = [
-            f"{name} B={p['block_size']} threshold={p['threshold']:g}: accuracy {p['accuracy']:.4f}, "
-            f"{p['tokens_per_step']:.2f} tokens/step{' *' if p['pareto'] else ''}"
+            f"{name} B={p['block_size']} threshold={p['threshold']:g}: accuracy {show_fraction(p['accuracy'])}, "
+            f"{show_rate(p['tokens_per_step'])} tokens/step{' *' if p['pareto'] else ''}"
             for p in table
         ]
         return [*lines, f"sweep -> {shown / TABLE_FILE}, {shown / PLOT_FILE} (* = Pareto front)"]

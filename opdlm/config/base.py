@@ -18,11 +18,20 @@ from opdlm.fsutil import read_text
 
 M = TypeVar("M", bound=BaseModel)
 
+# torch.Generator.manual_seed takes [-2**63, 2**64 - 1]; a negative seed only aliases a positive one (it
+# is read as unsigned), so seeds are the unsigned range: what a sampling seed (eval, serving) may be
+SEED_MAX = 2**64 - 1
+# a training seed is multiplied into further seeds (opdlm.train.data: seed * 100_003 + epoch); 32 bits
+# keep every derived seed inside torch's range
+TRAINING_SEED_MAX = 2**32 - 1
+
 
 class StrictModel(BaseModel):
-    """Base for every config section: unknown keys are rejected, assignments are validated."""
+    """Base for every config section: unknown keys are rejected, assignments are validated, and no
+    number is infinite or NaN (YAML's ``.inf``, JSON's ``Infinity``): a bound like ``ge=0`` lets
+    infinity through, and NaN fails every comparison silently downstream."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

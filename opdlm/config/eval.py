@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from opdlm.config.base import StrictModel
+from opdlm.config.base import SEED_MAX, StrictModel
 
 
 class EvalConfig(StrictModel):
@@ -24,7 +24,9 @@ class EvalConfig(StrictModel):
         description="Generation cap; None = the recipe's sampler.max_new_tokens where a recipe drives the run (the "
         "pipeline, `opdlm eval --config`), else the benchmark's default (e.g. 512 for GSM8K).",
     )
-    seed: int = Field(0, description="Seed for sampling at temperature > 0 and for GPQA's option order.")
+    seed: int = Field(
+        0, ge=0, le=SEED_MAX, description="Seed for sampling at temperature > 0 and for GPQA's option order."
+    )
     device: str = Field("auto", description="auto (cuda when present), cpu or cuda[:N].")
     sweep_thresholds: list[float] = Field(
         default_factory=lambda: [1.0, 0.95, 0.9, 0.85, 0.8],

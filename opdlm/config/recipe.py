@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from opdlm.config.base import StrictModel, apply_overrides, load_yaml, validate_config
+from opdlm.config.base import TRAINING_SEED_MAX, StrictModel, apply_overrides, load_yaml, validate_config
 from opdlm.config.eval import EvalConfig
 from opdlm.config.registry import RegistryConfig
 from opdlm.config.resources import ResourcesConfig
@@ -79,7 +79,7 @@ class Recipe(StrictModel):
     """A whole run: data -> teacher -> convert -> train -> eval -> register."""
 
     name: str = Field("tiny", description="Run / registered-model name.")
-    seed: int = Field(0, description="Global seed.")
+    seed: int = Field(0, ge=0, le=TRAINING_SEED_MAX, description="Global seed.")
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     convert: ConvertConfig = Field(default_factory=ConvertConfig)

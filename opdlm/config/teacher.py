@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from opdlm.config.base import StrictModel
+from opdlm.config.base import TRAINING_SEED_MAX, StrictModel
+
+# positions of the bootstrapped tiny teacher (its config.json max_position_embeddings): suite prompt and
+# response together stay far below it
+TEACHER_POSITIONS = 256
 
 
 class BootstrapConfig(StrictModel):
@@ -64,14 +68,20 @@ class BootstrapConfig(StrictModel):
             "is spent, making the teacher depend on the machine's speed and load."
         ),
     )
-    seed: int = Field(0, description="Seed of the data sample, initialisation and batch order.")
+    seed: int = Field(
+        0, ge=0, le=TRAINING_SEED_MAX, description="Seed of the data sample, initialisation and batch order."
+    )
     n_train: int = Field(
         32_000, ge=1, description="Training rows drawn from the train split (1000 steps x 32 rows see each once)."
     )
     n_eval: int = Field(300, ge=0, description="Held-out rows scored with greedy decoding after training (0 skips).")
     eval_batch_size: int = Field(100, ge=1, description="Prompts per greedy-decoding batch.")
     max_new_tokens: int = Field(
-        100, ge=1, description="Decoding cap for the held-out evaluation (suite responses are 20-100 tokens)."
+        100,
+        ge=1,
+        le=TEACHER_POSITIONS // 2,
+        description="Decoding cap for the held-out evaluation (suite responses are 20-100 tokens; prompt and "
+        f"response share the teacher's {TEACHER_POSITIONS} positions).",
     )
     num_threads: int | None = Field(
         None,

@@ -7,11 +7,11 @@ person understands.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from opdlm.config.base import StrictModel
+from opdlm.config.base import TRAINING_SEED_MAX, StrictModel
 from opdlm.config.sampler import SamplerConfig
 
 
@@ -122,7 +122,9 @@ class TrainConfig(StrictModel):
     min_lr: float = Field(1e-6, ge=0.0, description="Learning rate at the end of the cosine decay.")
     warmup_rollout_steps: int = Field(5, ge=0, description="Linear warmup, in rollout steps.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
-    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    adam_betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
+        (0.9, 0.999), description="AdamW betas, each in [0, 1)."
+    )
     grad_clip: float = Field(1.0, ge=0.0, description="Max global gradient norm; 0 disables clipping.")
 
     state_selection: Literal["one_per_block", "all_rounds"] = Field(
@@ -192,7 +194,9 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(50, ge=1, description="Write a checkpoint every N rollout steps (and at the end).")
     keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept on disk.")
     deterministic: bool = Field(False, description="torch deterministic algorithms (bitwise resume on CPU).")
-    seed: int | None = Field(None, description="Training seed (default: the recipe's seed).")
+    seed: int | None = Field(
+        None, ge=0, le=TRAINING_SEED_MAX, description="Training seed (default: the recipe's seed)."
+    )
     num_prompts: int | None = Field(None, ge=1, description="Prompts drawn from a builtin dataset (None: its default).")
 
     stages: list[CurriculumStage] = Field(

@@ -115,6 +115,16 @@ _FAMILY_TABLE: dict[str, tuple[Callable[[random.Random], Problem], str]] = {
     "chain": (make_chain, "math"),
 }
 FAMILIES: tuple[str, ...] = tuple(_FAMILY_TABLE)
+# What a model trained only on this suite (the built-in tiny teacher and its students) knows, said once
+# wherever a user first meets one: the model card, `opdlm generate --help`, the README's serving section.
+SUITE_SCOPE = (
+    "The built-in tiny model (builtin:tiny) knows only the synthetic suite, asked in exactly these words: "
+    "'Compute 3+4+5+6+9.' (add 4-7 distinct digits), 'Sort the digits 5 7 6 9 0.' (4-7 distinct digits), "
+    "'Reverse the digits 4 9 0 1 8 6.' (5-8 distinct digits) and 'Let n=8, l=n-1, x=l+8. Find x.' (3-4 "
+    "chained assignments); it answers with a worked solution ending in \\boxed{...}. Anything else "
+    "('What is 12+35?', free text) is outside what it was trained on and gets a confident-looking wrong or "
+    "garbled answer."
+)
 
 
 def question_digest(question: str) -> str:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from opdlm.config.eval import EvalConfig
+from opdlm.config.request import SEED_MAX
 from opdlm.config.sampler import SamplerConfig
 from opdlm.data.prompting import encode_prompts
 from opdlm.data.schema import Row
@@ -84,17 +86,34 @@ def decode_batches(
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for b, batch in enumerate(track(batches, "decode", "batch", enabled=progress)):
         start = time.perf_counter()
-        out = runner.generate([prompt_ids[i] for i in batch], cfg, seed=seed + b)
+        # batch b's seed, wrapped into the range torch's generator takes (a seed near the top stays valid)
+        out = runner.generate([prompt_ids[i] for i in batch], cfg, seed=(seed + b) % (SEED_MAX + 1))
         yield batch, out, time.perf_counter() - start
 
 
-def _decode(runner: ModelRunner, prompts: list[str], cfg: SamplerConfig, batch_size: int, seed: int, progress: bool):
-    """Decode every prompt; returns per-row ``(text, ids, steps, forwards, finished)`` and generation seconds."""
+def _decode(
+    runner: ModelRunner,
+    prompts: list[str],
+    cfg: SamplerConfig,
+    batch_size: int,
+    seed: int,
+    progress: bool,
+    what: Callable[[int], str] | None = None,
+):
+    """Decode every prompt; returns per-row ``(text, ids, steps, forwards, finished)`` and generation seconds.
+
+    Every prompt plus ``cfg.max_new_tokens`` is checked against the model's positions first
+    (:func:`~opdlm.config.request.check_prompt_tokens`; ``what(i)`` names prompt ``i`` in the error), so
+    nothing is decoded when one row cannot fit.
+    """
+    from opdlm.config.request import check_prompt_tokens
+
+    prompt_ids = encode_prompts(runner.tokenizer, prompts)
+    if runner.limits is not None:
+        check_prompt_tokens(prompt_ids, cfg, runner.limits, what=what)
     outputs: list[tuple | None] = [None] * len(prompts)
     seconds = 0.0
-    for batch, out, batch_s in decode_batches(
-        runner, encode_prompts(runner.tokenizer, prompts), cfg, batch_size, seed, progress
-    ):
+    for batch, out, batch_s in decode_batches(runner, prompt_ids, cfg, batch_size, seed, progress):
         seconds += batch_s
         for k, i in enumerate(batch):
             outputs[i] = (out.texts[k], out.response_ids[k], out.num_steps(k), out.num_forwards[k], out.finished[k])
@@ -111,7 +130,15 @@ def evaluate_rows(
 ) -> tuple[EvalResult, list[SampleRecord]]:
     """Decode and score ``rows`` with a loaded model under sampler settings ``cfg``."""
     prompts = build_prompts(runner, benchmark, rows)
-    outputs, seconds = _decode(runner, prompts, cfg, config.batch_size, config.seed, progress)
+    outputs, seconds = _decode(
+        runner,
+        prompts,
+        cfg,
+        config.batch_size,
+        config.seed,
+        progress,
+        what=lambda i: f"{benchmark.name} row {rows[i].id or i}",
+    )
     limits = SandboxLimits(timeout_s=config.code_timeout_s, memory_bytes=config.code_memory_mb * 1024**2)
     scores = score_completions(
         benchmark,

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from opdlm.config.request import ModelLimits
 from opdlm.config.sampler import SamplerConfig
 from opdlm.errors import SourceError
 
@@ -45,6 +46,8 @@ class ModelRunner:
         sampler_defaults: the student's stored sampler settings; None for a causal LM.
         enable_thinking: the chat template's thinking mode for this model's prompts (a student's
             from its config.json; a causal LM's from the recipe, default false).
+        limits: what one decode may ask of the model (its positions, longest token), read from
+            its config.json and tokenizer when it was loaded; None: unchecked (a scripted runner).
     """
 
     kind: str
@@ -54,6 +57,7 @@ class ModelRunner:
     _model: object
     _sampler: object | None
     enable_thinking: bool = False
+    limits: ModelLimits | None = None
 
     def format_prompt(self, question: str, domain: str | None = None, math_suffix: bool = False) -> str:
         """The prompt text this model is given for ``question`` (its chat template and thinking mode)."""
@@ -112,6 +116,8 @@ def load_runner(
     Raises:
         ConfigError: ``enable_thinking`` disagrees with the student's config.json.
     """
+    from opdlm.models.student import model_limits
+
     model_dir = Path(model_dir)
     if is_student_dir(model_dir):
         from opdlm.models.student import load_student
@@ -127,10 +133,19 @@ def load_runner(
                 f"convert.enable_thinking is {str(enable_thinking).lower()}"
             )
         sampler = BlockDiffusionSampler(student)
+        limits = model_limits(model_dir, student.tokenizer)
         return ModelRunner(
-            "student", model_dir, student.tokenizer, student.meta.sampler_defaults, student.model, sampler, stored
+            "student",
+            model_dir,
+            student.tokenizer,
+            student.meta.sampler_defaults,
+            student.model,
+            sampler,
+            stored,
+            limits,
         )
     from opdlm.models.student import load_causal_lm
 
     model, tokenizer = load_causal_lm(model_dir, device=device, dtype=dtype, backend=backend)
-    return ModelRunner("causal_lm", model_dir, tokenizer, None, model, None, bool(enable_thinking))
+    limits = model_limits(model_dir, tokenizer)
+    return ModelRunner("causal_lm", model_dir, tokenizer, None, model, None, bool(enable_thinking), limits)

@@ -132,7 +132,10 @@ def _save_resized_weights(src_dir: Path, dst: Path, n_rows: int) -> None:
     """Load the teacher, grow its embeddings to ``n_rows`` (mean-initialised), save safetensors."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(src_dir, dtype="auto")
+    from opdlm.progress import library_bars
+
+    with library_bars():  # transformers' "Loading weights" bar follows OPDLM_PROGRESS
+        model = AutoModelForCausalLM.from_pretrained(src_dir, dtype="auto")
     if model.get_input_embeddings().weight.shape[0] < n_rows:
         model.resize_token_embeddings(n_rows, mean_resizing=True)
     model.save_pretrained(dst, safe_serialization=True)

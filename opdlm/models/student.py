@@ -16,10 +16,12 @@ from pathlib import Path
 
 import torch
 
+from opdlm.config.request import ModelLimits
 from opdlm.config.sampler import SamplerConfig
 from opdlm.errors import SourceError
 from opdlm.models.attention import BACKENDS, TEACHER_BACKENDS, attention_mask, check_backend, default_backend
 from opdlm.models.geometry import LEGACY_PROMPT_ATTENTION, Geometry, check_prompt_attention
+from opdlm.progress import library_bars
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -148,6 +150,38 @@ def stored_sampler_defaults(path: str | Path) -> SamplerConfig:
     return SamplerConfig.model_validate({**(raw.get("sampler_defaults") or {}), "block_size": int(raw["block_size"])})
 
 
+def model_limits(path: str | Path, tokenizer=None) -> ModelLimits:
+    """What a request to the model at ``path`` may ask, read from its ``config.json`` (and tokenizer).
+
+    ``max_position_embeddings`` (of the text config in a multimodal one) bounds prompt plus response;
+    a student (``block_size`` and ``mask_token_id`` present) lays its response out in whole blocks.
+    With ``tokenizer``, the longest token of its vocabulary bounds a prompt's characters: byte-level
+    BPE writes each byte of a token as one character, so no token decodes to more characters than
+    its vocabulary entry has.
+
+    Raises:
+        SourceError: ``config.json`` is missing, unreadable or has no usable ``max_position_embeddings``.
+    """
+    import json
+
+    from opdlm.fsutil import read_json_object
+
+    path = Path(path)
+    config = read_json_object(path / "config.json", SourceError)
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    positions = text.get("max_position_embeddings", config.get("max_position_embeddings"))
+    if not isinstance(positions, int) or isinstance(positions, bool) or positions < 2:
+        raise SourceError(
+            f"{path}/config.json: max_position_embeddings must be an integer >= 2 (got {json.dumps(positions)[:40]})"
+        )
+    block_causal = config.get("block_size") is not None and config.get("mask_token_id") is not None
+    max_token_chars = None
+    if tokenizer is not None:
+        vocab = tokenizer.get_vocab()
+        max_token_chars = max((len(t) for t in vocab), default=None) or None
+    return ModelLimits(positions=positions, block_causal=block_causal, max_token_chars=max_token_chars)
+
+
 def load_causal_lm(path: str | Path, device: str = "auto", dtype: str = "auto", backend: str | None = None):
     """Load any causal LM directory with the chosen attention backend. Returns ``(model, tokenizer)``.
 
@@ -165,7 +199,10 @@ def load_causal_lm(path: str | Path, device: str = "auto", dtype: str = "auto", 
     check_weights_match_config(path)  # a missing shard or sizes that contradict the weights: one line, not a load
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, dev), attn_implementation=backend)
+        with library_bars():  # transformers' "Loading weights" bar: only where our own bars are shown
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=resolve_dtype(dtype, dev), attn_implementation=backend
+            )
     except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: weights corrupt past their header
         raise SourceError(f"could not load model from {path}: {str(exc).splitlines()[0]}") from None
     model.to(dev).eval()

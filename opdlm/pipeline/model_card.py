@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from opdlm.data.synthetic import SUITE_SCOPE
+from opdlm.numbers import show_count, show_fraction, show_rate
+from opdlm.pipeline.serving import alias_note, serve_command, serving_alias
+from opdlm.sources.builtin import BUILTIN_TEACHER
+
 
 @dataclass
 class ModelCardFacts:
@@ -22,6 +27,8 @@ class ModelCardFacts:
         sampler_defaults: the sampler settings stored in the student's ``config.json``.
         scores: ``{benchmark: {student_accuracy, teacher_accuracy, retention, student_tokens_per_step, ...}}``.
         gate: the champion gate's reason line.
+        promoted: whether the gate gave this version ``champion`` (the card's serve command names
+            the alias the version really holds).
         mlflow_run_id: the pipeline's MLflow run (the model's source run).
     """
 
@@ -38,6 +45,7 @@ class ModelCardFacts:
     sampler_defaults: dict
     scores: dict[str, dict]
     gate: str
+    promoted: bool = False
     mlflow_run_id: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -58,8 +66,14 @@ def render_model_card(facts: ModelCardFacts) -> str:
         "",
         "A block-diffusion language model distilled on-policy from an autoregressive teacher (opdlm).",
         "It decodes with the block-diffusion sampler: `mlflow.pyfunc.load_model(uri).predict({'prompt': [...]})`,",
-        f"or serve it: `mlflow models serve -m models:/{facts.model_name}@champion`.",
+        "or serve it from the activated venv with `MLFLOW_TRACKING_URI` set to the registry:",
+        f"`{serve_command(facts.model_name, serving_alias(facts.promoted))}`.",
+        alias_note(facts.promoted),
         "",
+    ]
+    if facts.teacher == BUILTIN_TEACHER:  # where a user first meets the tiny model: what it knows
+        lines += [SUITE_SCOPE, ""]
+    lines += [
         "## Scores",
         "",
         "| benchmark | student acc | teacher acc | retention | student tokens/step |",
@@ -67,8 +81,8 @@ def render_model_card(facts: ModelCardFacts) -> str:
     ]
     for name, s in facts.scores.items():
         lines.append(
-            f"| {name} | {_fmt(s.get('student_accuracy'))} | {_fmt(s.get('teacher_accuracy'))} | "
-            f"{_fmt(s.get('retention'))} | {_fmt(s.get('student_tokens_per_step'))} |"
+            f"| {name} | {show_fraction(s.get('student_accuracy'))} | {show_fraction(s.get('teacher_accuracy'))} | "
+            f"{show_fraction(s.get('retention'))} | {show_rate(s.get('student_tokens_per_step'))} |"
         )
     lines += [
         "",
@@ -81,8 +95,8 @@ def render_model_card(facts: ModelCardFacts) -> str:
         f"| teacher | `{facts.teacher}` (fingerprint `{facts.teacher_fingerprint}`) |",
         f"| training data | `{facts.data_source}`, {facts.data_rows} rows, md5 `{facts.data_digest}` |",
         f"| code version | `{facts.code_version}` |",
-        f"| training tokens | {facts.training_tokens:,} over {facts.rollout_steps} rollout steps ({facts.flops:.3g} "
-        "FLOPs) |",
+        f"| training tokens | {show_count(facts.training_tokens)} over {facts.rollout_steps} rollout steps "
+        f"({facts.flops:.3g} FLOPs) |",
     ]
     if facts.mlflow_run_id:
         lines.append(f"| MLflow run | `{facts.mlflow_run_id}` (plots, summary, recipe) |")

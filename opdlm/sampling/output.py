@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from opdlm.numbers import rounded_rate
+
 
 @dataclass
 class SampleBatch:
@@ -62,7 +64,7 @@ class SampleBatch:
                 "token_ids": self.response_ids[i],
                 "step_map": self.step_map[i],
                 "num_forwards": self.num_forwards[i],
-                "tokens_per_step": round(self.tokens_per_step(i), 4),
+                "tokens_per_step": rounded_rate(self.tokens_per_step(i)),
                 "finished": self.finished[i],
             }
             for i in range(len(self))

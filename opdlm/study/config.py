@@ -9,13 +9,16 @@ study to CI size; ``--quick`` applies them before the command line's own overrid
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from opdlm.config.base import StrictModel, apply_overrides, load_yaml, validate_config
+from opdlm.config.base import TRAINING_SEED_MAX, StrictModel, apply_overrides, load_yaml, validate_config
 from opdlm.config.recipe import Recipe
 from opdlm.errors import ConfigError
+
+# a training seed of one arm (the recipe's seed range)
+Seed = Annotated[int, Field(ge=0, le=TRAINING_SEED_MAX)]
 
 Objective = Literal["opd", "mdm_sft"]
 
@@ -49,7 +52,7 @@ class StudyConfig(StrictModel):
         default_factory=list,
         description="Extra, larger budgets for the baseline only (to find where it catches up with OPD).",
     )
-    seeds: list[int] = Field(
+    seeds: list[Seed] = Field(
         default_factory=lambda: [0, 1], min_length=1, description="Training seeds of every main arm."
     )
     ablations: list[AblationConfig] = Field(
@@ -58,7 +61,7 @@ class StudyConfig(StrictModel):
     ablation_budget: int | None = Field(
         None, ge=1, description="Token budget of the ablations (default: the largest of `budgets`)."
     )
-    ablation_seeds: list[int] | None = Field(None, description="Seeds of the ablations (default: `seeds`).")
+    ablation_seeds: list[Seed] | None = Field(None, description="Seeds of the ablations (default: `seeds`).")
     baseline_overrides: list[str] = Field(
         default_factory=list,
         description=(

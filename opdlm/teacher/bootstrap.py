@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from opdlm.config.teacher import BootstrapConfig
+from opdlm.config.teacher import TEACHER_POSITIONS, BootstrapConfig
 from opdlm.data.schema import Row
 from opdlm.fsutil import atomic_dir
 from opdlm.models.model_dir import check_weights_match_config
@@ -46,7 +46,7 @@ def build_model(config: BootstrapConfig, tokenizer):
         num_attention_heads=config.num_heads,
         num_key_value_heads=config.num_kv_heads or config.num_heads,
         head_dim=config.hidden_size // config.num_heads,
-        max_position_embeddings=256,
+        max_position_embeddings=TEACHER_POSITIONS,
         rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
