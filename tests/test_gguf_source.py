@@ -179,3 +179,20 @@ def test_cli_convert_of_an_unsupported_gguf_exits_2_with_one_line(tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "architecture 'gpt2' cannot be converted" in err, err
     assert not (tmp_path / "student").exists()
+
+
+def test_s3_gguf_is_downloaded_checked_and_read(tmp_path, monkeypatch):
+    """``s3://.../x.gguf``: fetched with its sha256 checked (opdlm.storage.s3), then read like a local file."""
+    from helpers import moto_s3
+
+    from opdlm.storage import s3
+
+    path = write_gguf(tmp_path / "gpt2.gguf", "gpt2")
+    with moto_s3("models") as (endpoint, _server):
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+        s3.upload_file(path, "s3://models/gguf/gpt2.gguf")
+        with pytest.raises(SourceError, match=r"GGUF file .*gpt2\.gguf: architecture 'gpt2' cannot be converted"):
+            resolve_model_source("s3://models/gguf/gpt2.gguf", "teacher")
+        with pytest.raises(s3.StorageError, match="download of s3://models/gguf/missing.gguf failed"):
+            resolve_model_source("s3://models/gguf/missing.gguf", "teacher")
+    assert nothing_cached(tmp_path / "cache") and not list((tmp_path / "cache" / "gguf").glob(".gguf-download-*"))
