@@ -47,7 +47,11 @@ LAYERS: tuple[tuple[str, str], ...] = (
     ("numbers", "how figures people read are rounded (fractions, rates, counts); imports nothing"),
     ("fsutil", "atomic writes and checked reads of files and folders; raises errors only"),
     ("progress", "the bar-or-lines reporter of long loops (bootstrap, training, eval); the standard library only"),
-    ("storage", "S3 transfers (boto3 lazily): fsutil's atomic folders; data and sources download through it"),
+    (
+        "storage",
+        "the cache root, S3 transfers (boto3 lazily) and pinned PyPI wheels (pip): fsutil's atomic folders; "
+        "data and sources download through it",
+    ),
     (
         "config",
         "every typed settings section (recipe, sampler, train, eval, teacher, benchmark names): data only, "

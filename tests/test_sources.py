@@ -90,7 +90,10 @@ def test_opdlm_train_resolves_builtin_tiny_through_the_sources_layer(monkeypatch
 def test_unknown_sources_are_one_line():
     from opdlm.sources.resolve import resolve_model_source
 
-    with pytest.raises(SourceError, match="unknown builtin model 'builtin:huge' \\(known: builtin:tiny\\)"):
+    with pytest.raises(
+        SourceError,
+        match="unknown builtin model 'builtin:huge' \\(known: builtin:tiny, builtin:smollm2-135m-instruct\\)",
+    ):
         resolve_model_source("builtin:huge")
     with pytest.raises(SourceError, match=r"unsupported scheme 'gs://' \(registered: builtin:, hf://, s3://;"):
         resolve_model_source("gs://bucket/model")
