@@ -62,8 +62,8 @@ def read_image(path: Path = IMAGE_PACKAGES) -> Image:
         if line.startswith("@python "):
             python = line.split(None, 1)[1].strip()
             continue
-        name, _, version = line.partition("==")
-        if not name.strip() or (version and not version.strip()):
+        name, sep, version = line.partition("==")
+        if not name.strip() or (sep and not version.strip()):
             raise KitError(f"{path.name}:{number}: expected 'name' or 'name==version', got {line[:40]!r}")
         versions[canonicalize_name(name.strip())] = version.strip() or None
     if python is None:

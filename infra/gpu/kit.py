@@ -97,11 +97,18 @@ def plan(image: Image) -> dict:
 
 
 def check_imports(image: Image, kit_names: list[str]) -> list[str]:
-    """Imports gpu_check needs that neither the image nor the kit provides (empty: all accounted for).
+    """Imports gpu_check needs that neither the image nor the kit provides (empty: all accounted for)."""
+    import importlib.metadata as md
+
+    local = {*OUR_PACKAGES, *(p.stem for p in CHECK.parent.glob("*.py"))}
+    return unaccounted_imports(needed_imports(), md.packages_distributions(), image, [*kit_names, "opdlm"], local)
+
+
+def needed_imports() -> set[str]:
+    """Top-level names gpu_check's run imports: every import of the script, and the module-level ones of our files.
 
     A subprocess imports everything gpu_check.py imports (its lazy imports too) and reports which of
-    our files got loaded; their module-level imports, and every import of the check script itself,
-    must each resolve to a distribution in the image or the kit.
+    our files (opdlm, the benchmarks' helpers) got loaded; their module-level imports are needed too.
     """
     probe = f"""
 import ast, importlib, json, sys
@@ -124,10 +131,7 @@ print(json.dumps([f for f in files if any(f.startswith(r) for r in roots)]))
     names = imported_names(CHECK, module_level_only=False)
     for f in json.loads(proc.stdout.strip().splitlines()[-1]):
         names |= imported_names(Path(f), module_level_only=True)
-    import importlib.metadata as md
-
-    local = {*OUR_PACKAGES, *(p.stem for p in CHECK.parent.glob("*.py"))}
-    return unaccounted_imports(names, md.packages_distributions(), image, [*kit_names, "opdlm"], local)
+    return names
 
 
 def git_commit() -> str:
