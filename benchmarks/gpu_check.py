@@ -19,6 +19,9 @@ stops where it is and prints what it finished.
    and step maps at temperature 0, block sizes 1, 4, 8 (fp32, 2 layers);
 7. ``teacher``: the frozen teacher's causal forward, flash_attention_2 vs flex vs sdpa.
 
+The flash_attention_2 rows say "skipped" unless flash-attn is installed: the GPU image has none, and
+its wheel (built against one torch and CUDA) is not carried.
+
 Every number is written to ``$OUT/gpu_check.json`` (``--json`` elsewhere) after each row, with a
 readable table in ``gpu_check.txt`` beside it; the table is printed at the end. The last line is
 ``gpu_rollout_speedup_vs_hf_at_128: X (target: >= 2.0)``. A random model is unsure of every token
@@ -99,7 +102,7 @@ class Clock:
         if self.budget_s != float("inf"):
 
             def _ring(signum, frame):
-                raise OutOfTime(f"the {self.budget_s:.0f} s budget is spent")
+                raise OutOfTime(f"the {self.budget_s:g} s budget is spent")
 
             signal.signal(signal.SIGALRM, _ring)
             signal.setitimer(signal.ITIMER_REAL, max(self.left(), 0.01))

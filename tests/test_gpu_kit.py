@@ -163,6 +163,22 @@ def test_every_import_gpu_check_needs_is_in_the_image_or_the_kit():
     assert unaccounted_imports(names, dists, image, [*without_pydantic, "opdlm"], local) == ["pydantic (pydantic)"]
 
 
+def test_gpu_check_stops_at_its_budget_and_still_reports(tmp_path):
+    """A spent budget ends the run cleanly: exit 0, the JSON says where it stopped, the headline is last."""
+    out = tmp_path / "gpu_check.json"
+    script = REPO / "benchmarks" / "gpu_check.py"
+    args = ["--smoke", "--budget-s", "0.5", "--sections", "versions,sampler,parity", "--json", str(out)]
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith("gpu_rollout_speedup_vs_hf_at_128: n/a")
+    report = json.loads(out.read_text())
+    assert report["meta"]["budget_s"] == 0.5
+    skipped = [r for r in report["rows"] if "skipped" in r["note"]]
+    assert report["meta"]["stopped"] == "the 0.5 s budget is spent" or skipped
+    assert not [r for r in report["rows"] if r["note"].startswith("FAILED")]
+    assert "parity" not in report["meta"]["sections_run"]
+
+
 # downloads: the kit's wheels (~16 MiB) and, the first time, the image's torch 2.11 (PyPI has only its
 # CUDA build: ~3 GB with the nvidia libraries) into a cached venv; then gpu_check --smoke (minutes on CPU)
 @pytest.mark.slow
