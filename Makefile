@@ -33,13 +33,14 @@ bench: setup ## every benchmark script; each prints its headline last
 	    *gpu_check.py) echo "skipped: needs a CUDA GPU (make gpu-kit prints the command; --smoke runs it on toy shapes)"; continue;; esac; \
 	  $(BIN)/python $$f || exit 1; done
 
+GPU_PYTHON     ?= python3.12
 GPU_IMAGE_VENV ?= $(HOME)/.cache/opdlm/gpu-image-venv-3.12
 
 gpu-kit: setup ## wheels the offline GPU image lacks into .whl/ (needs PyPI); prints the one command to run there
 	$(BIN)/python infra/gpu/kit.py build
 
 gpu-rehearse: gpu-kit ## that kit, installed offline into a venv of the GPU image's versions, runs gpu_check --smoke
-	$(BIN)/python infra/gpu/kit.py image-venv $(GPU_IMAGE_VENV) --python python3.12
+	$(BIN)/python infra/gpu/kit.py image-venv $(GPU_IMAGE_VENV) --python $(GPU_PYTHON)
 	$(BIN)/python infra/gpu/kit.py rehearse --python $(GPU_IMAGE_VENV)/bin/python
 
 clean:

@@ -183,12 +183,11 @@ def test_gpu_check_stops_at_its_budget_and_still_reports(tmp_path):
 # CUDA build: ~3 GB with the nvidia libraries) into a cached venv; then gpu_check --smoke (minutes on CPU)
 @pytest.mark.slow
 def test_the_kit_runs_gpu_check_smoke_in_an_image_like_venv(tmp_path):
-    python = shutil.which("python3.12") or sys.executable  # the image's 3.12 where there is one
-    version = subprocess.run(
-        [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True, text=True
-    ).stdout.strip()
-    default = Path.home() / ".cache" / "opdlm" / f"gpu-image-venv-{version}"
-    venv = Path(os.environ.get("OPDLM_GPU_IMAGE_VENV", default))
+    given = os.environ.get("OPDLM_GPU_IMAGE_VENV")
+    # the image's 3.12 where one runs (a pyenv shim may exist and refuse), else this Python's version
+    candidates = [str(Path(given) / "bin" / "python")] if given else [shutil.which("python3.12"), sys.executable]
+    python, version = next((p, v) for p in candidates if p and (v := python_version(p)))
+    venv = Path(given) if given else Path.home() / ".cache" / "opdlm" / f"gpu-image-venv-{version}"
     script = str(REPO / "infra" / "gpu" / "kit.py")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     steps = [
@@ -209,6 +208,13 @@ def test_the_kit_runs_gpu_check_smoke_in_an_image_like_venv(tmp_path):
     assert versions["torch"]["value"].startswith("2.11.0")  # the image's torch, not ours
     assert versions["transformers"]["value"] == md.version("transformers")  # the kit's, shadowing the image's
     assert "/site/opdlm" in versions["opdlm"]["note"]  # the kit's wheel, not this checkout
+
+
+def python_version(python: str) -> str | None:
+    """``X.Y`` of an interpreter, None when it does not run."""
+    code = "import sys; print('%d.%d' % sys.version_info[:2])"
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
 
 
 def kit_sections() -> tuple[str, ...]:

@@ -284,10 +284,17 @@ def image_mismatches(python: str, image: Image) -> list[str]:
 
 
 def python_version_of(python: str) -> str:
+    """``X.Y`` of the interpreter ``python``; a KitError when it does not run."""
     code = "import sys; print('%d.%d' % sys.version_info[:2])"
-    return subprocess.run(
-        [python, "-c", code], capture_output=True, text=True, check=True, env=clean_env()
-    ).stdout.strip()
+    try:
+        proc = subprocess.run([python, "-c", code], capture_output=True, text=True, env=clean_env())
+    except OSError as exc:
+        raise KitError(
+            f"{python} does not run here ({exc.strerror}): pass --python with a working interpreter"
+        ) from None
+    if proc.returncode != 0:
+        raise KitError(f"{python} does not run here (exit {proc.returncode}): pass --python with a working interpreter")
+    return proc.stdout.strip()
 
 
 def cmd_rehearse(args) -> None:
@@ -337,6 +344,7 @@ def cmd_image_venv(args) -> None:
     image = read_image()
     venv = Path(args.dir).resolve()
     if not (venv / "bin" / "python").exists():
+        python_version_of(args.python)  # one line if it does not run, before a half-made venv
         subprocess.run([args.python, "-m", "venv", str(venv)], check=True, env=clean_env())
     py = str(venv / "bin" / "python")
     decisions = plan(image_for(python_version_of(py)))
