@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import gc
 import json
 import os
 import platform
@@ -666,6 +667,7 @@ def main() -> None:
                 except Exception as exc:
                     report.failed(title, "section", exc)
                     print("".join(traceback.format_exc().splitlines(keepends=True)[-6:]), end="")
+                gc.collect()  # the section's models and optimiser state go before the next section builds its own
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     except OutOfTime as exc:
