@@ -1,47 +1,58 @@
-"""One prepared GPU check: versions, flex/sdpa/flash parity, sampler throughput, OPD step cost.
+"""One prepared GPU check: the numbers a first GPU run must answer, inside a time budget.
 
-Run it once on one CUDA GPU (designed for an H200, under 8 minutes); it prints, in this order, and
-never stops at the first failure (a failed section prints FAILED and its error, the rest still run):
+Run once on one CUDA GPU (an H100 or H200 lent for ~15 minutes, offline): the rows below, in order
+of priority, on random Qwen3-0.6B-shaped models built in memory (nothing is downloaded). A row that
+fails prints FAILED with its error and the rest still run; once ``--budget-s`` is spent the check
+stops where it is and prints what it finished.
 
-1. CUDA, GPU and package versions;
-2. FlexAttention vs SDPA parity: student logits on the training layout ``[prompt | clean | noisy]``
-   (left-padded, block-structured prompts) and the sampler's tokens and step maps at temperature 0, block sizes 1, 4, 8
-   (fp32, a 2-layer model of Qwen3-0.6B's width);
-3. the frozen teacher's causal forward: time and logits of flash_attention_2 vs flex vs sdpa;
-4. sampler throughput (tokens/s, tokens per step) at batch 1, 32 and 128 with rollouts of 512 tokens
-   (the paper's rollout sampler, EOS ignored so every row writes 512 tokens) on a random
-   Qwen3-0.6B-shaped model, against Hugging Face ``generate`` on the same model and lengths;
-5. one OPD step (bf16 autocast, gradient checkpointing, chunked full-vocabulary KL, AdamW) at
-   rollout length 2048 and 4000: time and peak memory;
-6. the fraction of that step spent in the models' own forwards and backward (teacher body forward,
-   student body forward + backward); the rest (masks, output heads and KL chunks, AdamW, glue) is
-   overhead.
+1. ``versions``: CUDA, GPU, Python and package versions, and where opdlm was imported from;
+2. ``sampler``: :meth:`BlockDiffusionSampler.generate`'s tokens/s at batch 1, 32 and 128 (rollouts of
+   512 tokens, the paper's rollout sampler, EOS ignored) against Hugging Face ``generate`` on the
+   same model and lengths;
+3. ``opd_split``: one real OPD step (8 rollouts of 512 tokens, then bf16 autocast, gradient
+   checkpointing, chunked full-vocabulary KL, AdamW) split into rollout, teacher forward, student
+   forward + KL, backward and AdamW;
+4. ``opd_memory``: the same step on 8 rows at rollout lengths 2048 and 4000 (the curriculum's end):
+   time, its split and peak memory;
+5. ``precision``: the loss and gradient of one batch in bf16 (bf16 teacher, bf16 autocast) vs fp32;
+6. ``parity``: FlexAttention vs SDPA, student logits on the training layout and the sampler's tokens
+   and step maps at temperature 0, block sizes 1, 4, 8 (fp32, 2 layers);
+7. ``teacher``: the frozen teacher's causal forward, flash_attention_2 vs flex vs sdpa.
 
-Its last line is ``gpu_rollout_speedup_vs_hf_at_128: X (target: >= 2.0)``. A random model is
-unsure of every token (about 1 token per step), so that figure is the sampler's floor; the line
-before it projects the speedup at the paper's 1.9 tokens per step from the measured time per step.
+The flash_attention_2 rows say "skipped" unless flash-attn is installed: the GPU image has none, and
+its wheel (built against one torch and CUDA) is not carried.
 
-Needs, beyond a stock CUDA PyTorch (>= 2.5, for FlexAttention):
-    pip install -e .            # opdlm and its core dependencies (transformers 5.x, tokenizers,
-                                # safetensors, pydantic); no network or model download is used
-    pip install -e '.[gpu]'     # optional: flash-attn, for the flash_attention_2 teacher rows
-                                # (without it those rows print "skipped: flash-attn not installed")
+Every number is written to ``$OUT/gpu_check.json`` (``--json`` elsewhere) after each row, with a
+readable table in ``gpu_check.txt`` beside it; the table is printed at the end. The last line is
+``gpu_rollout_speedup_vs_hf_at_128: X (target: >= 2.0)``. A random model is unsure of every token
+(about 1 token per step), so that figure is the sampler's floor; the line before it projects the
+speedup at the paper's 1.9 tokens per step from the measured time per step.
+
+The GPU machines have no package registry: ``make gpu-kit`` (infra/gpu/kit.py) downloads, where PyPI
+is reachable, the wheels their image lacks and prints the one command to run there.
 
 Usage:
-    python benchmarks/gpu_check.py                # the full check on cuda
-    python benchmarks/gpu_check.py --smoke        # tiny shapes, runs anywhere (CPU: eager flex)
-    python benchmarks/gpu_check.py --sections 1,5 # only some sections (a rerun after a fix)
+    python benchmarks/gpu_check.py --budget-s 300           # the full check on cuda
+    python benchmarks/gpu_check.py --smoke                  # toy shapes, runs anywhere (CPU: eager flex)
+    python benchmarks/gpu_check.py --sections parity,teacher  # some rows only (a rerun after a fix)
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import gc
+import json
+import os
+import platform
+import signal
 import statistics
 import sys
 import time
 import traceback
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -59,20 +70,95 @@ SMOKE_SHAPE = dict(
     num_hidden_layers=2,
 )
 PAPER_TOKENS_PER_STEP = 1.9  # METHOD §3: threshold 0.9 at B=4
+SECTIONS = ("versions", "sampler", "opd_split", "opd_memory", "precision", "parity", "teacher")
+HEADLINE = "gpu_rollout_speedup_vs_hf_at_128"
+
+
+class OutOfTime(BaseException):
+    """The budget's alarm: a BaseException so that a row's ``except Exception`` cannot swallow it."""
+
+
+class Skipped(Exception):
+    """A row not started: too little of the budget left for it."""
 
 
 class Clock:
-    """Wall-clock budget: expensive pieces are skipped (and say so) once it runs out."""
+    """Wall-clock budget: a row that would not fit is skipped; the alarm stops one that overruns."""
 
     def __init__(self, budget_s: float):
         self.start, self.budget_s = time.perf_counter(), budget_s
 
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
     def left(self) -> float:
-        return self.budget_s - (time.perf_counter() - self.start)
+        return self.budget_s - self.elapsed()
 
     def check(self, need_s: float, what: str) -> None:
         if self.left() < need_s:
-            raise TimeoutError(f"{what}: skipped, {self.left():.0f} s of the budget left (needs ~{need_s:.0f} s)")
+            raise Skipped(f"{what}: skipped, {self.left():.0f} s of the budget left (needs ~{need_s:.0f} s)")
+
+    def arm(self) -> None:
+        """Raise :class:`OutOfTime` in the main thread once the budget is spent (no-op without a budget)."""
+        if self.budget_s != float("inf"):
+
+            def _ring(signum, frame):
+                raise OutOfTime(f"the {self.budget_s:g} s budget is spent")
+
+            signal.signal(signal.SIGALRM, _ring)
+            signal.setitimer(signal.ITIMER_REAL, max(self.left(), 0.01))
+
+    def disarm(self) -> None:
+        if self.budget_s != float("inf"):
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+class Report:
+    """Every number the check measures, as rows ``(section, name, value, unit, note)``.
+
+    Saved after each row (JSON and a text table, each written to a temporary name and renamed), so a
+    run stopped from outside still leaves what it finished.
+    """
+
+    def __init__(self, json_path: Path | None, meta: dict):
+        self.json_path, self.meta, self.rows = json_path, meta, []
+
+    def add(self, section: str, name: str, value, unit: str = "", note: str = "") -> None:
+        if isinstance(value, float):
+            value = float(f"{value:.6g}")  # six significant digits (a 2e-7 difference must not read 0)
+        self.rows.append({"section": section, "name": name, "value": value, "unit": unit, "note": note})
+        self.save()
+
+    def failed(self, section: str, name: str, exc: BaseException) -> None:
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        self.add(section, name, None, "", f"FAILED: {type(exc).__name__}: {text}"[:300])
+
+    def value(self, section: str, name: str):
+        return next((r["value"] for r in self.rows if r["section"] == section and r["name"] == name), None)
+
+    def table(self) -> str:
+        width = max([len(r["name"]) for r in self.rows] + [10])
+        lines, last = [], None
+        for r in self.rows:
+            if r["section"] != last:
+                lines.append(f"[{r['section']}]")
+                last = r["section"]
+            v = r["value"]
+            shown = "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+            lines.append(f"  {r['name']:<{width}}  {shown:>12} {r['unit']:<8} {r['note']}".rstrip())
+        return "\n".join(lines)
+
+    def save(self) -> None:
+        if self.json_path is None:
+            return
+        self.json_path.parent.mkdir(parents=True, exist_ok=True)
+        for path, text in (
+            (self.json_path, json.dumps({"meta": self.meta, "rows": self.rows}, indent=1) + "\n"),
+            (self.json_path.with_suffix(".txt"), self.table() + "\n"),
+        ):
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
 
 
 def sync(device: torch.device) -> None:
@@ -87,6 +173,10 @@ def timed(fn, device: torch.device):
     result = fn()
     sync(device)
     return time.perf_counter() - t0, result
+
+
+def first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 @contextlib.contextmanager
@@ -124,6 +214,8 @@ class Models:
         self.shape, self.device = shape, device
         self.tok = build_char_tokenizer()
         self.mask_id = len(self.tok)  # the first padded embedding row, as conversion picks it
+        # the trainer's student backend: flex on cuda; sdpa on CPU (torch has no flex backward there)
+        self.train_backend = "flex_attention" if device.type == "cuda" else "sdpa"
 
     def causal_lm(self, layers: int | None, dtype: torch.dtype, backend: str, seed: int = 0):
         import transformers
@@ -161,21 +253,257 @@ class Models:
         return [torch.randint(3, vocab, (k,), generator=g).tolist() for k in lengths]
 
 
-def section_versions(args, models: Models) -> None:
+class TimedTarget:
+    """A teacher target whose ``read`` (the teacher's forward over prompt + response) is timed."""
+
+    def __init__(self, target, device: torch.device):
+        self.target, self.device, self.seconds = target, device, 0.0
+
+    def read(self, *args, **kwargs):
+        t, out = timed(lambda: self.target.read(*args, **kwargs), self.device)
+        self.seconds += t
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.target, name)
+
+
+class Trainer:
+    """A student (fp32 master weights, gradient checkpointing), its bf16 teacher and AdamW, as the trainer runs them."""
+
+    def __init__(self, models: Models, rows: int):
+        from opdlm.config.train import TrainConfig
+        from opdlm.models.attention import resolve_teacher_backend
+        from opdlm.train.stepper import TorchStepper
+        from opdlm.train.targets import teacher_target
+
+        dev, backend = models.device, models.train_backend
+        self.models, self.device, self.backend = models, dev, backend
+        self.cfg = TrainConfig(precision="bf16", gradient_checkpointing=True, micro_batch_size=rows, kl_chunk_size=1024)
+        self.model = models.causal_lm(None, torch.float32, backend, seed=4)
+        self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        self.student = models.student(self.model, backend, stop_at_eos=False)  # rollouts of their full length
+        self.teacher_backend = resolve_teacher_backend(self.cfg.teacher_attn_backend, dev, torch.bfloat16, backend)
+        self.teacher = models.causal_lm(None, torch.bfloat16, self.teacher_backend, seed=4).requires_grad_(False)
+        self.stepper = TorchStepper(self.model, self.cfg)
+        self.target = TimedTarget(teacher_target(self.teacher, self.teacher_backend), dev)
+
+    def describe(self) -> str:
+        return (
+            f"student fp32 master + bf16 autocast with gradient checkpointing ({self.backend}), teacher bf16 "
+            f"({self.teacher_backend}), full-vocabulary KL in chunks of {self.cfg.kl_chunk_size}, AdamW; "
+            f"{self.model.config.num_hidden_layers} layers"
+        )
+
+    def optimise(self, mb) -> dict:
+        """One micro-batch's loss, backward and AdamW step; seconds of each part and the loss."""
+        from opdlm.train.optimise import microbatch_loss
+
+        dev, bs = self.device, self.student.meta.block_size
+        self.model.train()
+        self.target.seconds = 0.0
+        t_loss, (loss, _) = timed(
+            lambda: microbatch_loss(
+                self.student, self.target, mb, bs, chunk_size=self.cfg.kl_chunk_size, autocast_dtype=torch.bfloat16
+            ),
+            dev,
+        )
+        t_backward, _ = timed(lambda: self.stepper.backward(loss), dev)
+        t_adamw, _ = timed(lambda: self.stepper.step(1e-5), dev)
+        return {
+            "teacher": self.target.seconds,
+            "student_forward_kl": t_loss - self.target.seconds,
+            "backward": t_backward,
+            "adamw": t_adamw,
+            "loss": float(loss.detach()),
+        }
+
+
+def report_split(report: Report, section: str, prefix: str, parts: dict) -> float:
+    """Rows for each part's seconds and share of their total; returns the total."""
+    total = sum(parts.values())
+    for part, seconds in parts.items():
+        report.add(section, f"{prefix}{part}_s", seconds, "s", f"{seconds / total:.1%} of the step")
+    report.add(section, f"{prefix}step_s", total, "s")
+    return total
+
+
+def section_versions(args, models: Models, clock: Clock, report: Report) -> None:
     import importlib.metadata as md
 
+    import opdlm
+
     dev = models.device
-    print(f"torch {torch.__version__} (cuda {torch.version.cuda}, cudnn {torch.backends.cudnn.version()})")
+    report.add("versions", "python", platform.python_version())
+    report.add("versions", "torch", torch.__version__, note=f"cuda {torch.version.cuda}")
+    report.add("versions", "opdlm", opdlm.__version__, note=str(Path(opdlm.__file__).parent))
     if dev.type == "cuda":
         p = torch.cuda.get_device_properties(dev)
-        print(f"device {p.name}, capability {p.major}.{p.minor}, {p.total_memory / 2**30:.1f} GiB")
+        report.add("versions", "device", p.name, note=f"capability {p.major}.{p.minor}")
+        report.add("versions", "device_memory_gib", p.total_memory / 2**30, "GiB")
     else:
-        print("device cpu (no CUDA: smoke run only)")
-    for pkg in ("transformers", "flash-attn", "deepspeed", "accelerate", "triton"):
+        report.add("versions", "device", "cpu", note="no CUDA: smoke run only")
+    for pkg in ("transformers", "tokenizers", "accelerate", "pydantic", "triton", "flash-attn", "deepspeed"):
         try:
-            print(f"{pkg} {md.version(pkg)}")
+            report.add("versions", pkg, md.version(pkg))
         except md.PackageNotFoundError:
-            print(f"{pkg} not installed")
+            report.add("versions", pkg, None, note="not installed")
+
+
+def section_sampler(args, models: Models, clock: Clock, report: Report) -> None:
+    from opdlm.config.train import paper_rollout_sampler
+    from opdlm.sampling.autoregressive import generate_autoregressive
+    from opdlm.sampling.block_sampler import BlockDiffusionSampler
+
+    new_tokens = 512 if not args.smoke else 16
+    batches = (1, 32, 128) if not args.smoke else (1, 2, 4)
+    backends = args.sampler_backends.split(",") if args.sampler_backends else [models.train_backend]
+    model = models.causal_lm(None, torch.bfloat16, "sdpa", seed=3)
+    cfg = paper_rollout_sampler().with_overrides(max_new_tokens=new_tokens)
+    lo, hi = (64, 128) if not args.smoke else (3, 9)
+    print(
+        f"random Qwen3-0.6B-shaped model ({model.config.num_hidden_layers} layers, bf16), rollouts of {new_tokens} "
+        f"tokens (EOS ignored), sampler B={cfg.block_size}, {cfg.denoise_steps_per_block} steps/block, "
+        f"{cfg.remasking} threshold {cfg.threshold}, temperature {cfg.temperature}; prompts {lo}-{hi} tokens"
+    )
+    for n in batches:
+        prompts = models.prompts(n, lo, hi, seed=n)
+        try:
+            clock.check(20, f"sampler batch {n}")
+            rates = {}
+            for backend in backends:
+                sampler = BlockDiffusionSampler(models.student(model, backend, cfg.block_size, stop_at_eos=False))
+                gen = torch.Generator(device=models.device)
+                warm = cfg.with_overrides(max_new_tokens=min(8 * cfg.block_size, new_tokens))
+                sampler.generate(prompts, warm, gen.manual_seed(0), decode_text=False)  # compiles flex for this batch
+                t, out = timed(
+                    lambda: sampler.generate(prompts, cfg, gen.manual_seed(1), decode_text=False), models.device
+                )
+                tokens = sum(map(len, out.response_ids))
+                steps = sum(out.num_steps(i) for i in range(len(out))) / len(out)
+                rates[backend] = (tokens / t, t / max(steps, 1))
+                report.add("sampler", f"batch{n}_sampler_{backend}_tok_s", tokens / t, "tok/s", f"{t:.2f} s")
+                report.add("sampler", f"batch{n}_sampler_{backend}_tokens_per_step", tokens / n / max(steps, 1))
+            model.set_attn_implementation("sdpa")
+            ar = lambda: generate_autoregressive(  # noqa: E731
+                model, models.tok, prompts, new_tokens, temperature=1.0, decode_text=False, stop_at_eos=False
+            )
+            ar_t, ar_out = timed(ar, models.device)
+            ar_rate = sum(map(len, ar_out.response_ids)) / ar_t
+            report.add("sampler", f"batch{n}_hf_generate_tok_s", ar_rate, "tok/s", f"{ar_t:.2f} s")
+            rate, step_s = rates[backends[0]]
+            report.add("sampler", f"batch{n}_speedup_vs_hf", rate / ar_rate, "x", f"sampler[{backends[0]}]")
+            # HF's time per token over the sampler's time per denoising step: the speedup per token/step
+            report.add("sampler", f"batch{n}_hf_token_s_over_sampler_step_s", (ar_t / new_tokens) / step_s, "x")
+        except Skipped as exc:
+            report.add("sampler", f"batch{n}", None, note=str(exc))
+        except Exception as exc:
+            report.failed("sampler", f"batch{n}", exc)
+
+
+def section_opd_split(args, models: Models, clock: Clock, report: Report) -> None:
+    """One OPD step as the trainer runs it: rollouts, state selection, then the optimiser's micro-batch."""
+    from opdlm.config.train import paper_rollout_sampler
+    from opdlm.train.loop import select_rows
+    from opdlm.train.rollout import rollout
+
+    rows, length = (8, 512) if not args.smoke else (2, 16)
+    lo, hi = (64, 128) if not args.smoke else (3, 9)
+    clock.check(40, "OPD step split")
+    tr = Trainer(models, rows)
+    cfg = paper_rollout_sampler().with_overrides(max_new_tokens=length)
+    prompts = models.prompts(rows, lo, hi, seed=7)
+    print(f"one OPD step: {rows} rollouts of {length} tokens (EOS ignored), then {tr.describe()}")
+    ctx = SimpleNamespace(student=tr.student, cfg=tr.cfg)  # what select_rows reads of the run's context
+    plan = SimpleNamespace(block_size=cfg.block_size, selection_seed=0)
+
+    def step() -> dict:
+        tr.model.eval()
+        gen = torch.Generator(device=models.device).manual_seed(0)
+        with torch.autocast(models.device.type, dtype=torch.bfloat16):
+            t_rollout, episodes = timed(lambda: rollout(tr.student, prompts, [length] * rows, cfg, gen), models.device)
+        t_select, (mb, _) = timed(lambda: select_rows(ctx, episodes, plan), models.device)
+        parts = tr.optimise(mb.to(models.device))
+        return {"rollout": t_rollout, "select_rows": t_select, **parts, "tokens_per_step": episodes.tokens_per_step}
+
+    step()  # warm-up: flex compiles (rollout shapes, forward and backward), AdamW allocates its state
+    parts = step()
+    loss, tps = parts.pop("loss"), parts.pop("tokens_per_step")
+    report_split(report, "opd_split", "", parts)
+    report.add("opd_split", "rollout_tokens_per_step", tps)
+    report.add("opd_split", "loss", loss)
+
+
+def section_opd_memory(args, models: Models, clock: Clock, report: Report) -> None:
+    from opd_memory import PeakMeter, make_batch
+
+    rows, P = (8, 128) if not args.smoke else (2, 8)
+    lengths = (2048, 4000) if not args.smoke else (32, 64)
+    clock.check(40, "OPD step memory")
+    tr = Trainer(models, rows)
+    print(f"one OPD step on {rows} rows x ({P} prompt + L response), synthetic states: {tr.describe()}")
+    for L in lengths:
+        try:
+            clock.check(45, f"OPD step at L={L}")
+            mb = make_batch(tr.student, rows, P, L, tr.student.meta.block_size).to(models.device)
+            tr.optimise(mb)  # warm-up: compiles for this length, AdamW state
+            meter = PeakMeter(models.device)
+            meter.start()
+            parts = tr.optimise(mb)
+            peak = meter.peak()
+            loss = parts.pop("loss")
+            report_split(report, "opd_memory", f"L{L}_", parts)
+            report.add("opd_memory", f"L{L}_peak_above_resident_gib", peak / 2**30, "GiB", f"loss {loss:.4f}")
+            if models.device.type == "cuda":
+                report.add("opd_memory", f"L{L}_max_allocated_gib", torch.cuda.max_memory_allocated() / 2**30, "GiB")
+        except Skipped as exc:
+            report.add("opd_memory", f"L{L}", None, note=str(exc))
+        except Exception as exc:
+            report.failed("opd_memory", f"L{L}", exc)
+        finally:
+            if models.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
+def section_precision(args, models: Models, clock: Clock, report: Report) -> None:
+    """The same batch's loss and gradient in bf16 (teacher weights, student autocast) and in fp32."""
+    from opd_memory import make_batch
+
+    from opdlm.train.optimise import microbatch_loss
+    from opdlm.train.targets import teacher_target
+
+    rows, P, L = (4, 64, 512) if not args.smoke else (2, 8, 32)
+    clock.check(30, "bf16 vs fp32")
+    backend = models.train_backend
+    student_model = models.causal_lm(None, torch.float32, backend, seed=5)
+    student = models.student(student_model, backend)
+    teacher32 = models.causal_lm(None, torch.float32, backend, seed=6).requires_grad_(False)
+    mb = make_batch(student, rows, P, L, student.meta.block_size).to(models.device)
+    grads, losses = {}, {}
+    for name, teacher_dtype, autocast in (("fp32", torch.float32, None), ("bf16", torch.bfloat16, torch.bfloat16)):
+        # a bf16 copy of the same weights (Module.to converts in place)
+        teacher = teacher32 if teacher_dtype == torch.float32 else copy.deepcopy(teacher32).to(torch.bfloat16)
+        student_model.train()
+        student_model.zero_grad(set_to_none=True)
+        loss, _ = microbatch_loss(
+            student, teacher_target(teacher, backend), mb, student.meta.block_size, autocast_dtype=autocast
+        )
+        loss.backward()
+        losses[name] = float(loss.detach())
+        grads[name] = [p.grad.detach().float().clone() for p in student_model.parameters() if p.grad is not None]
+        report.add("precision", f"loss_{name}", losses[name], note=f"{rows} rows x ({P} + {L})")
+    dot = sum(float((a * b).sum()) for a, b in zip(grads["fp32"], grads["bf16"]))
+    n32 = sum(float(a.square().sum()) for a in grads["fp32"]) ** 0.5
+    n16 = sum(float(b.square().sum()) for b in grads["bf16"]) ** 0.5
+    report.add(
+        "precision",
+        "loss_rel_diff",
+        abs(losses["bf16"] - losses["fp32"]) / abs(losses["fp32"]),
+        "",
+        "|bf16 - fp32| / fp32",
+    )
+    report.add("precision", "grad_cosine", dot / (n32 * n16))
+    report.add("precision", "grad_norm_ratio", n16 / n32, "", "bf16 / fp32")
 
 
 def _training_batch(models: Models, rows: int, P: int, L: int, seed: int):
@@ -190,7 +518,7 @@ def _training_batch(models: Models, rows: int, P: int, L: int, seed: int):
     return prompts.to(d), lens.to(d), clean.to(d), noisy.to(d)
 
 
-def section_parity(args, models: Models) -> None:
+def section_parity(args, models: Models, clock: Clock, report: Report) -> None:
     from opdlm.config.sampler import SamplerConfig
     from opdlm.sampling.block_sampler import BlockDiffusionSampler
     from opdlm.train.student_forward import student_logits
@@ -199,36 +527,40 @@ def section_parity(args, models: Models) -> None:
     P, L = (32, 64) if not args.smoke else (6, 16)
     new_tokens = 32 if not args.smoke else 8
     for bs in (1, 4, 8):
-        batch = _training_batch(models, 3, P, L, seed=bs)
-        logits = {}
-        for backend in ("sdpa", "flex_attention"):
-            s = models.student(model, backend, bs)
-            with torch.no_grad():
-                logits[backend] = student_logits(s.model, *batch, bs, False, backend, "block").float()
-        diff = (logits["flex_attention"] - logits["sdpa"]).abs().max().item()
-        cfg = SamplerConfig(
-            block_size=bs,
-            denoise_steps_per_block=bs,
-            remasking="dynamic",
-            threshold=0.9,
-            temperature=0.0,
-            max_new_tokens=new_tokens,
-        )
-        prompts = models.prompts(4, 3, 12, seed=bs)
-        outs = {
-            b: BlockDiffusionSampler(models.student(model, b, bs)).generate(prompts, cfg, decode_text=False)
-            for b in ("sdpa", "flex_attention")
-        }
-        same_tokens = outs["flex_attention"].response_ids == outs["sdpa"].response_ids
-        same_steps = outs["flex_attention"].step_map == outs["sdpa"].step_map
-        verdict = "ok" if diff < 1e-3 and same_tokens and same_steps else "MISMATCH"
-        print(
-            f"block size {bs}: training-layout logits max|flex - sdpa| {diff:.2e}; sampler tokens equal {same_tokens}, "
-            f"step maps equal {same_steps} ({new_tokens} tokens x {len(prompts)} prompts) -> {verdict}"
-        )
+        try:
+            clock.check(15, f"parity at block size {bs}")
+            batch = _training_batch(models, 3, P, L, seed=bs)
+            logits = {}
+            for backend in ("sdpa", "flex_attention"):
+                s = models.student(model, backend, bs)
+                with torch.no_grad():
+                    logits[backend] = student_logits(s.model, *batch, bs, False, backend, "block").float()
+            diff = (logits["flex_attention"] - logits["sdpa"]).abs().max().item()
+            cfg = SamplerConfig(
+                block_size=bs,
+                denoise_steps_per_block=bs,
+                remasking="dynamic",
+                threshold=0.9,
+                temperature=0.0,
+                max_new_tokens=new_tokens,
+            )
+            prompts = models.prompts(4, 3, 12, seed=bs)
+            outs = {
+                b: BlockDiffusionSampler(models.student(model, b, bs)).generate(prompts, cfg, decode_text=False)
+                for b in ("sdpa", "flex_attention")
+            }
+            same = outs["flex_attention"].response_ids == outs["sdpa"].response_ids
+            same_steps = outs["flex_attention"].step_map == outs["sdpa"].step_map
+            verdict = "ok" if diff < 1e-3 and same and same_steps else "MISMATCH"
+            report.add("parity", f"B{bs}_logits_max_abs_diff", diff, "", verdict)
+            report.add("parity", f"B{bs}_sampler_tokens_and_steps_equal", bool(same and same_steps), "", verdict)
+        except Skipped as exc:
+            report.add("parity", f"B{bs}", None, note=str(exc))
+        except Exception as exc:
+            report.failed("parity", f"B{bs}", exc)
 
 
-def section_teacher(args, models: Models, clock: Clock) -> None:
+def section_teacher(args, models: Models, clock: Clock, report: Report) -> None:
     from opdlm.models.attention import FLASH, flash_unavailable_reason
     from opdlm.train.targets import teacher_hidden_states
 
@@ -237,17 +569,14 @@ def section_teacher(args, models: Models, clock: Clock) -> None:
     model = models.causal_lm(None, dtype, "sdpa", seed=2)
     prompts, lens, clean, _ = _training_batch(models, rows, P, L, seed=0)
     head = model.get_output_embeddings()
-    backends = ["sdpa", "flex_attention", FLASH]
     ref = None
-    print(
-        f"teacher forward over {rows} rows x ({P} prompt + {L} response), bf16, {model.config.num_hidden_layers} layers"
-    )
-    for backend in backends:
+    print(f"teacher forward over {rows} rows x ({P} prompt + {L} response), bf16")
+    for backend in ["sdpa", "flex_attention", FLASH]:
         if backend == FLASH and (why := flash_unavailable_reason(models.device, dtype)):
-            print(f"  {backend:<18} skipped: {why}")
+            report.add("teacher", f"{backend}_ms", None, "ms", f"skipped: {why}")
             continue
         try:
-            clock.check(30, f"teacher {backend}")
+            clock.check(20, f"teacher {backend}")
             model.set_attn_implementation(backend)
             run = lambda: teacher_hidden_states(model, prompts, lens, clean, backend)  # noqa: E731
             timed(run, models.device)  # warm-up (flex compiles here)
@@ -260,206 +589,104 @@ def section_teacher(args, models: Models, clock: Clock) -> None:
                 ref, note = logits, "reference"
             else:
                 note = f"max|logits - sdpa| {(logits - ref).abs().max().item():.3f} (bf16)"
-            print(f"  {backend:<18} {statistics.median(times) * 1e3:9.1f} ms  {note}")
-        except Exception as exc:  # one backend failing must not hide the others
-            print(f"  {backend:<18} FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            report.add("teacher", f"{backend}_ms", statistics.median(times) * 1e3, "ms", note)
+        except Skipped as exc:
+            report.add("teacher", f"{backend}_ms", None, "ms", str(exc))
+        except Exception as exc:
+            report.failed("teacher", f"{backend}_ms", exc)
     model.set_attn_implementation("sdpa")
 
 
-def section_sampler(args, models: Models, clock: Clock, results: dict) -> None:
-    from opdlm.config.train import paper_rollout_sampler
-    from opdlm.sampling.autoregressive import generate_autoregressive
-    from opdlm.sampling.block_sampler import BlockDiffusionSampler
+RUNNERS = {
+    "versions": section_versions,
+    "sampler": section_sampler,
+    "opd_split": section_opd_split,
+    "opd_memory": section_opd_memory,
+    "precision": section_precision,
+    "parity": section_parity,
+    "teacher": section_teacher,
+}
 
-    new_tokens = 512 if not args.smoke else 16
-    batches = (1, 32, 128) if not args.smoke else (1, 2, 4)
-    model = models.causal_lm(None, torch.bfloat16, "sdpa", seed=3)
-    cfg = paper_rollout_sampler().with_overrides(max_new_tokens=new_tokens)
-    lo, hi = (64, 128) if not args.smoke else (3, 9)
-    print(
-        f"random Qwen3-0.6B-shaped model ({model.config.num_hidden_layers} layers, bf16), "
-        f"rollouts of {new_tokens} tokens "
-        f"(EOS ignored), sampler B={cfg.block_size}, {cfg.denoise_steps_per_block} steps/block, {cfg.remasking} "
-        f"threshold {cfg.threshold}, temperature {cfg.temperature}; prompts {lo}-{hi} tokens"
-    )
-    for n in batches:
-        prompts = models.prompts(n, lo, hi, seed=n)
-        line = f"  batch {n:3d}:"
-        try:
-            clock.check(45, f"sampler batch {n}")
-            rows = {}
-            for backend in ("flex_attention", "sdpa"):
-                sampler = BlockDiffusionSampler(models.student(model, backend, cfg.block_size, stop_at_eos=False))
-                gen = torch.Generator(device=models.device)
-                warm = cfg.with_overrides(max_new_tokens=min(8 * cfg.block_size, new_tokens))
-                sampler.generate(prompts, warm, gen.manual_seed(0), decode_text=False)  # compiles flex for this batch
-                t, out = timed(
-                    lambda: sampler.generate(prompts, cfg, gen.manual_seed(1), decode_text=False), models.device
-                )
-                tokens = sum(map(len, out.response_ids))
-                steps = sum(out.num_steps(i) for i in range(len(out)))
-                rows[backend] = (t, tokens, tokens / max(steps, 1), steps / len(out))
-            model.set_attn_implementation("sdpa")
-            ar = lambda: generate_autoregressive(  # noqa: E731
-                model, models.tok, prompts, new_tokens, temperature=1.0, decode_text=False, stop_at_eos=False
+
+def parse_sections(text: str) -> list[str]:
+    """Names or 1-based numbers, comma-separated, run in the order of :data:`SECTIONS`."""
+    chosen = set()
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        if item.isdigit() and 1 <= int(item) <= len(SECTIONS):
+            chosen.add(SECTIONS[int(item) - 1])
+        elif item in SECTIONS:
+            chosen.add(item)
+        else:
+            raise SystemExit(
+                f"error: --sections: {item[:30]!r} is not one of {', '.join(SECTIONS)} (or 1-{len(SECTIONS)})"
             )
-            ar_t, ar_out = timed(ar, models.device)
-            ar_tokens = sum(map(len, ar_out.response_ids))
-            for backend, (t, tokens, tps, steps) in rows.items():
-                line += f" sampler[{backend}] {tokens / t:8.0f} tok/s ({tps:.2f} tokens/step, {t:6.2f} s) |"
-            speedup = (rows["flex_attention"][1] / rows["flex_attention"][0]) / (ar_tokens / ar_t)
-            per_step = (ar_t / new_tokens) / (rows["flex_attention"][0] / rows["flex_attention"][3])
-            line += f" HF generate {ar_tokens / ar_t:8.0f} tok/s ({ar_t:6.2f} s) | speedup {speedup:.2f}x"
-            results[n] = (speedup, per_step)
-        except Exception as exc:
-            line += f" FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        print(line, flush=True)
+    return [s for s in SECTIONS if s in chosen]
 
 
-def section_opd_step(args, models: Models, clock: Clock) -> None:
-    from opd_memory import PeakMeter, make_batch
-
-    from opdlm.config.train import TrainConfig
-    from opdlm.models.attention import attention_mask, causal_padding_mask, resolve_teacher_backend
-    from opdlm.models.geometry import inference_geometry, training_geometry
-    from opdlm.train.optimise import microbatch_loss
-    from opdlm.train.stepper import TorchStepper
-    from opdlm.train.student_forward import noisy_copy
-    from opdlm.train.targets import teacher_target
-
-    dev = models.device
-    backend = "flex_attention" if dev.type == "cuda" else "sdpa"  # torch has no FlexAttention backward on CPU
-    rows, P = (8, 128) if not args.smoke else (2, 8)
-    lengths = (2048, 4000) if not args.smoke else (32, 64)
-    cfg = TrainConfig(precision="bf16", gradient_checkpointing=True, micro_batch_size=rows, kl_chunk_size=1024)
-    student_model = models.causal_lm(None, torch.float32, backend, seed=4)  # fp32 master weights
-    student_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    student = models.student(student_model, backend)
-    teacher_backend = resolve_teacher_backend(cfg.teacher_attn_backend, dev, torch.bfloat16, backend)
-    teacher = models.causal_lm(None, torch.bfloat16, teacher_backend, seed=4).requires_grad_(False)
-    stepper = TorchStepper(student_model, cfg)
-    target = teacher_target(teacher, teacher_backend)
-    print(
-        f"one OPD step: {rows} rows x ({P} prompt + L response), student fp32 master + bf16 autocast with gradient "
-        f"checkpointing ({backend}), teacher bf16 ({teacher_backend}), full-vocabulary KL in chunks of "
-        f"{cfg.kl_chunk_size}, AdamW"
-    )
-    for L in lengths:
-        try:
-            clock.check(60, f"OPD step at L={L}")
-            mb = make_batch(student, rows, P, L, 4).to(dev)
-
-            def step() -> float:
-                student_model.train()
-                loss, _ = microbatch_loss(
-                    student, target, mb, 4, chunk_size=cfg.kl_chunk_size, autocast_dtype=torch.bfloat16
-                )
-                stepper.backward(loss)
-                stepper.step(1e-5)
-                return float(loss.detach())
-
-            timed(step, dev)  # warm-up: flex compiles forward and backward, AdamW state is allocated
-            meter = PeakMeter(dev)
-            meter.start()
-            t_step, loss = timed(step, dev)
-            peak = meter.peak()
-            absolute = (
-                f", {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB allocated at peak" if dev.type == "cuda" else ""
-            )
-            # the models' own work: teacher body forward, student body forward + backward (same masks, inputs)
-            noisy = noisy_copy(mb.response_BL, mb.masked_BL, mb.lengths_B, student.meta.mask_token_id)
-            s_geom = training_geometry(mb.prompt_lens_B, P, L, 4, student.meta.prompt_attention)
-            t_geom = inference_geometry(mb.prompt_lens_B, P, L, 1)
-            t_mask, masks = timed(
-                lambda: (
-                    attention_mask(s_geom, backend, torch.float32),
-                    causal_padding_mask(t_geom, teacher_backend, torch.bfloat16),
-                ),
-                dev,
-            )
-            s_ids = torch.cat([mb.prompt_ids_BP, mb.response_BL, noisy], 1)
-            t_ids = torch.cat([mb.prompt_ids_BP, mb.response_BL], 1)
-
-            def teacher_body():
-                with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):
-                    return teacher.model(
-                        input_ids=t_ids, attention_mask=masks[1], position_ids=t_geom.position_ids_BT, use_cache=False
-                    )
-
-            def student_body():
-                with torch.autocast(dev.type, dtype=torch.bfloat16):
-                    h = student_model.model(
-                        input_ids=s_ids, attention_mask=masks[0], position_ids=s_geom.position_ids_BT, use_cache=False
-                    ).last_hidden_state
-                h.float().square().mean().backward()
-                student_model.zero_grad(set_to_none=True)
-
-            t_teacher, _ = timed(teacher_body, dev)
-            t_student, _ = timed(student_body, dev)
-            model_s = t_teacher + t_student
-            print(
-                f"  L={L:5d}: step {t_step:6.2f} s, peak {peak / 2**30:6.2f} GiB above resident{absolute}, "
-                f"{int(mb.loss_BL.sum())} loss tokens, loss {loss:.4f}"
-            )
-            print(
-                f"           models' own forwards + backward {model_s:6.2f} s = {model_s / t_step:5.1%} of the step "
-                f"(teacher body {t_teacher:.2f} s, student body fwd+bwd {t_student:.2f} s); overhead "
-                f"{t_step - model_s:.2f} s (masks {t_mask:.2f} s, heads + KL chunks, AdamW, glue)"
-            )
-        except Exception as exc:
-            print(f"  L={L:5d}: FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-        finally:
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
+def headline(report: Report) -> str:
+    value = report.value("sampler", "batch128_speedup_vs_hf")
+    shown = f"{value:.2f}" if value is not None else "n/a (the batch-128 row failed, was skipped or not run)"
+    return f"{HEADLINE}: {shown} (target: >= 2.0)"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny shapes (minutes on CPU): checks the script, not the GPU")
+    ap.add_argument("--smoke", action="store_true", help="toy shapes (minutes on CPU): checks the script, not the GPU")
     ap.add_argument(
-        "--budget-s", type=float, help="skip expensive pieces once this much time is spent (default: 450 on cuda)"
+        "--budget-s", type=float, help="stop after this many seconds (default: 300 on cuda, none for --smoke)"
     )
-    ap.add_argument(
-        "--sections", default="1,2,3,4,5", help="which sections to run (1 versions .. 5 OPD step), e.g. 1,4"
-    )
+    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"rows to run: {', '.join(SECTIONS)} (or numbers)")
+    ap.add_argument("--sampler-backends", help="attention backends of the sampler rows (default: the trainer's)")
+    ap.add_argument("--json", help="where the numbers go (default: $OUT/gpu_check.json when OUT is set)")
     args = ap.parse_args()
-    chosen = {int(x) for x in args.sections.split(",")}
+    chosen = parse_sections(args.sections)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda" and not args.smoke:
         raise SystemExit("gpu_check needs a CUDA device (or --smoke for a tiny run anywhere)")
-    torch.backends.cuda.matmul.allow_tf32 = False  # parity is measured in true fp32
+    torch.backends.cuda.matmul.allow_tf32 = False  # parity and the fp32 reference are measured in true fp32
+    json_path = (
+        Path(args.json)
+        if args.json
+        else (Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else None)
+    )
+    budget = args.budget_s if args.budget_s is not None else (float("inf") if args.smoke else 300.0)
+    clock = Clock(budget)
+    meta = {"argv": sys.argv[1:], "smoke": args.smoke, "budget_s": budget if budget != float("inf") else None}
+    report = Report(json_path, meta)
     models = Models(SMOKE_SHAPE if args.smoke else {}, device)
-    clock = Clock(args.budget_s if args.budget_s is not None else (float("inf") if args.smoke else 450.0))
-    speedups: dict[int, tuple[float, float]] = {}
-    sections = [
-        ("versions", lambda: section_versions(args, models)),
-        ("flex vs sdpa parity", lambda: section_parity(args, models)),
-        ("teacher forward: flash vs flex vs sdpa", lambda: section_teacher(args, models, clock)),
-        ("sampler throughput vs HF generate", lambda: section_sampler(args, models, clock, speedups)),
-        ("OPD step: time, peak memory, model fraction", lambda: section_opd_step(args, models, clock)),
-    ]
-    with eager_flex_on_cpu(device):
-        for number, (title, run) in enumerate(sections, 1):
-            if number not in chosen:
-                continue
-            print(f"== {title} ({time.perf_counter() - clock.start:.0f} s elapsed)", flush=True)
-            try:
-                run()
-            except Exception:
-                print("FAILED:\n" + "".join(traceback.format_exc().splitlines(keepends=True)[-6:]), end="")
-            sys.stdout.flush()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    print(f"== done in {time.perf_counter() - clock.start:.0f} s")
-    top = max(speedups) if speedups else None
-    if top is not None:
-        per_step = speedups[top][1]
+    stopped = None
+    clock.arm()
+    try:
+        with eager_flex_on_cpu(device):
+            for title in chosen:
+                print(f"== {title} ({clock.elapsed():.0f} s elapsed)", flush=True)
+                try:
+                    RUNNERS[title](args, models, clock, report)
+                except Skipped as exc:
+                    report.add(title, "section", None, note=str(exc))
+                except Exception as exc:
+                    report.failed(title, "section", exc)
+                    print("".join(traceback.format_exc().splitlines(keepends=True)[-6:]), end="")
+                gc.collect()  # the section's models and optimiser state go before the next section builds its own
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    except OutOfTime as exc:
+        stopped = str(exc)
+    finally:
+        clock.disarm()
+    done = sorted({r["section"] for r in report.rows}, key=SECTIONS.index)
+    report.meta.update(elapsed_s=round(clock.elapsed(), 1), stopped=stopped, sections_run=done)
+    report.save()
+    print(report.table())
+    status = f"stopped: {stopped}; finished rows above" if stopped else "all chosen sections ran"
+    print(f"== done in {clock.elapsed():.0f} s ({status})" + (f"; numbers in {json_path}" if json_path else ""))
+    ratio = report.value("sampler", "batch128_hf_token_s_over_sampler_step_s")
+    if ratio is not None:
         print(
-            f"projected speedup at batch {top} and {PAPER_TOKENS_PER_STEP} tokens/step (a trained student): "
-            f"{per_step * PAPER_TOKENS_PER_STEP:.2f}x (HF time per token / sampler time per step = {per_step:.2f})"
+            f"projected speedup at batch 128 and {PAPER_TOKENS_PER_STEP} tokens/step (a trained student): "
+            f"{ratio * PAPER_TOKENS_PER_STEP:.2f}x (HF time per token / sampler time per step = {ratio:.2f})"
         )
-    value = f"{speedups[128][0]:.2f}" if 128 in speedups else "n/a (the batch-128 run failed or was skipped)"
-    print(f"gpu_rollout_speedup_vs_hf_at_128: {value} (target: >= 2.0)")
+    print(headline(report))
 
 
 if __name__ == "__main__":
