@@ -14,6 +14,7 @@ from pathlib import Path
 
 from opdlm.errors import ConfigError
 
+MISSING_TASKS = "Tasks not found:"  # how lm-eval 0.4.x words an unknown --tasks name
 INSTALL_HINT = "lm-eval is not installed; install the extra: pip install 'opdlm[lmeval]'"
 
 
@@ -32,7 +33,7 @@ def run(argv: list[str]) -> None:
     """Parse ``argv`` with lm-eval's parser, point the request JSONL beside its output, run it.
 
     Raises:
-        ConfigError: lm-eval is not installed.
+        ConfigError: lm-eval is not installed, or a ``--tasks`` name is unknown (with the close matches).
     """
     try:
         from lm_eval._cli import HarnessCLI
@@ -58,4 +59,18 @@ def run(argv: list[str]) -> None:
                 requests_jsonl_for(args.output_path, str(model_args["pretrained"]), stamp)
             )
         args.model_args = model_args
-    parser.execute(args)
+    try:
+        parser.execute(args)
+    except ValueError as exc:
+        # lm-eval refuses a task name with a bare ValueError after it indexed its tasks: one line, with the
+        # close matches, instead of a traceback
+        text = str(exc)
+        if not text.startswith(MISSING_TASKS):
+            raise
+        from lm_eval.tasks import TaskManager
+
+        from opdlm.lmeval.run import unknown_task_message
+
+        missing = text[len(MISSING_TASKS) :].split(", ")[0].strip()
+        known = list(TaskManager(include_path=getattr(args, "include_path", None)).all_tasks)
+        raise ConfigError(unknown_task_message(missing, known, "--tasks")) from None

@@ -151,9 +151,12 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), qu
     """Load a study YAML: the base recipe merged under ``recipe``, then ``quick`` overrides (when asked), then
     ``overrides``.
 
+    Every arm's recipe (the study recipe with an ablation's or the baseline's overrides) is validated
+    here too, so a typo in any of them fails in a second, before any work starts.
+
     Raises:
         ConfigError: missing file, bad YAML, an override that does not apply, or a field that does
-            not validate (one line naming the field and value).
+            not validate (one line naming the field and value, or the arm whose recipe fails).
     """
     path = Path(path)
     data = load_yaml(path)
@@ -170,4 +173,11 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), qu
             raise ConfigError(f"{path}: quick must be a list of key=value strings")
         data = apply_overrides(data, quick_items)
     data = apply_overrides(data, list(overrides))
-    return validate_config(StudyFile, data, source=str(path))
+    spec = validate_config(StudyFile, data, source=str(path))
+    from opdlm.study.arms import check_arm_recipes  # arms builds on this module
+
+    try:
+        check_arm_recipes(spec)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return spec
