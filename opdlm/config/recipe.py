@@ -16,9 +16,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from opdlm.config.base import StrictModel, apply_overrides, load_yaml, validate_config
+from opdlm.config.base import (
+    StrictModel,
+    apply_overrides,
+    check_existing,
+    is_local_source,
+    load_yaml,
+    validate_config,
+)
 from opdlm.config.eval import EvalConfig
 from opdlm.config.registry import RegistryConfig
 from opdlm.config.resources import ResourcesConfig
@@ -26,6 +33,9 @@ from opdlm.config.sampler import SamplerConfig
 from opdlm.config.teacher import TeacherConfig
 from opdlm.config.train import TrainConfig
 from opdlm.errors import ConfigError
+
+
+MAX_PATH_CHARS = 4096  # PATH_MAX on Linux: anything longer is no path
 
 
 class DataConfig(StrictModel):
@@ -40,6 +50,22 @@ class DataConfig(StrictModel):
     limit: int | None = Field(
         None, ge=1, description="Keep the first N rows (builtin:synthetic: train.num_prompts when unset)."
     )
+
+    @field_validator("source")
+    @classmethod
+    def _a_source_not_rows(cls, value: str) -> str:
+        # a local file is opened by the data stage, the first and cheapest one; its shape is checked here
+        if "\n" in value or value.lstrip()[:1] in ("{", "[") or len(value) > MAX_PATH_CHARS:
+            raise ValueError(
+                "looks like data pasted in, not a source: save the rows to a .jsonl file and give its path "
+                "(or builtin:synthetic, hf://datasets/ORG/NAME, s3://..., https://...)"
+            )
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, value: str | None) -> str | None:
+        return None if value is None else check_existing(value, "file")
 
 
 class ConvertConfig(StrictModel):
@@ -56,6 +82,11 @@ class ConvertConfig(StrictModel):
         "hf://divelab/Qwen3-4B-a2d-init, hf://JetLM/SDAR-4B-Chat, s3://... or a local directory "
         "(imported with its weights unchanged; its declared block size must equal block_size).",
     )
+
+    @field_validator("student_source")
+    @classmethod
+    def _local_student_exists(cls, value: str | None) -> str | None:
+        return value if value is None or not is_local_source(value) else check_existing(value, "directory")
     block_size: int = Field(
         4,
         ge=1,
@@ -154,6 +185,11 @@ class Recipe(StrictModel):
             )
         if problem := self.resources.deepspeed_problem(train.deepspeed):
             raise ValueError(problem)
+        if self.resources.hostfile and self.resources.resolve_launcher(train.deepspeed) == "deepspeed":
+            try:  # the job script writes it before `opdlm launch` loads the recipe
+                check_existing(self.resources.hostfile, "file")
+            except ValueError as exc:
+                raise ValueError(f"resources.hostfile: {exc}") from None
         return self
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from opdlm.config.base import StrictModel
+from opdlm.config.base import StrictModel, check_json_object_file
 from opdlm.config.sampler import SamplerConfig
 
 
@@ -199,6 +199,12 @@ class TrainConfig(StrictModel):
         default_factory=lambda: [CurriculumStage(name="main", rollout_steps=483)],
         description="Curriculum stages, run in order.",
     )
+
+    @field_validator("deepspeed", "teacher_deepspeed")
+    @classmethod
+    def _deepspeed_file(cls, value: str | None) -> str | None:
+        # read when the recipe loads: a missing or broken file would otherwise stop every rank after conversion
+        return None if value is None else check_json_object_file(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
