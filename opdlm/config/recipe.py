@@ -185,12 +185,41 @@ class Recipe(StrictModel):
             )
         if problem := self.resources.deepspeed_problem(train.deepspeed):
             raise ValueError(problem)
+        if problem := self._no_op_setting():
+            raise ValueError(problem)
         if self.resources.hostfile and self.resources.resolve_launcher(train.deepspeed) == "deepspeed":
             try:  # the job script writes it before `opdlm launch` loads the recipe
                 check_existing(self.resources.hostfile, "file")
             except ValueError as exc:
                 raise ValueError(f"resources.hostfile: {exc}") from None
         return self
+
+
+    def _no_op_setting(self) -> str | None:
+        """A setting another section makes a no-op (None: none); see :meth:`TrainConfig._no_op_setting`."""
+        from opdlm.config.teacher import BootstrapConfig
+
+        if not self.teacher.source.startswith("builtin:"):
+            default = BootstrapConfig().model_dump(exclude={"progress"})
+            if self.teacher.bootstrap.model_dump(exclude={"progress"}) != default:
+                return (
+                    f"teacher.bootstrap is set but teacher.source is {self.teacher.source!r}: only a builtin: teacher "
+                    "is trained from it; remove teacher.bootstrap or use teacher.source=builtin:tiny"
+                )
+        if self.data.field_map and self.data.source.startswith("builtin:") and not self.data.path:
+            return (
+                f"data.field_map is set but data.source is {self.data.source!r}, whose rows already use the "
+                "canonical fields; it renames the fields of a file or download"
+            )
+        launcher = self.resources.resolve_launcher(self.train.deepspeed)
+        if self.resources.hostfile and launcher != "deepspeed":
+            return (
+                f"resources.hostfile is set but the launcher is {launcher!r}: only DeepSpeed's launcher reads it "
+                "(set train.deepspeed and GPUs, or remove resources.hostfile)"
+            )
+        if self.eval.lm_eval_include_path and not self.eval.lm_eval_tasks:
+            return "eval.lm_eval_include_path is set but eval.lm_eval_tasks is empty: no lm-eval task would read it"
+        return None
 
 
 def _field(section: Any, name: str, default: Any) -> Any:
