@@ -3,7 +3,8 @@
 Subcommands register themselves from small modules; torch and transformers are imported inside the
 command bodies, so ``opdlm --help`` stays fast. Exit codes (docs/cli-contract.md): 0 success; 2 bad
 input, as one line on stderr (an :class:`~opdlm.errors.OpdlmError`, a usage error, a file the system
-refuses), escaped and cut to a bounded length by :func:`~opdlm.errors.error_line`; 130 interrupted (Ctrl-C or SIGTERM); 1 only for a bug (a traceback).
+refuses), escaped and cut to a bounded length by :func:`~opdlm.errors.error_line`; 130 interrupted
+(Ctrl-C or SIGTERM); 1 only for a bug (a traceback).
 """
 
 from __future__ import annotations

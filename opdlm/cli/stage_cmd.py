@@ -103,12 +103,14 @@ def register(app: typer.Typer) -> None:
         import json
 
         from opdlm.fsutil import atomic_write_text
+        from opdlm.pipeline.plots import draw_sweep_plots
         from opdlm.pipeline.stages import eval_metrics, eval_model_stage, sweep_stage
 
         r = _recipe(recipe, overrides)
         teacher_results = eval_model_stage(r, teacher, out / "teacher")
         student_results = eval_model_stage(r, student, out / "student", teacher_results)
         tables = sweep_stage(r, student, out / "sweep")
+        draw_sweep_plots(r, out / "sweep", student_results, teacher_results)  # + teacher and shipped point
         points = [{"benchmark": b, **p} for b, table in tables.items() for p in table]
         atomic_write_text(out / "sweep_points.json", json.dumps(points, indent=2) + "\n")
         metrics = eval_metrics(student_results, teacher_results)

@@ -49,7 +49,9 @@ def register(app: typer.Typer) -> None:
             except MlflowException as exc:
                 if not _unreachable(exc):
                     first = (str(exc).splitlines() or [""])[0]
-                    raise OpdlmError(f"MLflow run {run_id!r} not found at {client.tracking_uri}: {quote(first, 200)}") from None
+                    raise OpdlmError(
+                        f"MLflow run {run_id!r} not found at {client.tracking_uri}: {quote(first, 200)}"
+                    ) from None
                 raise OpdlmError(_down(client.tracking_uri, folder.metrics_file, exc)) from None
             try:
                 replay = MetricReplay(client, [run_id], folder.metrics_file)
@@ -74,7 +76,9 @@ def _down(uri: str, metrics_file: Path, exc: Exception) -> str:
     from opdlm.pipeline.training_metrics import TRACKING_HTTP_LIMITS
 
     text = str(exc)
-    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") or TRACKING_HTTP_LIMITS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+    retries = (
+        os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") or TRACKING_HTTP_LIMITS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+    )
     tries = int(retries) + 1
     timeout = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or TRACKING_HTTP_LIMITS["MLFLOW_HTTP_REQUEST_TIMEOUT"]
     if "refused" in text:

@@ -34,7 +34,6 @@ from opdlm.config.teacher import TeacherConfig
 from opdlm.config.train import TrainConfig
 from opdlm.errors import ConfigError
 
-
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux: anything longer is no path
 
 
@@ -87,6 +86,7 @@ class ConvertConfig(StrictModel):
     @classmethod
     def _local_student_exists(cls, value: str | None) -> str | None:
         return value if value is None or not is_local_source(value) else check_existing(value, "directory")
+
     block_size: int = Field(
         4,
         ge=1,
@@ -193,7 +193,6 @@ class Recipe(StrictModel):
             except ValueError as exc:
                 raise ValueError(f"resources.hostfile: {exc}") from None
         return self
-
 
     def _no_op_setting(self) -> str | None:
         """A setting another section makes a no-op (None: none); see :meth:`TrainConfig._no_op_setting`."""

@@ -19,7 +19,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-
 # MLflow's HTTP client retries a dead server for minutes by default (7 retries, exponential backoff,
 # 120 s per request). A replay that has nothing to lose (the metrics stay in the file) gives up sooner:
 # at most ~35 s for a server that accepts and never answers, ~5 s for one that refuses.
