@@ -180,7 +180,7 @@ def test_an_a2d_config_with_a_count_written_as_text_is_one_line():
 
 
 def test_an_unknown_lm_eval_task_names_its_close_match():
-    from opdlm.lmeval.run import unknown_task_message
+    from opdlm.lmeval.cli import unknown_task_message
 
     known = ["gsm8k", "gsm8k_cot", "arc_easy", "hellaswag"]
     assert (

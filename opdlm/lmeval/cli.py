@@ -18,6 +18,17 @@ MISSING_TASKS = "Tasks not found:"  # how lm-eval 0.4.x words an unknown --tasks
 INSTALL_HINT = "lm-eval is not installed; install the extra: pip install 'opdlm[lmeval]'"
 
 
+def unknown_task_message(name: str, known: list[str], where: str) -> str:
+    """One line for an lm-eval task name that is not registered, with the closest names (``gsm8K``: ``gsm8k``)."""
+    import difflib
+
+    lowered = {k.lower(): k for k in known}
+    close = [lowered[name.lower()]] if name.lower() in lowered else []
+    close = close or difflib.get_close_matches(name, known, n=3, cutoff=0.75)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else " (see `lm-eval ls tasks`)"
+    return f"{where}: unknown lm-eval task {name[:80]!r}{hint}"
+
+
 def requests_jsonl_for(output_path: str, pretrained: str, stamp: str) -> Path:
     """Where the request JSONL goes: beside ``results_<date>.json`` in lm-eval's per-model folder
     (``OUTPUT/<sanitised model>/``), or beside ``OUTPUT`` itself when that names a ``.json`` file."""
@@ -68,8 +79,6 @@ def run(argv: list[str]) -> None:
         if not text.startswith(MISSING_TASKS):
             raise
         from lm_eval.tasks import TaskManager
-
-        from opdlm.lmeval.run import unknown_task_message
 
         missing = text[len(MISSING_TASKS) :].split(", ")[0].strip()
         known = list(TaskManager(include_path=getattr(args, "include_path", None)).all_tasks)

@@ -64,17 +64,6 @@ def flat_metrics(results: dict) -> dict[str, dict[str, float]]:
     return out
 
 
-def unknown_task_message(name: str, known: list[str], where: str) -> str:
-    """One line for an lm-eval task name that is not registered, with the closest names (``gsm8K``: ``gsm8k``)."""
-    import difflib
-
-    lowered = {k.lower(): k for k in known}
-    close = [lowered[name.lower()]] if name.lower() in lowered else []
-    close = close or difflib.get_close_matches(name, known, n=3, cutoff=0.75)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else " (see `lm-eval ls tasks`)"
-    return f"{where}: unknown lm-eval task {name[:80]!r}{hint}"
-
-
 def task_manager_for(tasks: list[str], include_path: str | None, where: str):
     """lm-eval's ``TaskManager`` holding every name of ``tasks`` (from ``include_path`` alone when that has them all).
 
@@ -92,6 +81,8 @@ def task_manager_for(tasks: list[str], include_path: str | None, where: str):
         manager = TaskManager(include_path=include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
+        from opdlm.lmeval.cli import unknown_task_message
+
         raise ConfigError(unknown_task_message(unknown[0], list(manager.all_tasks), where))
     return manager
 

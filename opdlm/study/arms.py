@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from opdlm.config.base import apply_overrides, validate_config
+from opdlm.config.base import validate_config
 from opdlm.config.recipe import Recipe
-from opdlm.errors import ConfigError
 from opdlm.study.budget import truncate_stages
-from opdlm.study.config import StudyConfig, StudyFile
+from opdlm.study.config import StudyConfig, variant_data
 
 Group = Literal["main", "ablation"]
 
@@ -78,9 +77,7 @@ def arm_recipe(base: Recipe, arm: Arm, rollout_steps: int | None = None) -> Reci
     Raises:
         ConfigError: an override that does not apply or does not validate (named in the message).
     """
-    data = apply_overrides(
-        base.model_dump(mode="json"), [*arm.overrides, f"train.objective={arm.objective}", f"train.seed={arm.seed}"]
-    )
+    data = variant_data(base, arm.overrides, arm.objective, arm.seed)
     recipe = validate_config(Recipe, data, source=f"study arm {arm.arm_id}")
     if rollout_steps is not None:
         data["train"]["stages"] = [
@@ -88,29 +85,3 @@ def arm_recipe(base: Recipe, arm: Arm, rollout_steps: int | None = None) -> Reci
         ]
         recipe = validate_config(Recipe, data, source=f"study arm {arm.arm_id}")
     return recipe
-
-
-def check_arm_recipes(spec: StudyFile) -> None:
-    """Validate the recipe of every arm the study can train (each ablation's and the baseline's overrides on
-    top of the study recipe), so a misspelt override fails when the study file loads, not after the teacher
-    and the reference evaluation ran.
-
-    The baseline's budgets are only known once OPD has trained; its recipe does not depend on them.
-
-    Raises:
-        ConfigError: the first arm whose recipe does not validate, named in the message.
-    """
-    seen: set[tuple] = set()
-    placeholder = {b: b for b in spec.study.budgets}
-    for arm in [*opd_arms(spec.study), *baseline_arms(spec.study, placeholder)]:
-        key = (arm.objective, arm.overrides)
-        if key in seen:  # the seed and budget change no rule: one check per variant
-            continue
-        seen.add(key)
-        try:
-            arm_recipe(spec.recipe, arm)
-        except ConfigError as exc:
-            where = "study.baseline_overrides" if arm.objective == "mdm_sft" else f"study.ablations {arm.variant!r}"
-            if arm.variant == "default" and arm.objective == "opd":
-                where = "recipe"
-            raise ConfigError(f"{where}: {exc}") from None
