@@ -348,3 +348,29 @@ def test_lm_eval_finds_the_model_type_through_the_declared_entry_point():
     from opdlm.lmeval import MODEL_NAME
 
     assert name == MODEL_NAME and issubclass(cls, LM) and get_model(name) is cls
+
+
+# --- what a run needs at its end, and the servers it talks to, are checked before it starts ------------
+
+
+def test_a_pipeline_whose_benchmark_file_is_missing_fails_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["pipeline", "--recipe", str(TINY), "eval.benchmarks=[synthetic,gsm8k]"]) == 2
+    line = one_error_line(capsys)
+    assert "eval.benchmarks: benchmark gsm8k: data file not found" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("server", ["mlflow", "prefect"])
+def test_a_pipeline_whose_servers_do_not_answer_fails_before_training(tmp_path, capsys, monkeypatch, server):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    if server == "mlflow":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", refused_uri())
+    else:
+        monkeypatch.setenv("PREFECT_API_URL", refused_uri() + "/api")
+    assert main(["pipeline", "--recipe", str(TINY)]) == 2
+    line = one_error_line(capsys)
+    assert ("MLflow tracking server" if server == "mlflow" else "Prefect API") in line
+    assert "does not answer: connection refused" in line
+    assert list(tmp_path.iterdir()) == []

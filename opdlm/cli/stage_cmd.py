@@ -104,9 +104,11 @@ def register(app: typer.Typer) -> None:
 
         from opdlm.fsutil import atomic_write_text
         from opdlm.pipeline.plots import draw_sweep_plots
+        from opdlm.pipeline.preflight import check_eval_inputs
         from opdlm.pipeline.stages import eval_metrics, eval_model_stage, sweep_stage
 
         r = _recipe(recipe, overrides)
+        check_eval_inputs(r)  # the student's lm-eval tasks would otherwise be checked after the teacher's decoding
         teacher_results = eval_model_stage(r, teacher, out / "teacher")
         student_results = eval_model_stage(r, student, out / "student", teacher_results)
         tables = sweep_stage(r, student, out / "sweep")
