@@ -81,11 +81,15 @@ def register(app: typer.Typer) -> None:
         import os
 
         from opdlm.config.recipe import load_recipe
+        from opdlm.pipeline.preflight import check_eval_inputs, check_prefect_server, check_tracking_server
         from opdlm.pipeline.recipes import resolve_recipe
 
         path = resolve_recipe(recipe)
-        load_recipe(path, overrides or [])  # fail fast, before Prefect starts
+        loaded = load_recipe(path, overrides or [])  # fail fast, before Prefect starts
+        check_eval_inputs(loaded)  # benchmark files and lm-eval tasks, read only after training
         check_artifact_store()
+        check_tracking_server(None)
+        check_prefect_server()
         for key, value in ENV_DEFAULTS.items():
             os.environ.setdefault(key, value)
         if not sys.stderr.isatty():  # CI, a log file: libraries' bars would write a line per refresh

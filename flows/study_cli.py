@@ -63,7 +63,17 @@ def register(app: typer.Typer) -> None:
         from opdlm.study.plan import PLOT_FLOPS, PLOT_TOKENS, RESULTS_MD
 
         overrides = list(overrides or [])
-        load_study(recipe, overrides, quick=quick)  # fail fast, before Prefect starts
+        from opdlm.config.base import is_local_source
+        from opdlm.pipeline.preflight import check_eval_inputs, check_prefect_server, check_tracking_server
+
+        spec = load_study(recipe, overrides, quick=quick)  # fail fast, before Prefect starts
+        check_eval_inputs(spec.recipe)
+        if teacher and is_local_source(teacher):  # a builtin: one is trained in the flow; a local one must exist now
+            from opdlm.models.model_dir import check_model_dir
+
+            check_model_dir(Path(teacher).expanduser(), "teacher (--teacher)")
+        check_tracking_server(tracking_uri)
+        check_prefect_server()
         for key, value in ENV_DEFAULTS.items():
             os.environ.setdefault(key, value)
         if quiet or not sys.stderr.isatty():

@@ -4,7 +4,8 @@ The register task calls :func:`log_engine_exports` on the run that logs the mode
 The exports themselves are :func:`opdlm.pipeline.stages.engine_export_stage`, the function ``opdlm
 stage engines`` (DVC) runs too; here each one is logged beside the model version as
 ``export/<format>/``. A student an engine would mis-serve is not an error of the pipeline: the
-refusal is recorded as the run tag ``export.<format>``.
+refusal is recorded in the run tag ``export.<format>.status``: its first word is ``ok`` (then the artifact
+path) or ``refused`` (then the reason), so a run overview reads it as a status, not as a failure.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ from pathlib import Path
 from opdlm.pipeline.stages import engine_export_stage
 
 MAX_TAG = 5000  # MLflow's limit on a tag value
+
+
+def status_tag(fmt: str) -> str:
+    """The run tag that says how the export for engine ``fmt`` went (``ok: ...`` or ``refused: ...``)."""
+    return f"export.{fmt}.status"
 
 
 def log_engine_exports(
@@ -35,5 +41,5 @@ def log_engine_exports(
         client.log_artifacts(run_id, outcome, artifact_path=f"export/{fmt}")
         results[fmt] = f"export/{fmt}"
     for fmt, value in results.items():
-        client.set_tag(run_id, f"export.{fmt}", value[:MAX_TAG])
+        client.set_tag(run_id, status_tag(fmt), (value if value.startswith("refused: ") else f"ok: {value}")[:MAX_TAG])
     return results

@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from opdlm.fsutil import atomic_write_text
 from opdlm.numbers import show_fraction, show_rate
 from opdlm.pipeline.keys import eval_key
+from opdlm.pipeline.plots import draw_sweep_plots
 from opdlm.pipeline.stages import eval_metrics, eval_model_stage, lm_eval_metrics, sweep_stage
 from opdlm.pipeline.training_metrics import KEY_SECTION
 from tasks import tracking
@@ -116,6 +117,11 @@ def evaluate(run_file: str, teacher_record: dict, train_record: dict) -> dict:
                     for i, p in enumerate(table)
                 ],
             )
+        # the Pareto plots get the teacher and the shipped operating point (before they are logged), and join
+        # the run folder's plots/ beside the training curves
+        plots = draw_sweep_plots(
+            run.recipe(), sweep_dir, student_results, teacher_results, Path(run.run_dir) / tracking.PLOTS_DIR
+        )
         for folder, name in (
             (Path(teacher_file).parent, "teacher"),
             (Path(student_file).parent, "student"),
@@ -123,13 +129,8 @@ def evaluate(run_file: str, teacher_record: dict, train_record: dict) -> dict:
         ):
             with tracking.artifact_upload(f"the {name} evaluation"):
                 client.log_artifacts(run_id, str(folder), artifact_path=f"eval/{name}")
-        for bench in sweep_tables:  # the Pareto fronts on the pipeline run too, beside the training curves
-            tracking.log_artifacts(
-                client,
-                run.parent_run_id,
-                list(Path(sweep_dir, bench).glob("*.png")),
-                artifact_path=f"{tracking.PLOTS_DIR}/{bench}",
-            )
+        # the pipeline run shows the Pareto plots beside the training curves
+        tracking.log_artifacts(client, run.parent_run_id, plots, artifact_path=tracking.PLOTS_DIR)
         tracking.set_tags(client, run_id, {"cached": f"teacher={t_cached} student={s_cached} sweep={w_cached}"})
         for bench, m in metrics.items():
             logger.info(

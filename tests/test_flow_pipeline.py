@@ -237,7 +237,7 @@ def test_malformed_rows_fail_naming_file_and_line(pipeline, tmp_path):
 
 def test_missing_teacher_fails_clearly(pipeline, tmp_path):
     _fails_without_registering(
-        pipeline, [f"teacher.source={tmp_path / 'no-such-teacher'}"], "teacher directory .* does not exist"
+        pipeline, [f"teacher.source={tmp_path / 'no-such-teacher'}"], "teacher.source: no such directory"
     )
 
 

@@ -287,11 +287,12 @@ def test_register_logs_each_export_as_an_artifact_or_a_refusal(student, tiny_stu
     for fmt, settings in (("sglang", "dllm_algorithm.yaml"), ("lmdeploy", "lmdeploy_engine.json")):
         names = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run.info.run_id, f"export/{fmt}")}
         assert {"config.json", "model.safetensors", "README.md", settings} <= names
-    assert client.get_run(run.info.run_id).data.tags["export.lmdeploy"] == "export/lmdeploy"
+    assert client.get_run(run.info.run_id).data.tags["export.lmdeploy.status"] == "ok: export/lmdeploy"
     with mlflow.start_run() as run:
         results = log_engine_exports(run.info.run_id, tiny_student_dir, tmp_path / "refused", ["sglang"])
     assert results["sglang"].startswith("refused: mask_token_id")
-    assert client.get_run(run.info.run_id).data.tags["export.sglang"] == results["sglang"]
+    assert client.get_run(run.info.run_id).data.tags["export.sglang.status"] == results["sglang"]
+    assert "export.sglang" not in client.get_run(run.info.run_id).data.tags
     assert not client.list_artifacts(run.info.run_id)
 
 

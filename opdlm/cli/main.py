@@ -3,7 +3,8 @@
 Subcommands register themselves from small modules; torch and transformers are imported inside the
 command bodies, so ``opdlm --help`` stays fast. Exit codes (docs/cli-contract.md): 0 success; 2 bad
 input, as one line on stderr (an :class:`~opdlm.errors.OpdlmError`, a usage error, a file the system
-refuses); 130 interrupted (Ctrl-C or SIGTERM); 1 only for a bug (a traceback).
+refuses), escaped and cut to a bounded length by :func:`~opdlm.errors.error_line`; 130 interrupted
+(Ctrl-C or SIGTERM); 1 only for a bug (a traceback).
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ def _usage_line(exc: Exception) -> str:
     """A click/typer usage error as one line: the message and where the command's help is."""
     ctx = getattr(exc, "ctx", None)
     hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-    return f"error: {exc.format_message()}{hint}"
+    from opdlm.errors import error_line
+
+    return f"error: {error_line(exc.format_message())}{hint}"
 
 
 @contextlib.contextmanager
@@ -108,7 +111,7 @@ def _deepspeed_logs_to_stderr() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of raising it (handy in tests)."""
-    from opdlm.errors import Interrupted, OpdlmError
+    from opdlm.errors import Interrupted, OpdlmError, error_line
 
     _register()
     _deepspeed_logs_to_stderr()
@@ -118,10 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             # KeyboardInterrupt into 130; a command's own return value is None
             code = app(args=argv, standalone_mode=False)
     except OpdlmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return 2
     except Interrupted as exc:
-        print(f"interrupted: {exc}", file=sys.stderr)
+        print(f"interrupted: {error_line(exc)}", file=sys.stderr)
         return 130
     except (typer.Abort, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         if exc.errno not in _ENVIRONMENT_ERRNOS:
             raise
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"error: {exc.strerror}{where}", file=sys.stderr)
+        print(f"error: {error_line(exc.strerror + where)}", file=sys.stderr)
         return 2
     if code == 130:
         print("interrupted", file=sys.stderr)

@@ -9,6 +9,7 @@ folder the pipeline already streamed) logs nothing twice.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -32,8 +33,8 @@ def register(app: typer.Typer) -> None:
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
-        from opdlm.errors import OpdlmError
-        from opdlm.pipeline.training_metrics import MetricReplay
+        from opdlm.errors import OpdlmError, quote
+        from opdlm.pipeline.training_metrics import MetricReplay, bounded_mlflow_requests
         from opdlm.train.folder import TrainingFolder
 
         folder = TrainingFolder(train_dir)
@@ -41,17 +42,52 @@ def register(app: typer.Typer) -> None:
             raise OpdlmError(
                 f"{folder.metrics_file} does not exist: {train_dir} is no opdlm training folder or trained no step yet"
             )
-        client = MlflowClient(tracking_uri=tracking_uri)
-        try:
-            client.get_run(run_id)
-        except MlflowException as exc:
-            first = (str(exc).splitlines() or [""])[0]
-            raise OpdlmError(f"MLflow run {run_id!r} not found at {client.tracking_uri}: {first}") from None
-        replay = MetricReplay(client, [run_id], folder.metrics_file)
-        already = len(replay.logged[run_id])
-        logged = replay()
+        with bounded_mlflow_requests():
+            client = MlflowClient(tracking_uri=tracking_uri)
+            try:
+                client.get_run(run_id)
+            except MlflowException as exc:
+                if not _unreachable(exc):
+                    first = (str(exc).splitlines() or [""])[0]
+                    raise OpdlmError(
+                        f"MLflow run {run_id!r} not found at {client.tracking_uri}: {quote(first, 200)}"
+                    ) from None
+                raise OpdlmError(_down(client.tracking_uri, folder.metrics_file, exc)) from None
+            try:
+                replay = MetricReplay(client, [run_id], folder.metrics_file)
+                already = len(replay.logged[run_id])
+                logged = replay()
+            except MlflowException as exc:
+                raise OpdlmError(_down(client.tracking_uri, folder.metrics_file, exc)) from None
         span = f" (steps {logged[0]}..{logged[-1]})" if logged else ""
         typer.echo(
             f"track: {len(logged)} step(s){span} of {folder.metrics_file} logged into MLflow run {run_id}; "
             f"{already} were already there"
         )
+
+
+def _unreachable(exc: Exception) -> bool:
+    """Whether an MLflow error is the server not answering (refused, timed out, retries spent), not a reply."""
+    text = str(exc)
+    return any(m in text for m in ("Max retries exceeded", "ConnectionError", "ReadTimeout", "ConnectTimeout"))
+
+
+def _down(uri: str, metrics_file: Path, exc: Exception) -> str:
+    from opdlm.pipeline.training_metrics import TRACKING_HTTP_LIMITS
+
+    text = str(exc)
+    retries = (
+        os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") or TRACKING_HTTP_LIMITS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+    )
+    tries = int(retries) + 1
+    timeout = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or TRACKING_HTTP_LIMITS["MLFLOW_HTTP_REQUEST_TIMEOUT"]
+    if "refused" in text:
+        why = "connection refused"
+    elif "timed out" in text.lower() or "Timeout" in text:
+        why = f"no reply within {timeout} s"
+    else:
+        why = "no connection"
+    return (
+        f"MLflow tracking server {uri} did not answer ({why}, {tries} tries); nothing was lost: {metrics_file} "
+        "keeps every step, run the same command when the server is up"
+    )

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from opdlm.errors import ConfigError
+from opdlm.errors import ConfigError, quote
 from opdlm.fsutil import read_text
 
 M = TypeVar("M", bound=BaseModel)
@@ -32,6 +32,38 @@ class StrictModel(BaseModel):
     infinity through, and NaN fails every comparison silently downstream."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
+
+
+def is_local_source(value: str) -> bool:
+    """Whether a source string names a local path (not ``builtin:...`` nor a ``scheme://`` address)."""
+    return not value.startswith("builtin:") and "://" not in value
+
+
+def check_existing(value: str, kind: str) -> str:
+    """``value`` when it names an existing ``kind`` (``file``/``directory``); else a ValueError a person understands.
+
+    Relative paths are read from the working directory, as the code that opens them reads them; the
+    message says which directory that was, so a recipe run from elsewhere says why it fails.
+    """
+    path = Path(value).expanduser()
+    found = path.is_file() if kind == "file" else path.is_dir()
+    if not found:
+        where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
+        what = f"no such {kind}" if not path.exists() else f"not a {kind}"
+        raise ValueError(f"{what}: {value}{where}")
+    return value
+
+
+def check_json_object_file(value: str) -> str:
+    """``value`` when it names an existing file holding a JSON object (a DeepSpeed config); else a ValueError."""
+    from opdlm.fsutil import read_json_object
+
+    check_existing(value, "file")
+    try:
+        read_json_object(value, ConfigError)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return value
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -152,7 +184,9 @@ def format_validation_error(exc: ValidationError, model_cls: type[BaseModel], so
         if text.startswith("Value error, "):
             text = text[len("Value error, ") :]
         got = first.get("input")
-        shown = "" if isinstance(got, dict | list) or first["type"] == "missing" else f" (got {got!r})"
+        named = isinstance(got, str) and got and got in text  # the message already names the value
+        plain = isinstance(got, dict | list) or first["type"] == "missing" or named
+        shown = "" if plain else f" (got {quote(got)})"
         # a rule between sections (a model validator) names its own fields: no location to prefix
         msg = f"{source}: {where}: {text}{shown}" if loc else f"{source}: {text}{shown}"
     if len(errors) > 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from opdlm.config.base import SEED_MAX, StrictModel
+from opdlm.config.base import SEED_MAX, StrictModel, check_existing
 
 
 class EvalConfig(StrictModel):
@@ -58,6 +58,11 @@ class EvalConfig(StrictModel):
         if names and importlib.util.find_spec("lm_eval") is None:
             raise ValueError("needs lm-eval: pip install 'opdlm[lmeval]' (or leave lm_eval_tasks empty)")
         return names
+
+    @field_validator("lm_eval_include_path")
+    @classmethod
+    def _include_path_exists(cls, value: str | None) -> str | None:
+        return None if value is None else check_existing(value, "directory")
 
     @field_validator("benchmarks")
     @classmethod

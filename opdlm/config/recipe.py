@@ -16,9 +16,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from opdlm.config.base import TRAINING_SEED_MAX, StrictModel, apply_overrides, load_yaml, validate_config
+from opdlm.config.base import (
+    TRAINING_SEED_MAX,
+    StrictModel,
+    apply_overrides,
+    check_existing,
+    is_local_source,
+    load_yaml,
+    validate_config,
+)
 from opdlm.config.eval import EvalConfig
 from opdlm.config.registry import RegistryConfig
 from opdlm.config.resources import ResourcesConfig
@@ -26,6 +34,8 @@ from opdlm.config.sampler import SamplerConfig
 from opdlm.config.teacher import TeacherConfig
 from opdlm.config.train import TrainConfig
 from opdlm.errors import ConfigError
+
+MAX_PATH_CHARS = 4096  # PATH_MAX on Linux: anything longer is no path
 
 
 class DataConfig(StrictModel):
@@ -45,6 +55,22 @@ class DataConfig(StrictModel):
         None, ge=1, description="Keep the first N rows (builtin: sources: train.num_prompts when unset)."
     )
 
+    @field_validator("source")
+    @classmethod
+    def _a_source_not_rows(cls, value: str) -> str:
+        # a local file is opened by the data stage, the first and cheapest one; its shape is checked here
+        if "\n" in value or value.lstrip()[:1] in ("{", "[") or len(value) > MAX_PATH_CHARS:
+            raise ValueError(
+                "looks like data pasted in, not a source: save the rows to a .jsonl file and give its path "
+                "(or builtin:synthetic, hf://datasets/ORG/NAME, s3://..., https://...)"
+            )
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, value: str | None) -> str | None:
+        return None if value is None else check_existing(value, "file")
+
 
 class ConvertConfig(StrictModel):
     """How the teacher becomes a student (METHOD §2) and how its prompts look (METHOD §6).
@@ -60,6 +86,12 @@ class ConvertConfig(StrictModel):
         "hf://divelab/Qwen3-4B-a2d-init, hf://JetLM/SDAR-4B-Chat, s3://... or a local directory "
         "(imported with its weights unchanged; its declared block size must equal block_size).",
     )
+
+    @field_validator("student_source")
+    @classmethod
+    def _local_student_exists(cls, value: str | None) -> str | None:
+        return value if value is None or not is_local_source(value) else check_existing(value, "directory")
+
     block_size: int = Field(
         4,
         ge=1,
@@ -158,7 +190,40 @@ class Recipe(StrictModel):
             )
         if problem := self.resources.deepspeed_problem(train.deepspeed):
             raise ValueError(problem)
+        if problem := self._no_op_setting():
+            raise ValueError(problem)
+        if self.resources.hostfile and self.resources.resolve_launcher(train.deepspeed) == "deepspeed":
+            try:  # the job script writes it before `opdlm launch` loads the recipe
+                check_existing(self.resources.hostfile, "file")
+            except ValueError as exc:
+                raise ValueError(f"resources.hostfile: {exc}") from None
         return self
+
+    def _no_op_setting(self) -> str | None:
+        """A setting another section makes a no-op (None: none); see :meth:`TrainConfig._no_op_setting`."""
+        from opdlm.config.teacher import BootstrapConfig
+
+        if not self.teacher.source.startswith("builtin:"):
+            default = BootstrapConfig().model_dump(exclude={"progress"})
+            if self.teacher.bootstrap.model_dump(exclude={"progress"}) != default:
+                return (
+                    f"teacher.bootstrap is set but teacher.source is {self.teacher.source!r}: only a builtin: teacher "
+                    "is trained from it; remove teacher.bootstrap or use teacher.source=builtin:tiny"
+                )
+        if self.data.field_map and self.data.source.startswith("builtin:") and not self.data.path:
+            return (
+                f"data.field_map is set but data.source is {self.data.source!r}, whose rows already use the "
+                "canonical fields; it renames the fields of a file or download"
+            )
+        launcher = self.resources.resolve_launcher(self.train.deepspeed)
+        if self.resources.hostfile and launcher != "deepspeed":
+            return (
+                f"resources.hostfile is set but the launcher is {launcher!r}: only DeepSpeed's launcher reads it "
+                "(set train.deepspeed and GPUs, or remove resources.hostfile)"
+            )
+        if self.eval.lm_eval_include_path and not self.eval.lm_eval_tasks:
+            return "eval.lm_eval_include_path is set but eval.lm_eval_tasks is empty: no lm-eval task would read it"
+        return None
 
 
 def _field(section: Any, name: str, default: Any) -> Any:

@@ -7,9 +7,9 @@ trains; this only describes), and the one place that resolves ``builtin:tiny``
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from opdlm.config.base import TRAINING_SEED_MAX, StrictModel
+from opdlm.config.base import TRAINING_SEED_MAX, StrictModel, check_existing, is_local_source
 
 # positions of the bootstrapped tiny teacher (its config.json max_position_embeddings): suite prompt and
 # response together stay far below it
@@ -122,6 +122,11 @@ class TeacherConfig(StrictModel):
     bootstrap: BootstrapConfig = Field(
         default_factory=BootstrapConfig, description="builtin:tiny only: how `opdlm teacher bootstrap` trains it."
     )
+
+    @field_validator("source", "path")
+    @classmethod
+    def _local_teacher_exists(cls, value: str | None) -> str | None:
+        return value if value is None or not is_local_source(value) else check_existing(value, "directory")
 
     def weights_settings(self) -> dict:
         """The settings that decide the teacher's weights: everything but display (``bootstrap.progress``).

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from opdlm.config.base import TRAINING_SEED_MAX, StrictModel
+from opdlm.config.base import TRAINING_SEED_MAX, StrictModel, check_json_object_file
 from opdlm.config.sampler import SamplerConfig
 
 
@@ -204,6 +204,12 @@ class TrainConfig(StrictModel):
         description="Curriculum stages, run in order.",
     )
 
+    @field_validator("deepspeed", "teacher_deepspeed")
+    @classmethod
+    def _deepspeed_file(cls, value: str | None) -> str | None:
+        # read when the recipe loads: a missing or broken file would otherwise stop every rank after conversion
+        return None if value is None else check_json_object_file(value)
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if self.min_lr > self.lr:
@@ -237,6 +243,8 @@ class TrainConfig(StrictModel):
                         f"stage {stage.name!r}: target: future_aware needs block_size >= 2 (a block of 1 has no "
                         "in-block future; use target: causal)"
                     )
+        if problem := self._no_op_setting():
+            raise ValueError(problem)
         names = [s.name for s in self.stages]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -249,6 +257,53 @@ class TrainConfig(StrictModel):
                     f"must be <= block_size ({block_size})"
                 )
         return self
+
+    def _no_op_setting(self) -> str | None:
+        """A setting that the rest of the section makes a no-op (None: every setting can take effect).
+
+        A recipe that sets something which cannot take effect would train without a word about it, so it is
+        refused. Settings are compared with their defaults: a section written out in full (a recipe dumped and
+        read back) names every field, and a default is never a user's request.
+        """
+        fields = type(self).model_fields
+        if self.target == "causal" and self.future_aware != FutureAwareConfig():
+            return (
+                "future_aware is set but target is 'causal', which never reads it: set "
+                "target=future_aware to train with it, or remove future_aware"
+            )
+        fa = self.future_aware
+        if fa.ramp_steps == 0 and fa.ramp_shape != FutureAwareConfig.model_fields["ramp_shape"].default:
+            return f"future_aware.ramp_shape ({fa.ramp_shape!r}) has no effect with ramp_steps 0 (no ramp)"
+        if self.kl == "full" and self.kl_top_k != fields["kl_top_k"].default:
+            return (
+                f"kl_top_k ({self.kl_top_k}) is set but kl is 'full', which uses every token: "
+                "set kl=top_k to use it, or remove kl_top_k"
+            )
+        if self.objective == "opd" and self.mdm_min_mask_ratio != fields["mdm_min_mask_ratio"].default:
+            return (
+                f"mdm_min_mask_ratio ({self.mdm_min_mask_ratio}) only applies to objective mdm_sft; "
+                "objective opd trains on its rollouts' own denoising states"
+            )
+        rollout = self.rollout
+        if rollout.remasking == "static":
+            staged = [s.name for s in self.stages if s.threshold is not None]
+            if staged:
+                return (
+                    f"stage {staged[0]!r}: threshold is set but rollout.remasking is 'static', which commits a "
+                    "fixed number of tokens per step and reads no threshold; use remasking dynamic or remove it"
+                )
+            if rollout.threshold != SamplerConfig.model_fields["threshold"].default:
+                return (
+                    f"rollout.threshold ({rollout.threshold}) is set but rollout.remasking is 'static', "
+                    "which reads no threshold; use remasking dynamic or remove it"
+                )
+        if rollout.temperature == 0.0 and (rollout.top_k != 0 or rollout.top_p != 1.0):
+            which = f"top_k ({rollout.top_k})" if rollout.top_k != 0 else f"top_p ({rollout.top_p})"
+            return (
+                f"rollout.{which} is set but rollout.temperature is 0 (greedy), which always takes the "
+                "most likely token; raise the temperature or remove it"
+            )
+        return None
 
     def stage_block_size(self, stage: CurriculumStage) -> int:
         """Block size in effect during ``stage`` (``rollout.block_size`` is ``convert.block_size`` in a recipe)."""

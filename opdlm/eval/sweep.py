@@ -55,8 +55,40 @@ def pareto_flags(points: list[tuple[float, float]]) -> list[bool]:
     return flags
 
 
-def plot_pareto(points: list[SweepPoint], path: str | Path, title: str) -> Path:
-    """Accuracy vs tokens per step, one marker per block size, the Pareto front as a line; PNG."""
+@dataclass(frozen=True)
+class Reference:
+    """A point drawn beside the sweep: the teacher, or the operating point the model ships with."""
+
+    label: str
+    accuracy: float
+    tokens_per_step: float
+
+
+def sweep_title(model: str, benchmark: str, n: int) -> str:
+    """The plot's title: which model, on which benchmark, how many rows."""
+    return f"{model} on {benchmark} ({n} rows): accuracy vs parallelism"
+
+
+def model_label(model_dir: str | Path) -> str:
+    """A model's name for a title: its folder, with the run folder in front when the folder only names a
+    checkpoint (``step-000110``, ``final``, ``student``), which says nothing on its own."""
+    import re
+
+    path = Path(model_dir).absolute()
+    if re.fullmatch(r"(step-\d+|final|student|checkpoint.*|model)", path.name) and path.parent.name:
+        return f"{path.parent.name}/{path.name}"
+    return path.name
+
+
+def plot_pareto(
+    points: list[SweepPoint],
+    path: str | Path,
+    title: str,
+    teacher: Reference | None = None,
+    shipped: Reference | None = None,
+) -> Path:
+    """Accuracy vs tokens per step, one marker per block size labelled with its threshold, the Pareto front as
+    a line, and (when given) the teacher and the operating point the model ships with; PNG, written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,10 +96,15 @@ def plot_pareto(points: list[SweepPoint], path: str | Path, title: str) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     for block_size in sorted({p.block_size for p in points}):
         group = [p for p in points if p.block_size == block_size]
-        ax.scatter([p.tokens_per_step for p in group], [p.accuracy for p in group], label=f"B={block_size}", zorder=3)
+        ax.scatter(
+            [p.tokens_per_step for p in group],
+            [p.accuracy for p in group],
+            label=f"student, block size {block_size}",
+            zorder=3,
+        )
         for p in group:
             ax.annotate(
                 f"{p.threshold:g}",
@@ -80,17 +117,48 @@ def plot_pareto(points: list[SweepPoint], path: str | Path, title: str) -> Path:
     ax.plot(
         [p.tokens_per_step for p in front], [p.accuracy for p in front], "k--", lw=1, label="Pareto front", zorder=2
     )
-    ax.set_xlabel("tokens per step")
+    if shipped is not None:
+        ax.scatter(
+            [shipped.tokens_per_step],
+            [shipped.accuracy],
+            s=220,
+            facecolors="none",
+            edgecolors="crimson",
+            linewidths=2,
+            label=shipped.label,
+            zorder=4,
+        )
+    if teacher is not None:
+        ax.scatter(
+            [teacher.tokens_per_step],
+            [teacher.accuracy],
+            marker="*",
+            s=180,
+            color="black",
+            label=teacher.label,
+            zorder=4,
+        )
+    # the numbers beside the points are not labels of anything in the legend: say what they are
+    ax.plot([], [], " ", label="numbers beside points: remasking threshold")
+    ax.set_xlabel("tokens per step (higher: more parallel)")
     ax.set_ylabel("accuracy")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def read_sweep(path: str | Path) -> tuple[dict, list[SweepPoint]]:
+    """A written ``sweep.json``: its summary (benchmark, model, n) and its points."""
+    from opdlm.fsutil import read_json_object
+
+    summary = read_json_object(path, ConfigError)
+    return summary, [SweepPoint(**p) for p in summary["points"]]
 
 
 def sweep(
@@ -173,5 +241,5 @@ def _sweep_points(
     if out is not None:
         summary = {"benchmark": bench.name, "model": str(model_dir), "n": len(rows), "points": table}
         atomic_write_text(out / TABLE_FILE, json.dumps(summary, indent=2) + "\n")
-        plot_pareto(points, out / PLOT_FILE, f"{bench.name}: {Path(model_dir).name} ({len(rows)} rows)")
+        plot_pareto(points, out / PLOT_FILE, sweep_title(model_label(model_dir), bench.name, len(rows)))
     return table

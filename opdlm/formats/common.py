@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from opdlm.errors import SourceError
+from opdlm.errors import SourceError, quote
 from opdlm.fsutil import read_json_object
 
 # Qwen3 architecture fields an imported config must carry (all Qwen3Config arguments).
@@ -86,11 +86,20 @@ def read_json(path: Path) -> dict:
     return read_json_object(path, SourceError)
 
 
+# Of the required fields, the ones that are real numbers rather than counts.
+QWEN3_FLOAT_FIELDS = ("rms_norm_eps",)
+
+
 def require_fields(raw: dict, where: str, fields=QWEN3_REQUIRED_FIELDS) -> None:
-    """Fail naming the first missing Qwen3 field."""
+    """Fail naming the first missing Qwen3 field, or one that is not a number (``"1"`` for a count)."""
     for name in fields:
-        if raw.get(name) is None:
+        value = raw.get(name)
+        if value is None:
             raise SourceError(f"{where}: {name} is missing (a Qwen3-architecture field the student needs)")
+        numeric = (int, float) if name in QWEN3_FLOAT_FIELDS else (int,)
+        if isinstance(value, bool) or not isinstance(value, numeric) or value <= 0:
+            kind = "a positive number" if name in QWEN3_FLOAT_FIELDS else "a positive integer"
+            raise SourceError(f"{where}: {name} must be {kind}, got {quote(value)} ({type(value).__name__})")
 
 
 def qwen3_config_dict(raw: dict, where: str) -> dict:

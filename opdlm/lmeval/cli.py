@@ -14,7 +14,19 @@ from pathlib import Path
 
 from opdlm.errors import ConfigError
 
+MISSING_TASKS = "Tasks not found:"  # how lm-eval 0.4.x words an unknown --tasks name
 INSTALL_HINT = "lm-eval is not installed; install the extra: pip install 'opdlm[lmeval]'"
+
+
+def unknown_task_message(name: str, known: list[str], where: str) -> str:
+    """One line for an lm-eval task name that is not registered, with the closest names (``gsm8K``: ``gsm8k``)."""
+    import difflib
+
+    lowered = {k.lower(): k for k in known}
+    close = [lowered[name.lower()]] if name.lower() in lowered else []
+    close = close or difflib.get_close_matches(name, known, n=3, cutoff=0.75)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else " (see `lm-eval ls tasks`)"
+    return f"{where}: unknown lm-eval task {name[:80]!r}{hint}"
 
 
 def requests_jsonl_for(output_path: str, pretrained: str, stamp: str) -> Path:
@@ -32,7 +44,7 @@ def run(argv: list[str]) -> None:
     """Parse ``argv`` with lm-eval's parser, point the request JSONL beside its output, run it.
 
     Raises:
-        ConfigError: lm-eval is not installed.
+        ConfigError: lm-eval is not installed, or a ``--tasks`` name is unknown (with the close matches).
     """
     try:
         from lm_eval._cli import HarnessCLI
@@ -58,4 +70,16 @@ def run(argv: list[str]) -> None:
                 requests_jsonl_for(args.output_path, str(model_args["pretrained"]), stamp)
             )
         args.model_args = model_args
-    parser.execute(args)
+    try:
+        parser.execute(args)
+    except ValueError as exc:
+        # lm-eval refuses a task name with a bare ValueError after it indexed its tasks: one line, with the
+        # close matches, instead of a traceback
+        text = str(exc)
+        if not text.startswith(MISSING_TASKS):
+            raise
+        from lm_eval.tasks import TaskManager
+
+        missing = text[len(MISSING_TASKS) :].split(", ")[0].strip()
+        known = list(TaskManager(include_path=getattr(args, "include_path", None)).all_tasks)
+        raise ConfigError(unknown_task_message(missing, known, "--tasks")) from None

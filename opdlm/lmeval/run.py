@@ -64,6 +64,29 @@ def flat_metrics(results: dict) -> dict[str, dict[str, float]]:
     return out
 
 
+def task_manager_for(tasks: list[str], include_path: str | None, where: str):
+    """lm-eval's ``TaskManager`` holding every name of ``tasks`` (from ``include_path`` alone when that has them all).
+
+    Raises:
+        ConfigError: lm-eval is not installed, or a task name is unknown (named, with the close matches).
+    """
+    try:
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        from opdlm.lmeval.cli import INSTALL_HINT
+
+        raise ConfigError(INSTALL_HINT) from None
+    manager = TaskManager(include_path=include_path, include_defaults=False) if include_path else None
+    if manager is None or any(t not in manager.all_tasks for t in tasks):  # indexing lm-eval's own tasks takes ~10 s
+        manager = TaskManager(include_path=include_path)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        from opdlm.lmeval.cli import unknown_task_message
+
+        raise ConfigError(unknown_task_message(unknown[0], list(manager.all_tasks), where))
+    return manager
+
+
 def run_lm_eval(
     model_dir: str | Path,
     tasks: list[str],
@@ -85,7 +108,6 @@ def run_lm_eval(
     """
     try:
         import lm_eval
-        from lm_eval.tasks import TaskManager
         from lm_eval.utils import handle_non_serializable
     except ImportError:
         from opdlm.lmeval.cli import INSTALL_HINT
@@ -94,12 +116,7 @@ def run_lm_eval(
     import opdlm.lmeval  # noqa: F401  (registers the model type)
 
     folder = Path(out_dir) / FOLDER
-    manager = TaskManager(include_path=include_path, include_defaults=False) if include_path else None
-    if manager is None or any(t not in manager.all_tasks for t in tasks):  # indexing lm-eval's own tasks takes ~10 s
-        manager = TaskManager(include_path=include_path)
-    unknown = [t for t in tasks if t not in manager.all_tasks]
-    if unknown:
-        raise ConfigError(f"eval.lm_eval_tasks: unknown lm-eval task {unknown[0]!r} (see `lm-eval ls tasks`)")
+    manager = task_manager_for(tasks, include_path, "eval.lm_eval_tasks")
     results = lm_eval.simple_evaluate(
         model="opdlm",
         model_args=model_args_for(model_dir, config, sampler, folder / "requests.jsonl", enable_thinking),

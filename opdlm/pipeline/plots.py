@@ -1,10 +1,12 @@
-"""Training curves from the trainer's ``metrics.jsonl``: a CSV (DVC plots) and a PNG (people)."""
+"""The run's figures: training curves from the trainer's ``metrics.jsonl`` (a CSV for DVC plots and a PNG for
+people), and the sweep's Pareto plots with the teacher and the shipped operating point."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
+from opdlm.config.recipe import Recipe
 from opdlm.pipeline.training_metrics import read_metric_steps
 
 CURVE_COLUMNS = (
@@ -66,3 +68,51 @@ def _plot(steps: list[tuple[int, dict[str, float]]], path: Path) -> None:
     fig.savefig(tmp)
     plt.close(fig)
     tmp.replace(path)
+
+
+def draw_sweep_plots(
+    recipe: Recipe,
+    sweep_dir: str | Path,
+    student_results: dict[str, dict],
+    teacher_results: dict[str, dict],
+    plots_dir: str | Path | None = None,
+) -> list[Path]:
+    """Redraw each benchmark's sweep plot with the run's facts the sweep alone does not know, and copy it into
+    ``plots_dir`` (when given).
+
+    The sweep (cached on the student alone) drew accuracy against tokens per step over its grid; here the plot
+    also gets the teacher's point, the operating point the model ships with (the recipe's ``sampler``, scored
+    by the eval stage) and a title naming the registered model and the benchmark.
+
+    Returns:
+        the folders written into ``plots_dir``: ``<benchmark>/sweep_pareto.png`` each.
+    """
+    from opdlm.eval.sweep import PLOT_FILE, TABLE_FILE, Reference, plot_pareto, read_sweep, sweep_title
+
+    sampler = recipe.sampler
+    mode = f"threshold {sampler.threshold:g}" if sampler.remasking == "dynamic" else "static remasking"
+    model = recipe.registry.model_name or f"opdlm-{recipe.name}"
+    written = []
+    for bench, student in student_results.items():
+        table = Path(sweep_dir) / bench / TABLE_FILE
+        if not table.is_file():
+            continue
+        summary, points = read_sweep(table)
+        teacher = teacher_results.get(bench)
+        teacher_ref = (
+            Reference("teacher (autoregressive)", teacher["accuracy"], teacher["tokens_per_step"]) if teacher else None
+        )
+        shipped = Reference(
+            f"shipped setting: block size {sampler.block_size}, {mode}", student["accuracy"], student["tokens_per_step"]
+        )
+        title = sweep_title(model, bench, summary.get("n", student.get("n", 0)))
+        plot = plot_pareto(points, table.parent / PLOT_FILE, title, teacher_ref, shipped)
+        if plots_dir is None:
+            continue
+        copy = Path(plots_dir) / bench / PLOT_FILE
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        tmp = copy.with_name(f".{copy.name}.tmp")
+        tmp.write_bytes(plot.read_bytes())
+        tmp.replace(copy)
+        written.append(copy.parent)
+    return written

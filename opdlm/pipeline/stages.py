@@ -317,6 +317,10 @@ def eval_stage(
     Returns:
         The metrics (what ``OUT/metrics.json`` holds).
     """
+    from opdlm.pipeline.plots import draw_sweep_plots
+    from opdlm.pipeline.preflight import check_eval_inputs
+
+    check_eval_inputs(recipe)  # the student's lm-eval tasks would otherwise be checked after the teacher's decoding
     out = Path(out_dir)
     inputs = {"--student": student_dir, "--teacher": teacher_dir}
     for name in EVAL_STAGE_OUTPUTS:
@@ -331,6 +335,7 @@ def eval_stage(
         student_results = eval_model_stage(recipe, student_dir, tmp, teacher_results)
     with atomic_dir(out / "sweep", overwrite=True) as tmp:
         tables = sweep_stage(recipe, student_dir, tmp)
+        draw_sweep_plots(recipe, tmp, student_results, teacher_results)  # + the teacher and the shipped point
     points = [{"benchmark": b, **p} for b, table in tables.items() for p in table]
     atomic_write_text(out / "sweep_points.json", json.dumps(points, indent=2) + "\n")
     metrics = eval_metrics(student_results, teacher_results)

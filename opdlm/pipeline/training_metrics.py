@@ -10,12 +10,40 @@ a replay logs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+# MLflow's HTTP client retries a dead server for minutes by default (7 retries, exponential backoff,
+# 120 s per request). A replay that has nothing to lose (the metrics stay in the file) gives up sooner:
+# at most ~35 s for a server that accepts and never answers, ~5 s for one that refuses.
+TRACKING_HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
+
+
+@contextlib.contextmanager
+def bounded_mlflow_requests() -> Iterator[None]:
+    """MLflow HTTP calls inside the block time out and stop retrying per :data:`TRACKING_HTTP_LIMITS`
+    (a value the user set in the environment wins); the environment is restored afterwards."""
+    saved = {k: os.environ.get(k) for k in TRACKING_HTTP_LIMITS}
+    for key, value in TRACKING_HTTP_LIMITS.items():
+        os.environ.setdefault(key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def numeric_metrics(record: dict) -> dict[str, float]:
@@ -34,12 +62,15 @@ def read_metric_steps(path: str | Path, after_step: int = -1) -> list[tuple[int,
 
     A missing file gives no steps; a partly written last line (the trainer is mid-write) is skipped
     and read on the next call.
+
+    Raises:
+        OpdlmError: a complete line is not UTF-8 text (named with its line number).
     """
     path = Path(path)
     if not path.is_file():
         return []
     steps = []
-    for line in path.read_text().splitlines():
+    for line in _complete_text(path).splitlines():
         try:
             record = json.loads(line)
             step = int(record["step"])
@@ -48,6 +79,25 @@ def read_metric_steps(path: str | Path, after_step: int = -1) -> list[tuple[int,
         if step > after_step:
             steps.append((step, numeric_metrics(record)))
     return steps
+
+
+def _complete_text(path: Path) -> str:
+    """The file's text; bytes that are not UTF-8 in its unfinished last line (a character cut mid-write) are
+    left for the next read, anywhere else they are an error naming the line."""
+    from opdlm.errors import OpdlmError
+
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        end = data.rfind(b"\n") + 1
+        if exc.start >= end:
+            return data[:end].decode("utf-8", errors="strict") if end else ""
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise OpdlmError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); the trainer writes UTF-8 JSON lines, "
+            "so the file was changed by something else"
+        ) from None
 
 
 # How a training line appears in a tracking service. The run page of MLflow sorts charts into

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from opdlm.config.base import apply_overrides, validate_config
+from opdlm.config.base import validate_config
 from opdlm.config.recipe import Recipe
 from opdlm.study.budget import truncate_stages
-from opdlm.study.config import StudyConfig
+from opdlm.study.config import StudyConfig, variant_data
 
 Group = Literal["main", "ablation"]
 
@@ -77,9 +77,7 @@ def arm_recipe(base: Recipe, arm: Arm, rollout_steps: int | None = None) -> Reci
     Raises:
         ConfigError: an override that does not apply or does not validate (named in the message).
     """
-    data = apply_overrides(
-        base.model_dump(mode="json"), [*arm.overrides, f"train.objective={arm.objective}", f"train.seed={arm.seed}"]
-    )
+    data = variant_data(base, arm.overrides, arm.objective, arm.seed)
     recipe = validate_config(Recipe, data, source=f"study arm {arm.arm_id}")
     if rollout_steps is not None:
         data["train"]["stages"] = [

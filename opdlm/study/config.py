@@ -154,9 +154,12 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), qu
     """Load a study YAML: the base recipe merged under ``recipe``, then ``quick`` overrides (when asked), then
     ``overrides``.
 
+    Every variant's recipe (the study recipe with an ablation's or the baseline's overrides) is validated
+    here too (:func:`check_variant_recipes`), so a typo in any of them fails in a second, before any work.
+
     Raises:
         ConfigError: missing file, bad YAML, an override that does not apply, or a field that does
-            not validate (one line naming the field and value).
+            not validate (one line naming the field and value, or the arm whose recipe fails).
     """
     path = Path(path)
     data = load_yaml(path)
@@ -173,4 +176,31 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), qu
             raise ConfigError(f"{path}: quick must be a list of key=value strings")
         data = apply_overrides(data, quick_items)
     data = apply_overrides(data, list(overrides))
-    return validate_config(StudyFile, data, source=str(path))
+    spec = validate_config(StudyFile, data, source=str(path))
+    check_variant_recipes(spec, str(path))
+    return spec
+
+
+def variant_data(base: Recipe, overrides: tuple[str, ...] | list[str], objective: str, seed: int) -> dict[str, Any]:
+    """The raw recipe of one study variant: ``base`` with its overrides, objective and seed (not validated yet)."""
+    return apply_overrides(
+        base.model_dump(mode="json"), [*overrides, f"train.objective={objective}", f"train.seed={seed}"]
+    )
+
+
+def check_variant_recipes(spec: StudyFile, source: str) -> None:
+    """Validate the recipe of every variant the study trains (the OPD default, each ablation's overrides, the
+    baseline's overrides) on top of the study recipe, so a misspelt override fails when the study file loads,
+    not after the teacher and the reference evaluation ran. Seeds and budgets change no rule.
+
+    Raises:
+        ConfigError: the first variant whose recipe does not validate, named with where its overrides are.
+    """
+    study = spec.study
+    seed = study.seeds[0]
+    variants = [("recipe", (), "opd")]
+    variants += [(f"study.ablations {a.name!r}", tuple(a.overrides), "opd") for a in study.ablations]
+    variants.append(("study.baseline_overrides", tuple(study.baseline_overrides), "mdm_sft"))
+    for where, overrides, objective in variants:
+        data = variant_data(spec.recipe, overrides, objective, seed)
+        validate_config(Recipe, data, source=f"{source}: {where}")
