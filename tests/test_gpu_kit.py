@@ -180,8 +180,13 @@ def test_gpu_check_stops_at_its_budget_and_still_reports(tmp_path):
 
 
 # downloads: the kit's wheels (~16 MiB) and, the first time, the image's torch 2.11 (PyPI has only its
-# CUDA build: ~3 GB with the nvidia libraries) into a cached venv; then gpu_check --smoke (minutes on CPU)
+# CUDA build: ~3 GB with the nvidia libraries) into a cached venv; then gpu_check --smoke (minutes on CPU).
+# Opt-in (OPDLM_GPU_REHEARSAL=1, or `make gpu-rehearse`): 3 GB and ~5 minutes would be a quarter of CI's
+# budget; the fast tests above keep the closure, the import check and the install line honest.
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("OPDLM_GPU_REHEARSAL") != "1", reason="set OPDLM_GPU_REHEARSAL=1 (downloads ~3 GB: torch 2.11)"
+)
 def test_the_kit_runs_gpu_check_smoke_in_an_image_like_venv(tmp_path):
     given = os.environ.get("OPDLM_GPU_IMAGE_VENV")
     # the image's 3.12 where one runs (a pyenv shim may exist and refuse), else this Python's version
