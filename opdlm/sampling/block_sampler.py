@@ -89,6 +89,7 @@ class _Slots:
         self.ids, self.prev_ids = full(mask_id, block_size), full(mask_id, block_size)
         self.block_steps = full(-1, block_size)
         self.step_in_block, self.steps = full(0), full(0)
+        self.todo = full(False, block_size, dtype=torch.bool)  # positions of the current block still to decode
         self.carry = full(False, dtype=torch.bool)  # the previous block's keys still to be written
         self.shift_logits: torch.Tensor | None = None  # logit_shift: (S, V) prediction of the block's first token
         self.generators: list[torch.Generator | None] = [None] * S
@@ -100,7 +101,7 @@ class _Slots:
     def select(self, slots: torch.Tensor) -> None:
         for name in ("seq", "prompt_len", "cap", "block", "ids", "prev_ids", "block_steps", "step_in_block", "steps"):
             setattr(self, name, getattr(self, name)[slots])
-        self.carry = self.carry[slots]
+        self.carry, self.todo = self.carry[slots], self.todo[slots]
         if self.shift_logits is not None:
             self.shift_logits = self.shift_logits[slots]
         self.generators = [self.generators[i] for i in slots.tolist()]
@@ -200,6 +201,9 @@ class _Decode:
         self.out_ids: list[list[int]] = [[] for _ in range(n)]
         self.out_steps: list[list[int]] = [[] for _ in range(n)]
         self.nfe, self.ended = [0] * n, [False] * n
+        # the step mask depends only on the slots' rows, lengths and blocks: `_layout` counts their
+        # changes, and a step whose layout was already seen reuses that step's mask and positions
+        self._layout, self._reusable, self._reused = 0, -1, None
 
     def run(self):
         slots = self.slots
@@ -211,6 +215,7 @@ class _Decode:
                 keep = slots.live.nonzero().squeeze(-1)
                 slots.select(keep)
                 self.cache.select(keep)
+                self._layout += 1
             if len(slots.seq) and slots.live.any():
                 self._step()
             elif not self.queue:
@@ -246,6 +251,8 @@ class _Decode:
         self.cache.begin_prefill(free_R, geom.kind_BT, geom.block_BT, geom.valid_BT)
         mask = attention_mask(geom, self.backend, self.dtype)
         keep = B + 1 if meta.logit_shift else B
+        self.sampler.stats.prefills += 1
+        self._layout += 1
         logits = self._forward(ids, mask, geom.position_ids_BT, keep, len(seqs))
         self.cache.lengths_S[free_R] = P  # the prompt is committed; block 0's keys are not
 
@@ -257,9 +264,10 @@ class _Decode:
         slots.block_steps[free_R] = -1
         slots.step_in_block[free_R], slots.steps[free_R] = 0, 0
         slots.carry[free_R] = False
-        for k, s in enumerate(free_R.tolist()):
-            if self.seeds is not None:
-                slots.generators[s] = torch.Generator(device=self.device).manual_seed(self.seeds[seqs[k]])
+        slots.todo[free_R] = self.offsets_B[None, :] < slots.cap[free_R][:, None]  # block 0 within the cap
+        if self.seeds is not None:
+            for s, q in zip(free_R.tolist(), seqs):
+                slots.generators[s] = torch.Generator(device=self.device).manual_seed(self.seeds[q])
         if meta.logit_shift:
             if slots.shift_logits is None:
                 slots.shift_logits = logits.new_zeros((len(slots.seq), logits.shape[-1]))
@@ -274,38 +282,52 @@ class _Decode:
         B, slots, meta = self.B, self.slots, self.meta
         live = slots.live
         carry = slots.carry & live
-        pos = slots.prompt_len[:, None] + slots.block[:, None] * B + self.offsets_B[None, :]
-        block = slots.block[:, None].expand(-1, B)
-        valid = live[:, None].expand(-1, B)
-        ids = slots.ids
         widened = bool(carry.any())
-        if widened:  # [completed block (kept) | current block]; padding where a row completed nothing
-            ids = torch.cat([slots.prev_ids, ids], 1)
-            pos = torch.cat([(pos - B).clamp(min=0), pos], 1)
-            block = torch.cat([block - 1, block], 1)
-            valid = torch.cat([carry[:, None].expand(-1, B), valid], 1)
-        kind = torch.full_like(block, CLEAN)
-        q_index, k_kind, k_block, k_valid = self.cache.begin_step(kind, block, valid)
-        mask = labelled_attention_mask(kind, block, valid, q_index, k_kind, k_block, k_valid, self.backend, self.dtype)
+        if not widened and self._reusable == self._layout:  # same rows, lengths and blocks as the last step
+            mask, pos = self._reused
+            self.cache.resume_step()
+            ids = slots.ids
+        else:
+            pos = slots.prompt_len[:, None] + slots.block[:, None] * B + self.offsets_B[None, :]
+            block = slots.block[:, None].expand(-1, B)
+            valid = live[:, None].expand(-1, B)
+            ids = slots.ids
+            if widened:  # [completed block (kept) | current block]; padding where a row completed nothing
+                ids = torch.cat([slots.prev_ids, ids], 1)
+                pos = torch.cat([(pos - B).clamp(min=0), pos], 1)
+                block = torch.cat([block - 1, block], 1)
+                valid = torch.cat([carry[:, None].expand(-1, B), valid], 1)
+            kind = torch.full_like(block, CLEAN)
+            q_index, k_kind, k_block, k_valid = self.cache.begin_step(kind, block, valid)
+            mask = labelled_attention_mask(
+                kind, block, valid, q_index, k_kind, k_block, k_valid, self.backend, self.dtype
+            )
+            if not widened:  # the block's later steps see the same keys: one mask for all of them
+                self._reusable, self._reused = self._layout, (mask, pos)
         keep = B + 1 if (meta.logit_shift and widened) else B
         logits = self._forward(ids, mask, pos, keep, len(live))
-        self.cache.commit(carry.long() * B)
-        slots.carry[:] = False
+        if widened:
+            self.cache.commit(carry.long() * B)
+            slots.carry[:] = False
+            self._layout += 1
         if meta.logit_shift:
             if widened:  # the completed block's last token predicts the new block's first position
                 slots.shift_logits[carry] = logits[carry, 0]
             block_logits = torch.cat([slots.shift_logits[:, None], logits[:, -B:-1]], 1)
         else:
             block_logits = logits[:, -B:]
-        rows = live.nonzero().squeeze(-1)
-        self._commit(rows, block_logits[rows])
+        if bool(live.all()):
+            self._commit(None, block_logits)
+        else:
+            rows = live.nonzero().squeeze(-1)
+            self._commit(rows, block_logits[rows])
 
-    def _sample(self, rows_R: torch.Tensor, logits_RBV: torch.Tensor):
+    def _sample(self, rows: list[int], logits_RBV: torch.Tensor):
         cfg, B = self.cfg, self.B
         uniform = None
         if cfg.temperature > 0:  # each sequence's own draws: independent of the batch it shares
             gens = self.slots.generators
-            uniform = torch.cat([torch.rand(B, generator=gens[s], device=self.device) for s in rows_R.tolist()])
+            uniform = torch.cat([torch.rand(B, generator=gens[s], device=self.device) for s in rows])
         tokens, conf = sample_tokens(
             logits_RBV.reshape(-1, logits_RBV.shape[-1]),
             cfg.temperature,
@@ -314,36 +336,54 @@ class _Decode:
             (self.meta.mask_token_id,),
             uniform_N=uniform,
         )
-        return tokens.view(len(rows_R), B), conf.view(len(rows_R), B)
+        return tokens.view(len(rows), B), conf.view(len(rows), B)
 
-    def _commit(self, rows_R: torch.Tensor, logits_RBV: torch.Tensor) -> None:
-        """Denoising step of rows ``rows_R`` from their current block's logits; complete blocks move on or leave."""
+    def _commit(self, rows_R: torch.Tensor | None, logits_RBV: torch.Tensor) -> None:
+        """Denoising step of rows ``rows_R`` (None: every slot) from their current block's logits.
+
+        A row whose block is complete moves to its next block or, at EOS or its cap, leaves.
+        """
         cfg, B, s, meta = self.cfg, self.B, self.slots, self.meta
-        block_R = s.block[rows_R]
-        target = (block_R[:, None] * B + self.offsets_B[None, :]) < s.cap[rows_R][:, None]
-        ids = s.ids[rows_R]
-        todo, _ = block_progress(ids, meta.mask_token_id, self.eos_ids, target)
-        tokens, conf = self._sample(rows_R, logits_RBV)
-        step_in_block = s.step_in_block[rows_R]
+        if rows_R is None:
+            take, rows = (lambda t: t), list(range(len(s.seq)))
+        else:
+            take, rows = (lambda t: t[rows_R]), rows_R.tolist()
+
+        def put(t, value):
+            if rows_R is None:
+                t.copy_(value)
+            else:
+                t[rows_R] = value
+
+        block_R, cap_R = take(s.block), take(s.cap)
+        target = (block_R[:, None] * B + self.offsets_B[None, :]) < cap_R[:, None]
+        ids, todo = take(s.ids), take(s.todo)
+        tokens, conf = self._sample(rows, logits_RBV)
+        step_in_block = take(s.step_in_block)
         quota = self.schedule[step_in_block.clamp(max=len(self.schedule) - 1)]
         commit = select_commits(conf, todo, quota, cfg.remasking, cfg.threshold)
-        steps = s.steps[rows_R]
+        steps = take(s.steps)
         ids = torch.where(commit, tokens, ids)
-        block_steps = torch.where(commit, steps[:, None], s.block_steps[rows_R])
-        s.ids[rows_R], s.block_steps[rows_R] = ids, block_steps
-        s.steps[rows_R], s.step_in_block[rows_R] = steps + 1, step_in_block + 1
+        block_steps = torch.where(commit, steps[:, None], take(s.block_steps))
+        put(s.ids, ids)
+        put(s.block_steps, block_steps)
+        steps = steps + 1  # (a new tensor: with rows_R None, take() returned the slots' own)
+        put(s.steps, steps)
+        put(s.step_in_block, step_in_block + 1)
         todo, ended = block_progress(ids, meta.mask_token_id, self.eos_ids, target)
+        put(s.todo, todo)
         complete = ~todo.any(-1)
-        if not complete.any():
+        if not bool(complete.any()):
             return
-        leave = complete & (ended | ((block_R + 1) * B >= s.cap[rows_R]))
+        self._layout += 1  # rows move to a new block or leave: the next step's mask is built afresh
+        leave = complete & (ended | ((block_R + 1) * B >= cap_R))
         move = complete & ~leave
         done = complete.nonzero().squeeze(-1)
         for q, block_ids, block_map, n_steps, stop, end in zip(
-            s.seq[rows_R[done]].tolist(),
+            take(s.seq)[done].tolist(),
             ids[done].tolist(),
             block_steps[done].tolist(),
-            (steps[done] + 1).tolist(),
+            steps[done].tolist(),
             leave[done].tolist(),
             ended[done].tolist(),
         ):
@@ -351,13 +391,15 @@ class _Decode:
             self.out_steps[q].extend(block_map)
             if stop:
                 self.nfe[q], self.ended[q] = n_steps, end
-        if move.any():
-            moving = rows_R[move]
+        if bool(move.any()):
+            moving = move if rows_R is None else rows_R[move]
+            # (before s.block moves: with rows_R None, block_R is s.block itself)
+            s.todo[moving] = ((block_R[move, None] + 1) * B + self.offsets_B[None, :]) < cap_R[move, None]
             s.prev_ids[moving] = ids[move]
             s.ids[moving] = meta.mask_token_id
             s.block_steps[moving] = -1
             s.block[moving] += 1
             s.step_in_block[moving] = 0
             s.carry[moving] = True
-        if leave.any():
-            s.seq[rows_R[leave]] = -1
+        if bool(leave.any()):
+            s.seq[leave if rows_R is None else rows_R[leave]] = -1

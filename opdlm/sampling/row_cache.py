@@ -41,8 +41,9 @@ class RowKVCache:
         self.keys: list[torch.Tensor] = []  # per layer (S, H, C, D); allocated by the first update
         self.values: list[torch.Tensor] = []
         self._rows: torch.Tensor | None = None  # slots written by the current forward (None: all of them)
-        self._cols_SW: torch.Tensor | None = None
         self._key_end = 0
+        self._step_spec = None  # what begin_step prepared: (row index, columns, key end, common start or None)
+        self._row_index = self._cols_SW = self._same_start = None
 
     @property
     def rows(self) -> int:
@@ -84,14 +85,22 @@ class RowKVCache:
         """
         W = kind_SW.shape[1]
         cols_SW = self.lengths_S[:, None] + torch.arange(W, device=self.device)[None, :]
-        end = int(self.lengths_S.max()) + W
+        shortest, longest = int(self.lengths_S.min()), int(self.lengths_S.max())
+        end = longest + W
         self._reserve(end)
         rows = torch.arange(self.rows, device=self.device)[:, None]
         self.kind_SC[rows, cols_SW], self.block_SC[rows, cols_SW] = kind_SW, block_SW
         self.valid_SC[rows, cols_SW] = valid_SW
-        self._rows, self._cols_SW, self._key_end = None, cols_SW, end
+        # rows of one length (batch 1, or every row at the same block) write a plain slice
+        self._step_spec = (rows, cols_SW, end, shortest if shortest == longest else None)
+        self.resume_step()
         in_range_ST = torch.arange(end, device=self.device)[None, :] < (self.lengths_S + W)[:, None]
         return cols_SW, self.kind_SC[:, :end], self.block_SC[:, :end], self.valid_SC[:, :end] & in_range_ST
+
+    def resume_step(self) -> None:
+        """Prepare a forward with exactly the queries, lengths and labels of the last :meth:`begin_step`."""
+        self._rows = None
+        self._row_index, self._cols_SW, self._key_end, self._same_start = self._step_spec
 
     def begin_prefill(
         self, slots_R: torch.Tensor, kind_RW: torch.Tensor, block_RW: torch.Tensor, valid_RW: torch.Tensor
@@ -104,7 +113,7 @@ class RowKVCache:
         self._reserve(W)
         self.lengths_S[slots_R] = 0
         self.kind_SC[slots_R, :W], self.block_SC[slots_R, :W], self.valid_SC[slots_R, :W] = kind_RW, block_RW, valid_RW
-        self._rows, self._cols_SW, self._key_end = slots_R, None, W
+        self._rows, self._key_end = slots_R, W
 
     def update(self, key_states, value_states, layer_idx: int, cache_kwargs=None):
         """Store the forward's new keys and values (``(S or R, H, W, D)``); return the ones to attend to."""
@@ -119,10 +128,13 @@ class RowKVCache:
             keys[self._rows, :, :W] = key_states
             values[self._rows, :, :W] = value_states
             return key_states, value_states
-        rows = torch.arange(self.rows, device=keys.device)[:, None]
-        # advanced indices (S, W) around a slice put their dims first: (S, W, H, D)
-        keys[rows, :, self._cols_SW] = key_states.transpose(1, 2)
-        values[rows, :, self._cols_SW] = value_states.transpose(1, 2)
+        if self._same_start is not None:
+            start, stop = self._same_start, self._same_start + key_states.shape[2]
+            keys[:, :, start:stop] = key_states
+            values[:, :, start:stop] = value_states
+        else:  # advanced indices (S, W) around a slice put their dims first: (S, W, H, D)
+            keys[self._row_index, :, self._cols_SW] = key_states.transpose(1, 2)
+            values[self._row_index, :, self._cols_SW] = value_states.transpose(1, 2)
         return keys[:, :, : self._key_end], values[:, :, : self._key_end]
 
     def commit(self, advance_S: torch.Tensor) -> None:
