@@ -130,8 +130,13 @@ def main() -> None:
     )
 
     # batch 16 to EOS, with batch 1 to EOS on the same prompts for the forwards per token
-    alone = [with_eos.generate([p], cfg(args.new_tokens), decode_text=False) for p in prompts]
-    b1_per_token = sum(o.num_forwards[0] for o in alone) / sum(len(o.response_ids[0]) for o in alone)
+    alone_stats = []
+    for p in prompts:
+        with_eos.generate([p], cfg(args.new_tokens), decode_text=False)
+        alone_stats.append(with_eos.stats)
+    b1_tokens = sum(st.tokens for st in alone_stats)
+    b1_per_token = sum(st.row_forwards for st in alone_stats) / b1_tokens
+    b1_queries = sum(st.query_tokens for st in alone_stats) / b1_tokens
     block_s, ar_s, block_out, ar_out = _time_pair(
         lambda: with_eos.generate(prompts, cfg(args.new_tokens), decode_text=False),
         lambda: ar(prompts, args.new_tokens, True),
@@ -145,9 +150,11 @@ def main() -> None:
         f"({block_out.mean_tokens_per_step():.2f} tokens/step, {with_eos.stats.forwards} model calls) | "
         f"HF generate {ar_s * 1e3:8.1f} ms | speedup {ratios['eos_b16']:.2f}x"
     )
+    b16_queries = with_eos.stats.query_tokens_per_token
     print(
         f"row forwards per committed token, to EOS: batch 1 {b1_per_token:.3f} | batch 16 {b16_per_token:.3f} "
-        f"({(b16_per_token / b1_per_token - 1) * 100:+.1f}%; target: within 15%)"
+        f"({(b16_per_token / b1_per_token - 1) * 100:+.1f}%; target: within 15%); query positions per token "
+        f"(padding included): batch 1 {b1_queries:.2f} | batch 16 {b16_queries:.2f}"
     )
 
     if args.queue:

@@ -1,6 +1,8 @@
 """The block-diffusion sampler (METHOD §3) with continuous batching: every row moves through its blocks on its own.
 
-Rollouts, evaluation, ``opdlm generate``, the MLflow pyfunc and lm-eval all decode with this one sampler.
+Rollouts, evaluation, ``opdlm generate``, the MLflow pyfunc and lm-eval all decode with this one
+sampler: :meth:`BlockDiffusionSampler.generate` (one length cap), or
+:meth:`BlockDiffusionSampler.generate_capped` (a cap per prompt: rollouts with per-domain caps).
 
 A batch has ``max_batch`` slots (default: every prompt at once); prompts beyond that wait in a queue
 (shortest first, so prefills pad little). The committed tokens of every slot live in one
@@ -18,6 +20,10 @@ blocks, of different prompt lengths, share every forward. One loop iteration:
    dynamic threshold). A row whose block is complete moves to its next block at once; a row that
    ended (EOS, or its length cap) leaves at once: its slot takes the next queued prompt or, once
    the queue is empty, its cache row is dropped (compaction), so no forward carries a finished row.
+
+A widened forward pads the rows that completed no block (their first ``B`` query positions): one
+call instead of two, each of which would pay the per-call cost and read every weight.
+:class:`DecodeStats` counts the padded positions (``query_tokens``) next to the rows.
 
 Each row's queries see exactly the keys (same labels, same positions) they would see if the row
 were decoded alone, so every row's tokens, step map and forward count equal decoding its prompt
@@ -64,17 +70,24 @@ class DecodeStats:
         prefills: model calls that admitted new prompts.
         row_forwards: batch rows over all model calls (a slot whose row has left but is not yet
             compacted away counts too): the work a batch did, in rows.
+        query_tokens: query positions over all model calls, padding included (a row that carries
+            no completed block still fills a widened forward's first ``B`` positions).
         tokens: tokens kept in the responses.
     """
 
     forwards: int = 0
     prefills: int = 0
     row_forwards: int = 0
+    query_tokens: int = 0
     tokens: int = 0
 
     @property
     def row_forwards_per_token(self) -> float:
         return self.row_forwards / self.tokens if self.tokens else 0.0
+
+    @property
+    def query_tokens_per_token(self) -> float:
+        return self.query_tokens / self.tokens if self.tokens else 0.0
 
 
 class _Slots:
@@ -226,6 +239,7 @@ class _Decode:
         stats = self.sampler.stats
         stats.forwards += 1
         stats.row_forwards += rows
+        stats.query_tokens += ids.numel()
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
