@@ -127,3 +127,19 @@ def s3_keys(endpoint: str, bucket: str, prefix: str = "") -> list[str]:
         if not page.get("IsTruncated"):
             return keys
         token = page["NextContinuationToken"]
+
+
+def use_uncompiled_flex_attention(monkeypatch) -> None:
+    """Run Hugging Face's ``flex_attention`` without ``torch.compile`` (the unfused reference path:
+    seconds on tiny CPU shapes instead of a ~37 s compile), for the test that calls it."""
+    import warnings
+
+    import transformers.integrations.flex_attention as hf_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    def eager(query, key, value, training=False, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            return flex_attention(query, key, value, **kwargs)
+
+    monkeypatch.setattr(hf_flex, "compile_friendly_flex_attention", eager)

@@ -28,7 +28,7 @@ class ScriptedRunner(ModelRunner):
         super().__init__("student", Path("scripted"), tokenizer, None, None, None)
         self.replies = replies  # question -> (text, step map)
 
-    def generate(self, prompt_ids, cfg, seed):
+    def generate(self, prompt_ids, cfg, seed, max_batch=None):
         texts, ids, steps = [], [], []
         for prompt in prompt_ids:
             prompt_text = self.tokenizer.decode(prompt)

@@ -66,6 +66,11 @@ def build_prompts(runner: ModelRunner, benchmark: Benchmark, rows: list[Row]) ->
     return [runner.format_prompt(benchmark.question_text(r), r.domain, math_suffix=benchmark.math_suffix) for r in rows]
 
 
+# A student's decode chunk, in batches: its rows queue for the batch's slots (the block sampler's
+# continuous batching); larger chunks leave fewer half-empty tails, smaller ones report progress sooner.
+QUEUED_BATCHES = 8
+
+
 def decode_batches(
     runner: ModelRunner,
     prompt_ids: list[list[int]],
@@ -74,20 +79,26 @@ def decode_batches(
     seed: int,
     progress: bool = False,
 ):
-    """Decode tokenised prompts in batches of similar length (less padding); batch ``b`` samples with ``seed + b``.
+    """Decode tokenised prompts in chunks of similar length (less padding); chunk ``b`` samples with ``seed + b``.
+
+    A causal LM decodes ``batch_size`` prompts per chunk. A student's chunk holds
+    ``QUEUED_BATCHES * batch_size`` prompts decoded ``batch_size`` rows at a time: a row that
+    finishes hands its slot to the next queued prompt, so the batch stays full until the chunk's end.
 
     Yields:
-        ``(row_indices, SampleBatch, seconds)`` per batch: which prompts it held, what they decoded
-        to (in ``row_indices`` order) and the batch's wall-clock generation time.
+        ``(row_indices, SampleBatch, seconds)`` per chunk: which prompts it held, what they decoded
+        to (in ``row_indices`` order) and the chunk's wall-clock generation time.
     """
     from opdlm.progress import track
 
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    chunk = batch_size * (QUEUED_BATCHES if runner.kind == "student" else 1)
+    batches = [order[i : i + chunk] for i in range(0, len(order), chunk)]
     for b, batch in enumerate(track(batches, "decode", "batch", enabled=progress)):
         start = time.perf_counter()
         # batch b's seed, wrapped into the range torch's generator takes (a seed near the top stays valid)
-        out = runner.generate([prompt_ids[i] for i in batch], cfg, seed=(seed + b) % (SEED_MAX + 1))
+        seed_b = (seed + b) % (SEED_MAX + 1)
+        out = runner.generate([prompt_ids[i] for i in batch], cfg, seed=seed_b, max_batch=batch_size)
         yield batch, out, time.perf_counter() - start
 
 

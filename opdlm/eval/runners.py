@@ -70,7 +70,7 @@ class ModelRunner:
         """The loaded Hugging Face model (the student's or the causal LM's), e.g. to score log-likelihoods."""
         return self._model
 
-    def generate(self, prompt_ids: list[list[int]], cfg: SamplerConfig, seed: int):
+    def generate(self, prompt_ids: list[list[int]], cfg: SamplerConfig, seed: int, max_batch: int | None = None):
         """Decode one batch.
 
         Args:
@@ -78,13 +78,17 @@ class ModelRunner:
             cfg: sampler settings; a causal LM reads only ``max_new_tokens``, ``temperature``,
                 ``top_k`` and ``top_p``.
             seed: makes sampling at temperature > 0 reproducible.
+            max_batch: a student decodes at most this many rows at once, the others queue for a
+                free slot (None: all at once); a causal LM decodes all ``prompt_ids`` at once.
         """
         import torch
 
         if self._sampler is not None:
-            device = self._sampler.student.device
-            generator = torch.Generator(device=device).manual_seed(seed)
-            return self._sampler.generate(prompt_ids, cfg, generator=generator)
+            from opdlm.sampling.block_sampler import BlockDiffusionSampler
+
+            student = self._sampler.student
+            generator = torch.Generator(device=student.device).manual_seed(seed)
+            return BlockDiffusionSampler(student, max_batch).generate(prompt_ids, cfg, generator=generator)
         from opdlm.sampling.autoregressive import generate_autoregressive
 
         return generate_autoregressive(

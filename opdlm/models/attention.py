@@ -111,6 +111,54 @@ def flex_block_mask(geom: Geometry, q_start: int, q_end: int, k_end: int):
     return create_block_mask(mask_mod, B=kind.shape[0], H=None, Q_LEN=q_end - q_start, KV_LEN=k_end, device=kind.device)
 
 
+def labelled_attention_mask(
+    q_kind_BQ: torch.Tensor,
+    q_block_BQ: torch.Tensor,
+    q_valid_BQ: torch.Tensor,
+    q_index_BQ: torch.Tensor,
+    k_kind_BT: torch.Tensor,
+    k_block_BT: torch.Tensor,
+    k_valid_BT: torch.Tensor,
+    backend: str,
+    dtype: torch.dtype,
+):
+    """The mask of queries against keys that each carry their own labels, in ``backend``'s format.
+
+    For layouts a :class:`Geometry` cannot describe: the sampler's per-row KV cache puts each row's
+    queries at that row's own column (``q_index_BQ``), so rows at different lengths share a forward.
+    Key ``t`` is column ``t`` of its row; the rule is :func:`allowed_rule`, as everywhere else.
+    """
+    if backend == "flex_attention":
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return allowed_rule(
+                q_kind_BQ[b, q_idx],
+                q_block_BQ[b, q_idx],
+                q_valid_BQ[b, q_idx],
+                q_index_BQ[b, q_idx],
+                k_kind_BT[b, kv_idx],
+                k_block_BT[b, kv_idx],
+                k_valid_BT[b, kv_idx],
+                kv_idx,
+            )
+
+        B, Q = q_kind_BQ.shape
+        return create_block_mask(mask_mod, B=B, H=None, Q_LEN=Q, KV_LEN=k_kind_BT.shape[1], device=q_kind_BQ.device)
+    ik = torch.arange(k_kind_BT.shape[1], device=k_kind_BT.device)[None, None, :]
+    allowed_BQT = allowed_rule(
+        q_kind_BQ[:, :, None],
+        q_block_BQ[:, :, None],
+        q_valid_BQ[:, :, None],
+        q_index_BQ[:, :, None],
+        k_kind_BT[:, None, :],
+        k_block_BT[:, None, :],
+        k_valid_BT[:, None, :],
+        ik,
+    )
+    return dense_to_backend(allowed_BQT, backend, dtype)
+
+
 def causal_padding_mask(geom: Geometry, backend: str, dtype: torch.dtype):
     """The mask of a plain causal forward over ``[left-padded prompt | response]`` (the teacher's).
 

@@ -28,6 +28,7 @@ def sample_tokens(
     top_p: float = 1.0,
     forbidden_ids: tuple[int, ...] = (),
     generator: torch.Generator | None = None,
+    uniform_N: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row and report its confidence.
 
@@ -35,6 +36,11 @@ def sample_tokens(
         logits_NV: raw logits for N positions.
         temperature: 0 = argmax.
         forbidden_ids: ids that can never be emitted (the mask token).
+        generator: draws for ``torch.multinomial`` when ``uniform_N`` is not given.
+        uniform_N: one U[0, 1) draw per row, made by the caller (the block sampler draws each
+            sequence's own from that sequence's generator, so what a row samples does not depend on
+            which rows share its batch); the token is the inverse CDF of the tempered, filtered
+            distribution at that draw.
 
     Returns:
         ``(tokens_N, confidence_N)``: confidence is the untempered, unfiltered probability of the
@@ -48,7 +54,22 @@ def sample_tokens(
     if temperature == 0.0:
         tokens = logits.argmax(dim=-1)
     else:
-        tempered = filter_top_k_top_p(logits / temperature, top_k, top_p)
-        tokens = torch.multinomial(torch.softmax(tempered, dim=-1), 1, generator=generator).squeeze(-1)
+        tempered = torch.softmax(filter_top_k_top_p(logits / temperature, top_k, top_p), dim=-1)
+        if uniform_N is None:
+            tokens = torch.multinomial(tempered, 1, generator=generator).squeeze(-1)
+        else:
+            tokens = inverse_cdf(tempered, uniform_N)
     confidence = probs.gather(-1, tokens[:, None]).squeeze(-1)
     return tokens, confidence
+
+
+def inverse_cdf(probs_NV: torch.Tensor, uniform_N: torch.Tensor) -> torch.Tensor:
+    """The token at which each row's cumulative probability first exceeds its draw ``u * total``.
+
+    Never a zero-probability token: the target is kept strictly below the row's total mass, so the
+    first cumulative value above it belongs to a token with positive probability.
+    """
+    cdf = probs_NV.cumsum(-1)
+    total = cdf[:, -1:]
+    target = torch.minimum(uniform_N.to(cdf.dtype)[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1)

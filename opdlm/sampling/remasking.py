@@ -53,7 +53,7 @@ def block_progress(block_ids_NK: torch.Tensor, mask_id: int, eos_ids: torch.Tens
     Args:
         block_ids_NK: the current block's ids (mask id where still masked).
         eos_ids: tensor of EOS ids.
-        target_K: positions within the length cap.
+        target_K: positions within the length cap, ``(K,)`` or per row ``(N, K)``.
 
     Returns:
         ``(todo_NK, ended_N)``: positions still to decode; rows whose sequence ended at an EOS here.
@@ -63,6 +63,6 @@ def block_progress(block_ids_NK: torch.Tensor, mask_id: int, eos_ids: torch.Tens
     is_eos = torch.isin(block_ids_NK, eos_ids) & ~masked
     pos = torch.arange(K, device=block_ids_NK.device)
     first_eos = torch.where(is_eos, pos, K).min(-1).values
-    todo = masked & target_K[None, :] & (pos[None, :] < first_eos[:, None])
+    todo = masked & target_K & (pos[None, :] < first_eos[:, None])
     ended = (first_eos < K) & ~todo.any(-1)
     return todo, ended

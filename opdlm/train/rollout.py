@@ -1,7 +1,7 @@
 """Step 1 of OPD: rollouts with the shared block sampler, kept as token ids and step maps (METHOD §4.1).
 
-Rows are grouped by their length cap (per-domain caps make caps differ inside a batch) and each
-group is sampled with ``max_new_tokens`` = its cap, so responses are already truncated to the cap.
+Each row is sampled with its own length cap (per-domain caps make caps differ inside a batch), so
+responses are already truncated to the cap.
 Prompts stay paired with their own rollout by index; a prompt is never silently dropped.
 """
 
@@ -56,20 +56,20 @@ def encode_rows(
 def rollout(
     student: Student, prompts: list[list[int]], caps: list[int], cfg: SamplerConfig, generator: torch.Generator
 ) -> Episodes:
-    """Sample one response per prompt; prompt ``i`` gets at most ``caps[i]`` tokens."""
+    """Sample one response per prompt; prompt ``i`` gets at most ``caps[i]`` tokens.
+
+    Every prompt is in one continuously batched ``generate`` (rows with different caps side by side):
+    a row that hits its cap or EOS leaves the batch at once, so short caps never wait for long ones.
+    """
     sampler = BlockDiffusionSampler(student)
-    n = len(prompts)
-    responses, step_maps = [[] for _ in range(n)], [[] for _ in range(n)]
-    finished, nfe = [False] * n, [0] * n
-    total_tokens, total_steps = 0, 0
-    for cap in sorted(set(caps)):
-        group = [i for i in range(n) if caps[i] == cap]
-        batch = sampler.generate(
-            [prompts[i] for i in group], cfg.with_overrides(max_new_tokens=cap), generator, decode_text=False
-        )
-        for k, i in enumerate(group):
-            responses[i], step_maps[i] = batch.response_ids[k], batch.step_map[k]
-            finished[i], nfe[i] = batch.finished[k], batch.num_forwards[k]
-            total_tokens += len(batch.response_ids[k])
-            total_steps += batch.num_steps(k)
-    return Episodes(prompts, responses, step_maps, finished, nfe, total_tokens / total_steps if total_steps else 0.0)
+    batch = sampler.generate_capped(prompts, cfg, caps, generator, decode_text=False)
+    total_tokens = sum(len(r) for r in batch.response_ids)
+    total_steps = sum(batch.num_steps(k) for k in range(len(batch)))
+    return Episodes(
+        prompts,
+        batch.response_ids,
+        batch.step_map,
+        batch.finished,
+        batch.num_forwards,
+        total_tokens / total_steps if total_steps else 0.0,
+    )

@@ -1,0 +1,153 @@
+"""A KV cache in which every batch row has its own length: rows at different blocks share one forward.
+
+Layout of row ``i`` (columns of the per-layer ``(S, H, C, D)`` key and value tensors)::
+
+    [ its prompt (left-padded within its prefill group) | committed blocks ... | free ]
+      0                                                   lengths[i]
+
+Next to the keys it keeps each column's mask labels (``kind``, ``block``, ``valid``; see
+:mod:`opdlm.models.geometry`), so the mask of a forward is built by the same rule as training's and
+never from a row's position alone. A forward writes its ``W`` query tokens' keys at columns
+``[lengths[i], lengths[i] + W)`` of each row, so one model call serves rows of any length; the keys it
+attends to are columns ``[0, max_i(lengths[i]) + W)``, and a row's columns past its own
+``lengths[i] + W`` are stale or empty and never attended. Committing a token is only moving
+``lengths[i]`` past it: nothing is copied.
+
+The object duck-types the part of Hugging Face's ``Cache`` a decoder layer calls (``update``), so
+an unmodified ``transformers`` model writes into it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from opdlm.models.geometry import CLEAN
+
+
+class RowKVCache:
+    """Per-row KV cache of committed tokens for ``rows`` batch slots.
+
+    Attributes:
+        lengths_S: committed columns of each slot.
+        kind_SC, block_SC, valid_SC: mask labels of every column (``valid`` False on padding and free columns).
+    """
+
+    def __init__(self, rows: int, device: torch.device):
+        self.device = device
+        self.lengths_S = torch.zeros(rows, dtype=torch.long, device=device)
+        self.kind_SC = torch.zeros((rows, 0), dtype=torch.long, device=device)
+        self.block_SC = torch.zeros((rows, 0), dtype=torch.long, device=device)
+        self.valid_SC = torch.zeros((rows, 0), dtype=torch.bool, device=device)
+        self.keys: list[torch.Tensor] = []  # per layer (S, H, C, D); allocated by the first update
+        self.values: list[torch.Tensor] = []
+        self._rows: torch.Tensor | None = None  # slots written by the current forward (None: all of them)
+        self._key_end = 0
+        self._step_spec = None  # what begin_step prepared: (row index, columns, key end, common start or None)
+        self._row_index = self._cols_SW = self._same_start = None
+
+    @property
+    def rows(self) -> int:
+        return self.lengths_S.shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return self.kind_SC.shape[1]
+
+    def _reserve(self, columns: int) -> None:
+        """Grow every row to at least ``columns`` columns (by half again, so growth is amortised)."""
+        if columns <= self.capacity:
+            return
+        extra = max(columns, self.capacity + self.capacity // 2) - self.capacity
+
+        def grow(t, fill):
+            pad = torch.full((t.shape[0], extra), fill, dtype=t.dtype, device=t.device)
+            return torch.cat([t, pad], 1)
+
+        self.kind_SC, self.block_SC = grow(self.kind_SC, CLEAN), grow(self.block_SC, 0)
+        self.valid_SC = grow(self.valid_SC, False)
+        for store in (self.keys, self.values):
+            for i, t in enumerate(store):
+                pad = t.new_zeros((t.shape[0], t.shape[1], extra, t.shape[3]))
+                store[i] = torch.cat([t, pad], 2)
+
+    def begin_step(
+        self, kind_SW: torch.Tensor, block_SW: torch.Tensor, valid_SW: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prepare a forward of ``W`` query tokens per slot, written after each slot's committed prefix.
+
+        Args:
+            kind_SW, block_SW, valid_SW: the query tokens' mask labels (``valid`` False on padding queries).
+
+        Returns:
+            ``(query_index_SW, key_kind_ST, key_block_ST, key_valid_ST)``: each query's column in its
+            row, and the labels of the ``T`` key columns this forward attends to (columns past a row's
+            own queries are invalid).
+        """
+        W = kind_SW.shape[1]
+        cols_SW = self.lengths_S[:, None] + torch.arange(W, device=self.device)[None, :]
+        shortest, longest = int(self.lengths_S.min()), int(self.lengths_S.max())
+        end = longest + W
+        self._reserve(end)
+        rows = torch.arange(self.rows, device=self.device)[:, None]
+        self.kind_SC[rows, cols_SW], self.block_SC[rows, cols_SW] = kind_SW, block_SW
+        self.valid_SC[rows, cols_SW] = valid_SW
+        # rows of one length (batch 1, or every row at the same block) write a plain slice
+        self._step_spec = (rows, cols_SW, end, shortest if shortest == longest else None)
+        self.resume_step()
+        in_range_ST = torch.arange(end, device=self.device)[None, :] < (self.lengths_S + W)[:, None]
+        return cols_SW, self.kind_SC[:, :end], self.block_SC[:, :end], self.valid_SC[:, :end] & in_range_ST
+
+    def resume_step(self) -> None:
+        """Prepare a forward with exactly the queries, lengths and labels of the last :meth:`begin_step`."""
+        self._rows = None
+        self._row_index, self._cols_SW, self._key_end, self._same_start = self._step_spec
+
+    def begin_prefill(
+        self, slots_R: torch.Tensor, kind_RW: torch.Tensor, block_RW: torch.Tensor, valid_RW: torch.Tensor
+    ) -> None:
+        """Prepare a forward of only the slots ``slots_R``, which start empty: their tokens fill columns ``[0, W)``.
+
+        Those rows see only their own new keys, so the forward needs no read of the cache.
+        """
+        W = kind_RW.shape[1]
+        self._reserve(W)
+        self.lengths_S[slots_R] = 0
+        self.kind_SC[slots_R, :W], self.block_SC[slots_R, :W], self.valid_SC[slots_R, :W] = kind_RW, block_RW, valid_RW
+        self._rows, self._key_end = slots_R, W
+
+    def update(self, key_states, value_states, layer_idx: int, cache_kwargs=None):
+        """Store the forward's new keys and values (``(S or R, H, W, D)``); return the ones to attend to."""
+        if layer_idx == len(self.keys):  # first forward: allocate from the model's own shapes
+            S, H, _, D = key_states.shape
+            shape = (self.rows, H, self.capacity, D)
+            self.keys.append(key_states.new_zeros(shape))
+            self.values.append(value_states.new_zeros(shape))
+        keys, values = self.keys[layer_idx], self.values[layer_idx]  # (_reserve grows every allocated layer)
+        if self._rows is not None:  # prefill of empty slots: they attend to exactly these keys
+            W = key_states.shape[2]
+            keys[self._rows, :, :W] = key_states
+            values[self._rows, :, :W] = value_states
+            return key_states, value_states
+        if self._same_start is not None:
+            start, stop = self._same_start, self._same_start + key_states.shape[2]
+            keys[:, :, start:stop] = key_states
+            values[:, :, start:stop] = value_states
+        else:  # advanced indices (S, W) around a slice put their dims first: (S, W, H, D)
+            keys[self._row_index, :, self._cols_SW] = key_states.transpose(1, 2)
+            values[self._row_index, :, self._cols_SW] = value_states.transpose(1, 2)
+        return keys[:, :, : self._key_end], values[:, :, : self._key_end]
+
+    def commit(self, advance_S: torch.Tensor) -> None:
+        """Keep the first ``advance_S[i]`` tokens the last forward wrote in each row (the others are dropped)."""
+        self.lengths_S += advance_S
+
+    def select(self, slots: torch.Tensor) -> None:
+        """Keep only ``slots`` (in that order): rows that left the batch give their memory back."""
+        self.lengths_S = self.lengths_S[slots]
+        self.kind_SC, self.block_SC, self.valid_SC = self.kind_SC[slots], self.block_SC[slots], self.valid_SC[slots]
+        self.keys = [t[slots] for t in self.keys]
+        self.values = [t[slots] for t in self.values]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Longest committed row (for callers that ask; the sampler always passes position ids and a 4-D mask)."""
+        return int(self.lengths_S.max()) if self.rows else 0
