@@ -132,12 +132,15 @@ def evaluate(run_file: str, teacher_record: dict, train_record: dict) -> dict:
         tracking.set_tags(client, run_id, {"cached": f"teacher={t_cached} student={s_cached} sweep={w_cached}"})
         for bench, m in metrics.items():
             logger.info(
-                "eval %s: student %.4f, teacher %s, retention %s, %.2f tokens/step",
+                "eval %s: student %.4f, teacher %s, retention %s, %.2f tokens/step; agreement with the teacher %s, "
+                "teacher NLL ratio %s",
                 bench,
                 m["student_accuracy"],
                 m["teacher_accuracy"],
                 m["retention"],
                 m["student_tokens_per_step"],
+                m["student_agreement"],
+                m["student_nll_ratio"],
             )
     return {
         "metrics": metrics,

@@ -225,7 +225,14 @@ def register(run_file: str, teacher_record: dict, data_record: dict, final_recor
     name = model_name(run)
     client = tracking.client_for(run.tracking_uri)
     student_acc, teacher_acc = metrics[bench]["student_accuracy"], metrics[bench]["teacher_accuracy"]
-    decision = champion_gate(student_acc, teacher_acc, _champion_accuracy(client, name, bench), recipe.registry)
+    decision = champion_gate(
+        student_acc,
+        teacher_acc,
+        _champion_accuracy(client, name, bench),
+        recipe.registry,
+        agreement=metrics[bench].get("student_agreement"),
+        nll_ratio=metrics[bench].get("student_nll_ratio"),
+    )
 
     student_dir = Path(run.run_dir) / "student"
     student_stage(folder.path, student_dir, total)  # model files only: no optimizer state in the registry
@@ -264,6 +271,8 @@ def register(run_file: str, teacher_record: dict, data_record: dict, final_recor
                 "teacher_accuracy": teacher_acc,
                 "retention": metrics[bench]["retention"],
                 "tokens_per_step": metrics[bench]["student_tokens_per_step"],
+                "teacher_agreement": metrics[bench].get("student_agreement"),
+                "teacher_nll_ratio": metrics[bench].get("student_nll_ratio"),
                 "data_md5": data_record["md5"],
                 "teacher": teacher_record["source"],
                 "code_version": run.code_version,

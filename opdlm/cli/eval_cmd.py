@@ -50,6 +50,13 @@ def _summary(result) -> str:
     if result.teacher_accuracy is not None:
         shown = "undefined (teacher scored 0)" if result.retention is None else f"{result.retention:.4f}"
         line += f"; teacher accuracy {result.teacher_accuracy:.4f}, retention {shown}"
+    r = result.teacher_retention
+    if r is not None:
+        ratio = "n/a" if r["nll_ratio"] is None else f"{r['nll_ratio']:.3f}"
+        line += (
+            f"; teacher NLL {r['teacher_nll']:.3f} vs its own {r['teacher_self_nll']:.3f} (ratio {ratio}), "
+            f"agreement {r['agreement']:.3f}, repetition {r['repetition']:.3f}"
+        )
     return line
 
 
@@ -154,13 +161,18 @@ def register(app: typer.Typer) -> None:
 
         if json_out is not None and len(cfg.benchmarks) > 1:
             raise ConfigError("--json-out takes one benchmark; pass --benchmark NAME or use --out-dir")
+        import tempfile
+
         teacher_loaded = read_result(teacher_json) if teacher_json is not None else None
+        scratch = tempfile.TemporaryDirectory(prefix="opdlm-eval-")  # the teacher's samples, for retention
         for name in cfg.benchmarks:
             target = json_out or (out_dir / f"{name}.json" if out_dir is not None else None)
             teacher_result = teacher_loaded
             if teacher is not None:
                 teacher_target = (
-                    target.with_name(target.name.removesuffix(".json") + ".teacher.json") if target else None
+                    target.with_name(target.name.removesuffix(".json") + ".teacher.json")
+                    if target
+                    else Path(scratch.name) / f"{name}.teacher.json"
                 )
                 teacher_result = evaluate(
                     teacher,

@@ -62,13 +62,14 @@ def render_model_card(facts: ModelCardFacts) -> str:
         "",
         "## Scores",
         "",
-        "| benchmark | student acc | teacher acc | retention | student tokens/step |",
-        "| --- | --- | --- | --- | --- |",
+        "| benchmark | student acc | teacher acc | retention | agreement | teacher NLL ratio | student tokens/step |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, s in facts.scores.items():
         lines.append(
             f"| {name} | {_fmt(s.get('student_accuracy'))} | {_fmt(s.get('teacher_accuracy'))} | "
-            f"{_fmt(s.get('retention'))} | {_fmt(s.get('student_tokens_per_step'))} |"
+            f"{_fmt(s.get('retention'))} | {_fmt(s.get('student_agreement'))} | {_fmt(s.get('student_nll_ratio'))} | "
+            f"{_fmt(s.get('student_tokens_per_step'))} |"
         )
     lines += [
         "",
