@@ -54,6 +54,19 @@ def test_zero_probability_teacher_tokens_are_not_nan():
     assert torch.isfinite(forward_kl_from_logprobs(t, s)).all()
 
 
+@pytest.mark.parametrize("top_k", [None, 4])
+def test_a_student_with_an_added_mask_row_is_compared_on_the_teachers_vocabulary(top_k):
+    """A full vocabulary (SmolLM2: 49,152) gains a mask row at conversion: the teacher gives it p = 0,
+    exactly as if its distribution had one more column of probability zero."""
+    t, s = _logprobs(5, 9, 5), _logprobs(5, 10, 6)  # the student has one more row
+    t_padded = torch.cat([t, torch.full((5, 1), -math.inf, dtype=t.dtype)], -1)
+    ours = forward_kl_from_logprobs(t, s, top_k=top_k)
+    assert torch.allclose(ours, forward_kl_from_logprobs(t_padded, s, top_k=top_k), atol=1e-6)
+    assert torch.allclose(ours.double(), _brute_kl(t, s[:, :9], k=top_k), atol=1e-5)
+    with pytest.raises(ValueError, match="smaller than the teacher's"):
+        forward_kl_from_logprobs(s, t)
+
+
 @pytest.mark.parametrize("top_k", [None, 5])
 def test_chunked_equals_unchunked_values_and_gradients(top_k):
     torch.manual_seed(0)
