@@ -46,7 +46,11 @@ LAYERS: tuple[tuple[str, str], ...] = (
     ("errors", "the user-facing exception types every layer raises; imports nothing"),
     ("fsutil", "atomic writes and checked reads of files and folders; raises errors only"),
     ("progress", "the bar-or-lines reporter of long loops (bootstrap, training, eval); the standard library only"),
-    ("storage", "S3 transfers (boto3 lazily): fsutil's atomic folders; data and sources download through it"),
+    (
+        "storage",
+        "the cache root, S3 transfers (boto3 lazily) and pinned PyPI wheels (pip): fsutil's atomic folders; "
+        "data and sources download through it",
+    ),
     (
         "config",
         "every typed settings section (recipe, sampler, train, eval, teacher, benchmark names): data only, "

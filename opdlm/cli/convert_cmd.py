@@ -17,7 +17,8 @@ def register(app: typer.Typer) -> None:
         teacher: str = typer.Option(
             ...,
             "--teacher",
-            help="Source: a local Hugging Face model directory, hf://ORG/MODEL, s3://... or builtin:tiny; "
+            help="Source: a local Hugging Face model directory, hf://ORG/MODEL, s3://..., builtin:tiny, a GGUF file "
+            "(x.gguf, s3://.../x.gguf) or builtin:smollm2-135m-instruct; "
             "a causal LM, or a divelab (a2d-qwen3) / SDAR block-diffusion checkpoint to import.",
         ),
         out: Path = typer.Option(..., "--out", help="Output directory for the converted student (must not exist)."),

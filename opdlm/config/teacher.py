@@ -104,7 +104,9 @@ class TeacherConfig(StrictModel):
     """The frozen autoregressive teacher."""
 
     source: str = Field(
-        "builtin:tiny", description="Teacher source: builtin:tiny, a local HF directory, hf://ORG/MODEL."
+        "builtin:tiny",
+        description="Teacher source: builtin:tiny, a local HF directory, hf://ORG/MODEL, s3://..., a GGUF file "
+        "(local or s3://.../x.gguf) or builtin:smollm2-135m-instruct (a pinned GGUF from PyPI).",
     )
     path: str | None = Field(None, description="Local directory of the resolved teacher.")
     bootstrap: BootstrapConfig = Field(

@@ -48,7 +48,9 @@ def builtin_teacher(
         SourceError: an unknown ``builtin:`` name.
     """
     if src != BUILTIN_TEACHER:
-        raise SourceError(f"unknown builtin model {src!r} (known: {BUILTIN_TEACHER})")
+        from opdlm.sources.gguf import NAMED_GGUF
+
+        raise SourceError(f"unknown builtin model {src!r} (known: {', '.join([BUILTIN_TEACHER, *NAMED_GGUF])})")
     from opdlm.teacher import bootstrap_teacher
 
     if out_dir is None:

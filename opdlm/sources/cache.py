@@ -1,11 +1,8 @@
-"""Where resolved remote and built-in models are kept between runs."""
+"""Where resolved remote and built-in models are kept between runs (the one cache root is
+:func:`opdlm.storage.cache.cache_dir`, shared with the wheels fetched from PyPI)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from opdlm.storage.cache import cache_dir
 
-
-def cache_dir() -> Path:
-    """``OPDLM_CACHE``, default ``~/.cache/opdlm``."""
-    return Path(os.environ.get("OPDLM_CACHE", Path.home() / ".cache" / "opdlm"))
+__all__ = ["cache_dir"]

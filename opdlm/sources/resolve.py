@@ -2,8 +2,10 @@
 
 A source is ``hf://ORG/MODEL[@REVISION]`` (through huggingface_hub's cache), ``s3://bucket/prefix``
 (a directory published by :func:`opdlm.storage.s3.upload_dir`, cached under ``OPDLM_CACHE``),
-``builtin:tiny`` (bootstrapped with a recipe's teacher settings, :mod:`opdlm.sources.builtin`) or a
-local directory. Convert, train, the pipeline, the study and the CLI all come here.
+``builtin:tiny`` (bootstrapped with a recipe's teacher settings, :mod:`opdlm.sources.builtin`), a GGUF
+file (a local ``*.gguf``, ``s3://.../*.gguf`` or a pinned one such as ``builtin:smollm2-135m-instruct``,
+dequantized into a cached Hugging Face directory by :mod:`opdlm.sources.gguf`) or a local directory.
+Convert, train, the pipeline, the study and the CLI all come here.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from opdlm.errors import SourceError
 from opdlm.models.model_dir import check_model_dir
 from opdlm.sources.builtin import BUILTIN_PREFIX, builtin_teacher
 from opdlm.sources.cache import cache_dir
+from opdlm.sources.gguf import is_gguf_source, resolve_gguf
 
 
 def _resolve_hf(src: str) -> Path:
@@ -62,9 +65,12 @@ def resolve_model_source(
         enable_thinking: for ``builtin:`` sources, the recipe's ``convert.enable_thinking``.
 
     Raises:
-        SourceError: unknown scheme or built-in name, missing directory, or not a Hugging Face model directory.
+        SourceError: unknown scheme or built-in name, missing directory, not a Hugging Face model directory,
+            or a GGUF file that is truncated, fails its checksum or has an architecture that cannot be converted.
     """
     text = str(src)
+    if is_gguf_source(text):
+        return check_model_dir(resolve_gguf(text), what)
     if text.startswith(BUILTIN_PREFIX):
         return check_model_dir(builtin_teacher(text, teacher or TeacherConfig(), enable_thinking), what)
     for prefix, resolver in REMOTE.items():
