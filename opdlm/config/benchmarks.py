@@ -8,6 +8,7 @@ each, under exactly these names (``tests/test_loaders.py`` holds the two equal).
 BENCHMARK_NAMES: tuple[str, ...] = (
     "synthetic",
     "gsm8k",
+    "gsm8k_heldout",
     "math500",
     "aime24",
     "aime25",
@@ -16,4 +17,5 @@ BENCHMARK_NAMES: tuple[str, ...] = (
     "gpqa_diamond",
     "humaneval",
     "mbpp",
+    "champ",
 )

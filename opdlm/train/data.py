@@ -16,19 +16,16 @@ from opdlm.errors import OpdlmError
 
 
 def load_training_rows(source: str, path: str | None, num_prompts: int | None, seed: int) -> list[Row]:
-    """Rows from ``path`` (JSONL) when given, else from ``source`` (``builtin:synthetic`` or a JSONL path)."""
+    """Rows from ``path`` (JSONL) when given, else from ``source`` (a ``builtin:`` name or a JSONL path)."""
     if path:
         return read_rows(path)
-    if source.startswith("builtin:synthetic"):
-        from opdlm.data.synthetic import load_split
+    if source.startswith("builtin:"):
+        from opdlm.data.builtin import builtin_rows
 
-        rows = load_split("train", n=num_prompts, seed=seed)
-        if not rows:
-            raise OpdlmError("builtin:synthetic returned no training rows")
-        return rows
+        return builtin_rows(source, num_prompts, seed)
     if Path(source).is_file():
         return read_rows(source)
-    raise OpdlmError(f"data source {source!r}: not builtin:synthetic and not a JSONL file (pass --data FILE)")
+    raise OpdlmError(f"data source {source!r}: not a builtin: source and not a JSONL file (pass --data FILE)")
 
 
 def stream_indices(num_rows: int, start: int, count: int, seed: int) -> list[int]:
