@@ -161,6 +161,13 @@ def main() -> None:
     parser.add_argument("--recipe", default="configs/smollm2-135m.yaml")
     parser.add_argument("--work", type=Path, default=Path("runs/side-by-side"), help="Converted student, baseline.")
     parser.add_argument("--max-steps", type=int, default=200, help="Most baseline rollout steps to reach the budget.")
+    parser.add_argument("--converted", type=Path, help="An already converted student (default: convert into --work).")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="An mdm_sft training folder already trained on the teacher's completions (train.sft_responses: teacher; "
+        "e.g. the OPD run's steps), used instead of training one to the OPD run's tokens.",
+    )
     parser.add_argument("overrides", nargs="*", help="Dotted recipe overrides (the pipeline run's, if it had any).")
     args = parser.parse_args()
 
@@ -177,12 +184,12 @@ def main() -> None:
     teacher_dir = Path(teacher_results[bench]["model"])
     args.work.mkdir(parents=True, exist_ok=True)
 
-    converted = args.work / "converted"
+    converted = args.converted or args.work / "converted"
     if not (converted / "config.json").is_file():
         convert_stage(recipe, teacher_dir, converted)
     converted_results = _eval(recipe, converted, args.work / "eval-converted", teacher_results)
 
-    mdm_dir = args.work / "mdm_sft"
+    mdm_dir = args.baseline or args.work / "mdm_sft"
     seed = recipe.train.seed if recipe.train.seed is not None else recipe.seed
     if not (mdm_dir / "summary.json").is_file():
         rows = load_training_rows(recipe.data.source, recipe.data.path, recipe.train.num_prompts, seed)
