@@ -174,6 +174,7 @@ def main() -> None:
     from opdlm.config.recipe import load_recipe
     from opdlm.pipeline.stages import convert_stage
     from opdlm.train.data import load_training_rows
+    from opdlm.train.folder import TrainingFolder
 
     recipe = load_recipe(args.recipe, args.overrides)
     facts = json.loads((args.run / "summary.json").read_text())
@@ -191,7 +192,7 @@ def main() -> None:
 
     mdm_dir = args.baseline or args.work / "mdm_sft"
     seed = recipe.train.seed if recipe.train.seed is not None else recipe.seed
-    if not (mdm_dir / "summary.json").is_file():
+    if not TrainingFolder(mdm_dir).summary_file.is_file():
         rows = load_training_rows(recipe.data.source, recipe.data.path, recipe.train.num_prompts, seed)
         answered, steps, tokens, data_s = _teacher_completed_rows(
             recipe, rows, teacher_dir, opd_train["training_tokens"], args.max_steps
