@@ -6,7 +6,7 @@ RUNS   ?= runs
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run test test-fast bench gpu-kit gpu-rehearse clean
+.PHONY: setup run run-real test test-fast bench gpu-kit gpu-rehearse clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ setup: $(VENV)/.installed ## create .venv and install opdlm with its test tools
 
 run: setup ## the default end-to-end job on the built-in tiny model (Prefect flow, MLflow registry)
 	OPDLM_RUNS_DIR=$(abspath $(RUNS)) $(BIN)/opdlm pipeline --recipe configs/tiny.yaml
+
+run-real: setup ## the same pipeline on a real pretrained teacher: SmolLM2-135M-Instruct from PyPI, real GSM8K rows
+	OPDLM_RUNS_DIR=$(abspath $(RUNS)) $(BIN)/opdlm pipeline --recipe configs/smollm2-135m.yaml
 
 test: setup ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q

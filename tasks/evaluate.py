@@ -134,12 +134,15 @@ def evaluate(run_file: str, teacher_record: dict, train_record: dict) -> dict:
         tracking.set_tags(client, run_id, {"cached": f"teacher={t_cached} student={s_cached} sweep={w_cached}"})
         for bench, m in metrics.items():
             logger.info(
-                "eval %s: student %s, teacher %s, retention %s, %s tokens/step",
+                "eval %s: student %s, teacher %s, retention %s, %s tokens/step; agreement with the teacher %s, "
+                "teacher NLL ratio %s",
                 bench,
                 show_fraction(m["student_accuracy"]),
                 show_fraction(m["teacher_accuracy"]),
                 show_fraction(m["retention"]),
                 show_rate(m["student_tokens_per_step"]),
+                show_fraction(m.get("student_agreement")),
+                show_rate(m.get("student_nll_ratio")),
             )
     return {
         "metrics": metrics,

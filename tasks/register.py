@@ -225,7 +225,14 @@ def register(run_file: str, teacher_record: dict, data_record: dict, final_recor
     name = model_name(run)
     client = tracking.client_for(run.tracking_uri)
     student_acc, teacher_acc = metrics[bench]["student_accuracy"], metrics[bench]["teacher_accuracy"]
-    decision = champion_gate(student_acc, teacher_acc, _champion_accuracy(client, name, bench), recipe.registry)
+    decision = champion_gate(
+        student_acc,
+        teacher_acc,
+        _champion_accuracy(client, name, bench),
+        recipe.registry,
+        agreement=metrics[bench].get("student_agreement"),
+        nll_ratio=metrics[bench].get("student_nll_ratio"),
+    )
 
     student_dir = Path(run.run_dir) / "student"
     student_stage(
@@ -264,6 +271,8 @@ def register(run_file: str, teacher_record: dict, data_record: dict, final_recor
                 "teacher_accuracy": show_fraction(teacher_acc),
                 "retention": show_fraction(metrics[bench]["retention"]),
                 "tokens_per_step": show_rate(metrics[bench]["student_tokens_per_step"]),
+                "teacher_agreement": show_fraction(metrics[bench].get("student_agreement")),
+                "teacher_nll_ratio": show_rate(metrics[bench].get("student_nll_ratio")),
                 "data_md5": data_record["md5"],
                 "teacher": teacher_record["source"],
                 "code_version": run.code_version,

@@ -118,6 +118,9 @@ def render_summary(run: PipelineRun, eval_record: dict, train_records: list[dict
         "training_tokens": train_summary.get("cumulative_train_tokens"),
         "rollout_steps": train_summary.get("rollout_step"),
         "sweep_dir": eval_record["sweep_dir"],
+        "teacher_results": eval_record["teacher_results"],
+        "student_results": eval_record["student_results"],
+        "train_dir": str(train_dir),
     }
     return "\n".join(lines) + "\n", facts
 

@@ -325,3 +325,48 @@ def test_cli_eval_missing_model(tmp_path, capsys):
 
     assert main(["eval", "--model", str(tmp_path / "nope"), "--benchmark", "synthetic"]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_teacher_retention_rides_on_the_teacher_completions_the_harness_already_made(
+    tiny_student_dir, tiny_teacher_dir, tmp_path
+):
+    """The teacher scored alone is its own reference; a student is scored by that teacher on the teacher's
+    prompts, token for token (a plain causal forward per row), against the teacher's saved completions."""
+    import torch
+
+    from opdlm.eval.retention import lcs_f1
+    from opdlm.models.student import load_causal_lm
+
+    config = EvalConfig(**SMALL)
+    teacher = evaluate(tiny_teacher_dir, "synthetic", config, json_out=tmp_path / "teacher.json")
+    own = teacher.teacher_retention
+    assert own["agreement"] == own["exact_match"] == 1.0 and own["nll_ratio"] == 1.0 and own["n"] == 3
+    student = evaluate(
+        tiny_student_dir,
+        "synthetic",
+        config,
+        teacher_result=read_result(tmp_path / "teacher.json"),
+        json_out=tmp_path / "student.json",
+    )
+    kept = student.teacher_retention
+    t_rows = [json.loads(x) for x in samples_path_for(tmp_path / "teacher.json").read_text().splitlines()]
+    s_rows = [json.loads(x) for x in samples_path_for(tmp_path / "student.json").read_text().splitlines()]
+    assert kept["teacher_self_nll"] == own["teacher_nll"]  # reused from the teacher's samples, not recomputed
+    assert kept["agreement"] == pytest.approx(
+        sum(lcs_f1(s["token_ids"], t["token_ids"]) for s, t in zip(s_rows, t_rows)) / 3, abs=1e-6
+    )
+    model, tok = load_causal_lm(tiny_teacher_dir, device="cpu")
+    total, count = 0.0, 0
+    for s, t in zip(s_rows, t_rows):
+        prompt = tok(t["prompt"], add_special_tokens=False).input_ids
+        ids = [i if i < model.config.vocab_size else 0 for i in s["token_ids"]]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([prompt + ids])).logits[0].float(), -1)
+        for k, token in enumerate(s["token_ids"]):
+            row = logp[len(prompt) - 1 + k]
+            want = -(row[token] if token < model.config.vocab_size else row.min()).item()
+            assert s["teacher_nll"][k] == pytest.approx(want, abs=1e-3)
+            total, count = total + want, count + 1
+    assert kept["teacher_nll"] == pytest.approx(total / count, abs=1e-3)
+    off = evaluate(tiny_student_dir, "synthetic", EvalConfig(**SMALL, retention=False), teacher_result=teacher)
+    assert off.teacher_retention is None

@@ -50,6 +50,7 @@ def test_model_card_states_provenance_and_scores_in_a_screenful():
                 "teacher_accuracy": 0.97,
                 "retention": 0.9840674789128398,
                 "student_tokens_per_step": 1.8,
+                "student_agreement": 0.81234,
             }
         },
         gate="synthetic: promoted",
@@ -63,7 +64,7 @@ def test_model_card_states_provenance_and_scores_in_a_screenful():
         "0123abc",
         "12,345",
         "threshold=0.9",
-        "| synthetic | 0.9545 | 0.9700 | 0.9841 | 1.80 |",
+        "| synthetic | 0.9545 | 0.9700 | 0.9841 | 0.8123 | n/a | 1.80 |",  # no NLL ratio measured: n/a
         "`r123`",
         "synthetic: promoted",
         "recipe.yaml",
@@ -72,3 +73,34 @@ def test_model_card_states_provenance_and_scores_in_a_screenful():
     ):
         assert text in card
     assert "0.954545" not in card and len(card.splitlines()) < 35  # rounded, and short: no recipe dump
+
+
+@pytest.mark.parametrize(
+    ("agreement", "nll_ratio", "promote", "said"),
+    [
+        (0.80, 1.2, True, "agreement 0.8000; NLL ratio 1.2000"),
+        (0.59, 1.2, False, "agreement with the teacher 0.5900 < registry.min_agreement 0.6"),
+        (0.80, 1.6, False, "teacher NLL ratio 1.6000 > registry.max_nll_ratio 1.5"),
+        (None, 1.2, False, "min_agreement is set but the agreement with the teacher was not measured"),
+    ],
+)
+def test_gate_on_teacher_retention_for_a_teacher_with_no_accuracy_to_keep(agreement, nll_ratio, promote, said):
+    """A teacher at 0% makes the accuracy bar empty; agreement and NLL ratio still decide."""
+    cfg = RegistryConfig(min_retention=0.9, min_agreement=0.6, max_nll_ratio=1.5)
+    decision = champion_gate(0.0, 0.0, None, cfg, agreement=agreement, nll_ratio=nll_ratio)
+    assert decision.promote is promote and said in decision.reason
+
+
+def test_retention_gates_are_validated_with_the_recipe():
+    from opdlm.config.base import validate_config
+    from opdlm.config.recipe import Recipe
+    from opdlm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="min_agreement"):
+        validate_config(Recipe, {"name": "x", "registry": {"min_agreement": 1.5}}, source="recipe")
+    with pytest.raises(ConfigError, match="eval.retention is false"):
+        validate_config(
+            Recipe, {"name": "x", "registry": {"max_nll_ratio": 1.5}, "eval": {"retention": False}}, source="recipe"
+        )
+    ok = validate_config(Recipe, {"name": "x", "registry": {"min_agreement": 0.5}}, source="recipe")
+    assert ok.registry.min_agreement == 0.5 and ok.eval.retention

@@ -69,6 +69,13 @@ def _summary(result) -> str:
     if result.teacher_accuracy is not None:
         shown = "undefined (teacher scored 0)" if result.retention is None else show_fraction(result.retention)
         line += f"; teacher accuracy {show_fraction(result.teacher_accuracy)}, retention {shown}"
+    r = result.teacher_retention
+    if r is not None:
+        line += (
+            f"; teacher NLL {show_rate(r['teacher_nll'])} vs its own {show_rate(r['teacher_self_nll'])} "
+            f"(ratio {show_rate(r['nll_ratio'])}), agreement {show_fraction(r['agreement'])}, "
+            f"repetition {show_fraction(r['repetition'])}"
+        )
     return line
 
 
@@ -169,13 +176,18 @@ def register(app: typer.Typer) -> None:
         for flag, given in (("--json-out", json_out), ("--out-dir", out_dir)):
             if given is not None:
                 check_output_location(given, inputs, flag=flag, replaces=False)
+        import tempfile
+
         teacher_loaded = read_result(teacher_json) if teacher_json is not None else None
+        scratch = tempfile.TemporaryDirectory(prefix="opdlm-eval-")  # the teacher's samples, for retention
         for name in cfg.benchmarks:
             target = json_out or (out_dir / f"{name}.json" if out_dir is not None else None)
             teacher_result = teacher_loaded
             if teacher is not None:
                 teacher_target = (
-                    target.with_name(target.name.removesuffix(".json") + ".teacher.json") if target else None
+                    target.with_name(target.name.removesuffix(".json") + ".teacher.json")
+                    if target
+                    else Path(scratch.name) / f"{name}.teacher.json"
                 )
                 teacher_result = evaluate(
                     teacher,

@@ -35,6 +35,12 @@ class EvalConfig(StrictModel):
     sweep_block_sizes: list[int] = Field(
         default_factory=lambda: [4], description="Block sizes of the parallelism sweep (paper: 4, 8, 16)."
     )
+    retention: bool = Field(
+        True,
+        description="Score every completion under the teacher and compare it with the teacher's greedy completion "
+        "(teacher NLL ratio, agreement, repetition: opdlm.eval.retention); a causal LM scored alone is its own "
+        "teacher. Costs one teacher forward per batch.",
+    )
     code_timeout_s: float = Field(10.0, gt=0, description="Wall-clock seconds per code test program.")
     code_memory_mb: int = Field(2048, ge=64, description="Address-space limit per code test process, MiB.")
     code_workers: int | None = Field(None, ge=1, description="Test programs run at once; None = 2 x CPU cores.")

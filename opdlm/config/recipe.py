@@ -188,6 +188,12 @@ class Recipe(StrictModel):
                 f"registry.gate_benchmark {self.registry.gate_benchmark!r} must be one of eval.benchmarks "
                 f"({', '.join(self.eval.benchmarks)}): the champion gate compares scores the eval stage measured"
             )
+        gated = [k for k in ("min_agreement", "max_nll_ratio") if getattr(self.registry, k) is not None]
+        if gated and not self.eval.retention:
+            raise ValueError(
+                f"registry.{gated[0]} gates on the teacher-retention metrics, but eval.retention is false: "
+                "set eval.retention: true or drop the gate"
+            )
         if problem := self.resources.deepspeed_problem(train.deepspeed):
             raise ValueError(problem)
         if problem := self._no_op_setting():

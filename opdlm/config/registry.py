@@ -14,7 +14,8 @@ class RegistryConfig(StrictModel):
 
     Every successful run becomes a new version with alias ``candidate``; alias ``champion`` moves to
     it only when the gate passes: student accuracy >= ``min_retention`` x teacher accuracy on
-    ``gate_benchmark``, and not below the current champion's accuracy there.
+    ``gate_benchmark``, agreement and NLL ratio within ``min_agreement`` / ``max_nll_ratio`` when
+    set, and not below the current champion's accuracy there.
     """
 
     model_name: str | None = Field(None, description="Registered model name (default: 'opdlm-' + recipe name).")
@@ -25,6 +26,20 @@ class RegistryConfig(StrictModel):
     )
     min_retention: float = Field(
         0.9, ge=0.0, le=2.0, description="Student / teacher accuracy needed to become champion."
+    )
+    min_agreement: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Also require the student's agreement with the teacher's greedy completions (mean LCS F1, "
+        "opdlm.eval.retention) >= this on gate_benchmark; for teachers whose accuracy is too low to retain. "
+        "None = not gated. Needs eval.retention.",
+    )
+    max_nll_ratio: float | None = Field(
+        None,
+        gt=0.0,
+        description="Also require the teacher's per-token NLL of the student's completions <= this x the NLL of the "
+        "teacher's own on gate_benchmark. None = not gated. Needs eval.retention.",
     )
     not_below_champion: bool = Field(True, description="Also require accuracy >= the current champion's.")
     export_formats: list[Literal["sglang", "lmdeploy"]] = Field(

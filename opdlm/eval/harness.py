@@ -173,6 +173,7 @@ def evaluate_rows(
             tokens_per_step=round(len(ids) / steps, 4) if steps else 0.0,
             num_forwards=forwards,
             finished=finished,
+            token_ids=list(ids),
         )
         for i, (row, prompt, (text, ids, steps, forwards, finished), score) in enumerate(
             zip(rows, prompts, outputs, scores)
@@ -189,6 +190,69 @@ def evaluate_rows(
         sampler=cfg.model_dump() if runner.kind == "student" else None,
     )
     return result, records
+
+
+def _teacher_records(teacher: dict, records: list[SampleRecord]) -> list[dict] | None:
+    """The teacher's per-sample records in the order of ``records`` (None: its result has no token ids).
+
+    Raises:
+        ConfigError: the teacher was scored on other rows.
+    """
+    path = teacher.get("samples_path")
+    if not path or not Path(path).is_file():
+        return None
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    if not rows or any("token_ids" not in r for r in rows):
+        return None  # written before completions carried their token ids
+    by_id = {r["id"]: r for r in rows}
+    missing = [r.id for r in records if r.id not in by_id]
+    if missing:
+        raise ConfigError(
+            f"teacher result {path} scored other rows ({len(missing)} of {len(records)} missing, e.g. id "
+            f"{missing[0]!r}): "
+            "score teacher and student with the same eval.limit and seed"
+        )
+    return [by_id[r.id] for r in records]
+
+
+def add_teacher_retention(
+    runner: ModelRunner, result: EvalResult, records: list[SampleRecord], teacher: dict | None, device: str = "auto"
+) -> EvalResult:
+    """Set ``result.teacher_retention`` and each record's ``teacher_nll`` (:mod:`opdlm.eval.retention`).
+
+    With ``teacher`` (the teacher's result dict, its samples on disk), the teacher model in
+    ``teacher["model"]`` scores this model's completions on the teacher's own prompts and they are
+    compared with the teacher's completions. Without it, a causal LM is its own teacher (NLL of its
+    own completions, agreement 1): the reference a student's numbers are read against. A student
+    without a teacher result, or a teacher result written before completions carried token ids,
+    gets no retention.
+    """
+    from opdlm.eval.retention import completion_nll, retention_metrics
+
+    if teacher is None:
+        if runner.kind != "causal_lm":
+            return result
+        model, tokenizer, reference = runner.model, runner.tokenizer, [r.to_dict() for r in records]
+    else:
+        reference = _teacher_records(teacher, records)
+        if reference is None:
+            return result
+        from opdlm.models.student import load_causal_lm
+
+        model, tokenizer = load_causal_lm(teacher["model"], device=device)
+    prompt_ids = encode_prompts(tokenizer, [r["prompt"] for r in reference])
+    teacher_ids = [r["token_ids"] for r in reference]
+    student_ids = [r.token_ids for r in records]
+    student_nll = completion_nll(model, prompt_ids, student_ids)
+    teacher_nll = [r.get("teacher_nll") for r in reference]
+    if teacher is None:
+        teacher_nll = student_nll
+    elif any(t is None for t in teacher_nll):
+        teacher_nll = completion_nll(model, prompt_ids, teacher_ids)
+    for record, nll in zip(records, student_nll):
+        record.teacher_nll = [round(x, 5) for x in nll]
+    result.teacher_retention = retention_metrics(student_ids, teacher_ids, student_nll, teacher_nll).to_dict()
+    return result
 
 
 def write_run(result: EvalResult, records: list[SampleRecord], json_path: str | Path) -> EvalResult:
@@ -260,7 +324,8 @@ def evaluate(
         sampler: decoding settings (e.g. a recipe's ``sampler`` section); default: the student's
             stored settings. ``threshold`` / ``block_size`` override either.
         json_out: when set, write the result there and the per-sample JSONL next to it.
-        teacher_result: the teacher's result on the same benchmark; adds ``retention``.
+        teacher_result: the teacher's result on the same benchmark; adds ``retention`` and (with
+            ``config.retention`` and the teacher's samples on disk) ``teacher_retention``.
         enable_thinking: the recipe's ``convert.enable_thinking``; None: a student's stored value
             (false for a causal LM). A student stored with the other value is refused.
 
@@ -272,6 +337,9 @@ def evaluate(
     max_new_tokens = config.max_new_tokens or (sampler.max_new_tokens if sampler else bench.max_new_tokens)
     cfg = sampler_config(runner, max_new_tokens, threshold, block_size, base=sampler)
     result, records = evaluate_rows(runner, bench, rows, config, cfg, progress=progress)
+    if config.retention:
+        teacher = teacher_result.to_dict() if isinstance(teacher_result, EvalResult) else teacher_result
+        result = add_teacher_retention(runner, result, records, teacher, config.device)
     if teacher_result is not None:
         try:
             result = with_retention(result, teacher_result)

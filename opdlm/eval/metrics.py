@@ -6,7 +6,7 @@ distinct entry of a sequence's step map), so autoregressive decoding scores exac
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
@@ -26,6 +26,8 @@ class SampleRecord:
     tokens_per_step: float
     num_forwards: int
     finished: bool
+    token_ids: list[int] = field(default_factory=list)
+    teacher_nll: list[float] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,6 +46,9 @@ class EvalResult:
         finished_rate: fraction of rows that stopped at EOS rather than the length cap.
         sampler: the sampler settings used (students) or None (autoregressive decoding).
         teacher_accuracy, retention: set when a teacher result is given (retention = student / teacher).
+        teacher_retention: closeness to the teacher's greedy completions on the same rows
+            (:class:`opdlm.eval.retention.RetentionMetrics` as a dict: teacher NLL and its ratio to the
+            teacher's own, agreement, repetition); a teacher scored alone gets its own (agreement 1).
     """
 
     benchmark: str
@@ -65,6 +70,7 @@ class EvalResult:
     teacher_model: str | None = None
     teacher_accuracy: float | None = None
     retention: float | None = None
+    teacher_retention: dict | None = None
     samples_path: str | None = None
 
     def to_dict(self) -> dict:

@@ -22,13 +22,38 @@ class GateDecision:
     teacher_accuracy: float
     required_accuracy: float
     champion_accuracy: float | None
+    agreement: float | None = None
+    nll_ratio: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def _retention_refusal(config: RegistryConfig, agreement: float | None, nll_ratio: float | None) -> str | None:
+    """Why the teacher-retention bars (``min_agreement``, ``max_nll_ratio``) refuse; None when they pass."""
+    bench = config.gate_benchmark
+    if config.min_agreement is not None:
+        if agreement is None:
+            return f"{bench}: registry.min_agreement is set but the agreement with the teacher was not measured"
+        if agreement < config.min_agreement:
+            return (
+                f"{bench}: agreement with the teacher {agreement:.4f} < registry.min_agreement {config.min_agreement:g}"
+            )
+    if config.max_nll_ratio is not None:
+        if nll_ratio is None:
+            return f"{bench}: registry.max_nll_ratio is set but the teacher NLL ratio was not measured"
+        if nll_ratio > config.max_nll_ratio:
+            return f"{bench}: teacher NLL ratio {nll_ratio:.4f} > registry.max_nll_ratio {config.max_nll_ratio:g}"
+    return None
+
+
 def champion_gate(
-    student_accuracy: float, teacher_accuracy: float, champion_accuracy: float | None, config: RegistryConfig
+    student_accuracy: float,
+    teacher_accuracy: float,
+    champion_accuracy: float | None,
+    config: RegistryConfig,
+    agreement: float | None = None,
+    nll_ratio: float | None = None,
 ) -> GateDecision:
     """Decide whether the student becomes champion.
 
@@ -37,6 +62,8 @@ def champion_gate(
         teacher_accuracy: the teacher's accuracy on the same benchmark.
         champion_accuracy: the current champion's accuracy there; None when there is no champion.
         config: the recipe's ``registry`` section.
+        agreement, nll_ratio: the student's teacher-retention numbers there (:mod:`opdlm.eval.retention`);
+            needed only when ``config.min_agreement`` / ``config.max_nll_ratio`` is set.
     """
     required = config.min_retention * teacher_accuracy
     facts = dict(
@@ -44,6 +71,8 @@ def champion_gate(
         teacher_accuracy=teacher_accuracy,
         required_accuracy=required,
         champion_accuracy=champion_accuracy,
+        agreement=agreement,
+        nll_ratio=nll_ratio,
     )
     bench = config.gate_benchmark
     if student_accuracy < required:
@@ -53,6 +82,8 @@ def champion_gate(
             f"{teacher_accuracy:.4f} = {required:.4f}",
             **facts,
         )
+    if refusal := _retention_refusal(config, agreement, nll_ratio):
+        return GateDecision(False, refusal, **facts)
     if config.not_below_champion and champion_accuracy is not None and student_accuracy < champion_accuracy:
         return GateDecision(
             False,
@@ -60,9 +91,14 @@ def champion_gate(
             **facts,
         )
     champion_note = "no champion yet" if champion_accuracy is None else f"champion {champion_accuracy:.4f}"
+    retention_note = "".join(
+        f"; {name} {value:.4f}"
+        for name, value in (("agreement", agreement), ("NLL ratio", nll_ratio))
+        if value is not None
+    )
     return GateDecision(
         True,
         f"{bench}: student accuracy {student_accuracy:.4f} >= {required:.4f} "
-        f"({config.min_retention:g} x teacher {teacher_accuracy:.4f}); {champion_note}",
+        f"({config.min_retention:g} x teacher {teacher_accuracy:.4f}){retention_note}; {champion_note}",
         **facts,
     )

@@ -76,13 +76,14 @@ def render_model_card(facts: ModelCardFacts) -> str:
     lines += [
         "## Scores",
         "",
-        "| benchmark | student acc | teacher acc | retention | student tokens/step |",
-        "| --- | --- | --- | --- | --- |",
+        "| benchmark | student acc | teacher acc | retention | agreement | teacher NLL ratio | student tokens/step |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, s in facts.scores.items():
         lines.append(
             f"| {name} | {show_fraction(s.get('student_accuracy'))} | {show_fraction(s.get('teacher_accuracy'))} | "
-            f"{show_fraction(s.get('retention'))} | {show_rate(s.get('student_tokens_per_step'))} |"
+            f"{show_fraction(s.get('retention'))} | {show_fraction(s.get('student_agreement'))} | "
+            f"{show_rate(s.get('student_nll_ratio'))} | {show_rate(s.get('student_tokens_per_step'))} |"
         )
     lines += [
         "",

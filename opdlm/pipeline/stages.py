@@ -360,7 +360,24 @@ def eval_metrics(student: dict[str, dict], teacher: dict[str, dict]) -> dict[str
             "teacher_mean_forwards": t.get("mean_forwards"),
             "n": s["n"],
         }
+        kept = s.get("teacher_retention") or {}  # the student's closeness to the teacher's completions
+        out[name].update({f"student_{k}": kept.get(k) for k in RETENTION_KEYS})
     return out
+
+
+# Retention numbers (opdlm.eval.retention) that go to MLflow and DVC metrics as ``student_<key>``.
+RETENTION_KEYS = (
+    "teacher_nll",
+    "teacher_self_nll",
+    "nll_ratio",
+    "nll_gap",
+    "agreement",
+    "prefix_agreement",
+    "exact_match",
+    "repetition",
+    "teacher_repetition",
+    "length_ratio",
+)
 
 
 def lm_eval_metrics(teacher_dir: str | Path, student_dir: str | Path) -> dict[str, float]:

@@ -22,9 +22,9 @@ def forward_kl_from_logprobs(
     """Per-position forward KL ``sum_v p_t(v) (log p_t(v) - log p_s(v))``.
 
     Args:
-        teacher_logprobs_NV: teacher log-probabilities (normalised over the full vocabulary); its
-            vocabulary may be shorter than the student's (``(N, V_t)``, ``V_t <= V``).
-        student_logprobs_NV: student log-probabilities (normalised over the full vocabulary), ``(N, V)``.
+        teacher_logprobs_NV: teacher log-probabilities (normalised over the full vocabulary).
+        student_logprobs_NV: student log-probabilities (normalised over the full vocabulary); columns past
+            the teacher's (the mask row conversion adds to a vocabulary with no spare row) get p_t = 0.
         top_k: sum only over the teacher's ``k`` most likely tokens; the distributions are *not*
             renormalised over that slice, so ``k = V`` gives the full KL.
 
@@ -35,11 +35,9 @@ def forward_kl_from_logprobs(
     s = student_logprobs_NV.float()
     extra = s.shape[-1] - t.shape[-1]
     if extra < 0:
-        raise ValueError(f"the teacher's vocabulary ({t.shape[-1]}) is larger than the student's ({s.shape[-1]})")
-    if extra:
-        # rows convert appended after a full teacher vocabulary (the mask token): the teacher never
-        # predicts them, so they get probability 0 and the student is pushed off them like any such token
-        t = torch.nn.functional.pad(t, (0, extra), value=float("-inf"))
+        raise ValueError(f"the student's vocabulary ({s.shape[-1]}) is smaller than the teacher's ({t.shape[-1]})")
+    if extra:  # rows conversion added (a full vocabulary gains its mask row): the teacher gives them p = 0
+        s = s[..., : t.shape[-1]]
     if top_k is not None and top_k < t.shape[-1]:
         t, idx = torch.topk(t, top_k, dim=-1)
         s = s.gather(-1, idx)
