@@ -136,8 +136,12 @@ def _shipped(key: str):
     return load_recipe(REPO / "configs" / name)
 
 
+# recipes added after the one-home-of-B refactor: nothing to compare with (their own tests pin their values)
+AFTER_THE_REFACTOR = {"smollm2-135m.yaml"}
+
+
 def test_every_shipped_recipe_is_in_the_before_table():
-    assert {k.split(" ")[0] for k in BEFORE} == {p.name for p in RECIPES}
+    assert {k.split(" ")[0] for k in BEFORE} == {p.name for p in RECIPES} - AFTER_THE_REFACTOR
 
 
 @pytest.mark.parametrize("key", sorted(BEFORE))
