@@ -31,7 +31,7 @@ from prefect.futures import wait
 from prefect.task_runners import ProcessPoolTaskRunner
 
 from opdlm.study import plan
-from opdlm.study.arms import baseline_arms, opd_arms
+from opdlm.study.arms import arm_recipe, baseline_arms, heldout_baseline_arms, heldout_opd_arms, opd_arms
 from opdlm.study.config import StudyFile, load_study
 from tasks.flow_run import label_flow_run, recipe_run_name
 from tasks.study import describe, study_arm, study_reference, study_sweep
@@ -173,22 +173,45 @@ def study_flow(
 
 
 class _Arms:
-    """The arms in flight and done: submits what is not finished yet, logs each result as it arrives."""
+    """The arms in flight and done: submits what is not finished yet, logs each result as it arrives.
 
-    def __init__(self, run, total: int, progress: bool):
+    Main-section jobs go to the pool at once, longest first (the workers end together). Held-out jobs
+    wait in a queue and go one at a time as a worker frees up, lowest OPD budget first, so the
+    section finishes budget by budget and a run cut short has whole budgets (both seeds, every arm).
+    """
+
+    def __init__(self, run, total: int, progress: bool, workers: int):
         from opdlm.progress import progress as progress_bar
 
-        self.run, self.results, self.pending = run, {}, {}
+        self.run, self.results, self.pending, self.queue, self.workers = run, {}, {}, [], workers
         self.bar = progress_bar(total, "study arms", "arm", enabled=progress)
         self.logger = get_run_logger()
 
     def submit(self, jobs: list[dict]) -> None:
-        for job in sorted(jobs, key=plan.cost_estimate, reverse=True):  # longest first: workers end together
-            done = finished(job)
-            if done is not None:
+        for job in sorted(jobs, key=plan.cost_estimate, reverse=True):
+            if (done := finished(job)) is not None:
                 self._record(done, "reused")
             else:
                 self.pending[study_arm.submit(job)] = job
+
+    def enqueue(self, jobs: list[dict]) -> None:
+        """Queue held-out jobs (by budget level, then in the given order) and submit as many as workers are free."""
+        for job in jobs:
+            if (done := finished(job)) is not None:
+                self._record(done, "reused")
+            else:
+                self.queue.append(job)
+        self.queue.sort(key=lambda j: j["tags"]["budget_level"])  # stable: keeps the given order within a level
+        self._fill()
+
+    def _fill(self) -> None:
+        while self.queue and len(self.pending) < self.workers:
+            job = self.queue.pop(0)
+            self.pending[study_arm.submit(job)] = job
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.pending or self.queue)
 
     def _record(self, result: dict, how: str) -> None:
         self.results[result["arm_id"]] = result
@@ -202,6 +225,7 @@ class _Arms:
         for future in done:
             self.pending.pop(future)
             self._record(future.result(), "trained")
+        self._fill()
 
     def close(self) -> None:
         self.bar.close()
@@ -235,34 +259,65 @@ def _study(
     reference = _one(study_reference, plan.reference_job(spec, out, teacher_dir))
     teacher_result = reference["teacher_result"]
     teacher_ref = {k: teacher_result[k] for k in ("benchmark", "model", "accuracy")}  # no timings: stable hashes
-    planner = plan.Planner(teacher_dir, study.opd_fill_estimate)
-    first = opd_arms(study)
-    extra = baseline_arms(study, {})  # the baseline's extra budgets need no OPD result: they start at once
+    planner = plan.Planner(teacher_dir, study.opd_fill_estimate, progress=progress)
+    run_main, heldout = "main" in study.sections, spec.heldout if spec.runs_heldout else None
+    first = opd_arms(study) if run_main else []
+    extra = baseline_arms(study, {}) if run_main else []  # the extra budgets need no OPD result: they start at once
     main_opd = {a.arm_id for a in first if a.group == "main"}
-    total = len(first) + len(baseline_arms(study, {b: -b for b in study.budgets})) + len(extra)
-    arms = _Arms(run, total, progress)
+    held_opd = heldout_opd_arms(heldout) if heldout else []
+    total = len(first) + len(extra) + len(held_opd)
+    if run_main:
+        total += len(baseline_arms(study, {b: -b for b in study.budgets}))
+    if heldout:
+        total += len(heldout.splits) * len(heldout.budgets) * len(heldout.seeds) * len(heldout.baselines)
+    # what each follow-up needs finished, and the arms it then submits (baselines at the tokens OPD used)
+    followups: list[tuple[set[str], object]] = []
+    if run_main:
+        extra_ids = {a.arm_id for a in extra}
+
+        def main_baselines(results: dict) -> list:
+            matched = plan.matched_budgets([results[a] for a in main_opd])
+            return [a for a in baseline_arms(study, matched) if a.arm_id not in extra_ids]
+
+        followups.append((main_opd, main_baselines))
+    for split in heldout.splits if heldout else []:
+        for budget in heldout.budgets:
+            needed = {a.arm_id for a, t in held_opd if t["split"] == split.name and a.budget == budget}
+
+            def held_baselines(results: dict, split=split, needed=needed) -> list:
+                matched = plan.heldout_matched([results[a] for a in needed], split.name)
+                return heldout_baseline_arms(heldout, split, study.baseline_overrides, matched)
+
+            followups.append((needed, held_baselines))
+    arms = _Arms(run, total, progress, study.workers)
     try:
         arms.submit(plan.arm_jobs(first + extra, spec, planner, out, teacher_dir, teacher_ref))
-        matched_arms = None
-        while arms.pending or matched_arms is None:
-            if matched_arms is None and main_opd <= arms.results.keys():
-                matched = plan.matched_budgets([arms.results[a] for a in main_opd])
-                extra_ids = {a.arm_id for a in extra}
-                matched_arms = [a for a in baseline_arms(study, matched) if a.arm_id not in extra_ids]
-                arms.submit(plan.arm_jobs(matched_arms, spec, planner, out, teacher_dir, teacher_ref))
-                continue
-            arms.wait_some()
+        arms.enqueue(plan.arm_jobs(held_opd, spec, planner, out, teacher_dir, teacher_ref))
+        if heldout and "teacher_greedy" in heldout.baselines:
+            _prepare_teacher_completions(spec, heldout, planner)  # here, while the workers train OPD
+        while arms.busy or followups:
+            ready = [f for f in followups if f[0] <= arms.results.keys()]
+            for needed, make in ready:
+                followups.remove((needed, make))
+                jobs = plan.arm_jobs(make(arms.results), spec, planner, out, teacher_dir, teacher_ref)
+                if jobs and "tags" in jobs[0]:
+                    arms.enqueue(jobs)
+                else:
+                    arms.submit(jobs)
+            if not ready:
+                arms.wait_some()
     finally:
         arms.close()
-    order = [a.arm_id for a in first] + [
-        a.arm_id for a in baseline_arms(study, plan.matched_budgets([arms.results[a] for a in main_opd]))
-    ]
+    order = [a.arm_id for a in first]
+    if run_main:
+        order += [a.arm_id for a in baseline_arms(study, plan.matched_budgets([arms.results[a] for a in main_opd]))]
     arm_results = [arms.results[a] for a in order]
+    held_results = [r for r in arms.results.values() if r["group"] == "heldout"]
 
     main_results = [r for r in arm_results if r["group"] == "main"]
     sweeps = [
         (job, finished(job) or study_sweep.submit(job))
-        for job in plan.sweep_jobs(spec, out, main_results, teacher_result["accuracy"])
+        for job in (plan.sweep_jobs(spec, out, main_results, teacher_result["accuracy"]) if run_main else [])
     ]
     sweep_rows = [row for _, s in sweeps for row in (s if isinstance(s, dict) else s.result())["rows"]]
     meta = {
@@ -270,4 +325,16 @@ def _study(
         "teacher": str(teacher_dir),
         "started_at": started,
     }
-    return finish_study(run_file, spec_json, reference, arm_results, sweep_rows, meta)
+    return finish_study(run_file, spec_json, reference, arm_results, sweep_rows, meta, held_results)
+
+
+def _prepare_teacher_completions(spec: StudyFile, heldout, planner: plan.Planner) -> None:
+    """Generate (or find cached) the teacher's completions of every split's prompt pool, per seed, once.
+
+    The baselines trained on them are planned from these rows and their workers read the same cached
+    files; generating them while the OPD arms train keeps the workers busy.
+    """
+    for split in heldout.splits:
+        for arm, tags in heldout_baseline_arms(heldout, split, spec.study.baseline_overrides, {0: 1}):
+            if tags["kind"] == "mdm_sft_teacher":
+                planner.rows(arm_recipe(spec.recipe, arm), arm.seed)

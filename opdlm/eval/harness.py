@@ -135,6 +135,7 @@ def evaluate_rows(
             tokens_per_step=round(len(ids) / steps, 4) if steps else 0.0,
             num_forwards=forwards,
             finished=finished,
+            skill=row.skill,
         )
         for i, (row, prompt, (text, ids, steps, forwards, finished), score) in enumerate(
             zip(rows, prompts, outputs, scores)

@@ -26,6 +26,7 @@ class SampleRecord:
     tokens_per_step: float
     num_forwards: int
     finished: bool
+    skill: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,6 +45,8 @@ class EvalResult:
         finished_rate: fraction of rows that stopped at EOS rather than the length cap.
         sampler: the sampler settings used (students) or None (autoregressive decoding).
         teacher_accuracy, retention: set when a teacher result is given (retention = student / teacher).
+        per_skill: skill -> ``{"n", "correct", "accuracy"}`` over the rows of that skill, when the
+            benchmark's rows carry one (the synthetic suite: its task families); else None.
     """
 
     benchmark: str
@@ -66,6 +69,7 @@ class EvalResult:
     teacher_accuracy: float | None = None
     retention: float | None = None
     samples_path: str | None = None
+    per_skill: dict[str, dict] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,7 +109,21 @@ def summarize(
         max_new_tokens=max_new_tokens,
         seed=seed,
         sampler=sampler,
+        per_skill=per_skill_accuracy(records),
     )
+
+
+def per_skill_accuracy(records: list[SampleRecord]) -> dict[str, dict] | None:
+    """skill -> ``{"n", "correct", "accuracy"}`` (skills in first-seen order); None when no record has a skill."""
+    counts: dict[str, list[int]] = {}
+    for r in records:
+        if r.skill is not None:
+            n_correct = counts.setdefault(r.skill, [0, 0])
+            n_correct[0] += 1
+            n_correct[1] += int(r.correct)
+    if not counts:
+        return None
+    return {s: {"n": n, "correct": c, "accuracy": round(c / n, 6)} for s, (n, c) in counts.items()}
 
 
 def with_retention(result: EvalResult, teacher: EvalResult | dict) -> EvalResult:
