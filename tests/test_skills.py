@@ -10,7 +10,6 @@ import pytest
 from opdlm.config.base import validate_config
 from opdlm.config.recipe import Recipe
 from opdlm.config.skills import SYNTHETIC_SKILLS
-from opdlm.data.schema import Row
 from opdlm.data.skills import select_skills
 from opdlm.data.synthetic import FAMILIES, load_split
 from opdlm.errors import ConfigError
