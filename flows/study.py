@@ -34,7 +34,7 @@ from opdlm.study import plan
 from opdlm.study.arms import arm_recipe, baseline_arms, heldout_baseline_arms, heldout_opd_arms, opd_arms
 from opdlm.study.config import StudyFile, load_study
 from tasks.flow_run import label_flow_run, recipe_run_name
-from tasks.study import describe, study_arm, study_reference, study_sweep
+from tasks.study import describe, study_arm, study_completions, study_reference, study_sweep
 from tasks.study_jobs import exclusive, finished, init_worker
 from tasks.study_report import finish_study, open_study, run_file_of, study_teacher
 from tasks.study_tracking import fail_study_runs, log_arm, tracking_uri_for
@@ -184,6 +184,8 @@ class _Arms:
         from opdlm.progress import progress as progress_bar
 
         self.run, self.results, self.pending, self.queue, self.workers = run, {}, {}, [], workers
+        self.side: dict = {}  # futures of other jobs (teacher completions) -> the id marked ready when done
+        self.ready: set[str] = set()
         self.bar = progress_bar(total, "study arms", "arm", enabled=progress)
         self.logger = get_run_logger()
 
@@ -211,7 +213,11 @@ class _Arms:
 
     @property
     def busy(self) -> bool:
-        return bool(self.pending or self.queue)
+        return bool(self.pending or self.queue or self.side)
+
+    def done_ids(self) -> set[str]:
+        """Ids of finished arms and finished side jobs."""
+        return self.results.keys() | self.ready
 
     def _record(self, result: dict, how: str) -> None:
         self.results[result["arm_id"]] = result
@@ -221,8 +227,12 @@ class _Arms:
 
     def wait_some(self) -> None:
         """Block until at least one pending arm finishes; raise the first failure (pending arms are then cancelled)."""
-        done = wait(list(self.pending), timeout=WAIT_SECONDS).done
+        done = wait([*self.pending, *self.side], timeout=WAIT_SECONDS).done
         for future in done:
+            if future in self.side:
+                future.result()  # a failure stops the study here
+                self.ready.add(self.side.pop(future))
+                continue
             self.pending.pop(future)
             self._record(future.result(), "trained")
         self._fill()
@@ -282,10 +292,13 @@ def _study(
         followups.append((main_opd, main_baselines))
     for split in heldout.splits if heldout else []:
         for budget in heldout.budgets:
-            needed = {a.arm_id for a, t in held_opd if t["split"] == split.name and a.budget == budget}
+            opd_ids = {a.arm_id for a, t in held_opd if t["split"] == split.name and a.budget == budget}
+            needed = set(opd_ids)
+            if "teacher_greedy" in heldout.baselines:  # the teacher's completions of the split's prompts too
+                needed |= {_completion_name(split.name, s) for s in heldout.seeds}
 
-            def held_baselines(results: dict, split=split, needed=needed) -> list:
-                matched = plan.heldout_matched([results[a] for a in needed], split.name)
+            def held_baselines(results: dict, split=split, opd_ids=opd_ids) -> list:
+                matched = plan.heldout_matched([results[a] for a in opd_ids], split.name)
                 return heldout_baseline_arms(heldout, split, study.baseline_overrides, matched)
 
             followups.append((needed, held_baselines))
@@ -293,10 +306,11 @@ def _study(
     try:
         arms.submit(plan.arm_jobs(first + extra, spec, planner, out, teacher_dir, teacher_ref))
         arms.enqueue(plan.arm_jobs(held_opd, spec, planner, out, teacher_dir, teacher_ref))
-        if heldout and "teacher_greedy" in heldout.baselines:
-            _prepare_teacher_completions(spec, heldout, planner)  # here, while the workers train OPD
+        if heldout and "teacher_greedy" in heldout.baselines:  # in the pool, beside the OPD arms
+            for name, job in _completion_jobs(spec, heldout, teacher_dir).items():
+                arms.side[study_completions.submit(job)] = name
         while arms.busy or followups:
-            ready = [f for f in followups if f[0] <= arms.results.keys()]
+            ready = [f for f in followups if f[0] <= arms.done_ids()]
             for needed, make in ready:
                 followups.remove((needed, make))
                 jobs = plan.arm_jobs(make(arms.results), spec, planner, out, teacher_dir, teacher_ref)
@@ -328,13 +342,18 @@ def _study(
     return finish_study(run_file, spec_json, reference, arm_results, sweep_rows, meta, held_results)
 
 
-def _prepare_teacher_completions(spec: StudyFile, heldout, planner: plan.Planner) -> None:
-    """Generate (or find cached) the teacher's completions of every split's prompt pool, per seed, once.
+def _completion_name(split: str, seed: int) -> str:
+    return f"{split}-s{seed}"
 
-    The baselines trained on them are planned from these rows and their workers read the same cached
-    files; generating them while the OPD arms train keeps the workers busy.
-    """
+
+def _completion_jobs(spec: StudyFile, heldout, teacher_dir: Path) -> dict[str, dict]:
+    """One job per (split, seed): the teacher's greedy completions of that prompt pool, made once (cached by
+    content), so the baselines trained on them can be planned and their workers read the same file."""
+    jobs = {}
     for split in heldout.splits:
         for arm, tags in heldout_baseline_arms(heldout, split, spec.study.baseline_overrides, {0: 1}):
             if tags["kind"] == "mdm_sft_teacher":
-                planner.rows(arm_recipe(spec.recipe, arm), arm.seed)
+                name = _completion_name(split.name, arm.seed)
+                recipe = arm_recipe(spec.recipe, arm).model_dump(mode="json")
+                jobs[name] = {"name": name, "teacher": str(teacher_dir), "recipe": recipe, "seed": arm.seed}
+    return jobs

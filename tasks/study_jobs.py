@@ -311,3 +311,20 @@ def run_sweep(job: dict) -> dict:
                 }
             )
     return _write_result(folder, {"fingerprint": fingerprint, "rows": rows})
+
+
+def run_completions(job: dict) -> dict:
+    """Generate (or find cached) the teacher's greedy completions of one arm's prompt pool.
+
+    Job keys: ``teacher``, ``recipe`` (an arm's Recipe as JSON, ``data.responses: teacher_greedy``), ``seed``.
+    The file lands in the content-keyed cache (:mod:`opdlm.eval.completions`), where the flow's planner
+    and the arms that train on it find it; returns ``{"rows": n}``.
+    """
+    from opdlm.config.recipe import Recipe
+    from opdlm.train.data import recipe_training_rows
+
+    quiet_libraries()
+    recipe = Recipe.model_validate(job["recipe"])
+    _threads(recipe.train.num_threads)
+    rows = recipe_training_rows(recipe, job["seed"], teacher_dir=job["teacher"], progress=False)
+    return {"rows": len(rows)}
