@@ -31,10 +31,10 @@ from prefect.futures import wait
 from prefect.task_runners import ProcessPoolTaskRunner
 
 from opdlm.study import plan
-from opdlm.study.arms import baseline_arms, opd_arms
+from opdlm.study.arms import arm_recipe, baseline_arms, heldout_baseline_arms, heldout_opd_arms, opd_arms
 from opdlm.study.config import StudyFile, load_study
 from tasks.flow_run import label_flow_run, recipe_run_name
-from tasks.study import describe, study_arm, study_reference, study_sweep
+from tasks.study import describe, study_arm, study_completions, study_reference, study_sweep
 from tasks.study_jobs import exclusive, finished, init_worker
 from tasks.study_report import finish_study, open_study, run_file_of, study_teacher
 from tasks.study_tracking import fail_study_runs, log_arm, tracking_uri_for
@@ -173,22 +173,51 @@ def study_flow(
 
 
 class _Arms:
-    """The arms in flight and done: submits what is not finished yet, logs each result as it arrives."""
+    """The arms in flight and done: submits what is not finished yet, logs each result as it arrives.
 
-    def __init__(self, run, total: int, progress: bool):
+    Main-section jobs go to the pool at once, longest first (the workers end together). Held-out jobs
+    wait in a queue and go one at a time as a worker frees up, lowest OPD budget first, so the
+    section finishes budget by budget and a run cut short has whole budgets (both seeds, every arm).
+    """
+
+    def __init__(self, run, total: int, progress: bool, workers: int):
         from opdlm.progress import progress as progress_bar
 
-        self.run, self.results, self.pending = run, {}, {}
+        self.run, self.results, self.pending, self.queue, self.workers = run, {}, {}, [], workers
+        self.side: dict = {}  # futures of other jobs (teacher completions) -> the id marked ready when done
+        self.ready: set[str] = set()
         self.bar = progress_bar(total, "study arms", "arm", enabled=progress)
         self.logger = get_run_logger()
 
     def submit(self, jobs: list[dict]) -> None:
-        for job in sorted(jobs, key=plan.cost_estimate, reverse=True):  # longest first: workers end together
-            done = finished(job)
-            if done is not None:
+        for job in sorted(jobs, key=plan.cost_estimate, reverse=True):
+            if (done := finished(job)) is not None:
                 self._record(done, "reused")
             else:
                 self.pending[study_arm.submit(job)] = job
+
+    def enqueue(self, jobs: list[dict]) -> None:
+        """Queue held-out jobs (by budget level, then in the given order) and submit as many as workers are free."""
+        for job in jobs:
+            if (done := finished(job)) is not None:
+                self._record(done, "reused")
+            else:
+                self.queue.append(job)
+        self.queue.sort(key=lambda j: j["tags"]["budget_level"])  # stable: keeps the given order within a level
+        self._fill()
+
+    def _fill(self) -> None:
+        while self.queue and len(self.pending) < self.workers:
+            job = self.queue.pop(0)
+            self.pending[study_arm.submit(job)] = job
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.pending or self.queue or self.side)
+
+    def done_ids(self) -> set[str]:
+        """Ids of finished arms and finished side jobs."""
+        return self.results.keys() | self.ready
 
     def _record(self, result: dict, how: str) -> None:
         self.results[result["arm_id"]] = result
@@ -198,10 +227,15 @@ class _Arms:
 
     def wait_some(self) -> None:
         """Block until at least one pending arm finishes; raise the first failure (pending arms are then cancelled)."""
-        done = wait(list(self.pending), timeout=WAIT_SECONDS).done
+        done = wait([*self.pending, *self.side], timeout=WAIT_SECONDS).done
         for future in done:
+            if future in self.side:
+                future.result()  # a failure stops the study here
+                self.ready.add(self.side.pop(future))
+                continue
             self.pending.pop(future)
             self._record(future.result(), "trained")
+        self._fill()
 
     def close(self) -> None:
         self.bar.close()
@@ -235,34 +269,69 @@ def _study(
     reference = _one(study_reference, plan.reference_job(spec, out, teacher_dir))
     teacher_result = reference["teacher_result"]
     teacher_ref = {k: teacher_result[k] for k in ("benchmark", "model", "accuracy")}  # no timings: stable hashes
-    planner = plan.Planner(teacher_dir, study.opd_fill_estimate)
-    first = opd_arms(study)
-    extra = baseline_arms(study, {})  # the baseline's extra budgets need no OPD result: they start at once
+    planner = plan.Planner(teacher_dir, study.opd_fill_estimate, progress=progress)
+    run_main, heldout = "main" in study.sections, spec.heldout if spec.runs_heldout else None
+    first = opd_arms(study) if run_main else []
+    extra = baseline_arms(study, {}) if run_main else []  # the extra budgets need no OPD result: they start at once
     main_opd = {a.arm_id for a in first if a.group == "main"}
-    total = len(first) + len(baseline_arms(study, {b: -b for b in study.budgets})) + len(extra)
-    arms = _Arms(run, total, progress)
+    held_opd = heldout_opd_arms(heldout) if heldout else []
+    total = len(first) + len(extra) + len(held_opd)
+    if run_main:
+        total += len(baseline_arms(study, {b: -b for b in study.budgets}))
+    if heldout:
+        total += len(heldout.splits) * len(heldout.budgets) * len(heldout.seeds) * len(heldout.baselines)
+    # what each follow-up needs finished, and the arms it then submits (baselines at the tokens OPD used)
+    followups: list[tuple[set[str], object]] = []
+    if run_main:
+        extra_ids = {a.arm_id for a in extra}
+
+        def main_baselines(results: dict) -> list:
+            matched = plan.matched_budgets([results[a] for a in main_opd])
+            return [a for a in baseline_arms(study, matched) if a.arm_id not in extra_ids]
+
+        followups.append((main_opd, main_baselines))
+    for split in heldout.splits if heldout else []:
+        for budget in heldout.budgets:
+            opd_ids = {a.arm_id for a, t in held_opd if t["split"] == split.name and a.budget == budget}
+            needed = set(opd_ids)
+            if "teacher_greedy" in heldout.baselines:  # the teacher's completions of the split's prompts too
+                needed |= {_completion_name(split.name, s) for s in heldout.seeds}
+
+            def held_baselines(results: dict, split=split, opd_ids=opd_ids) -> list:
+                matched = plan.heldout_matched([results[a] for a in opd_ids], split.name)
+                return heldout_baseline_arms(heldout, split, study.baseline_overrides, matched)
+
+            followups.append((needed, held_baselines))
+    arms = _Arms(run, total, progress, study.workers)
     try:
         arms.submit(plan.arm_jobs(first + extra, spec, planner, out, teacher_dir, teacher_ref))
-        matched_arms = None
-        while arms.pending or matched_arms is None:
-            if matched_arms is None and main_opd <= arms.results.keys():
-                matched = plan.matched_budgets([arms.results[a] for a in main_opd])
-                extra_ids = {a.arm_id for a in extra}
-                matched_arms = [a for a in baseline_arms(study, matched) if a.arm_id not in extra_ids]
-                arms.submit(plan.arm_jobs(matched_arms, spec, planner, out, teacher_dir, teacher_ref))
-                continue
-            arms.wait_some()
+        arms.enqueue(plan.arm_jobs(held_opd, spec, planner, out, teacher_dir, teacher_ref))
+        if heldout and "teacher_greedy" in heldout.baselines:  # in the pool, beside the OPD arms
+            for name, job in _completion_jobs(spec, heldout, teacher_dir).items():
+                arms.side[study_completions.submit(job)] = name
+        while arms.busy or followups:
+            ready = [f for f in followups if f[0] <= arms.done_ids()]
+            for needed, make in ready:
+                followups.remove((needed, make))
+                jobs = plan.arm_jobs(make(arms.results), spec, planner, out, teacher_dir, teacher_ref)
+                if jobs and "tags" in jobs[0]:
+                    arms.enqueue(jobs)
+                else:
+                    arms.submit(jobs)
+            if not ready:
+                arms.wait_some()
     finally:
         arms.close()
-    order = [a.arm_id for a in first] + [
-        a.arm_id for a in baseline_arms(study, plan.matched_budgets([arms.results[a] for a in main_opd]))
-    ]
+    order = [a.arm_id for a in first]
+    if run_main:
+        order += [a.arm_id for a in baseline_arms(study, plan.matched_budgets([arms.results[a] for a in main_opd]))]
     arm_results = [arms.results[a] for a in order]
+    held_results = [r for r in arms.results.values() if r["group"] == "heldout"]
 
     main_results = [r for r in arm_results if r["group"] == "main"]
     sweeps = [
         (job, finished(job) or study_sweep.submit(job))
-        for job in plan.sweep_jobs(spec, out, main_results, teacher_result["accuracy"])
+        for job in (plan.sweep_jobs(spec, out, main_results, teacher_result["accuracy"]) if run_main else [])
     ]
     sweep_rows = [row for _, s in sweeps for row in (s if isinstance(s, dict) else s.result())["rows"]]
     meta = {
@@ -270,4 +339,21 @@ def _study(
         "teacher": str(teacher_dir),
         "started_at": started,
     }
-    return finish_study(run_file, spec_json, reference, arm_results, sweep_rows, meta)
+    return finish_study(run_file, spec_json, reference, arm_results, sweep_rows, meta, held_results)
+
+
+def _completion_name(split: str, seed: int) -> str:
+    return f"{split}-s{seed}"
+
+
+def _completion_jobs(spec: StudyFile, heldout, teacher_dir: Path) -> dict[str, dict]:
+    """One job per (split, seed): the teacher's greedy completions of that prompt pool, made once (cached by
+    content), so the baselines trained on them can be planned and their workers read the same file."""
+    jobs = {}
+    for split in heldout.splits:
+        for arm, tags in heldout_baseline_arms(heldout, split, spec.study.baseline_overrides, {0: 1}):
+            if tags["kind"] == "mdm_sft_teacher":
+                name = _completion_name(split.name, arm.seed)
+                recipe = arm_recipe(spec.recipe, arm).model_dump(mode="json")
+                jobs[name] = {"name": name, "teacher": str(teacher_dir), "recipe": recipe, "seed": arm.seed}
+    return jobs

@@ -100,7 +100,10 @@ def register(app: typer.Typer) -> None:
                 f"{summary['opd_tokens']:,.0f} tokens "
                 f"({summary['opd_retention'] or 0:.1%} of the teacher)"
             )
-        typer.echo(summary["statement"])
+        if "main" in load_study(recipe, overrides, quick=quick).study.sections:
+            typer.echo(summary["statement"])
         if summary.get("flops_statement"):
             typer.echo(summary["flops_statement"])
+        if summary.get("heldout_statement"):
+            typer.echo(f"held-out skills: {summary['heldout_statement']}")
         typer.echo(f"mlflow run {results['mlflow']['run_id']} at {results['mlflow']['tracking_uri']}")

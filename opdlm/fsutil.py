@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -202,3 +204,38 @@ def read_json_object(path: str | Path, error: type[OpdlmError] = OpdlmError, con
     if not isinstance(data, dict):
         raise error(f"{context}{path} must hold a JSON object")
     return data
+
+
+# Files above this size are fingerprinted by size + head + tail: hashing tens of GB of weights on every
+# pipeline run would cost minutes, and a changed checkpoint changes its head bytes (safetensors header).
+FULL_HASH_LIMIT = 64 * 1024 * 1024
+EDGE_BYTES = 8 * 1024 * 1024
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        if size <= FULL_HASH_LIMIT:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        else:
+            h.update(fh.read(EDGE_BYTES))
+            fh.seek(size - EDGE_BYTES)
+            h.update(fh.read(EDGE_BYTES))
+            h.update(str(size).encode())
+    return h.hexdigest()
+
+
+def dir_fingerprint(path: str | Path, length: int = 16) -> str:
+    """Fingerprint of a directory's files (relative names and bytes; hidden files skipped): sha256 hex, first
+    ``length`` chars. Files up to 64 MiB are hashed whole; larger ones by size plus their first and last 8 MiB.
+    """
+    root = Path(path)
+    entries = [
+        (p.relative_to(root).as_posix(), _file_digest(p))
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
+    blob = json.dumps([entries], sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]

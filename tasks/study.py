@@ -40,6 +40,14 @@ def study_arm(job: dict) -> dict:
     return result
 
 
+@task(name="study-completions", task_run_name="completions-{job[name]}", **TASK_OPTIONS)
+def study_completions(job: dict) -> dict:
+    """The teacher's greedy completions of one split's prompt pool (one seed), into the content-keyed cache."""
+    result = study_jobs.run_completions(job)
+    get_run_logger().info("teacher completions of %s: %d rows", job["name"], result["rows"])
+    return result
+
+
 @task(name="study-sweep", task_run_name="sweep-{job[meta][arm_id]}", **TASK_OPTIONS)
 def study_sweep(job: dict) -> dict:
     """Decode one model under every (block size, threshold) of the sweep grid."""

@@ -156,6 +156,7 @@ def _eval_fields(result) -> dict:
         "finished_rate": result.finished_rate,
         "n_eval": result.n,
         "eval_seconds": result.generation_s,
+        "per_skill": result.per_skill,
     }
 
 
@@ -216,7 +217,8 @@ def run_arm(job: dict) -> dict:
     """Train one arm and score it on the held-out harness with the teacher as reference.
 
     Job keys: ``folder``, ``teacher``, ``recipe`` (the arm's Recipe as JSON), ``arm`` (Arm.to_dict()),
-    ``rollout_steps``, ``planned_tokens``, ``teacher_result``, ``prune`` (delete checkpoints after).
+    ``rollout_steps``, ``planned_tokens``, ``teacher_result``, ``prune`` (delete checkpoints after), and
+    optionally ``tags`` (copied into the result).
     """
     from opdlm.config.recipe import Recipe
     from opdlm.eval.harness import evaluate
@@ -250,6 +252,7 @@ def run_arm(job: dict) -> dict:
     result = {
         "fingerprint": fingerprint,
         **job["arm"],
+        **job.get("tags", {}),  # a held-out arm's kind, split, skills and budget level
         "rollout_steps": job["rollout_steps"],
         "planned_tokens": round(job["planned_tokens"]),
         "training_tokens": summary["cumulative_train_tokens"],
@@ -309,3 +312,20 @@ def run_sweep(job: dict) -> dict:
                 }
             )
     return _write_result(folder, {"fingerprint": fingerprint, "rows": rows})
+
+
+def run_completions(job: dict) -> dict:
+    """Generate (or find cached) the teacher's greedy completions of one arm's prompt pool.
+
+    Job keys: ``teacher``, ``recipe`` (an arm's Recipe as JSON, ``data.responses: teacher_greedy``), ``seed``.
+    The file lands in the content-keyed cache (:mod:`opdlm.eval.completions`), where the flow's planner
+    and the arms that train on it find it; returns ``{"rows": n}``.
+    """
+    from opdlm.config.recipe import Recipe
+    from opdlm.train.data import recipe_training_rows
+
+    quiet_libraries()
+    recipe = Recipe.model_validate(job["recipe"])
+    _threads(recipe.train.num_threads)
+    rows = recipe_training_rows(recipe, job["seed"], teacher_dir=job["teacher"], progress=False)
+    return {"rows": len(rows)}

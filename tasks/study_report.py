@@ -23,6 +23,7 @@ from opdlm.fsutil import atomic_write_text
 from opdlm.pipeline import layout
 from opdlm.study import plan
 from opdlm.study.config import StudyFile
+from opdlm.study.heldout import markdown_heldout, summarize_heldout
 from opdlm.study.table import describe_sampler, markdown, reference_row, summarize, table_row
 from tasks import study_tracking, tracking
 from tasks.context import RUN_FILE, PipelineRun
@@ -97,14 +98,17 @@ def run_file_of(out_dir: str | Path) -> Path:
 
 def _write_outputs(out: Path, results: dict) -> None:
     atomic_write_text(out / plan.RESULTS_JSON, json.dumps(results, indent=1, default=str) + "\n")
-    atomic_write_text(
-        out / plan.RESULTS_MD, markdown(results["rows"], results["sweep"], results["summary"], results["meta"])
-    )
+    text = markdown(results["rows"], results["sweep"], results["summary"], results["meta"])
+    if results.get("heldout"):
+        text += "\n".join(markdown_heldout(results["heldout"])) + "\n"
+    atomic_write_text(out / plan.RESULTS_MD, text)
 
 
 def _note(summary: dict) -> str:
     """The MLflow run's description: the headline sentences."""
     lines = [summary.get("statement") or ""]
+    if summary.get("heldout_statement"):
+        lines.append(f"Held-out skills: {summary['heldout_statement']}")
     if summary.get("flops_statement"):
         lines.append(summary["flops_statement"])
     if summary.get("best_ablation_at_flops"):
@@ -114,15 +118,28 @@ def _note(summary: dict) -> str:
 
 @task(name="finish-study", cache_policy=NO_CACHE)
 def finish_study(
-    run_file: str, spec_json: dict, reference: dict, arm_results: list[dict], sweep_rows: list[dict], meta: dict
+    run_file: str,
+    spec_json: dict,
+    reference: dict,
+    arm_results: list[dict],
+    sweep_rows: list[dict],
+    meta: dict,
+    heldout_results: list[dict] | None = None,
 ) -> dict:
     """The table, plots, ``results.json``/``results.md``; MLflow artifacts and headline; Prefect artifacts.
+
+    ``heldout_results``: the held-out-skill section's arm results (its own table, plot and ``heldout`` key).
 
     Returns the content of ``results.json`` (with the MLflow run's coordinates under ``mlflow``).
     """
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    from opdlm.study.plots import plot_accuracy_vs_flops, plot_accuracy_vs_tokens, plot_accuracy_vs_tokens_per_step
+    from opdlm.study.plots import (
+        plot_accuracy_vs_flops,
+        plot_accuracy_vs_tokens,
+        plot_accuracy_vs_tokens_per_step,
+        plot_heldout_retention,
+    )
 
     run, spec = PipelineRun.load(run_file), StudyFile.model_validate(spec_json)
     out, study = Path(run.run_dir), spec.study
@@ -149,7 +166,12 @@ def finish_study(
         "teacher_result": teacher_result,
     }
     plots = out / "plots"
-    plot_accuracy_vs_tokens(arm_rows, teacher_acc, untrained, study.target_retention, plots / plan.PLOT_TOKENS)
+    if heldout_results:
+        results["heldout"] = summarize_heldout(heldout_results, teacher_result["per_skill"])
+        summary["heldout_statement"] = results["heldout"]["statement"]
+        plot_heldout_retention(results["heldout"], plots / plan.PLOT_HELDOUT)
+    if arm_rows:
+        plot_accuracy_vs_tokens(arm_rows, teacher_acc, untrained, study.target_retention, plots / plan.PLOT_TOKENS)
     if any(r.get("flops") is not None for r in arm_rows):
         plot_accuracy_vs_flops(arm_rows, teacher_acc, untrained, study.target_retention, plots / plan.PLOT_FLOPS)
     if sweep_rows:

@@ -23,6 +23,7 @@ from tasks import tracking
 STUDY_RUN_NAME = "study"
 KIND_TAG = "opdlm.kind"
 ARM_PARAMS = ("objective", "variant", "group", "budget", "seed", "rollout_steps", "overrides", "description")
+HELDOUT_PARAMS = ("kind", "split", "trained_skills", "heldout_skills", "budget_level")  # held-out arms only
 ARM_METRICS = (
     "accuracy",
     "teacher_accuracy",
@@ -89,13 +90,14 @@ def log_arm(uri: str, experiment_id: str, parent_run_id: str, arm: dict, tags: d
         arm["arm_id"],
         tags={KIND_TAG: "study-arm", "opdlm.arm_id": arm["arm_id"], **tags},
     ) as run_id:
-        tracking.log_params(client, run_id, {k: arm.get(k) for k in ARM_PARAMS})
+        tracking.log_params(client, run_id, {k: arm.get(k) for k in ARM_PARAMS + HELDOUT_PARAMS if k in arm})
         curve = []
         if arm.get("model_dir"):
             curve = [
                 (s, tracked_metrics(m)) for s, m in read_metric_steps(TrainingFolder(arm["model_dir"]).metrics_file)
             ]
-        tracking.log_metric_steps(client, run_id, [(0, _numbers(arm, ARM_METRICS)), *curve])
+        per_skill = {f"accuracy_{k}": float(v["accuracy"]) for k, v in (arm.get("per_skill") or {}).items()}
+        tracking.log_metric_steps(client, run_id, [(0, _numbers(arm, ARM_METRICS) | per_skill), *curve])
     return run_id
 
 

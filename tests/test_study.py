@@ -453,6 +453,16 @@ def test_quick_study_writes_table_plots_and_mlflow_run_and_resumes(
     assert all(s["tokens_per_step"] >= 1.0 for s in results["sweep"])
     assert results["summary"]["statement"] and "targets" in results["summary"]
 
+    # the held-out section: one split, OPD and both baselines, each scored on every skill
+    held, skills = results["heldout"], set(results["teacher_result"]["per_skill"])
+    assert {r["kind"] for r in held["rows"]} == {"opd", "mdm_sft", "mdm_sft_teacher"}
+    assert skills == {"addition", "sorting", "reversal", "chain"}
+    assert all(set(r["per_skill"]) == skills and r["heldout_skills"] == ["reversal", "chain"] for r in held["rows"])
+    assert all(r["training_tokens"] > 0 and r["flops"] > 0 for r in held["rows"])
+    assert (out / "plots" / "heldout_retention.png").is_file() and "## Held-out skills" in (
+        out / "results.md"
+    ).read_text()
+
     assert all(r["flops"] > 0 for r in arms)  # every arm on the FLOPs axis too
     assert results["summary"]["flops_ratio"] and results["summary"]["flops_statement"]
     for png in ("accuracy_vs_tokens.png", "accuracy_vs_flops.png", "accuracy_vs_tokens_per_step.png"):
@@ -470,7 +480,7 @@ def test_quick_study_writes_table_plots_and_mlflow_run_and_resumes(
         "accuracy_vs_tokens.png",
     }
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert len(children) == len(arms)
+    assert len(children) == len(arms) + len(results["heldout"]["rows"])  # every held-out arm too
     assert all(c.info.status == "FINISHED" for c in children)
 
     # the study is a Prefect flow run whose arms are task runs named by their arm ids

@@ -54,6 +54,41 @@ class DataConfig(StrictModel):
     limit: int | None = Field(
         None, ge=1, description="Keep the first N rows (builtin: sources: train.num_prompts when unset)."
     )
+    skills: list[str] | None = Field(
+        None,
+        description="Train only on rows of these skills (a row's `skill` field; builtin:synthetic: "
+        "addition, sorting, reversal, chain). None: every row. Evaluation still scores every skill.",
+    )
+    responses: Literal["reference", "teacher_greedy"] = Field(
+        "reference",
+        description="What mdm_sft trains on: the rows' reference responses, or the teacher's own greedy "
+        "completions of the same prompts (sequence-level distillation; generated once per teacher and "
+        "prompt set, cached by content under OPDLM_CACHE).",
+    )
+
+    @field_validator("skills")
+    @classmethod
+    def _skills_listed_once(cls, skills: list[str] | None) -> list[str] | None:
+        if skills is None:
+            return None
+        if not skills:
+            raise ValueError("list at least one skill, or leave skills out to train on every row")
+        dupes = sorted({s for s in skills if skills.count(s) > 1})
+        if dupes:
+            raise ValueError(f"skill {dupes[0]!r} is listed more than once")
+        return skills
+
+    @model_validator(mode="after")
+    def _known_skills(self) -> DataConfig:
+        from opdlm.config.skills import SYNTHETIC_SKILLS
+
+        if self.skills and self.source.startswith("builtin:synthetic") and not self.path:
+            unknown = [s for s in self.skills if s not in SYNTHETIC_SKILLS]
+            if unknown:
+                raise ValueError(
+                    f"unknown skill {unknown[0]!r} in data.skills; builtin:synthetic has {', '.join(SYNTHETIC_SKILLS)}"
+                )
+        return self
 
     @field_validator("source")
     @classmethod
@@ -193,6 +228,11 @@ class Recipe(StrictModel):
             raise ValueError(
                 f"registry.{gated[0]} gates on the teacher-retention metrics, but eval.retention is false: "
                 "set eval.retention: true or drop the gate"
+            )
+        if self.data.responses == "teacher_greedy" and train.objective != "mdm_sft":
+            raise ValueError(
+                f"data.responses=teacher_greedy trains on the teacher's completions, which only mdm_sft reads "
+                f"(train.objective is {train.objective}); leave data.responses at reference"
             )
         if problem := self.resources.deepspeed_problem(train.deepspeed):
             raise ValueError(problem)

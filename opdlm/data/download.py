@@ -29,6 +29,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from opdlm.data.schema import Row
+from opdlm.data.skills import select_skills
 from opdlm.errors import OpdlmError, SourceError
 from opdlm.fsutil import atomic_write_text, read_text
 
@@ -160,8 +161,12 @@ def download_dataset(
     field_map: dict[str, str] | None = None,
     limit: int | None = None,
     seed: int = 0,
+    skills: list[str] | None = None,
 ) -> DatasetInfo:
     """Fetch ``source``, validate all rows, and publish them as normalised JSONL at ``out_path``.
+
+    ``skills`` (``data.skills``): keep only rows of these skills (builtin:synthetic: ``limit`` rows
+    drawn from those families alone, the rows training draws by itself).
 
     Nothing is written to ``out_path`` unless every row validates. A ``<out>.info.json`` beside it
     records source, row count and digests.
@@ -170,11 +175,12 @@ def download_dataset(
     if source.startswith("builtin:"):
         from opdlm.data.builtin import builtin_rows
 
-        rows = builtin_rows(source, limit, seed)
+        rows = builtin_rows(source, limit, seed, skills)
     else:
         with tempfile.TemporaryDirectory(prefix="opdlm-data-") as tmp:
             local = _fetch(source, Path(tmp))
             rows = normalise_records(local, field_map, default_source=source)
+        rows = select_skills(rows, skills, source)
         rows = rows[:limit] if limit else rows
     atomic_write_text(out_path, "".join(r.model_dump_json(exclude_none=True) + "\n" for r in rows))
     md5, sha = file_digests(out_path)

@@ -28,6 +28,11 @@ class Row(StrictModel):
     tests: str | None = Field(None, description="For code: test program run against the completion.")
     response: str | None = Field(None, description="Optional reference solution (worked response).")
     id: str | None = Field(None, description="Stable row id (benchmark task id).")
+    skill: str | None = Field(
+        None,
+        description="What the row exercises (the synthetic suite: its task family); data.skills filters on it "
+        "and evaluation reports accuracy per skill.",
+    )
 
     @field_validator("question")
     @classmethod

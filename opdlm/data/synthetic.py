@@ -114,6 +114,8 @@ _FAMILY_TABLE: dict[str, tuple[Callable[[random.Random], Problem], str]] = {
     "reversal": (make_reversal, "logic"),
     "chain": (make_chain, "math"),
 }
+# also each row's ``skill``; the recipe validates data.skills against opdlm.config.skills.SYNTHETIC_SKILLS,
+# the same names (tests/test_skills.py holds them equal)
 FAMILIES: tuple[str, ...] = tuple(_FAMILY_TABLE)
 # What a model trained only on this suite (the built-in tiny teacher and its students) knows, said once
 # wherever a user first meets one: the model card, `opdlm generate --help`, the README's serving section.
@@ -167,6 +169,7 @@ def _family_rows(family: str, split: Split, count: int, seed: int) -> list[Row]:
                 source=f"{SOURCE_PREFIX}/{family}",
                 response=problem.response,
                 id=f"{family}-{digest[:12]}",
+                skill=family,
             )
         )
     return rows
@@ -199,8 +202,8 @@ def load_split(split: Split, n: int | None = None, seed: int = 0, families: tupl
 
 
 def family_of(row: Row) -> str:
-    """The family name of a synthetic row (from its ``source``)."""
-    return row.source.rsplit("/", 1)[-1]
+    """The family name of a synthetic row (its ``skill``; rows written before skills existed: from its ``source``)."""
+    return row.skill or row.source.rsplit("/", 1)[-1]
 
 
 _BOXED = "\\boxed{"

@@ -174,6 +174,7 @@ def evaluate_rows(
             num_forwards=forwards,
             finished=finished,
             token_ids=list(ids),
+            skill=row.skill,
         )
         for i, (row, prompt, (text, ids, steps, forwards, finished), score) in enumerate(
             zip(rows, prompts, outputs, scores)

@@ -28,6 +28,7 @@ class SampleRecord:
     finished: bool
     token_ids: list[int] = field(default_factory=list)
     teacher_nll: list[float] | None = None
+    skill: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,6 +50,8 @@ class EvalResult:
         teacher_retention: closeness to the teacher's greedy completions on the same rows
             (:class:`opdlm.eval.retention.RetentionMetrics` as a dict: teacher NLL and its ratio to the
             teacher's own, agreement, repetition); a teacher scored alone gets its own (agreement 1).
+        per_skill: skill -> ``{"n", "correct", "accuracy"}`` over the rows of that skill, when the
+            benchmark's rows carry one (the synthetic suite: its task families); else None.
     """
 
     benchmark: str
@@ -72,6 +75,7 @@ class EvalResult:
     retention: float | None = None
     teacher_retention: dict | None = None
     samples_path: str | None = None
+    per_skill: dict[str, dict] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,7 +115,21 @@ def summarize(
         max_new_tokens=max_new_tokens,
         seed=seed,
         sampler=sampler,
+        per_skill=per_skill_accuracy(records),
     )
+
+
+def per_skill_accuracy(records: list[SampleRecord]) -> dict[str, dict] | None:
+    """skill -> ``{"n", "correct", "accuracy"}`` (skills in first-seen order); None when no record has a skill."""
+    counts: dict[str, list[int]] = {}
+    for r in records:
+        if r.skill is not None:
+            n_correct = counts.setdefault(r.skill, [0, 0])
+            n_correct[0] += 1
+            n_correct[1] += int(r.correct)
+    if not counts:
+        return None
+    return {s: {"n": n, "correct": c, "accuracy": round(c / n, 6)} for s, (n, c) in counts.items()}
 
 
 def with_retention(result: EvalResult, teacher: EvalResult | dict) -> EvalResult:

@@ -14,10 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-# Files above this size are fingerprinted by size + head + tail: hashing tens of GB of weights on every
-# pipeline run would cost minutes, and a changed checkpoint changes its head bytes (safetensors header).
-FULL_HASH_LIMIT = 64 * 1024 * 1024
-EDGE_BYTES = 8 * 1024 * 1024
+from opdlm.fsutil import dir_fingerprint
 
 
 def _jsonable(value: Any) -> Any:
@@ -32,30 +29,6 @@ def config_hash(*parts: Any, length: int = 16) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        if size <= FULL_HASH_LIMIT:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        else:
-            h.update(fh.read(EDGE_BYTES))
-            fh.seek(size - EDGE_BYTES)
-            h.update(fh.read(EDGE_BYTES))
-            h.update(str(size).encode())
-    return h.hexdigest()
-
-
 def model_dir_fingerprint(path: str | Path, length: int = 16) -> str:
-    """Fingerprint of a model directory's files (relative names and bytes; hidden files skipped).
-
-    Files up to 64 MiB are hashed whole; larger ones by size plus their first and last 8 MiB.
-    """
-    root = Path(path)
-    entries = [
-        (p.relative_to(root).as_posix(), _file_digest(p))
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    ]
-    return config_hash(entries, length=length)
+    """Fingerprint of a model directory's files (:func:`opdlm.fsutil.dir_fingerprint`, its one home)."""
+    return dir_fingerprint(path, length)

@@ -63,7 +63,12 @@ def data_stage(recipe: Recipe, out_path: str | Path) -> DatasetInfo:
     if limit is None and source.startswith("builtin:"):
         limit = recipe.train.num_prompts
     return download_dataset(
-        source, out_path, field_map=recipe.data.field_map or None, limit=limit, seed=training_seed(recipe)
+        source,
+        out_path,
+        field_map=recipe.data.field_map or None,
+        limit=limit,
+        seed=training_seed(recipe),
+        skills=recipe.data.skills,
     )
 
 

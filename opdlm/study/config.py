@@ -21,6 +21,8 @@ from opdlm.errors import ConfigError
 Seed = Annotated[int, Field(ge=0, le=TRAINING_SEED_MAX)]
 
 Objective = Literal["opd", "mdm_sft"]
+Section = Literal["main", "heldout"]
+Responses = Literal["reference", "teacher_greedy"]
 
 
 class AblationConfig(StrictModel):
@@ -100,6 +102,14 @@ class StudyConfig(StrictModel):
         10.0, gt=0.0, description="Target: baseline tokens needed to match OPD / OPD's tokens."
     )
     experiment: str = Field("opdlm-study", min_length=1, description="MLflow experiment name.")
+    sections: list[Section] = Field(
+        default_factory=lambda: ["main", "heldout"],
+        min_length=1,
+        description=(
+            "Which parts to run: main (OPD vs baseline by budget, ablations, sweeps) and heldout (the file's "
+            "`heldout` section). E.g. study.sections=[heldout] runs the held-out-skill arms alone."
+        ),
+    )
 
     @field_validator("budgets", "baseline_extra_budgets")
     @classmethod
@@ -119,6 +129,13 @@ class StudyConfig(StrictModel):
             raise ValueError(f"seeds must be distinct (got {self.seeds})")
         return self
 
+    @field_validator("sections")
+    @classmethod
+    def _sections_once(cls, sections: list[str]) -> list[str]:
+        if len(set(sections)) != len(sections):
+            raise ValueError(f"list each section once (got {sections})")
+        return sections
+
     @property
     def resolved_ablation_budget(self) -> int:
         return self.ablation_budget if self.ablation_budget is not None else max(self.budgets)
@@ -126,6 +143,82 @@ class StudyConfig(StrictModel):
     @property
     def resolved_ablation_seeds(self) -> list[int]:
         return self.ablation_seeds if self.ablation_seeds is not None else list(self.seeds)
+
+
+class SkillSplit(StrictModel):
+    """One split of the synthetic suite's skills: train on ``train``, hold out every other skill."""
+
+    name: str = Field(
+        ..., pattern=r"^[a-z0-9_]+$", description="Short name (lowercase, digits, _), used in arm ids and tables."
+    )
+    train: list[str] = Field(..., min_length=1, description="Skills the training prompts are drawn from.")
+
+    @field_validator("train")
+    @classmethod
+    def _known(cls, skills: list[str]) -> list[str]:
+        from opdlm.config.skills import SYNTHETIC_SKILLS
+
+        unknown = [s for s in skills if s not in SYNTHETIC_SKILLS]
+        if unknown:
+            raise ValueError(f"unknown skill {unknown[0]!r}; the synthetic suite has {', '.join(SYNTHETIC_SKILLS)}")
+        if len(set(skills)) != len(skills):
+            raise ValueError(f"list each skill once (got {skills})")
+        if len(skills) == len(SYNTHETIC_SKILLS):
+            raise ValueError("a split must hold out at least one skill; it lists every skill of the suite")
+        return skills
+
+    @property
+    def heldout(self) -> list[str]:
+        """The suite's skills this split never trains on (suite order)."""
+        from opdlm.config.skills import SYNTHETIC_SKILLS
+
+        return [s for s in SYNTHETIC_SKILLS if s not in self.train]
+
+
+class HeldoutConfig(StrictModel):
+    """Skills the conversion data never covers: train on some skills of the suite, score every skill.
+
+    Every arm (OPD and each baseline, at each budget, seed and split) trains on the prompts of its
+    split's skills only (``data.skills``); evaluation scores all of them, so each arm has a trained-
+    skill and a held-out-skill accuracy, each read against the teacher's on the same skills.
+    """
+
+    budgets: list[int] = Field(
+        ..., min_length=1, description="OPD training-token budgets; each baseline is matched to what OPD used."
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1, description="Training seeds.")
+    splits: list[SkillSplit] = Field(..., min_length=1, description="Skill splits (train on some, hold out the rest).")
+    baselines: list[Responses] = Field(
+        default_factory=lambda: ["reference", "teacher_greedy"],
+        description=(
+            "mdm_sft arms: on the suite's reference answers, and on the teacher's greedy completions of the same "
+            "prompts (data.responses)."
+        ),
+    )
+    overrides: list[str] = Field(
+        default_factory=list,
+        description="Dotted recipe overrides for every arm of the section (e.g. a smaller prompt pool).",
+    )
+
+    @field_validator("budgets")
+    @classmethod
+    def _positive_sorted(cls, values: list[int]) -> list[int]:
+        bad = [v for v in values if v < 1]
+        if bad:
+            raise ValueError(f"every budget must be >= 1 token (got {bad[0]})")
+        return sorted(set(values))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HeldoutConfig:
+        names = [s.name for s in self.splits]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"split names must be unique; {dupes[0]!r} appears more than once")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct (got {self.seeds})")
+        if len(set(self.baselines)) != len(self.baselines):
+            raise ValueError(f"list each baseline once (got {self.baselines})")
+        return self
 
 
 class StudyFile(StrictModel):
@@ -136,7 +229,20 @@ class StudyFile(StrictModel):
     )
     recipe: Recipe = Field(default_factory=Recipe, description="The recipe every arm starts from.")
     study: StudyConfig
+    heldout: HeldoutConfig | None = Field(
+        None, description="Held-out skills: arms trained on some skills of the suite, scored on all of them."
+    )
     quick: list[str] = Field(default_factory=list, description="Dotted overrides applied by --quick (CI size).")
+
+    @model_validator(mode="after")
+    def _sections_defined(self) -> StudyFile:
+        if "heldout" in self.study.sections and self.heldout is None and "sections" in self.study.model_fields_set:
+            raise ValueError("study.sections lists heldout but the file has no heldout section")
+        return self
+
+    @property
+    def runs_heldout(self) -> bool:
+        return "heldout" in self.study.sections and self.heldout is not None
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,8 @@ The study folder::
     OUT/reference/                 teacher and untrained converted student on the held-out rows
     OUT/arms/<arm id>/             one trained arm: train/ (model, metrics.jsonl), eval.json, result.json
     OUT/sweeps/<arm id>/           one model under every (block size, threshold) of the sweep grid
-    OUT/results.json, results.md   the table; OUT/plots/*.png the figures; OUT/mlruns.db the MLflow store
+    OUT/results.json, results.md   the table (held-out skills: its own section); OUT/plots/*.png the figures;
+                                   OUT/mlruns.db the MLflow store
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from opdlm.study.config import StudyFile
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 PLOT_TOKENS, PLOT_FLOPS = "accuracy_vs_tokens.png", "accuracy_vs_flops.png"
 PLOT_PARALLEL = "accuracy_vs_tokens_per_step.png"
+PLOT_HELDOUT = "heldout_retention.png"
 STUDY_JSON = "study.json"
 TOKEN_UNIT = (
     "response tokens trained on, as the trainer's cumulative_train_tokens counts them (OPD: the student's rollout "
-    "tokens; baseline: ground-truth response tokens with their EOS, cut at the length cap; prompts not counted)."
+    "tokens; baseline: its response tokens with their EOS, cut at the length cap, the suite's ground truth or, for "
+    "the held-out section's teacher-completion arms, the teacher's greedy completions; prompts not counted)."
 )
 FLOPS_UNIT = (
     "the trainer's cumulative estimate (train_summary.json flops.total): rollout decoding by the student, the "
@@ -49,20 +52,24 @@ def resolve_teacher(recipe: Recipe, teacher: str | None) -> Path:
 class Planner:
     """Turns an arm's token budget into rollout steps (rows per seed and the tokenizer loaded once)."""
 
-    def __init__(self, teacher_dir: Path, fill: float):
+    def __init__(self, teacher_dir: Path, fill: float, progress: bool = False):
         from transformers import AutoTokenizer
 
-        self.fill = fill
+        self.fill, self.teacher_dir, self.progress = fill, teacher_dir, progress
         self.tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
         self._rows: dict[tuple, list] = {}
 
     def rows(self, recipe: Recipe, seed: int) -> list:
-        """The training rows an arm of ``recipe`` with ``seed`` draws its prompts from (as the trainer loads them)."""
-        from opdlm.train.data import load_training_rows
+        """The training rows an arm of ``recipe`` with ``seed`` draws its prompts from (as the trainer loads them:
+        its skills, and the teacher's completions as responses when ``data.responses`` asks for them)."""
+        from opdlm.train.data import recipe_training_rows
 
-        key = (recipe.data.source, recipe.data.path, recipe.train.num_prompts, seed)
+        data, train = recipe.data, recipe.train
+        key = (data.source, data.path, train.num_prompts, seed, tuple(data.skills or ()), data.responses)
+        if data.responses == "teacher_greedy":  # the completions depend on the prompt format and the length cap
+            key += (train.math_suffix, recipe.convert.enable_thinking, max(s.length.end for s in train.stages))
         if key not in self._rows:
-            self._rows[key] = load_training_rows(*key)
+            self._rows[key] = recipe_training_rows(recipe, seed, teacher_dir=self.teacher_dir, progress=self.progress)
         return self._rows[key]
 
     def plan(self, recipe: Recipe, budget: float) -> tuple[int, float]:
@@ -85,25 +92,36 @@ class Planner:
 
 
 def arm_jobs(
-    arms: list[Arm], spec: StudyFile, planner: Planner, out: Path, teacher_dir: Path, teacher_result: dict
+    arms: list[Arm] | list[tuple[Arm, dict]],
+    spec: StudyFile,
+    planner: Planner,
+    out: Path,
+    teacher_dir: Path,
+    teacher_result: dict,
 ) -> list[dict]:
-    """One training job per arm: its folder, its recipe cut to the rollout steps its budget buys."""
+    """One training job per arm: its folder, its recipe cut to the rollout steps its budget buys.
+
+    An arm may come with tags (a held-out arm's kind, split, skills, budget level): the job carries
+    them as ``tags`` and the arm's result copies them.
+    """
     jobs = []
-    for arm in arms:
+    for item in arms:
+        arm, tags = item if isinstance(item, tuple) else (item, None)
         uncut = arm_recipe(spec.recipe, arm)
         steps, planned = planner.plan(uncut, arm.budget)
-        jobs.append(
-            {
-                "folder": str(out / "arms" / arm.arm_id),
-                "teacher": str(teacher_dir),
-                "arm": arm.to_dict(),
-                "recipe": arm_recipe(spec.recipe, arm, steps).model_dump(mode="json"),
-                "rollout_steps": steps,
-                "planned_tokens": planned,
-                "teacher_result": teacher_result,
-                "prune": spec.study.prune_checkpoints,
-            }
-        )
+        job = {
+            "folder": str(out / "arms" / arm.arm_id),
+            "teacher": str(teacher_dir),
+            "arm": arm.to_dict(),
+            "recipe": arm_recipe(spec.recipe, arm, steps).model_dump(mode="json"),
+            "rollout_steps": steps,
+            "planned_tokens": planned,
+            "teacher_result": teacher_result,
+            "prune": spec.study.prune_checkpoints,
+        }
+        if tags is not None:
+            job["tags"] = tags
+        jobs.append(job)
     return jobs
 
 
@@ -114,6 +132,15 @@ def reference_job(spec: StudyFile, out: Path, teacher_dir: Path) -> dict:
         "teacher": str(teacher_dir),
         "recipe": spec.recipe.model_dump(mode="json"),
     }
+
+
+def heldout_matched(opd_results: list[dict], split: str) -> dict[int, int]:
+    """OPD budget -> mean tokens the held-out section's OPD arms of ``split`` used at it."""
+    by_budget: dict[int, list[int]] = {}
+    for r in opd_results:
+        if r["group"] == "heldout" and r["objective"] == "opd" and r.get("split") == split:
+            by_budget.setdefault(r["budget"], []).append(r["training_tokens"])
+    return {b: round(statistics.fmean(t)) for b, t in by_budget.items()}
 
 
 def matched_budgets(opd_results: list[dict]) -> dict[int, int]:

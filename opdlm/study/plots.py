@@ -5,6 +5,8 @@
 * ``accuracy_vs_flops.png``: the same against training FLOPs (rollout + teacher + student).
 * ``accuracy_vs_tokens_per_step.png``: accuracy against tokens per step over the sweep's thresholds,
   one line per (model, block size).
+* ``heldout_retention.png``: the held-out-skill section: held-out and trained-skill retention against
+  training tokens and FLOPs, one line per arm kind.
 """
 
 from __future__ import annotations
@@ -163,3 +165,44 @@ def _save(fig, out: str | Path, plt) -> Path:
     plt.close(fig)
     tmp.replace(out)  # whole file or nothing under the final name
     return out
+
+
+HELDOUT_COLORS = {"opd": "tab:blue", "mdm_sft": "tab:orange", "mdm_sft_teacher": "tab:green"}
+
+
+def plot_heldout_retention(summary: dict, out: str | Path) -> Path:
+    """Held-out (solid) and trained-skill (dashed) retention against training tokens and training FLOPs (log x),
+    one line per arm kind (seed means of the split means), single seeds as dots.
+
+    Args:
+        summary: :func:`opdlm.study.heldout.summarize_heldout`'s result.
+    """
+    from opdlm.study.heldout import KIND_LABELS, KIND_ORDER
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    groups = summary["by_budget"]
+    for ax, axis in zip(axes, ("training_tokens", "flops")):
+        for kind in KIND_ORDER:
+            line = sorted((g for g in groups if g["kind"] == kind and g.get(axis) is not None), key=lambda g: g[axis])
+            if not line:
+                continue
+            color = HELDOUT_COLORS[kind]
+            for name, style in (("heldout", "-"), ("trained", "--")):
+                pts = [(g[axis], g[f"{name}_retention"]) for g in line if g[f"{name}_retention"] is not None]
+                if not pts:
+                    continue
+                where = "held-out skills" if name == "heldout" else "trained skills"
+                ax.plot(*zip(*pts), marker="o", ls=style, color=color, label=f"{KIND_LABELS[kind]}, {where}")
+                seeds = [(g[axis], v) for g in line for v in g[f"{name}_retention_by_seed"].values() if v is not None]
+                if seeds:
+                    ax.scatter(*zip(*seeds), color=color, alpha=0.3, s=12)
+        ax.axhline(1.0, color="black", lw=1, label="teacher (retention 1)")
+        ax.set_xscale("log")
+        ax.set_xlabel(AXIS_LABELS[axis][0])
+        ax.set_title(f"Retention vs {'training tokens' if axis == 'training_tokens' else 'training FLOPs'}")
+    axes[0].set_ylabel("accuracy / teacher's on the same skills")
+    axes[0].set_ylim(0, 1.1)
+    axes[1].legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    return _save(fig, out, plt)

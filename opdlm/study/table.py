@@ -359,6 +359,8 @@ def markdown(rows: list[dict], sweep: list[dict], summary: dict, meta: dict) -> 
     ]
     if meta.get("flops_unit"):
         lines += ["", f"Training FLOPs: {meta['flops_unit']}"]
+    if not any(g["group"] in ("main", "ablation") for g in means):  # a study of other sections only
+        return "\n".join(lines) + "\n"
     lines += ["", "## Headline", ""]
     if "opd_accuracy" in summary:
         t = summary["targets"]

@@ -31,7 +31,7 @@ from opdlm.models.attention import resolve_teacher_backend
 from opdlm.models.student import Student, load_causal_lm, load_student, resolve_device, resolve_dtype
 from opdlm.train import distributed
 from opdlm.train.checkpoint import read_train_state
-from opdlm.train.data import load_training_rows
+from opdlm.train.data import load_training_rows, recipe_training_rows
 from opdlm.train.folder import CONVERTED_DIR, TrainingFolder
 from opdlm.train.schedule import SCHEDULER_FILE, schedule_state
 from opdlm.train.targets import CausalTarget, teacher_target
@@ -333,16 +333,16 @@ def setup_run(
     random.seed(seed)
 
     # every input is checked before OUT is touched: a bad one leaves OUT exactly as it was
-    rows = load_training_rows(recipe.data.source, data or recipe.data.path, cfg.num_prompts, seed)
+    rows = load_training_rows(recipe.data.source, data or recipe.data.path, cfg.num_prompts, seed, recipe.data.skills)
     needs_teacher = cfg.objective == "opd"
     teacher_responses = cfg.objective == "mdm_sft" and cfg.sft_responses == "teacher"
     teacher_dir = None
-    if (
-        needs_teacher or teacher_responses or not student
-    ):  # builtin:tiny is built here, with the recipe's teacher settings
-        from opdlm.sources.resolve import resolve_teacher
+    if needs_teacher or teacher_responses or not student or recipe.data.responses == "teacher_greedy":
+        from opdlm.sources.resolve import resolve_teacher  # builtin:tiny is built here, with the recipe's settings
 
         teacher_dir = distributed.on_main(lambda: resolve_teacher(recipe, teacher))
+    if recipe.data.responses == "teacher_greedy":  # the teacher's completions of these prompts (cached by content)
+        rows = distributed.on_main(lambda: recipe_training_rows(recipe, seed, data, teacher_dir))
     distributed.on_main(lambda: check_inputs(recipe, rows, teacher_dir, student))
     distributed.on_main(lambda: _check_out(out, fingerprint))
 
