@@ -66,7 +66,7 @@ def test_the_data_stage_draws_the_same_filtered_rows_as_training(tmp_path):
 
 
 def _record(skill: str | None, correct: bool) -> SampleRecord:
-    return SampleRecord("i", "p", "c", "a", None, correct, None, 1, 1, 1.0, 1, True, skill)
+    return SampleRecord("i", "p", "c", "a", None, correct, None, 1, 1, 1.0, 1, True, skill=skill)
 
 
 def test_per_skill_accuracy_counts_each_skills_rows():
