@@ -20,7 +20,6 @@ The last line is the headline: the OPD student's agreement with the teacher over
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 from pathlib import Path
@@ -32,63 +31,49 @@ def _timed(fn, *args, **kwargs):
     return out, time.perf_counter() - t0
 
 
-def _teacher_completed_rows(recipe, rows, teacher_dir: Path, budget: int, max_steps: int):
-    """Rows answered by the teacher's greedy completions, step by step in the training stream's order, until
-    the mdm_sft steps reach ``budget`` training tokens; returns ``(rows, steps, tokens, seconds)``."""
-    from opdlm.models.student import load_causal_lm
-    from opdlm.study.budget import mdm_step_tokens
-    from opdlm.train.data import stream_indices
-    from opdlm.train.teacher_responses import complete_rows
-
-    cfg, seed = recipe.train, recipe.train.seed if recipe.train.seed is not None else recipe.seed
-    model, tokenizer = load_causal_lm(teacher_dir, device=cfg.device)
-    eos = model.generation_config.eos_token_id
-    eos = eos[0] if isinstance(eos, list) else eos
-    done: dict[int, str] = {}
-    t0 = time.perf_counter()
-    for steps in range(1, max_steps + 1):
-        drawn = stream_indices(len(rows), (steps - 1) * cfg.prompts_per_rollout, cfg.prompts_per_rollout, seed)
-        new = [i for i in dict.fromkeys(drawn) if i not in done]
-        texts = complete_rows(
-            model,
-            tokenizer,
-            [rows[i] for i in new],
-            max_new_tokens=cfg.rollout.max_new_tokens,
-            math_suffix=cfg.math_suffix,
-            enable_thinking=recipe.convert.enable_thinking,
-            progress=False,
-        )
-        done.update(zip(new, texts))
-        answered = [r.model_copy(update={"response": done.get(i) or None}) for i, r in enumerate(rows)]
-        tokens = sum(
-            itertools.islice(
-                mdm_step_tokens(cfg, answered, tokenizer, eos, seed, recipe.convert.enable_thinking), steps
-            )
-        )
-        print(f"baseline data: {steps} steps -> {tokens} training tokens (OPD: {budget})", flush=True)
-        if tokens >= budget:
-            return answered, steps, tokens, time.perf_counter() - t0
-    raise SystemExit(f"{max_steps} mdm_sft steps stay under the OPD run's {budget} training tokens")
-
-
-def _train_baseline(recipe, rows, steps: int, converted: Path, work: Path) -> tuple[Path, float]:
-    """Train the mdm_sft baseline for ``steps`` rollout steps on ``rows``; returns (folder, seconds)."""
+def _baseline_recipe(recipe, steps: int | None = None):
+    """``recipe`` as the mdm_sft baseline on the teacher's greedy completions (``data.responses: teacher_greedy``),
+    cut to its first ``steps`` rollout steps when given."""
     from opdlm.config.recipe import Recipe
     from opdlm.study.budget import truncate_stages
+
+    update = {"objective": "mdm_sft", "exclude_eos_from_loss": False}  # it learns to stop only from EOS targets
+    if steps is not None:
+        update["stages"] = truncate_stages(recipe.train.stages, steps)
+    train_cfg = recipe.train.model_copy(update=update)
+    data = recipe.data.model_copy(update={"responses": "teacher_greedy"})
+    return Recipe.model_validate({**recipe.model_dump(), "train": train_cfg.model_dump(), "data": data.model_dump()})
+
+
+def _baseline_steps(mdm, teacher_dir: Path, budget: int, max_steps: int) -> tuple[int, float, float]:
+    """Rollout steps of the baseline ``mdm`` to reach ``budget`` training tokens; returns ``(steps, tokens, seconds)``.
+
+    The teacher's completions of the training prompts are generated here once (cached by content under
+    OPDLM_CACHE, :mod:`opdlm.eval.completions`); training reads the same file back.
+    """
+    from transformers import AutoTokenizer
+
+    from opdlm.study.budget import plan_steps
+    from opdlm.train.data import recipe_training_rows
+
+    seed = mdm.train.seed if mdm.train.seed is not None else mdm.seed
+    rows, seconds = _timed(recipe_training_rows, mdm, seed, teacher_dir=teacher_dir)
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    thinking = mdm.convert.enable_thinking
+    steps, tokens = plan_steps(
+        mdm.train, rows, tokenizer, tokenizer.eos_token_id, seed, budget, 1.0, max_steps, enable_thinking=thinking
+    )
+    return steps, tokens, seconds
+
+
+def _train_baseline(recipe, steps: int, teacher_dir: Path, converted: Path, work: Path) -> tuple[Path, float]:
+    """Train the mdm_sft baseline for ``steps`` rollout steps; returns (folder, seconds)."""
     from opdlm.train.loop import train
 
-    data = work / "baseline_rows.jsonl"
-    data.write_text("".join(r.model_dump_json() + "\n" for r in rows))
-    train_cfg = recipe.train.model_copy(
-        update={
-            "objective": "mdm_sft",
-            "exclude_eos_from_loss": False,  # a masked-diffusion student learns to stop only from EOS targets
-            "stages": truncate_stages(recipe.train.stages, steps),
-        }
-    )
-    mdm = Recipe.model_validate({**recipe.model_dump(), "train": train_cfg.model_dump()})
     out = work / "mdm_sft"
-    return _timed(train, mdm, out, student=str(converted), data=str(data), console=False)
+    return _timed(
+        train, _baseline_recipe(recipe, steps), out, teacher=str(teacher_dir), student=str(converted), console=False
+    )
 
 
 def _eval(recipe, model_dir: Path, out: Path, teacher_results: dict | None) -> dict:
@@ -165,7 +150,7 @@ def main() -> None:
     parser.add_argument(
         "--baseline",
         type=Path,
-        help="An mdm_sft training folder already trained on the teacher's completions (train.sft_responses: teacher; "
+        help="An mdm_sft training folder already trained on the teacher's completions (data.responses: teacher_greedy; "
         "e.g. the OPD run's steps), used instead of training one to the OPD run's tokens.",
     )
     parser.add_argument("overrides", nargs="*", help="Dotted recipe overrides (the pipeline run's, if it had any).")
@@ -173,7 +158,6 @@ def main() -> None:
 
     from opdlm.config.recipe import load_recipe
     from opdlm.pipeline.stages import convert_stage
-    from opdlm.train.data import load_training_rows
     from opdlm.train.folder import TrainingFolder
 
     recipe = load_recipe(args.recipe, args.overrides)
@@ -191,14 +175,12 @@ def main() -> None:
     converted_results = _eval(recipe, converted, args.work / "eval-converted", teacher_results)
 
     mdm_dir = args.baseline or args.work / "mdm_sft"
-    seed = recipe.train.seed if recipe.train.seed is not None else recipe.seed
     if not TrainingFolder(mdm_dir).summary_file.is_file():
-        rows = load_training_rows(recipe.data.source, recipe.data.path, recipe.train.num_prompts, seed)
-        answered, steps, tokens, data_s = _teacher_completed_rows(
-            recipe, rows, teacher_dir, opd_train["training_tokens"], args.max_steps
+        steps, tokens, data_s = _baseline_steps(
+            _baseline_recipe(recipe), teacher_dir, opd_train["training_tokens"], args.max_steps
         )
-        print(f"baseline data: teacher completions in {data_s:.0f}s; training {steps} steps", flush=True)
-        _train_baseline(recipe, answered, steps, converted, args.work)
+        print(f"baseline data: teacher completions in {data_s:.0f}s; training {steps} steps ({tokens:.0f} tokens)")
+        _train_baseline(recipe, steps, teacher_dir, converted, args.work)
     mdm_results = _eval(recipe, mdm_dir, args.work / "eval-mdm_sft", teacher_results)
 
     table = [

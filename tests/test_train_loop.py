@@ -256,29 +256,37 @@ def test_filler_micro_batches_and_empty_chunks_change_nothing(tiny_teacher_dir, 
     assert [m["loss_tokens"] for m in lines] == [m["loss_tokens"] for m in ref_lines]
 
 
-def test_mdm_sft_on_the_teachers_own_greedy_completions(tiny_teacher_dir, tiny_student_dir, tmp_path):
-    """sft_responses: teacher answers exactly the rows the run draws with its greedy completions, once."""
+def test_mdm_sft_on_the_teachers_own_greedy_completions(tiny_teacher_dir, tiny_student_dir, tmp_path, monkeypatch):
+    """data.responses: teacher_greedy trains on exactly the teacher's greedy completions, generated once."""
     from opdlm.data.prompting import format_prompt
+    from opdlm.data.schema import read_rows
+    from opdlm.eval import runners
     from opdlm.models.student import load_causal_lm
     from opdlm.sampling.autoregressive import generate_autoregressive
+    from opdlm.study.budget import mdm_step_tokens
     from opdlm.train.data import load_training_rows
-    from opdlm.train.teacher_responses import RESPONSES_FILE, rows_drawn
 
+    monkeypatch.setenv("OPDLM_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "mdm-teacher"
-    recipe = fast_recipe("train.objective=mdm_sft", "train.sft_responses=teacher")
+    recipe = fast_recipe("train.objective=mdm_sft", "data.responses=teacher_greedy")
     cfg = recipe.train
     train(recipe, out, teacher=str(tiny_teacher_dir), student=str(tiny_student_dir), until_stage="short", console=False)
-    saved = [json.loads(x) for x in (out / RESPONSES_FILE).read_text().splitlines()]
+    (cached,) = (tmp_path / "cache" / "teacher_completions").glob("*.jsonl")
+    saved = read_rows(cached)
     rows = load_training_rows(recipe.data.source, None, cfg.num_prompts, recipe.seed)
-    drawn = rows_drawn(len(rows), cfg.total_rollout_steps, cfg.prompts_per_rollout, recipe.seed)
-    assert [s["index"] for s in saved] == drawn and len(drawn) < len(rows)  # only what the run will draw
+    assert [r.question for r in saved] == [r.question for r in rows]
     model, tok = load_causal_lm(tiny_teacher_dir, device="cpu")
-    row = rows[drawn[0]]
-    prompt = tok(format_prompt(tok, row.question, row.domain, cfg.math_suffix), add_special_tokens=False).input_ids
-    greedy = generate_autoregressive(model, tok, [prompt], cfg.rollout.max_new_tokens)
-    assert saved[0]["response"] == greedy.texts[0]
+    prompt = tok(format_prompt(tok, rows[0].question, rows[0].domain, cfg.math_suffix), add_special_tokens=False)
+    greedy = generate_autoregressive(model, tok, [prompt.input_ids], max(s.length.end for s in cfg.stages))
+    assert saved[0].response == greedy.texts[0] != rows[0].response
     lines = [json.loads(ln) for ln in TrainingFolder(out).metrics_file.read_text().splitlines()]
-    assert len(lines) == 2 and all(m["loss_tokens"] > 0 for m in lines)
-    before = (out / RESPONSES_FILE).stat().st_mtime_ns
+    eos = model.generation_config.eos_token_id
+    expected = mdm_step_tokens(cfg, saved, tok, eos, recipe.seed)  # each step's drawn completions, cut at its cap
+    assert [m["rollout_tokens"] for m in lines] == [next(expected) for _ in lines]
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the cached completions must be read, not generated again")
+
+    monkeypatch.setattr(runners, "load_runner", no_model)
     train(recipe, out, teacher=str(tiny_teacher_dir), student=str(tiny_student_dir), console=False)  # resumes
-    assert (out / RESPONSES_FILE).stat().st_mtime_ns == before  # read back, not generated again
+    assert len(TrainingFolder(out).metrics_file.read_text().splitlines()) > len(lines)

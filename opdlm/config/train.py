@@ -152,12 +152,6 @@ class TrainConfig(StrictModel):
             "student learns to stop only from EOS targets."
         ),
     )
-    sft_responses: Literal["dataset", "teacher"] = Field(
-        "dataset",
-        description="mdm_sft: train on the dataset's reference responses, or on the teacher's own greedy completions "
-        "of the same prompts (generated once, for the rows the run draws, into OUT/teacher_responses.jsonl; capped "
-        "at rollout.max_new_tokens).",
-    )
     mdm_min_mask_ratio: float = Field(
         0.0, ge=0.0, lt=1.0, description="mdm_sft: per-block mask ratio t ~ U(min, 1); at least one token is masked."
     )

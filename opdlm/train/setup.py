@@ -266,7 +266,7 @@ def check_inputs(recipe: Recipe, rows: list[Row], teacher_dir: Path | None, stud
     source = check_model_dir(Path(student), "student") if student else teacher_dir
     if source is None:
         raise OpdlmError("no --student given and no teacher to convert")
-    if cfg.objective == "mdm_sft" and cfg.sft_responses == "dataset" and not any(r.response for r in rows):
+    if cfg.objective == "mdm_sft" and not any(r.response for r in rows):
         raise OpdlmError("train.objective mdm_sft needs rows with a response; none of the training rows has one")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
@@ -281,23 +281,6 @@ def check_inputs(recipe: Recipe, rows: list[Row], teacher_dir: Path | None, stud
             f"no training prompt fits train.max_prompt_tokens ({cfg.max_prompt_tokens}): all {len(rows)} are longer "
             f"(the shortest has {shortest} tokens); raise train.max_prompt_tokens or pass other --data"
         )
-
-
-def _teacher_response_rows(recipe: Recipe, rows: list[Row], teacher_dir: Path, out: Path, seed: int) -> list[Row]:
-    """``train.sft_responses: teacher``: the rows the run draws, answered by the teacher's greedy completions."""
-    from opdlm.train.teacher_responses import rows_drawn, with_teacher_responses
-
-    cfg = recipe.train
-    return with_teacher_responses(
-        rows,
-        teacher_dir,
-        out,
-        indices=rows_drawn(len(rows), cfg.total_rollout_steps, cfg.prompts_per_rollout, seed),
-        max_new_tokens=cfg.rollout.max_new_tokens,
-        math_suffix=cfg.math_suffix,
-        enable_thinking=recipe.convert.enable_thinking,
-        device=cfg.device,
-    )
 
 
 def setup_run(
@@ -335,9 +318,8 @@ def setup_run(
     # every input is checked before OUT is touched: a bad one leaves OUT exactly as it was
     rows = load_training_rows(recipe.data.source, data or recipe.data.path, cfg.num_prompts, seed, recipe.data.skills)
     needs_teacher = cfg.objective == "opd"
-    teacher_responses = cfg.objective == "mdm_sft" and cfg.sft_responses == "teacher"
     teacher_dir = None
-    if needs_teacher or teacher_responses or not student or recipe.data.responses == "teacher_greedy":
+    if needs_teacher or not student or recipe.data.responses == "teacher_greedy":
         from opdlm.sources.resolve import resolve_teacher  # builtin:tiny is built here, with the recipe's settings
 
         teacher_dir = distributed.on_main(lambda: resolve_teacher(recipe, teacher))
@@ -363,8 +345,6 @@ def setup_run(
             teacher_model.requires_grad_(False)
             teacher_model.eval()
             teacher_backend = teacher_model.config._attn_implementation
-        if teacher_responses:
-            rows = distributed.on_main(lambda: _teacher_response_rows(recipe, rows, teacher_dir, out, seed))
         distributed.on_main(lambda: _write_run_file(out, fingerprint, recipe))
     except BaseException:
         if created and rank == 0:  # a folder this call made holds nothing of the user's
