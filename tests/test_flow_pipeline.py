@@ -23,6 +23,7 @@ pytest.importorskip("moto.server")
 from helpers import SMALL, free_port, moto_s3, s3_keys  # noqa: E402
 
 from opdlm.errors import OpdlmError  # noqa: E402
+from opdlm.numbers import show_rate  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +152,7 @@ def test_pipeline_runs_tracks_and_registers(pipeline):
     ]
     version = client.get_model_version(MODEL, "1")
     assert version.run_id == parent.info.run_id and version.tags["register_run"] == stages["register"].info.run_id
-    assert version.tags["tokens_per_step"] == f"{parent.data.metrics['synthetic/student_tokens_per_step']:.4g}"
+    assert version.tags["tokens_per_step"] == show_rate(parent.data.metrics["synthetic/student_tokens_per_step"])
     assert facts["mlflow_runs_url"].endswith(
         f"/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning"
     )
