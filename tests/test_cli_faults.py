@@ -94,7 +94,12 @@ def test_interrupted_train_exits_130_and_says_how_to_resume(sig, tiny_teacher_di
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = train_cmd(out, tiny_teacher_dir, *LONG)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a shell's background job (`make test &`, nohup) starts with
+    # SIGINT ignored, Python then installs no KeyboardInterrupt handler, and Ctrl-C could never be tested
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
     deadline = time.monotonic() + 240
     while (
         time.monotonic() < deadline and proc.poll() is None and not list(TrainingFolder(out).checkpoints.glob("step-*"))
