@@ -323,7 +323,10 @@ def test_summary_prints_the_serve_line_the_serving_test_runs(tmp_path):
     }
     reg = {"name": "opdlm-tiny", "version": "1", "aliases": ["candidate"], "promoted": False, "gate": "g"}
     markdown, facts = render_summary(
-        run, {"metrics": metrics, "sweep_dir": None}, [{"train_dir": str(tmp_path / "train"), "stage": "s"}], reg
+        run,
+        {"metrics": metrics, "sweep_dir": None, "student_results": None, "teacher_results": None},  # evaluate()'s keys
+        [{"train_dir": str(tmp_path / "train"), "stage": "s"}],
+        reg,
     )
     venv_bin = os.path.dirname(sys.executable)
     expected = serve_command("opdlm-tiny", "candidate", tracking_uri=run.tracking_uri, venv_bin=venv_bin)
