@@ -25,6 +25,23 @@ Section = Literal["main", "heldout"]
 Responses = Literal["reference", "teacher_greedy"]
 
 
+def positive_sorted_budgets(values: list[int]) -> list[int]:
+    """A section's training-token budgets: each >= 1, deduplicated, ascending."""
+    bad = [v for v in values if v < 1]
+    if bad:
+        raise ValueError(f"every budget must be >= 1 token (got {bad[0]})")
+    return sorted(set(values))
+
+
+def check_unique_names(kind: str, names: list[str], seeds: list[int]) -> None:
+    """A section's arm names (ablations, splits) and seeds are each listed once."""
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"{kind} names must be unique; {dupes[0]!r} appears more than once")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct (got {seeds})")
+
+
 class AblationConfig(StrictModel):
     """One ablation: the OPD arm with some recipe fields changed, trained at the ablation budget."""
 
@@ -114,19 +131,11 @@ class StudyConfig(StrictModel):
     @field_validator("budgets", "baseline_extra_budgets")
     @classmethod
     def _positive_sorted(cls, values: list[int]) -> list[int]:
-        bad = [v for v in values if v < 1]
-        if bad:
-            raise ValueError(f"every budget must be >= 1 token (got {bad[0]})")
-        return sorted(set(values))
+        return positive_sorted_budgets(values)
 
     @model_validator(mode="after")
     def _consistent(self) -> StudyConfig:
-        names = [a.name for a in self.ablations]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"ablation names must be unique; {dupes[0]!r} appears more than once")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct (got {self.seeds})")
+        check_unique_names("ablation", [a.name for a in self.ablations], self.seeds)
         return self
 
     @field_validator("sections")
@@ -203,19 +212,11 @@ class HeldoutConfig(StrictModel):
     @field_validator("budgets")
     @classmethod
     def _positive_sorted(cls, values: list[int]) -> list[int]:
-        bad = [v for v in values if v < 1]
-        if bad:
-            raise ValueError(f"every budget must be >= 1 token (got {bad[0]})")
-        return sorted(set(values))
+        return positive_sorted_budgets(values)
 
     @model_validator(mode="after")
     def _consistent(self) -> HeldoutConfig:
-        names = [s.name for s in self.splits]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"split names must be unique; {dupes[0]!r} appears more than once")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct (got {self.seeds})")
+        check_unique_names("split", [s.name for s in self.splits], self.seeds)
         if len(set(self.baselines)) != len(self.baselines):
             raise ValueError(f"list each baseline once (got {self.baselines})")
         return self
