@@ -1,6 +1,6 @@
 """Block sampler vs the teacher's Hugging Face ``generate`` (KV cache), side by side in one run.
 
-Same tiny model family, same 16 held-out suite prompts, greedy, the block sampler at threshold 0.9
+Same model family, the same 16 held-out prompts (the suite's, or --benchmark's), greedy, the block sampler at threshold 0.9
 and block size 4 (dynamic remasking). Output lengths are made equal three ways:
 
 * batch 1, answer length (headline): each prompt alone; both decode exactly as many tokens as the
@@ -20,6 +20,7 @@ and block size 4 (dynamic remasking). Output lengths are made equal three ways:
 
 Usage:
     python benchmarks/sampler_speed.py [--student DIR --teacher DIR] [--new-tokens 64] [--threads 1] [--queue 64]
+        [--benchmark gsm8k_heldout] [--repeats 5]
 
 Without --student it uses the tiny pipeline's outputs under runs/ (run `make run` first), so the
 student is a trained one whose confidence makes parallel decoding possible.
@@ -74,12 +75,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: tiny models gain nothing from more)")
     ap.add_argument("--queue", type=int, default=0, help="also decode this many prompts through 16 slots (0: skip)")
+    ap.add_argument(
+        "--benchmark",
+        default="synthetic",
+        help="whose held-out prompts to decode, formatted as `opdlm eval` formats them (gsm8k_heldout for SmolLM2)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     from opdlm.config.sampler import SamplerConfig
     from opdlm.data.prompting import encode_prompts, format_prompt
-    from opdlm.data.synthetic import load_split
+    from opdlm.eval.benchmarks import get_benchmark, load_benchmark
     from opdlm.models.student import load_causal_lm, load_student
     from opdlm.sampling.autoregressive import generate_autoregressive
     from opdlm.sampling.block_sampler import BlockDiffusionSampler
@@ -87,10 +93,21 @@ def main() -> None:
     student_dir, teacher_dir = (args.student, args.teacher) if args.student else _default_paths()
     student = load_student(student_dir, device="cpu", dtype="fp32")
     teacher, tok = load_causal_lm(teacher_dir or student_dir, device="cpu", dtype="fp32")
-    rows = load_split("eval", n=max(16, args.queue))
-    all_prompts = encode_prompts(
-        tok, [format_prompt(tok, r.question, enable_thinking=student.meta.enable_thinking) for r in rows]
-    )
+    bench = get_benchmark(args.benchmark)
+    rows = load_benchmark(args.benchmark, "data", limit=max(16, args.queue))
+    if len(rows) < 16:
+        raise SystemExit(f"--benchmark {args.benchmark}: {len(rows)} rows, 16 needed")
+    texts = [
+        format_prompt(
+            tok,
+            bench.question_text(r),
+            domain=r.domain,
+            math_suffix=bench.math_suffix,
+            enable_thinking=student.meta.enable_thinking,
+        )
+        for r in rows
+    ]
+    all_prompts = encode_prompts(tok, texts)
     prompts = all_prompts[:16]
     no_eos = BlockDiffusionSampler(
         dataclasses.replace(student, meta=dataclasses.replace(student.meta, eos_token_ids=[]))
@@ -109,7 +126,10 @@ def main() -> None:
     def ar(batch, n, stop):
         return generate_autoregressive(teacher, tok, batch, n, decode_text=False, stop_at_eos=stop)
 
-    print(f"student={student_dir} teacher={teacher_dir} threads={args.threads} prompts={len(prompts)}")
+    print(
+        f"student={student_dir} teacher={teacher_dir} threads={args.threads} prompts={len(prompts)} "
+        f"({args.benchmark}, mean {statistics.mean(map(len, prompts)):.0f} prompt tokens)"
+    )
     ratios = {}
 
     # batch 1 at the teacher's answer length: identical lengths, all in-distribution
