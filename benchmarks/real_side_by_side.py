@@ -86,12 +86,17 @@ def _eval(recipe, model_dir: Path, out: Path, teacher_results: dict | None) -> d
 
 
 def _train_facts(train_dir: Path) -> dict:
-    """Training tokens, FLOPs and wall time (first params line to last metrics line) of a training folder."""
+    """Training tokens, FLOPs and wall time of a training folder.
+
+    Wall time runs from ``run.json`` (written once, when the first stage's models have loaded) to the
+    last metrics line, so a staged run counts every stage (``params.json`` is rewritten per stage).
+    """
     from opdlm.train.folder import TrainingFolder
 
     folder = TrainingFolder(train_dir)
     summary = folder.summary()
-    start = (train_dir / "params.json").stat().st_mtime
+    first = folder.run_file if folder.run_file.is_file() else train_dir / "params.json"
+    start = first.stat().st_mtime
     return {
         "rollout_steps": summary.get("rollout_step"),
         "training_tokens": summary.get("cumulative_train_tokens"),
