@@ -1,7 +1,7 @@
 """Block sampler vs the teacher's Hugging Face ``generate`` (KV cache), side by side in one run.
 
-Same model family, the same 16 held-out prompts (the suite's, or --benchmark's), greedy, the block sampler at threshold 0.9
-and block size 4 (dynamic remasking). Output lengths are made equal three ways:
+Same model family, the same 16 held-out prompts (the suite's, or --benchmark's), greedy, the block
+sampler at threshold 0.9 and block size 4 (dynamic remasking). Output lengths are made equal three ways:
 
 * batch 1, answer length (headline): each prompt alone; both decode exactly as many tokens as the
   teacher's own answer (EOS included) with EOS stopping off, so both produce the same length and
