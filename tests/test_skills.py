@@ -69,11 +69,10 @@ def _record(skill: str | None, correct: bool) -> SampleRecord:
     return SampleRecord("i", "p", "c", "a", None, correct, None, 1, 1, 1.0, 1, True, skill=skill)
 
 
-def test_per_skill_accuracy_counts_each_skills_rows():
-    verdicts = [("addition", True), ("addition", False), ("chain", True), ("addition", True), ("chain", True)]
-    result = summarize(
-        [_record(s, c) for s, c in verdicts],
-        benchmark="synthetic",
+def _summarize(records, benchmark: str):
+    return summarize(
+        records,
+        benchmark=benchmark,
         model="m",
         model_kind="student",
         generation_s=1.0,
@@ -81,6 +80,11 @@ def test_per_skill_accuracy_counts_each_skills_rows():
         seed=0,
         sampler=None,
     )
+
+
+def test_per_skill_accuracy_counts_each_skills_rows():
+    verdicts = [("addition", True), ("addition", False), ("chain", True), ("addition", True), ("chain", True)]
+    result = _summarize([_record(s, c) for s, c in verdicts], "synthetic")
     for skill in ("addition", "chain"):  # brute force: the verdicts of that skill
         mine = [c for s, c in verdicts if s == skill]
         assert result.per_skill[skill] == {
@@ -88,16 +92,7 @@ def test_per_skill_accuracy_counts_each_skills_rows():
             "correct": sum(mine),
             "accuracy": round(sum(mine) / len(mine), 6),
         }
-    no_skills = summarize(
-        [_record(None, True)],
-        benchmark="gsm8k",
-        model="m",
-        model_kind="student",
-        generation_s=1.0,
-        max_new_tokens=8,
-        seed=0,
-        sampler=None,
-    )
+    no_skills = _summarize([_record(None, True)], "gsm8k")
     assert no_skills.per_skill is None
 
 

@@ -33,6 +33,13 @@ def positive_sorted_budgets(values: list[int]) -> list[int]:
     return sorted(set(values))
 
 
+def listed_once(kind: str, values: list) -> list:
+    """``values`` unchanged when no value repeats, else ValueError naming the list (sections, skills, baselines)."""
+    if len(set(values)) != len(values):
+        raise ValueError(f"list each {kind} once (got {values})")
+    return values
+
+
 def check_unique_names(kind: str, names: list[str], seeds: list[int]) -> None:
     """A section's arm names (ablations, splits) and seeds are each listed once."""
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -141,9 +148,7 @@ class StudyConfig(StrictModel):
     @field_validator("sections")
     @classmethod
     def _sections_once(cls, sections: list[str]) -> list[str]:
-        if len(set(sections)) != len(sections):
-            raise ValueError(f"list each section once (got {sections})")
-        return sections
+        return listed_once("section", sections)
 
     @property
     def resolved_ablation_budget(self) -> int:
@@ -170,8 +175,7 @@ class SkillSplit(StrictModel):
         unknown = [s for s in skills if s not in SYNTHETIC_SKILLS]
         if unknown:
             raise ValueError(f"unknown skill {unknown[0]!r}; the synthetic suite has {', '.join(SYNTHETIC_SKILLS)}")
-        if len(set(skills)) != len(skills):
-            raise ValueError(f"list each skill once (got {skills})")
+        listed_once("skill", skills)
         if len(skills) == len(SYNTHETIC_SKILLS):
             raise ValueError("a split must hold out at least one skill; it lists every skill of the suite")
         return skills
@@ -217,8 +221,7 @@ class HeldoutConfig(StrictModel):
     @model_validator(mode="after")
     def _consistent(self) -> HeldoutConfig:
         check_unique_names("split", [s.name for s in self.splits], self.seeds)
-        if len(set(self.baselines)) != len(self.baselines):
-            raise ValueError(f"list each baseline once (got {self.baselines})")
+        listed_once("baseline", self.baselines)
         return self
 
 
