@@ -83,6 +83,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    from opdlm.config.eval import EvalConfig
     from opdlm.config.sampler import SamplerConfig
     from opdlm.data.prompting import encode_prompts, format_prompt
     from opdlm.eval.benchmarks import get_benchmark, load_benchmark
@@ -94,7 +95,7 @@ def main() -> None:
     student = load_student(student_dir, device="cpu", dtype="fp32")
     teacher, tok = load_causal_lm(teacher_dir or student_dir, device="cpu", dtype="fp32")
     bench = get_benchmark(args.benchmark)
-    rows = load_benchmark(args.benchmark, "data", limit=max(16, args.queue))
+    rows = load_benchmark(args.benchmark, EvalConfig().data_dir, limit=max(16, args.queue))
     if len(rows) < 16:
         raise SystemExit(f"--benchmark {args.benchmark}: {len(rows)} rows, 16 needed")
     texts = [
