@@ -42,6 +42,7 @@ import torch
 
 from opdlm.config.sampler import SamplerConfig
 from opdlm.models.attention import attention_mask, labelled_attention_mask
+from opdlm.models.decode_forward import DecodeForward, fused_forward_unsupported
 from opdlm.models.geometry import CLEAN, inference_geometry
 from opdlm.models.student import Student
 from opdlm.sampling.logits import sample_tokens
@@ -127,15 +128,26 @@ class BlockDiffusionSampler:
         student: a loaded converted model (model, tokenizer, meta, backend).
         max_batch: rows decoded at once; more prompts wait in a queue and take slots as rows finish
             (None: every prompt of a ``generate`` call at once).
+        forward: ``auto`` runs the sampler's own :class:`~opdlm.models.decode_forward.DecodeForward`
+            where it covers the model (Qwen3 or Llama under sdpa) and the model's forward elsewhere;
+            ``hf`` always runs the model's own (Hugging Face) forward.
     """
 
-    def __init__(self, student: Student, max_batch: int | None = None):
+    def __init__(self, student: Student, max_batch: int | None = None, forward: str = "auto"):
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1 (got {max_batch})")
+        if forward not in ("auto", "hf"):
+            raise ValueError(f"forward must be 'auto' or 'hf' (got {forward!r})")
         self.student = student
         self.meta = student.meta
         self.max_batch = max_batch
         self.stats = DecodeStats()
+        self.fused: DecodeForward | None = None
+        self.fused_unsupported = "forward='hf'" if forward == "hf" else fused_forward_unsupported(
+            student.model, student.backend
+        )
+        if self.fused_unsupported is None:
+            self.fused = DecodeForward(student.model)
 
     @torch.inference_mode()  # no autograd bookkeeping at all; results leave as Python lists
     def generate(
@@ -195,6 +207,8 @@ class _Decode:
     def __init__(self, sampler: BlockDiffusionSampler, prompts, cfg: SamplerConfig, caps, generator):
         student, meta = sampler.student, sampler.meta
         self.sampler, self.model, self.backend = sampler, student.model, student.backend
+        # the sampler's own forward, bound to the weights as they are now (a student under training changes)
+        self.fused = sampler.fused.bind() if sampler.fused is not None else None
         self.device, self.dtype = student.device, student.dtype
         self.meta, self.cfg, self.prompts, self.caps = meta, cfg, prompts, caps
         self.B = cfg.block_size
@@ -240,6 +254,8 @@ class _Decode:
         stats.forwards += 1
         stats.row_forwards += rows
         stats.query_tokens += ids.numel()
+        if self.sampler.fused is not None:
+            return self.fused(ids, mask, position_ids, self.cache, keep)
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
