@@ -169,7 +169,7 @@ class DecodeForward:
 
         Args:
             ids_SW: token ids, ``S`` rows of ``W`` positions.
-            mask: the sdpa mask, boolean ``(S, 1, W, T)`` (True = attend) over the keys the cache returns.
+            mask: ``(S, 1, W, T)`` over the keys the cache returns: boolean (True = attend) or additive float.
             position_ids_SW: RoPE positions.
             cache: a :class:`~opdlm.sampling.row_cache.RowKVCache` prepared for this forward.
             keep: how many trailing positions get logits.

@@ -24,6 +24,20 @@ import torch
 from opdlm.models.geometry import CLEAN
 
 
+def fill_holes(keep_S: torch.Tensor) -> torch.Tensor:
+    """An order of the kept rows ``keep_S`` (ascending) in which the fewest rows change place.
+
+    Kept rows below ``len(keep_S)`` stay where they are; the kept rows beyond it fill the holes left
+    by the rows that were dropped. Example: keep ``[0, 2, 3, 5]`` of 6 rows -> ``[0, 5, 2, 3]``.
+    """
+    n = len(keep_S)
+    stay = keep_S[keep_S < n]
+    order = torch.full((n,), -1, dtype=torch.long, device=keep_S.device)
+    order[stay] = stay
+    order[order < 0] = keep_S[keep_S >= n]
+    return order
+
+
 class RowKVCache:
     """Per-row KV cache of committed tokens for ``rows`` batch slots.
 
@@ -142,11 +156,23 @@ class RowKVCache:
         self.lengths_S += advance_S
 
     def select(self, slots: torch.Tensor) -> None:
-        """Keep only ``slots`` (in that order): rows that left the batch give their memory back."""
+        """Keep only ``slots`` (in that order): the cache's row ``i`` becomes its row ``slots[i]``.
+
+        Keys and values are moved only for the rows that change place (``slots[i] != i``), into the
+        first ``len(slots)`` rows of the same storage, which are then kept as a view: dropping the
+        rows that left a batch costs a copy of the rows that fill their places, not of the whole
+        cache (:func:`fill_holes` gives the order that moves fewest).
+        """
+        n = len(slots)
         self.lengths_S = self.lengths_S[slots]
         self.kind_SC, self.block_SC, self.valid_SC = self.kind_SC[slots], self.block_SC[slots], self.valid_SC[slots]
-        self.keys = [t[slots] for t in self.keys]
-        self.values = [t[slots] for t in self.values]
+        moved = (slots != torch.arange(n, device=slots.device)).nonzero().squeeze(-1)
+        if len(moved):
+            source = slots[moved]
+            for t in (*self.keys, *self.values):
+                t[moved] = t[source]  # (the right side is gathered first: sources may be overwritten)
+        self.keys = [t[:n] for t in self.keys]
+        self.values = [t[:n] for t in self.values]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Longest committed row (for callers that ask; the sampler always passes position ids and a 4-D mask)."""
