@@ -163,41 +163,68 @@ class DecodeForward:
         return self._cos_PD, self._sin_signed_PD
 
     def __call__(
-        self, ids_SW: torch.Tensor, mask: torch.Tensor, position_ids_SW: torch.Tensor, cache, keep: int
+        self,
+        ids_SW: torch.Tensor,
+        mask: torch.Tensor,
+        position_ids_SW: torch.Tensor,
+        cache,
+        keep: int,
+        valid_SW: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``(S, keep, V)`` of the last ``keep`` positions of each row of ``ids_SW``.
+
+        Every per-position operation (norms, projections, rotary, MLP) runs only on the ``N`` valid
+        positions, packed as ``(N, hidden)``; attention alone sees the padded ``(S, H, W, D)`` layout,
+        in which a padding position's keys and values are zeros (no query may attend to them).
 
         Args:
             ids_SW: token ids, ``S`` rows of ``W`` positions.
             mask: ``(S, 1, W, T)`` over the keys the cache returns: boolean (True = attend) or additive float.
             position_ids_SW: RoPE positions.
             cache: a :class:`~opdlm.sampling.row_cache.RowKVCache` prepared for this forward.
-            keep: how many trailing positions get logits.
+            keep: how many trailing positions get logits (a padding position's are those of a zero state).
+            valid_SW: False at padding positions (None: none are).
         """
         if not self.layers:
             self.bind()
         S, W = ids_SW.shape
         H, K, D, eps = self.heads, self.kv_heads, self.head_dim, self.eps
         core = self.model.model
-        x = F.embedding(ids_SW, core.embed_tokens.weight)  # (S, W, hidden)
-        cos_PD, sin_PD = self._rope_tables(int(position_ids_SW.max()) + 1, x)
-        cos, sin = cos_PD[position_ids_SW][:, :, None], sin_PD[position_ids_SW][:, :, None]  # (S, W, 1, D)
+        packed_N = None if valid_SW is None or bool(valid_SW.all()) else valid_SW.reshape(-1).nonzero().squeeze(-1)
+        ids_N, pos_N = ids_SW.reshape(-1), position_ids_SW.reshape(-1)
+        if packed_N is not None:
+            ids_N, pos_N = ids_N[packed_N], pos_N[packed_N]
+        x = F.embedding(ids_N, core.embed_tokens.weight)  # (N, hidden)
+        cos_PD, sin_PD = self._rope_tables(int(pos_N.max()) + 1, x)
+        cos, sin = cos_PD[pos_N][:, None], sin_PD[pos_N][:, None]  # (N, 1, D)
+
+        def padded(t_NC: torch.Tensor) -> torch.Tensor:  # (N, C) -> (S, W, C), zeros at padding
+            if packed_N is None:
+                return t_NC.view(S, W, -1)
+            out = t_NC.new_zeros((S * W, t_NC.shape[-1]))
+            out[packed_N] = t_NC
+            return out.view(S, W, -1)
+
         last = len(self.layers) - 1
         for i, L in enumerate(self.layers):
             h = _rms_norm(x, L.input_norm, eps)
-            qkv = F.linear(h, L.qkv_cat, L.qkv_bias_cat).view(S, W, H + 2 * K, D)
-            qk, v = qkv[:, :, : H + K], qkv[:, :, H + K :]
+            qkv = F.linear(h, L.qkv_cat, L.qkv_bias_cat).view(-1, H + 2 * K, D)
+            qk, v = qkv[:, : H + K], qkv[:, H + K :]
             if L.qk_norm_cat is not None:  # Qwen3: RMSNorm over each query and key head
                 qk = _rms_norm(qk, L.qk_norm_cat, eps)
             qk = qk * cos + torch.roll(qk, D // 2, -1) * sin  # == q * cos + rotate_half(q) * sin
-            q, k = qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2)
+            qkv = padded(torch.cat([qk, v], 1).view(-1, (H + 2 * K) * D)).view(S, W, H + 2 * K, D)
+            q, k, v = qkv[:, :, :H].transpose(1, 2), qkv[:, :, H : H + K].transpose(1, 2), qkv[:, :, H + K :]
             k, v = cache.update(k, v.transpose(1, 2), i)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling, enable_gqa=H != K)
-            a = a.transpose(1, 2)  # (S, W, H, D)
-            if i == last and keep < W:  # only the kept positions go on: the rest of the model is per token
-                x, a = x[:, W - keep :], a[:, W - keep :]
-            x = x + F.linear(a.reshape(S, -1, H * D), L.o, L.o_bias)
+            a = a.transpose(1, 2).reshape(S * W, H * D)
+            if i == last:  # only the kept positions go on: the rest of the model is per position
+                x = padded(x)[:, W - keep :].reshape(S * keep, -1)
+                a = a.view(S, W, -1)[:, W - keep :].reshape(S * keep, -1)
+            elif packed_N is not None:
+                a = a[packed_N]
+            x = x + F.linear(a, L.o, L.o_bias)
             gate, up = F.linear(_rms_norm(x, L.post_norm, eps), L.gate_up_cat, L.gate_up_bias_cat).chunk(2, -1)
             x = x + F.linear(self.act(gate) * up, L.down, L.down_bias)
         x = _rms_norm(x, core.norm.weight, eps)
-        return F.linear(x, self.model.lm_head.weight, getattr(self.model.lm_head, "bias", None))
+        return F.linear(x, self.model.lm_head.weight, getattr(self.model.lm_head, "bias", None)).view(S, keep, -1)

@@ -252,13 +252,13 @@ class _Decode:
                 break
         return self.out_ids, self.out_steps, self.nfe, self.ended
 
-    def _forward(self, ids, mask, position_ids, keep: int, rows: int) -> torch.Tensor:
+    def _forward(self, ids, mask, position_ids, keep: int, rows: int, valid: torch.Tensor) -> torch.Tensor:
         stats = self.sampler.stats
         stats.forwards += 1
         stats.row_forwards += rows
         stats.query_tokens += ids.numel()
         if self.sampler.fused is not None:
-            return self.fused(ids, mask, position_ids, self.cache, keep)
+            return self.fused(ids, mask, position_ids, self.cache, keep, valid)
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
@@ -286,7 +286,7 @@ class _Decode:
         keep = B + 1 if meta.logit_shift else B
         self.sampler.stats.prefills += 1
         self._layout += 1
-        logits = self._forward(ids, mask, geom.position_ids_BT, keep, len(seqs))
+        logits = self._forward(ids, mask, geom.position_ids_BT, keep, len(seqs), geom.valid_BT)
         self.cache.lengths_S[free_R] = P  # the prompt is committed; block 0's keys are not
 
         slots.seq[free_R] = torch.tensor(seqs, device=self.device)
@@ -317,7 +317,7 @@ class _Decode:
         carry = slots.carry & live
         widened = bool(carry.any())
         if not widened and self._reusable == self._layout:  # same rows, lengths and blocks as the last step
-            mask, pos = self._reused
+            mask, pos, valid = self._reused
             self.cache.resume_step()
             ids = slots.ids
         else:
@@ -336,9 +336,9 @@ class _Decode:
                 kind, block, valid, q_index, k_kind, k_block, k_valid, self.mask_format, self.dtype
             )
             if not widened:  # the block's later steps see the same keys: one mask for all of them
-                self._reusable, self._reused = self._layout, (mask, pos)
+                self._reusable, self._reused = self._layout, (mask, pos, valid)
         keep = B + 1 if (meta.logit_shift and widened) else B
-        logits = self._forward(ids, mask, pos, keep, len(live))
+        logits = self._forward(ids, mask, pos, keep, len(live), valid)
         if widened:
             self.cache.commit(carry.long() * B)
             slots.carry[:] = False
