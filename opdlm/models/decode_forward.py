@@ -17,7 +17,7 @@ the same layers with the same arithmetic in fewer calls:
   ``x * cos + roll(x, D/2) * [-sin, sin]``: the same products as ``rotate_half``;
 * one ``scaled_dot_product_attention`` per layer, grouped-query heads through ``enable_gqa`` instead
   of copying keys per head;
-* after the last layer's attention, only the positions whose logits are kept go on.
+* in the last layer, only the positions whose logits are kept go on once their keys are stored.
 
 It writes into the same :class:`~opdlm.sampling.row_cache.RowKVCache` as a Hugging Face forward
 (``cache.update``), so either forward may take any step. Identity against the Hugging Face forward is
@@ -216,11 +216,12 @@ class DecodeForward:
             qkv = padded(torch.cat([qk, v], 1).view(-1, (H + 2 * K) * D)).view(S, W, H + 2 * K, D)
             q, k, v = qkv[:, :, :H].transpose(1, 2), qkv[:, :, H : H + K].transpose(1, 2), qkv[:, :, H + K :]
             k, v = cache.update(k, v.transpose(1, 2), i)
+            if i == last and keep < W:  # the other positions' keys are stored: only the kept ones go on
+                q, mask = q[:, :, W - keep :], mask[:, :, W - keep :]
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling, enable_gqa=H != K)
-            a = a.transpose(1, 2).reshape(S * W, H * D)
-            if i == last:  # only the kept positions go on: the rest of the model is per position
+            a = a.transpose(1, 2).reshape(-1, H * D)
+            if i == last:
                 x = padded(x)[:, W - keep :].reshape(S * keep, -1)
-                a = a.view(S, W, -1)[:, W - keep :].reshape(S * keep, -1)
             elif packed_N is not None:
                 a = a[packed_N]
             x = x + F.linear(a, L.o, L.o_bias)
