@@ -8,7 +8,8 @@ stops where it is and prints what it finished.
 1. ``versions``: CUDA, GPU, Python and package versions, and where opdlm was imported from;
 2. ``sampler``: :meth:`BlockDiffusionSampler.generate`'s tokens/s at batch 1, 32 and 128 (rollouts of
    512 tokens, the paper's rollout sampler, EOS ignored) against Hugging Face ``generate`` on the
-   same model and lengths;
+   same model and lengths; on cuda for FlexAttention (the model's forward) and for sdpa (the
+   sampler's own :class:`~opdlm.models.decode_forward.DecodeForward`);
 3. ``opd_split``: one real OPD step (8 rollouts of 512 tokens, then bf16 autocast, gradient
    checkpointing, chunked full-vocabulary KL, AdamW) split into rollout, teacher forward, student
    forward + KL, backward and AdamW;
@@ -357,7 +358,9 @@ def section_sampler(args, models: Models, clock: Clock, report: Report) -> None:
 
     new_tokens = 512 if not args.smoke else 16
     batches = (1, 32, 128) if not args.smoke else (1, 2, 4)
-    backends = args.sampler_backends.split(",") if args.sampler_backends else [models.train_backend]
+    # sdpa decodes with the sampler's own forward (DecodeForward); "sdpa:hf" with the model's
+    default = [models.train_backend] + (["sdpa"] if models.train_backend != "sdpa" else [])
+    backends = args.sampler_backends.split(",") if args.sampler_backends else default
     model = models.causal_lm(None, torch.bfloat16, "sdpa", seed=3)
     cfg = paper_rollout_sampler().with_overrides(max_new_tokens=new_tokens)
     lo, hi = (64, 128) if not args.smoke else (3, 9)
@@ -371,8 +374,11 @@ def section_sampler(args, models: Models, clock: Clock, report: Report) -> None:
         try:
             clock.check(20, f"sampler batch {n}")
             rates = {}
-            for backend in backends:
-                sampler = BlockDiffusionSampler(models.student(model, backend, cfg.block_size, stop_at_eos=False))
+            for spec in backends:
+                backend, _, forward = spec.partition(":")
+                sampler = BlockDiffusionSampler(
+                    models.student(model, backend, cfg.block_size, stop_at_eos=False), forward=forward or "auto"
+                )
                 gen = torch.Generator(device=models.device)
                 warm = cfg.with_overrides(max_new_tokens=min(8 * cfg.block_size, new_tokens))
                 sampler.generate(prompts, warm, gen.manual_seed(0), decode_text=False)  # compiles flex for this batch
@@ -381,9 +387,11 @@ def section_sampler(args, models: Models, clock: Clock, report: Report) -> None:
                 )
                 tokens = sum(map(len, out.response_ids))
                 steps = sum(out.num_steps(i) for i in range(len(out))) / len(out)
-                rates[backend] = (tokens / t, t / max(steps, 1))
-                report.add("sampler", f"batch{n}_sampler_{backend}_tok_s", tokens / t, "tok/s", f"{t:.2f} s")
-                report.add("sampler", f"batch{n}_sampler_{backend}_tokens_per_step", tokens / n / max(steps, 1))
+                rates[spec] = (tokens / t, t / max(steps, 1))
+                name = spec.replace(":", "_")
+                own = "own forward" if sampler.fused is not None else "model's forward"
+                report.add("sampler", f"batch{n}_sampler_{name}_tok_s", tokens / t, "tok/s", f"{t:.2f} s, {own}")
+                report.add("sampler", f"batch{n}_sampler_{name}_tokens_per_step", tokens / n / max(steps, 1))
             model.set_attn_implementation("sdpa")
             ar = lambda: generate_autoregressive(  # noqa: E731
                 model, models.tok, prompts, new_tokens, temperature=1.0, decode_text=False, stop_at_eos=False
@@ -636,7 +644,11 @@ def main() -> None:
         "--budget-s", type=float, help="stop after this many seconds (default: 300 on cuda, none for --smoke)"
     )
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"rows to run: {', '.join(SECTIONS)} (or numbers)")
-    ap.add_argument("--sampler-backends", help="attention backends of the sampler rows (default: the trainer's)")
+    ap.add_argument(
+        "--sampler-backends",
+        help="attention backends of the sampler rows, comma-separated; 'sdpa:hf' = sdpa with the model's own "
+        "forward (default: the trainer's, plus sdpa on cuda)",
+    )
     ap.add_argument("--json", help="where the numbers go (default: $OUT/gpu_check.json when OUT is set)")
     args = ap.parse_args()
     chosen = parse_sections(args.sections)

@@ -11,7 +11,8 @@ sampler at threshold 0.9 and block size 4 (dynamic remasking). Output lengths ar
   batches continuously: each row moves to its next block as soon as its own block is committed and
   leaves at its EOS, so a row never waits for the slowest one. Its rows' forwards per committed token
   (every row of every model call, prefills included, over the tokens kept) is printed next to batch
-  1's: continuous batching keeps them within 15%.
+  1's: continuous batching keeps them within 15%. The same decode with the model's own Hugging Face
+  forward instead of the sampler's (``DecodeForward``) is timed next to it.
 * --queue N: N prompts through 16 slots (a finished row's slot takes the next prompt) against HF
   ``generate`` in batches of 16.
 * fixed --new-tokens with EOS ignored, batch 1 and 16: the tail past the answer is text neither
@@ -170,6 +171,19 @@ def main() -> None:
         f"{sum(map(len, ar_out.response_ids))}): block sampler {block_s * 1e3:8.1f} ms "
         f"({block_out.mean_tokens_per_step():.2f} tokens/step, {with_eos.stats.forwards} model calls) | "
         f"HF generate {ar_s * 1e3:8.1f} ms | speedup {ratios['eos_b16']:.2f}x"
+    )
+    # the same decode with the model's own (Hugging Face) forward instead of the sampler's DecodeForward
+    hf_forward = BlockDiffusionSampler(student, forward="hf")
+    own_s, hf_fwd_s, _, hf_fwd_out = _time_pair(
+        lambda: with_eos.generate(prompts, cfg(args.new_tokens), decode_text=False),
+        lambda: hf_forward.generate(prompts, cfg(args.new_tokens), decode_text=False),
+        args.repeats,
+    )
+    same = hf_fwd_out.response_ids == block_out.response_ids
+    print(
+        f"batch 16, to EOS, forward: the sampler's own ({'DecodeForward' if with_eos.fused else 'n/a: '}"
+        f"{with_eos.fused_unsupported or ''}) {own_s * 1e3:8.1f} ms | the model's (HF) {hf_fwd_s * 1e3:8.1f} ms | "
+        f"own forward {hf_fwd_s / own_s:.2f}x faster ({'same' if same else 'DIFFERENT'} tokens)"
     )
     b16_queries = with_eos.stats.query_tokens_per_token
     print(
