@@ -109,6 +109,17 @@ def test_weights_follow_a_changed_parameter(students):
     assert after != before
 
 
+def test_autocast_decodes_with_the_models_forward(students):
+    """Under bf16 autocast (bf16 rollouts of an fp32 student) the model's forward runs: autocast casts its modules."""
+    student = load_student(students["qwen3"], device="cpu", dtype="fp32")
+    cfg = SamplerConfig(block_size=4, denoise_steps_per_block=4, max_new_tokens=12)
+    prompts = [student.tokenizer(t, add_special_tokens=False).input_ids for t in TEXTS[:3]]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = BlockDiffusionSampler(student).generate(prompts, cfg, decode_text=False).response_ids
+        hf = BlockDiffusionSampler(student, forward="hf").generate(prompts, cfg, decode_text=False).response_ids
+    assert auto == hf
+
+
 def test_unsupported_cases_name_their_reason(students, tmp_path):
     qwen3 = load_student(students["qwen3"], device="cpu", dtype="fp32", backend="eager")
     assert "eager" in fused_forward_unsupported(qwen3.model, "eager")

@@ -99,7 +99,8 @@ def test_im_end_stops_the_sampler(qwen3_student):
     handle = head.register_forward_hook(im_end_at_third)
     try:
         cfg = SamplerConfig(max_new_tokens=16, block_size=4, denoise_steps_per_block=4, remasking="static")
-        batch = BlockDiffusionSampler(student).generate([prompt], cfg)
+        # (the hook is on the LM head module: the model's own forward calls it, the sampler's own does not)
+        batch = BlockDiffusionSampler(student, forward="hf").generate([prompt], cfg)
     finally:
         handle.remove()
     ids = batch.response_ids[0]

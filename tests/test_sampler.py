@@ -108,7 +108,8 @@ def test_mask_token_is_never_emitted(student):
     handle = head.register_forward_hook(favour_mask)
     try:
         for cfg in (SamplerConfig(max_new_tokens=12), SamplerConfig(max_new_tokens=12, temperature=1.0)):
-            batch = BlockDiffusionSampler(student).generate(
+            # (the hook is on the LM head module: the model's own forward calls it, the sampler's own does not)
+            batch = BlockDiffusionSampler(student, forward="hf").generate(
                 _ids(student), cfg, generator=torch.Generator().manual_seed(0)
             )
             # (at temperature 1 a near-uniform draw may hit EOS early: that is a valid stop)

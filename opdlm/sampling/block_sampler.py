@@ -207,8 +207,10 @@ class _Decode:
     def __init__(self, sampler: BlockDiffusionSampler, prompts, cfg: SamplerConfig, caps, generator):
         student, meta = sampler.student, sampler.meta
         self.sampler, self.model, self.backend = sampler, student.model, student.backend
-        # the sampler's own forward, bound to the weights as they are now (a student under training changes)
-        self.fused = sampler.fused.bind() if sampler.fused is not None else None
+        # the sampler's own forward, bound to the weights as they are now (a student under training
+        # changes); under autocast (bf16 rollouts) the model's forward, whose modules autocast casts
+        autocast = torch.is_autocast_enabled(student.device.type)
+        self.fused = sampler.fused.bind() if sampler.fused is not None and not autocast else None
         # masks in the format the forward takes: the sampler's forward adds an additive float mask
         # (sdpa's CPU kernel runs ~10% faster with one than with a boolean mask)
         self.mask_format = "eager" if self.fused is not None else self.backend
@@ -257,7 +259,7 @@ class _Decode:
         stats.forwards += 1
         stats.row_forwards += rows
         stats.query_tokens += ids.numel()
-        if self.sampler.fused is not None:
+        if self.fused is not None:
             return self.fused(ids, mask, position_ids, self.cache, keep, valid)
         out = self.model(
             input_ids=ids,

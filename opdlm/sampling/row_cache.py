@@ -58,6 +58,7 @@ class RowKVCache:
         self._key_end = 0
         self._step_spec = None  # what begin_step prepared: (row index, columns, key end, common start or None)
         self._row_index = self._cols_SW = self._same_start = None
+        self._flat_plan: torch.Tensor | None = None  # write_plan's flat index for the current step spec
 
     @property
     def rows(self) -> int:
@@ -71,6 +72,7 @@ class RowKVCache:
         """Grow every row to at least ``columns`` columns (by half again, so growth is amortised)."""
         if columns <= self.capacity:
             return
+        self._flat_plan = None  # (its indices count columns)
         extra = max(columns, self.capacity + self.capacity // 2) - self.capacity
 
         def grow(t, fill):
@@ -107,6 +109,7 @@ class RowKVCache:
         self.valid_SC[rows, cols_SW] = valid_SW
         # rows of one length (batch 1, or every row at the same block) write a plain slice
         self._step_spec = (rows, cols_SW, end, shortest if shortest == longest else None)
+        self._flat_plan = None
         self.resume_step()
         in_range_ST = torch.arange(end, device=self.device)[None, :] < (self.lengths_S + W)[:, None]
         return cols_SW, self.kind_SC[:, :end], self.block_SC[:, :end], self.valid_SC[:, :end] & in_range_ST
@@ -115,6 +118,33 @@ class RowKVCache:
         """Prepare a forward with exactly the queries, lengths and labels of the last :meth:`begin_step`."""
         self._rows = None
         self._row_index, self._cols_SW, self._key_end, self._same_start = self._step_spec
+
+    def allocate(self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> None:
+        """Allocate every layer's key and value tensors before a forward that writes by :meth:`write_plan`.
+
+        (A Hugging Face forward allocates them in :meth:`update` instead, from the shapes it writes.)
+        """
+        while len(self.keys) < layers:
+            shape = (self.rows, kv_heads, self.capacity, head_dim)
+            self.keys.append(torch.zeros(shape, dtype=dtype, device=self.device))
+            self.values.append(torch.zeros(shape, dtype=dtype, device=self.device))
+
+    def write_plan(self) -> tuple[int, torch.Tensor, int, int]:
+        """How the prepared forward stores its keys: ``(mode, index, start, key_end)``.
+
+        The modes of :func:`opdlm.models.decode_forward.decode_layers`: 0, a prefill of the slots
+        ``index``; 1, every row at columns ``[start, start + W)``; 2, each new (row, head, position)
+        vector at its ``index`` among the ``S * K * C`` vectors of a flattened ``(S, K, C, D)`` layer.
+        """
+        if self._rows is not None:
+            return 0, self._rows, 0, self._key_end
+        if self._same_start is not None:
+            return 1, self.lengths_S, self._same_start, self._key_end
+        if self._flat_plan is None:  # once per begin_step: later steps at the same layout reuse it
+            S, K, C, _ = self.keys[0].shape
+            heads = torch.arange(K, device=self.device)[None, :, None]
+            self._flat_plan = ((self._row_index[:, :, None] * K + heads) * C + self._cols_SW[:, None, :]).reshape(-1)
+        return 2, self._flat_plan, 0, self._key_end
 
     def begin_prefill(
         self, slots_R: torch.Tensor, kind_RW: torch.Tensor, block_RW: torch.Tensor, valid_RW: torch.Tensor
@@ -164,6 +194,7 @@ class RowKVCache:
         cache (:func:`fill_holes` gives the order that moves fewest).
         """
         n = len(slots)
+        self._flat_plan = None
         self.lengths_S = self.lengths_S[slots]
         self.kind_SC, self.block_SC, self.valid_SC = self.kind_SC[slots], self.block_SC[slots], self.valid_SC[slots]
         moved = (slots != torch.arange(n, device=slots.device)).nonzero().squeeze(-1)
