@@ -26,9 +26,10 @@ The layers are one pure function, :func:`decode_layers`, run through TorchScript
 eagerly, the saving being Python's per-call overhead; TorchScript is deprecated in torch 2.x, so a
 torch without it runs the same function eagerly). It writes into the same
 :class:`~opdlm.sampling.row_cache.RowKVCache` as a Hugging Face forward (by the cache's
-:meth:`~opdlm.sampling.row_cache.RowKVCache.write_plan`), so either forward may take any step. Identity against the Hugging Face forward is
-tested (``tests/test_decode_forward.py``), and :func:`fused_forward_unsupported` names the cases it
-does not cover, in which the sampler uses the model's own forward.
+:meth:`~opdlm.sampling.row_cache.RowKVCache.write_plan`), so either forward may take any step.
+Identity against the Hugging Face forward is tested (``tests/test_decode_forward.py``), and
+:func:`fused_forward_unsupported` names the cases it does not cover, in which the sampler uses the
+model's own forward (and under autocast, whose casts apply to the model's modules).
 """
 
 from __future__ import annotations

@@ -143,8 +143,8 @@ class BlockDiffusionSampler:
         self.max_batch = max_batch
         self.stats = DecodeStats()
         self.fused: DecodeForward | None = None
-        self.fused_unsupported = "forward='hf'" if forward == "hf" else fused_forward_unsupported(
-            student.model, student.backend
+        self.fused_unsupported = (
+            "forward='hf'" if forward == "hf" else fused_forward_unsupported(student.model, student.backend)
         )
         if self.fused_unsupported is None:
             self.fused = DecodeForward(student.model)
