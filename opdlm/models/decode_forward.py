@@ -22,9 +22,7 @@ the same layers with the same arithmetic in fewer calls:
 * in the last layer, only the positions whose logits are kept go on once their keys are stored.
 
 The layers are one pure function, :func:`decode_layers`, run through TorchScript where it compiles
-(measured on the tiny student's batch-16 decode: its forwards ~15% faster than the same function run
-eagerly, the saving being Python's per-call overhead; TorchScript is deprecated in torch 2.x, so a
-torch without it runs the same function eagerly). It writes into the same
+(:func:`opdlm.jit.script_or_eager`: the same function eagerly where it does not). It writes into the same
 :class:`~opdlm.sampling.row_cache.RowKVCache` as a Hugging Face forward (by the cache's
 :meth:`~opdlm.sampling.row_cache.RowKVCache.write_plan`), so either forward may take any step.
 Identity against the Hugging Face forward is tested (``tests/test_decode_forward.py``), and
@@ -34,13 +32,13 @@ model's own forward (and under autocast, whose casts apply to the model's module
 
 from __future__ import annotations
 
-import functools
-import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from opdlm.jit import script_or_eager
 
 SUPPORTED_MODEL_TYPES = ("qwen3", "llama")
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -198,21 +196,6 @@ def decode_layers(
     return F.linear(x, head, head_bias).view(S, keep, -1)
 
 
-@functools.cache
-def compiled_decode_layers():
-    """:func:`decode_layers` compiled by TorchScript, or the function itself where that fails.
-
-    TorchScript runs the same ops without Python's per-call overhead (a decode step is ~200 small
-    ops); it is deprecated in torch 2.x, whence the fallback and the silenced warning.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return torch.jit.script(decode_layers)
-    except Exception:  # any failure to script leaves the eager function: the same results, slower
-        return decode_layers
-
-
 @dataclass
 class _Weights:
     """Per-layer weight lists as :func:`decode_layers` takes them: the model's own tensors, and
@@ -253,7 +236,7 @@ class DecodeForward:
         self.weights: _Weights | None = None
         self._weights_key = None
         self._cos_PD = self._sin_signed_PD = None
-        self._layers_fn = compiled_decode_layers()
+        self._layers_fn = script_or_eager(decode_layers)
 
     def _copied_parameters(self) -> list[Tensor]:
         """The parameters the concatenations copy: when any of them changes, :meth:`bind` rebuilds."""

@@ -41,13 +41,14 @@ from dataclasses import dataclass
 import torch
 
 from opdlm.config.sampler import SamplerConfig
+from opdlm.jit import script_or_eager
 from opdlm.models.attention import attention_mask, labelled_attention_mask
 from opdlm.models.decode_forward import DecodeForward, fused_forward_unsupported
 from opdlm.models.geometry import CLEAN, inference_geometry
 from opdlm.models.student import Student
-from opdlm.sampling.logits import sample_tokens
+from opdlm.sampling.denoise_step import denoise_step
 from opdlm.sampling.output import SampleBatch
-from opdlm.sampling.remasking import block_progress, select_commits, transfer_schedule
+from opdlm.sampling.remasking import transfer_schedule
 from opdlm.sampling.row_cache import RowKVCache, fill_holes
 
 
@@ -220,6 +221,7 @@ class _Decode:
         n = len(prompts)
         self.eos_ids = torch.tensor(meta.eos_token_ids, dtype=torch.long, device=self.device)
         self.schedule = torch.tensor(transfer_schedule(self.B, cfg.denoise_steps_per_block), device=self.device)
+        self.denoise = script_or_eager(denoise_step)
         self.offsets_B = torch.arange(self.B, device=self.device)
         self.seeds = None
         if cfg.temperature > 0:  # one generator per sequence, seeded in prompt order
@@ -283,6 +285,9 @@ class _Decode:
             [prompt_ids.to(self.device), torch.full((len(seqs), B), meta.mask_token_id, device=self.device)], 1
         )
         geom = inference_geometry(lens, P, B, B, meta.prompt_attention)
+        # room for these rows' whole decode (their prompt, cap and a widened step), so the cache
+        # is not regrown (and copied) as they lengthen
+        self.cache.reserve(P + max(self.caps[q] for q in seqs) + 2 * B)
         self.cache.begin_prefill(free_R, geom.kind_BT, geom.block_BT, geom.valid_BT)
         mask = attention_mask(geom, self.mask_format, self.dtype)
         keep = B + 1 if meta.logit_shift else B
@@ -357,21 +362,13 @@ class _Decode:
             rows = live.nonzero().squeeze(-1)
             self._commit(rows, block_logits[rows])
 
-    def _sample(self, rows: list[int], logits_RBV: torch.Tensor):
-        cfg, B = self.cfg, self.B
-        uniform = None
-        if cfg.temperature > 0:  # each sequence's own draws: independent of the batch it shares
-            gens = self.slots.generators
-            uniform = torch.cat([torch.rand(B, generator=gens[s], device=self.device) for s in rows])
-        tokens, conf = sample_tokens(
-            logits_RBV.reshape(-1, logits_RBV.shape[-1]),
-            cfg.temperature,
-            cfg.top_k,
-            cfg.top_p,
-            (self.meta.mask_token_id,),
-            uniform_N=uniform,
-        )
-        return tokens.view(len(rows), B), conf.view(len(rows), B)
+    def _draws(self, rows: list[int]) -> torch.Tensor | None:
+        """One U[0, 1) draw per block position of ``rows`` at temperature > 0 (None at 0), each
+        sequence from its own generator: what a row samples does not depend on the batch it shares."""
+        if self.cfg.temperature == 0:
+            return None
+        gens = self.slots.generators
+        return torch.cat([torch.rand(self.B, generator=gens[s], device=self.device) for s in rows])
 
     def _commit(self, rows_R: torch.Tensor | None, logits_RBV: torch.Tensor) -> None:
         """Denoising step of rows ``rows_R`` (None: every slot) from their current block's logits.
@@ -391,21 +388,17 @@ class _Decode:
                 t[rows_R] = value
 
         block_R, cap_R = take(s.block), take(s.cap)
-        target = (block_R[:, None] * B + self.offsets_B[None, :]) < cap_R[:, None]
-        ids, todo = take(s.ids), take(s.todo)
-        tokens, conf = self._sample(rows, logits_RBV)
-        step_in_block = take(s.step_in_block)
-        quota = self.schedule[step_in_block.clamp(max=len(self.schedule) - 1)]
-        commit = select_commits(conf, todo, quota, cfg.remasking, cfg.threshold)
-        steps = take(s.steps)
-        ids = torch.where(commit, tokens, ids)
-        block_steps = torch.where(commit, steps[:, None], take(s.block_steps))
+        step_in_block, steps = take(s.step_in_block), take(s.steps)
+        ids, block_steps, todo, ended = self.denoise(
+            logits_RBV, take(s.ids), take(s.todo), block_R, cap_R, step_in_block, steps, take(s.block_steps),
+            self.schedule, meta.mask_token_id, self.eos_ids, cfg.temperature, cfg.top_k, cfg.top_p,
+            self._draws(rows), cfg.remasking, cfg.threshold,
+        )  # fmt: skip
         put(s.ids, ids)
         put(s.block_steps, block_steps)
         steps = steps + 1  # (a new tensor: with rows_R None, take() returned the slots' own)
         put(s.steps, steps)
         put(s.step_in_block, step_in_block + 1)
-        todo, ended = block_progress(ids, meta.mask_token_id, self.eos_ids, target)
         put(s.todo, todo)
         complete = ~todo.any(-1)
         if not bool(complete.any()):

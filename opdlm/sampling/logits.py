@@ -46,19 +46,41 @@ def sample_tokens(
         ``(tokens_N, confidence_N)``: confidence is the untempered, unfiltered probability of the
         sampled token under the model (with forbidden ids removed).
     """
-    logits = logits_NV.float()
-    if forbidden_ids:
-        logits = logits.clone()
-        logits[..., list(forbidden_ids)] = float("-inf")
+    if temperature == 0.0 or uniform_N is not None:
+        return sample_with_draws(logits_NV, temperature, top_k, top_p, list(forbidden_ids), uniform_N)
+    logits = _forbid(logits_NV.float(), list(forbidden_ids))
+    tempered = torch.softmax(filter_top_k_top_p(logits / temperature, top_k, top_p), dim=-1)
+    tokens = torch.multinomial(tempered, 1, generator=generator).squeeze(-1)
+    return tokens, torch.softmax(logits, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def _forbid(logits_NV: torch.Tensor, forbidden_ids: list[int]) -> torch.Tensor:
+    if len(forbidden_ids) == 0:
+        return logits_NV
+    out = logits_NV.clone()
+    out[:, forbidden_ids] = float("-inf")
+    return out
+
+
+def sample_with_draws(
+    logits_NV: torch.Tensor,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    forbidden_ids: list[int],
+    uniform_N: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sample_tokens` without a generator: argmax at temperature 0, else the inverse CDF at
+    the caller's draws ``uniform_N`` (required then). TorchScript compiles it (the block sampler's
+    denoising step runs it that way)."""
+    logits = _forbid(logits_NV.float(), forbidden_ids)
     probs = torch.softmax(logits, dim=-1)
     if temperature == 0.0:
         tokens = logits.argmax(dim=-1)
     else:
+        assert uniform_N is not None, "temperature > 0 needs one uniform draw per row"
         tempered = torch.softmax(filter_top_k_top_p(logits / temperature, top_k, top_p), dim=-1)
-        if uniform_N is None:
-            tokens = torch.multinomial(tempered, 1, generator=generator).squeeze(-1)
-        else:
-            tokens = inverse_cdf(tempered, uniform_N)
+        tokens = inverse_cdf(tempered, uniform_N)
     confidence = probs.gather(-1, tokens[:, None]).squeeze(-1)
     return tokens, confidence
 

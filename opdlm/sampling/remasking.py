@@ -40,7 +40,7 @@ def select_commits(
     if remasking == "dynamic":
         commit |= todo_NK & (confidence_NK > threshold)
     elif remasking != "static":
-        raise ValueError(f"remasking must be 'static' or 'dynamic', got {remasking!r}")
+        raise ValueError("remasking must be 'static' or 'dynamic', got '" + remasking + "'")
     return commit
 
 

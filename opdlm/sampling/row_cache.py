@@ -68,7 +68,7 @@ class RowKVCache:
     def capacity(self) -> int:
         return self.kind_SC.shape[1]
 
-    def _reserve(self, columns: int) -> None:
+    def reserve(self, columns: int) -> None:
         """Grow every row to at least ``columns`` columns (by half again, so growth is amortised)."""
         if columns <= self.capacity:
             return
@@ -103,7 +103,7 @@ class RowKVCache:
         cols_SW = self.lengths_S[:, None] + torch.arange(W, device=self.device)[None, :]
         shortest, longest = int(self.lengths_S.min()), int(self.lengths_S.max())
         end = longest + W
-        self._reserve(end)
+        self.reserve(end)
         rows = torch.arange(self.rows, device=self.device)[:, None]
         self.kind_SC[rows, cols_SW], self.block_SC[rows, cols_SW] = kind_SW, block_SW
         self.valid_SC[rows, cols_SW] = valid_SW
@@ -154,7 +154,7 @@ class RowKVCache:
         Those rows see only their own new keys, so the forward needs no read of the cache.
         """
         W = kind_RW.shape[1]
-        self._reserve(W)
+        self.reserve(W)
         self.lengths_S[slots_R] = 0
         self.kind_SC[slots_R, :W], self.block_SC[slots_R, :W], self.valid_SC[slots_R, :W] = kind_RW, block_RW, valid_RW
         self._rows, self._key_end = slots_R, W
@@ -166,7 +166,7 @@ class RowKVCache:
             shape = (self.rows, H, self.capacity, D)
             self.keys.append(key_states.new_zeros(shape))
             self.values.append(value_states.new_zeros(shape))
-        keys, values = self.keys[layer_idx], self.values[layer_idx]  # (_reserve grows every allocated layer)
+        keys, values = self.keys[layer_idx], self.values[layer_idx]  # (reserve grows every allocated layer)
         if self._rows is not None:  # prefill of empty slots: they attend to exactly these keys
             W = key_states.shape[2]
             keys[self._rows, :, :W] = key_states

@@ -1,0 +1,61 @@
+"""One denoising step of a batch of blocks (METHOD §3) as one pure function: sample, commit, check progress.
+
+The block sampler runs it, compiled by TorchScript where possible (:func:`opdlm.jit.script_or_eager`),
+once per forward for every row at once; the rows' Python bookkeeping (moving to the next block,
+leaving) stays in :mod:`opdlm.sampling.block_sampler`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from opdlm.sampling.logits import sample_with_draws
+from opdlm.sampling.remasking import block_progress, select_commits
+
+
+def denoise_step(
+    logits_RBV: Tensor,
+    ids_RB: Tensor,
+    todo_RB: Tensor,
+    block_R: Tensor,
+    cap_R: Tensor,
+    step_in_block_R: Tensor,
+    steps_R: Tensor,
+    block_steps_RB: Tensor,
+    schedule_K: Tensor,
+    mask_id: int,
+    eos_ids: Tensor,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    uniform_N: Tensor | None,
+    remasking: str,
+    threshold: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Commit this step's tokens of ``R`` rows' current blocks of ``B`` positions.
+
+    Args:
+        logits_RBV: each block position's logits.
+        ids_RB, todo_RB: the blocks' ids (mask id where masked) and positions still to decode.
+        block_R, cap_R: each row's block index and length cap (positions past the cap are not decoded).
+        step_in_block_R, steps_R: denoising steps taken in the current block, and in all.
+        block_steps_RB: the step at which each position was committed (-1: not yet).
+        schedule_K: the static quota of step ``k`` of a block (the last entry repeats).
+        uniform_N: one U[0, 1) draw per position (``R * B``) when ``temperature > 0``.
+
+    Returns:
+        ``(ids_RB, block_steps_RB, todo_RB, ended_R)`` after the step; ``ended``: the row's sequence
+        ended at an EOS in this block.
+    """
+    R, B = ids_RB.shape[0], ids_RB.shape[1]
+    offsets = torch.arange(B, device=ids_RB.device)
+    target = (block_R[:, None] * B + offsets[None, :]) < cap_R[:, None]
+    tokens, conf = sample_with_draws(logits_RBV.reshape(R * B, -1), temperature, top_k, top_p, [mask_id], uniform_N)
+    tokens, conf = tokens.view(R, B), conf.view(R, B)
+    quota = schedule_K[step_in_block_R.clamp(max=schedule_K.shape[0] - 1)]
+    commit = select_commits(conf, todo_RB, quota, remasking, threshold)
+    ids = torch.where(commit, tokens, ids_RB)
+    block_steps = torch.where(commit, steps_R[:, None], block_steps_RB)
+    todo, ended = block_progress(ids, mask_id, eos_ids, target)
+    return ids, block_steps, todo, ended
