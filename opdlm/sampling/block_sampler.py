@@ -46,7 +46,7 @@ from opdlm.models.attention import attention_mask, labelled_attention_mask
 from opdlm.models.decode_forward import DecodeForward, fused_forward_unsupported
 from opdlm.models.geometry import CLEAN, inference_geometry
 from opdlm.models.student import Student
-from opdlm.sampling.denoise_step import denoise_step
+from opdlm.sampling.denoise_step import advance_blocks, denoise_step
 from opdlm.sampling.output import SampleBatch
 from opdlm.sampling.remasking import transfer_schedule
 from opdlm.sampling.row_cache import RowKVCache, fill_holes
@@ -221,7 +221,7 @@ class _Decode:
         n = len(prompts)
         self.eos_ids = torch.tensor(meta.eos_token_ids, dtype=torch.long, device=self.device)
         self.schedule = torch.tensor(transfer_schedule(self.B, cfg.denoise_steps_per_block), device=self.device)
-        self.denoise = script_or_eager(denoise_step)
+        self.denoise, self.advance = script_or_eager(denoise_step), script_or_eager(advance_blocks)
         self.offsets_B = torch.arange(self.B, device=self.device)
         self.seeds = None
         if cfg.temperature > 0:  # one generator per sequence, seeded in prompt order
@@ -381,11 +381,11 @@ class _Decode:
         else:
             take, rows = (lambda t: t[rows_R]), rows_R.tolist()
 
-        def put(t, value):
-            if rows_R is None:
-                t.copy_(value)
+        def put(name: str, value: torch.Tensor) -> None:
+            if rows_R is None:  # every slot: the new tensor is the state
+                setattr(s, name, value)
             else:
-                t[rows_R] = value
+                getattr(s, name)[rows_R] = value
 
         block_R, cap_R = take(s.block), take(s.cap)
         step_in_block, steps = take(s.step_in_block), take(s.steps)
@@ -394,40 +394,28 @@ class _Decode:
             self.schedule, meta.mask_token_id, self.eos_ids, cfg.temperature, cfg.top_k, cfg.top_p,
             self._draws(rows), cfg.remasking, cfg.threshold,
         )  # fmt: skip
-        put(s.ids, ids)
-        put(s.block_steps, block_steps)
-        steps = steps + 1  # (a new tensor: with rows_R None, take() returned the slots' own)
-        put(s.steps, steps)
-        put(s.step_in_block, step_in_block + 1)
-        put(s.todo, todo)
-        complete = ~todo.any(-1)
+        nxt = self.advance(
+            ids, block_steps, todo, ended, block_R, cap_R, step_in_block, steps, take(s.prev_ids), take(s.carry),
+            meta.mask_token_id,
+        )  # fmt: skip
+        seq_R = take(s.seq)
+        for name, value in zip(("ids", "block_steps", "todo", "block", "step_in_block", "steps", "prev_ids"), nxt):
+            put(name, value)
+        put("carry", nxt[7])
+        complete, leave = nxt[8], nxt[9]
         if not bool(complete.any()):
             return
         self._layout += 1  # rows move to a new block or leave: the next step's mask is built afresh
-        leave = complete & (ended | ((block_R + 1) * B >= cap_R))
-        move = complete & ~leave
         done = complete.nonzero().squeeze(-1)
-        for q, block_ids, block_map, n_steps, stop, end in zip(
-            take(s.seq)[done].tolist(),
-            ids[done].tolist(),
-            block_steps[done].tolist(),
-            steps[done].tolist(),
-            leave[done].tolist(),
-            ended[done].tolist(),
-        ):
-            self.out_ids[q].extend(block_ids)
-            self.out_steps[q].extend(block_map)
-            if stop:
-                self.nfe[q], self.ended[q] = n_steps, end
-        if bool(move.any()):
-            moving = move if rows_R is None else rows_R[move]
-            # (before s.block moves: with rows_R None, block_R is s.block itself)
-            s.todo[moving] = ((block_R[move, None] + 1) * B + self.offsets_B[None, :]) < cap_R[move, None]
-            s.prev_ids[moving] = ids[move]
-            s.ids[moving] = meta.mask_token_id
-            s.block_steps[moving] = -1
-            s.block[moving] += 1
-            s.step_in_block[moving] = 0
-            s.carry[moving] = True
+        # the completed blocks as they were committed, in one transfer: (seq, ids, step map, steps, leave, ended)
+        records = torch.cat(
+            [seq_R[:, None], ids, block_steps, nxt[5][:, None], leave[:, None].long(), ended[:, None].long()], 1
+        )[done].tolist()
+        for rec in records:
+            q = rec[0]
+            self.out_ids[q].extend(rec[1 : 1 + B])
+            self.out_steps[q].extend(rec[1 + B : 1 + 2 * B])
+            if rec[2 + 2 * B]:  # it leaves: at EOS (ended) or its cap
+                self.nfe[q], self.ended[q] = rec[1 + 2 * B], bool(rec[3 + 2 * B])
         if bool(leave.any()):
             s.seq[leave if rows_R is None else rows_R[leave]] = -1

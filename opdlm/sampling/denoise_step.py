@@ -59,3 +59,47 @@ def denoise_step(
     block_steps = torch.where(commit, steps_R[:, None], block_steps_RB)
     todo, ended = block_progress(ids, mask_id, eos_ids, target)
     return ids, block_steps, todo, ended
+
+
+def advance_blocks(
+    ids_RB: Tensor,
+    block_steps_RB: Tensor,
+    todo_RB: Tensor,
+    ended_R: Tensor,
+    block_R: Tensor,
+    cap_R: Tensor,
+    step_in_block_R: Tensor,
+    steps_R: Tensor,
+    prev_ids_RB: Tensor,
+    carry_R: Tensor,
+    mask_id: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """After a step: rows whose block is complete move to their next block or leave.
+
+    A row leaves at an EOS (``ended``) or when its next block would start past its cap; a row that
+    moves gets a fully masked block, carries the completed one (``prev_ids``, ``carry``: its keys are
+    written by the next forward) and restarts its in-block step count.
+
+    Returns:
+        ``(ids, block_steps, todo, block, step_in_block, steps, prev_ids, carry, complete, leave)``:
+        the rows' next state, and which rows completed their block and which of those leave.
+    """
+    B = ids_RB.shape[1]
+    complete = ~todo_RB.any(-1)
+    leave = complete & (ended_R | ((block_R + 1) * B >= cap_R))
+    move = complete & ~leave
+    move_RB = move[:, None]
+    offsets = torch.arange(B, device=ids_RB.device)
+    next_todo = ((block_R[:, None] + 1) * B + offsets[None, :]) < cap_R[:, None]
+    return (
+        ids_RB.masked_fill(move_RB, mask_id),
+        block_steps_RB.masked_fill(move_RB, -1),
+        torch.where(move_RB, next_todo, todo_RB),
+        block_R + move.long(),
+        torch.where(move, torch.zeros_like(step_in_block_R), step_in_block_R + 1),
+        steps_R + 1,
+        torch.where(move_RB, ids_RB, prev_ids_RB),
+        carry_R | move,
+        complete,
+        leave,
+    )
