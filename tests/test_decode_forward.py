@@ -4,7 +4,8 @@ Both forwards decode the same prompts through the same sampler (mixed prompt len
 ending in different blocks, widened steps with padding): every forward's logits agree to float
 rounding, so tokens, step maps and forward counts are equal. Qwen3 (query/key head norms) and Llama
 (with projection biases), grouped-query attention, fp32 and bf16; the concatenated weights follow a
-parameter that changes between calls (a student under training).
+parameter that changes between calls (a student under training). The TorchScript builds of the
+forward and of the denoising step equal the Python functions they compile.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from opdlm.config.sampler import SamplerConfig
-from opdlm.models.decode_forward import DecodeForward, fused_forward_unsupported
+from opdlm.models.decode_forward import DecodeForward, decode_layers, fused_forward_unsupported
 from opdlm.models.student import load_student
 from opdlm.sampling import block_sampler
 from opdlm.sampling.block_sampler import BlockDiffusionSampler
@@ -134,3 +135,43 @@ def test_unsupported_cases_name_their_reason(students, tmp_path):
     assert isinstance(BlockDiffusionSampler(sdpa).fused, DecodeForward)
     with pytest.raises(ValueError, match="forward"):
         BlockDiffusionSampler(sdpa, forward="fast")
+
+
+def _unscriptable(x):
+    return (lambda y: y + 1)(x)  # TorchScript compiles no lambdas
+
+
+def test_script_or_eager_compiles_or_falls_back():
+    from opdlm.jit import script_or_eager
+
+    assert isinstance(script_or_eager(decode_layers), torch.jit.ScriptFunction)
+    assert script_or_eager(_unscriptable) is _unscriptable
+    assert torch.equal(script_or_eager(_unscriptable)(torch.ones(2)), torch.full((2,), 2.0))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("remasking", ["static", "dynamic"])
+def test_scripted_denoising_step_equals_eager(temperature, remasking):
+    """The step's TorchScript build and the Python function give the same commits and the same next state."""
+    from opdlm.jit import script_or_eager
+    from opdlm.sampling.denoise_step import advance_blocks, denoise_step
+
+    g = torch.Generator().manual_seed(0)
+    R, B, V, mask_id = 6, 4, 11, 10
+    logits = torch.randn(R, B, V, generator=g) * 3
+    ids = torch.where(torch.rand(R, B, generator=g) < 0.5, torch.randint(0, V - 1, (R, B), generator=g), mask_id)
+    todo = ids == mask_id
+    block, cap = torch.arange(R) % 3, torch.tensor([4, 6, 12, 9, 16, 5])
+    step_in_block, steps = torch.randint(0, 4, (R,), generator=g), torch.randint(0, 9, (R,), generator=g)
+    block_steps = torch.where(todo, -1, 0)
+    draws = torch.rand(R * B, generator=g) if temperature > 0 else None
+    args = (logits, ids, todo, block, cap, step_in_block, steps, block_steps, torch.tensor([2, 1, 1]), mask_id,
+            torch.tensor([3]), temperature, 0, 0.9, draws, remasking, 0.3)  # fmt: skip
+    eager, scripted = denoise_step(*args), script_or_eager(denoise_step)(*args)
+    assert isinstance(script_or_eager(denoise_step), torch.jit.ScriptFunction)
+    for a, b in zip(eager, scripted):
+        assert torch.equal(a, b)
+    nxt = (*eager, block, cap, step_in_block, steps, ids.clone(), torch.zeros(R, dtype=torch.bool), mask_id)
+    for a, b in zip(advance_blocks(*nxt), script_or_eager(advance_blocks)(*nxt)):
+        assert torch.equal(a, b)
+    assert bool((eager[0] != ids).any())  # the step committed something

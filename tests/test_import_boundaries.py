@@ -47,6 +47,7 @@ LAYERS: tuple[tuple[str, str], ...] = (
     ("numbers", "how figures people read are rounded (fractions, rates, counts); imports nothing"),
     ("fsutil", "atomic writes and checked reads of files and folders; raises errors only"),
     ("progress", "the bar-or-lines reporter of long loops (bootstrap, training, eval); the standard library only"),
+    ("jit", "TorchScript where a function compiles, the function itself where not (torch, lazily); imports nothing"),
     (
         "storage",
         "the cache root, S3 transfers (boto3 lazily) and pinned PyPI wheels (pip): fsutil's atomic folders; "

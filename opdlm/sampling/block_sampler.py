@@ -21,6 +21,11 @@ blocks, of different prompt lengths, share every forward. One loop iteration:
    ended (EOS, or its length cap) leaves at once: its slot takes the next queued prompt or, once
    the queue is empty, its cache row is dropped (compaction), so no forward carries a finished row.
 
+The forward is the sampler's own :class:`~opdlm.models.decode_forward.DecodeForward` where it covers
+the model (Qwen3 and Llama under sdpa, outside autocast: the same logits as the model's forward, in
+fewer and TorchScript-compiled calls), else the model's forward; the denoising step's tensor work is
+one TorchScript-compiled pure function too (:mod:`opdlm.sampling.denoise_step`).
+
 A widened forward pads the rows that completed no block (their first ``B`` query positions): one
 call instead of two, each of which would pay the per-call cost and read every weight.
 :class:`DecodeStats` counts the padded positions (``query_tokens``) next to the rows.
