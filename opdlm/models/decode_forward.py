@@ -32,6 +32,7 @@ model's own forward (and under autocast, whose casts apply to the model's module
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +73,38 @@ def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     cast back to ``x``'s dtype, times the weight (the in-place steps work on the small ``(..., 1)`` tensor)."""
     x32 = x.float()
     return (x32 * (x32 * x32).mean(-1, keepdim=True).add_(eps).rsqrt_()).to(x.dtype) * weight
+
+
+def write_kv(
+    key_cache: Tensor,
+    value_cache: Tensor,
+    k_SKWD: Tensor,
+    v_SKWD: Tensor,
+    mode: int,
+    index: Tensor,
+    start: int,
+    key_end: int,
+) -> tuple[Tensor, Tensor]:
+    """Store a forward's new keys and values in ``(S, K, C, D)`` caches by a write plan; return the
+    ``(S, K, T, D)`` keys and values its queries attend to.
+
+    The plan (:meth:`opdlm.sampling.row_cache.RowKVCache.write_plan`): mode 0, a prefill of the cache
+    rows ``index`` at columns ``[0, W)``, which attend to their own new keys only; 1, every row at
+    columns ``[start, start + W)``; 2, each new (row, head, position) vector at its flat ``index``
+    among the ``S * K * C`` vectors. Modes 1 and 2 attend to columns ``[0, key_end)``.
+    """
+    W, D = k_SKWD.shape[2], k_SKWD.shape[3]
+    if mode == 0:
+        key_cache[index, :, :W] = k_SKWD
+        value_cache[index, :, :W] = v_SKWD
+        return k_SKWD, v_SKWD
+    if mode == 1:
+        key_cache[:, :, start : start + W] = k_SKWD
+        value_cache[:, :, start : start + W] = v_SKWD
+    else:
+        key_cache.view(-1, D).index_copy_(0, index, k_SKWD.reshape(-1, D))
+        value_cache.view(-1, D).index_copy_(0, index, v_SKWD.reshape(-1, D))
+    return key_cache[:, :, :key_end], value_cache[:, :, :key_end]
 
 
 def decode_layers(
@@ -121,12 +154,8 @@ def decode_layers(
         cos_PD, sin_signed_PD: rotary tables, ``[-sin, sin]`` halves for the second.
         input_norm ... down_bias: per layer: norms ``(hidden,)``, ``qkv`` ``((H + 2K) * D, hidden)``,
             ``qk_norm`` ``(H + K, D)`` (Qwen3) or None, ``o``, ``gate_up`` ``(2I, hidden)``, ``down``.
-        keys, values: per layer ``(S, K, C, D)`` caches (in a prefill, ``(rows, K, C, D)`` rows of
-            which ``write_index`` are written).
-        write_mode: 0 = prefill of the rows ``write_index`` at columns ``[0, W)``, attending to their
-            own keys only; 1 = every row at columns ``[write_start, write_start + W)``; 2 = each
-            (row, head, position) at its flat index ``write_index`` among the ``S * K * C`` vectors.
-        key_end: columns attended to (modes 1 and 2).
+        keys, values: per layer ``(S, K, C, D)`` caches.
+        write_mode, write_index, write_start, key_end: the cache's write plan (see :func:`write_kv`).
         H, K, D: query heads, key-value heads, head size. activation: 0 silu, 1 gelu, 2 relu.
     """
     S, W = ids_SW.shape[0], ids_SW.shape[1]
@@ -156,18 +185,7 @@ def decode_layers(
         qkv_SW = flat.view(S, W, H + 2 * K, D)
         q = qkv_SW[:, :, :H].transpose(1, 2)  # (S, H, W, D)
         k, v = qkv_SW[:, :, H : H + K].transpose(1, 2), qkv_SW[:, :, H + K :].transpose(1, 2)
-        key_cache, value_cache = keys[i], values[i]
-        if write_mode == 0:
-            key_cache[write_index, :, :W] = k
-            value_cache[write_index, :, :W] = v
-        else:
-            if write_mode == 1:
-                key_cache[:, :, write_start : write_start + W] = k
-                value_cache[:, :, write_start : write_start + W] = v
-            else:
-                key_cache.view(-1, D).index_copy_(0, write_index, k.reshape(-1, D))
-                value_cache.view(-1, D).index_copy_(0, write_index, v.reshape(-1, D))
-            k, v = key_cache[:, :, :key_end], value_cache[:, :, :key_end]
+        k, v = write_kv(keys[i], values[i], k, v, write_mode, write_index, write_start, key_end)
         m = mask
         if i == last and keep < W:  # the other positions' keys are stored: only the kept ones go on
             q, m = q[:, :, W - keep :], mask[:, :, W - keep :]
@@ -218,6 +236,9 @@ def _cat(*tensors: Tensor | None) -> Tensor | None:
     return None if tensors[0] is None else torch.cat(tensors, 0)
 
 
+_FORWARDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its DecodeForward
+
+
 class DecodeForward:
     """Logits of a Qwen3 or Llama causal LM for a decode step, from the model's own parameters.
 
@@ -237,6 +258,14 @@ class DecodeForward:
         self._weights_key = None
         self._cos_PD = self._sin_signed_PD = None
         self._layers_fn = script_or_eager(decode_layers)
+
+    @classmethod
+    def for_model(cls, model) -> DecodeForward:
+        """The model's one DecodeForward: samplers made per call (evaluation makes one per batch) share
+        its concatenated weights and rotary tables instead of rebuilding them."""
+        if model not in _FORWARDS:
+            _FORWARDS[model] = cls(model)
+        return _FORWARDS[model]
 
     def _copied_parameters(self) -> list[Tensor]:
         """The parameters the concatenations copy: when any of them changes, :meth:`bind` rebuilds."""

@@ -153,7 +153,7 @@ class BlockDiffusionSampler:
             "forward='hf'" if forward == "hf" else fused_forward_unsupported(student.model, student.backend)
         )
         if self.fused_unsupported is None:
-            self.fused = DecodeForward(student.model)
+            self.fused = DecodeForward.for_model(student.model)
 
     @torch.inference_mode()  # no autograd bookkeeping at all; results leave as Python lists
     def generate(

@@ -1,6 +1,6 @@
 """A KV cache in which every batch row has its own length: rows at different blocks share one forward.
 
-Layout of row ``i`` (columns of the per-layer ``(S, H, C, D)`` key and value tensors)::
+Layout of row ``i`` (columns of the per-layer ``(S, K, C, D)`` key and value tensors)::
 
     [ its prompt (left-padded within its prefill group) | committed blocks ... | free ]
       0                                                   lengths[i]
@@ -11,16 +11,19 @@ never from a row's position alone. A forward writes its ``W`` query tokens' keys
 ``[lengths[i], lengths[i] + W)`` of each row, so one model call serves rows of any length; the keys it
 attends to are columns ``[0, max_i(lengths[i]) + W)``, and a row's columns past its own
 ``lengths[i] + W`` are stale or empty and never attended. Committing a token is only moving
-``lengths[i]`` past it: nothing is copied.
+``lengths[i]`` past it: nothing is copied. Rows at different lengths write at their own columns by
+one ``index_copy_`` per tensor (:meth:`RowKVCache.write_plan`).
 
 The object duck-types the part of Hugging Face's ``Cache`` a decoder layer calls (``update``), so
-an unmodified ``transformers`` model writes into it.
+an unmodified ``transformers`` model writes into it; the sampler's own forward writes by the same
+plan through the same function (:func:`opdlm.models.decode_forward.write_kv`).
 """
 
 from __future__ import annotations
 
 import torch
 
+from opdlm.models.decode_forward import write_kv
 from opdlm.models.geometry import CLEAN
 
 
@@ -130,12 +133,8 @@ class RowKVCache:
             self.values.append(torch.zeros(shape, dtype=dtype, device=self.device))
 
     def write_plan(self) -> tuple[int, torch.Tensor, int, int]:
-        """How the prepared forward stores its keys: ``(mode, index, start, key_end)``.
-
-        The modes of :func:`opdlm.models.decode_forward.decode_layers`: 0, a prefill of the slots
-        ``index``; 1, every row at columns ``[start, start + W)``; 2, each new (row, head, position)
-        vector at its ``index`` among the ``S * K * C`` vectors of a flattened ``(S, K, C, D)`` layer.
-        """
+        """How the prepared forward stores its keys: ``(mode, index, start, key_end)``, as
+        :func:`opdlm.models.decode_forward.write_kv` (which both forwards write through) takes it."""
         if self._rows is not None:
             return 0, self._rows, 0, self._key_end
         if self._same_start is not None:
@@ -160,26 +159,13 @@ class RowKVCache:
         self._rows, self._key_end = slots_R, W
 
     def update(self, key_states, value_states, layer_idx: int, cache_kwargs=None):
-        """Store the forward's new keys and values (``(S or R, H, W, D)``); return the ones to attend to."""
-        if layer_idx == len(self.keys):  # first forward: allocate from the model's own shapes
-            S, H, _, D = key_states.shape
-            shape = (self.rows, H, self.capacity, D)
-            self.keys.append(key_states.new_zeros(shape))
+        """Store the forward's new keys and values (``(S or R, K, W, D)``); return the ones to attend to."""
+        if layer_idx == len(self.keys):  # first forward: allocate from the model's own shapes and dtypes
+            shape = (self.rows, key_states.shape[1], self.capacity, key_states.shape[3])
+            self.keys.append(key_states.new_zeros(shape))  # (under autocast keys and values may differ)
             self.values.append(value_states.new_zeros(shape))
-        keys, values = self.keys[layer_idx], self.values[layer_idx]  # (reserve grows every allocated layer)
-        if self._rows is not None:  # prefill of empty slots: they attend to exactly these keys
-            W = key_states.shape[2]
-            keys[self._rows, :, :W] = key_states
-            values[self._rows, :, :W] = value_states
-            return key_states, value_states
-        if self._same_start is not None:
-            start, stop = self._same_start, self._same_start + key_states.shape[2]
-            keys[:, :, start:stop] = key_states
-            values[:, :, start:stop] = value_states
-        else:  # advanced indices (S, W) around a slice put their dims first: (S, W, H, D)
-            keys[self._row_index, :, self._cols_SW] = key_states.transpose(1, 2)
-            values[self._row_index, :, self._cols_SW] = value_states.transpose(1, 2)
-        return keys[:, :, : self._key_end], values[:, :, : self._key_end]
+        mode, index, start, end = self.write_plan()
+        return write_kv(self.keys[layer_idx], self.values[layer_idx], key_states, value_states, mode, index, start, end)
 
     def commit(self, advance_S: torch.Tensor) -> None:
         """Keep the first ``advance_S[i]`` tokens the last forward wrote in each row (the others are dropped)."""
